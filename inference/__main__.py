@@ -1,0 +1,71 @@
+"""`python -m inference "prompt"`: one JSON object on stdout, logs on stderr, non-zero exit on error."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    parser.add_argument("prompt")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--adapter", type=Path, help="LoRA adapter folder (default: production adapter)")
+    choice.add_argument("--no-adapter", action="store_true", help="answer with the bare base model")
+    parser.add_argument("--model", help="overrides MODEL_PATH")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        # Libraries sometimes print(); stdout carries exactly one JSON object, so send them to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = _answer(args)
+    except Exception as error:  # every failure becomes a JSON error, the traceback goes to the log
+        logging.getLogger("inference").debug("failed", exc_info=True)
+        print(json.dumps({"prompt": args.prompt, "status": "error",
+                          "error": f"{type(error).__name__}: {error}"}, ensure_ascii=False))
+        return 1
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _answer(args) -> dict:
+    from .adapters import read_adapter
+    from .engine import Engine
+    from .settings import InferenceSettings
+
+    overrides = {"model_path": args.model} if args.model is not None else {}
+    settings = InferenceSettings.load(**overrides)
+    if args.adapter is not None:
+        read_adapter(args.adapter)  # fail before spending seconds on loading the model
+    adapter = None if args.no_adapter else (args.adapter or "auto")
+    engine = Engine(settings, adapter=adapter, max_batch=1)
+    try:
+        generation = engine.generate([{"role": "user", "content": args.prompt}],
+                                     max_tokens=args.max_tokens, temperature=args.temperature)
+    finally:
+        engine.close()
+    return {
+        "prompt": args.prompt,
+        "response": generation.text.strip(),
+        "status": "ok",
+        "model": generation.model,
+        "adapter": generation.adapter,
+        "tokens": generation.completion_tokens,
+        "prompt_tokens": generation.prompt_tokens,
+        "finish_reason": generation.finish_reason,
+        "generation_seconds": round(generation.seconds, 3),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""LoRA adapters in mlx-lm's format, verified before they touch a model, and the production pointer.
+
+An adapter folder holds `adapters.safetensors` + `adapter_config.json`. Everything is checked
+(JSON, safetensors header, tensor names and shapes against the model) before any weight is loaded,
+so a truncated or mismatched file is reported and never served.
+
+The production pointer `$FARENSE_HOME/adapters/production.json` names the adapter the bot serves.
+The training registry writes it (atomically); the engine only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_FILE = "adapters.safetensors"
+CONFIG_FILE = "adapter_config.json"
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class AdapterError(ValueError):
+    """The adapter is missing, corrupt or does not fit the base model."""
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    num_layers: int
+    rank: int
+    scale: float
+    dropout: float
+    keys: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    path: Path
+    version: str  # registry version ("v3") or the folder name for ad-hoc adapters
+    spec: LoraSpec
+    shapes: dict[str, tuple[int, ...]]  # from the safetensors header
+
+
+def read_adapter(path: Path, version: str | None = None) -> Adapter:
+    """Validate an adapter folder's config and safetensors header without loading tensors."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"adapter not found: {path} (expected a folder with {WEIGHTS_FILE})")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"adapter {path}: {CONFIG_FILE} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"adapter {path}: {CONFIG_FILE} is not valid JSON ({error})") from None
+    if config.get("fine_tune_type", "lora") != "lora":
+        raise AdapterError(f"adapter {path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported")
+    try:
+        params = config["lora_parameters"]
+        spec = LoraSpec(int(config["num_layers"]), int(params["rank"]), float(params["scale"]),
+                        float(params.get("dropout", 0.0)),
+                        tuple(params["keys"]) if params.get("keys") else None)
+    except (KeyError, TypeError, ValueError) as error:
+        raise AdapterError(f"adapter {path}: {CONFIG_FILE} lacks a valid {error}") from None
+    shapes = _safetensors_shapes(path / WEIGHTS_FILE)
+    if not shapes or not all(n.endswith((".lora_a", ".lora_b")) for n in shapes):
+        raise AdapterError(f"adapter {path}: {WEIGHTS_FILE} holds no LoRA tensors")
+    return Adapter(path, version or path.name, spec, shapes)
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Parse the header and check that every tensor's byte range lies inside the file."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            if header_len > min(size - 8, _MAX_HEADER):
+                raise AdapterError(f"{file}: corrupt safetensors header (length {header_len})")
+            header = json.loads(handle.read(header_len))
+    except FileNotFoundError:
+        raise AdapterError(f"{file} is missing") from None
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"{file}: not a safetensors file ({error})") from None
+    data_size = size - 8 - header_len
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = entry["data_offsets"]
+            shape = tuple(int(d) for d in entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise AdapterError(f"{file}: corrupt entry for tensor {name}") from None
+        if not 0 <= start <= end <= data_size:
+            raise AdapterError(f"{file}: tensor {name} lies outside the file (truncated?)")
+        shapes[name] = shape
+    return shapes
+
+
+def check_fits(adapter: Adapter, expected: dict[str, tuple[int, ...]]) -> None:
+    """Compare the adapter's tensors with the LoRA parameters its config creates on the model."""
+    missing = sorted(set(expected) - set(adapter.shapes))
+    extra = sorted(set(adapter.shapes) - set(expected))
+    wrong = [f"{n}: {adapter.shapes[n]} vs model {expected[n]}"
+             for n in sorted(set(expected) & set(adapter.shapes)) if adapter.shapes[n] != expected[n]]
+    if missing or extra or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {extra[:3]}" if extra else "",
+            f"shape mismatch {wrong[:3]}" if wrong else "",
+        ]))
+        raise AdapterError(f"adapter {adapter.path} does not fit the base model: {detail}")
+
+
+def production_pointer_path(farense_home: Path) -> Path:
+    return Path(farense_home) / "adapters" / "production.json"
+
+
+def read_production(farense_home: Path) -> tuple[str, Path] | None:
+    """(version, folder) of the adapter in production, or None when the bare base model serves."""
+    pointer = production_pointer_path(farense_home)
+    try:
+        record = json.loads(pointer.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterError(f"{pointer} is corrupt ({error})") from None
+    if not record.get("version"):
+        return None
+    return str(record["version"]), Path(record["path"])

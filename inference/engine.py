@@ -1,0 +1,330 @@
+"""The Engine: one loaded model shared by every chat, generating on a single worker thread.
+
+Requests from any thread are batched together with mlx-lm's BatchGenerator (continuous batching),
+so eight chats decode in one forward pass instead of waiting in line. Admission to the batch is
+round-robin over chat keys, so one busy chat cannot starve the others. Adapter swaps happen on the
+worker thread between batches: a request is served entirely by the adapter it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .adapters import Adapter, AdapterError, read_adapter, read_production
+from .lora import apply_adapter, remove_adapter
+from .loading import ModelInfo, load_base
+from .prompts import render_prompt
+from .settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+
+class GenerationError(RuntimeError):
+    """Generation failed inside the model; the request gets this instead of text."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    first_token_seconds: float
+    finish_reason: str
+    model: str
+    adapter: str | None
+
+
+@dataclass
+class Chunk:
+    """One streamed piece: `text` is the new text; the last chunk also carries `done`."""
+
+    text: str
+    done: Generation | None = None
+
+
+@dataclass
+class _Request:
+    key: str
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    events: "queue.Queue[Chunk | BaseException]" = field(default_factory=queue.Queue)
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Active:
+    request: _Request
+    detokenizer: object
+    adapter: str | None
+    tokens: int = 0
+    first_token_at: float | None = None
+
+
+class Engine:
+    def __init__(self, settings: InferenceSettings, *, adapter: Path | None | str = "auto",
+                 max_batch: int = 8):
+        """Load the base model; `adapter` = a folder, None for none, "auto" = production pointer.
+
+        All MLX work, loading included, happens on the engine's own thread: MLX streams belong to
+        a thread, and sharing model arrays across threads made MLX abort at interpreter exit.
+        """
+        self.settings = settings
+        self.max_batch = max_batch
+        self.adapter: Adapter | None = None
+        if adapter == "auto":
+            adapter = settings.adapter_path or self._production_folder()
+        initial = read_adapter(Path(adapter), self._production_version(Path(adapter))) if adapter else None
+        self._pending: OrderedDict[str, deque[_Request]] = OrderedDict()
+        self._swap_requests: "queue.Queue[tuple[Adapter | None, threading.Event, list]]" = queue.Queue()
+        self._wake = threading.Condition()
+        self._closed = False
+        loaded: list = []
+        ready = threading.Event()
+        # Not a daemon: MLX aborts at interpreter exit once a daemon thread has run ops. Like
+        # concurrent.futures, ask threading to close the engine before it joins its threads.
+        self._worker = threading.Thread(target=self._run, args=(initial, loaded, ready), name="mlx-engine")
+        self._worker.start()
+        ready.wait()
+        if loaded and isinstance(loaded[0], BaseException):
+            self._worker.join()
+            raise loaded[0]
+        threading._register_atexit(self.close)
+
+    # ----- public API -------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id
+
+    @property
+    def adapter_version(self) -> str | None:
+        return self.adapter.version if self.adapter else None
+
+    def prompt_tokens(self, messages: list[dict]) -> list[int]:
+        return render_prompt(self.tokenizer, messages, self.settings.system_prompt)
+
+    def stream(self, messages: list[dict], *, key: str = "default", max_tokens: int | None = None,
+               temperature: float | None = None) -> Iterator[Chunk]:
+        """Yield text chunks as they are generated; the last chunk has `done` set."""
+        request = self.submit(messages, key=key, max_tokens=max_tokens, temperature=temperature)
+        try:
+            while True:
+                event = request.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if event.done is not None:
+                    return
+        finally:
+            request.cancelled.set()
+
+    def generate(self, messages: list[dict], **kwargs) -> Generation:
+        for chunk in self.stream(messages, **kwargs):
+            if chunk.done is not None:
+                return chunk.done
+        raise GenerationError("generation ended without a result")
+
+    def submit(self, messages: list[dict], *, key: str = "default", max_tokens: int | None = None,
+               temperature: float | None = None) -> _Request:
+        if self._closed:
+            raise GenerationError("the engine is closed")
+        request = _Request(
+            key=key,
+            prompt=self.prompt_tokens(messages),
+            max_tokens=max_tokens or self.settings.max_tokens,
+            temperature=self.settings.temperature if temperature is None else temperature,
+            top_p=self.settings.top_p,
+        )
+        with self._wake:
+            self._pending.setdefault(key, deque()).append(request)
+            self._wake.notify()
+        return request
+
+    def queue_length(self) -> int:
+        with self._wake:
+            return sum(len(q) for q in self._pending.values())
+
+    def set_adapter(self, folder: Path | None, version: str | None = None, timeout: float = 120) -> None:
+        """Swap the served adapter between requests; raises AdapterError and keeps the old one."""
+        adapter = read_adapter(Path(folder), version) if folder is not None else None
+        done, outcome = threading.Event(), []
+        self._swap_requests.put((adapter, done, outcome))
+        with self._wake:
+            self._wake.notify()
+        if not done.wait(timeout):
+            raise TimeoutError("adapter swap did not happen in time (engine busy?)")
+        if outcome and isinstance(outcome[0], BaseException):
+            raise outcome[0]
+
+    def refresh_production(self) -> bool:
+        """Serve whatever the production pointer names now; True when it changed."""
+        current = read_production(self.settings.farense_home)
+        wanted = (current[0], current[1]) if current else (None, None)
+        if wanted[0] == self.adapter_version:
+            return False
+        self.set_adapter(wanted[1], wanted[0])
+        return True
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._worker.join(timeout=30)
+
+    # ----- worker thread ----------------------------------------------------------------------
+    def _production_folder(self) -> Path | None:
+        current = read_production(self.settings.farense_home)
+        return current[1] if current else None
+
+    def _production_version(self, folder: Path) -> str | None:
+        current = read_production(self.settings.farense_home)
+        return current[0] if current and Path(current[1]) == folder else None
+
+    def _swap_now(self, adapter: Adapter | None) -> None:
+        remove_adapter(self.model)
+        if adapter is not None:
+            try:
+                apply_adapter(self.model, adapter)
+            except Exception:
+                remove_adapter(self.model)
+                if self.adapter is not None:  # restore what was served before
+                    apply_adapter(self.model, self.adapter)
+                raise
+        self.model.eval()
+        log.info("adapter now %s", adapter.version if adapter else "none (base model)")
+        self.adapter = adapter
+
+    def _next_request(self) -> _Request | None:
+        """Round-robin over chat keys: take the oldest request of the next key in line."""
+        for key in list(self._pending):
+            requests = self._pending.pop(key)
+            request = requests.popleft()
+            if requests:
+                self._pending[key] = requests  # goes to the back of the line
+            if not request.cancelled.is_set():
+                return request
+        return None
+
+    def _run(self, initial: Adapter | None, loaded: list, ready: threading.Event) -> None:
+        import mlx.core as mx
+
+        try:
+            settings = self.settings
+            self.model, self.tokenizer, self.info = load_base(
+                settings.model_path, settings.models_root, settings.device, settings.cpu_dtype)
+            from mlx_lm.generate import generation_stream as stream
+
+            if initial is not None:
+                self._swap_now(initial)
+            self.model.eval()
+        except BaseException as error:
+            loaded.append(error)
+            ready.set()
+            mx.clear_streams()
+            return
+        ready.set()
+        try:
+            with mx.stream(stream):
+                self._serve(stream)
+        finally:
+            mx.clear_streams()  # MLX's rule: each thread that ran ops clears its streams at its end
+
+    def _serve(self, stream) -> None:
+        from mlx_lm.generate import BatchGenerator
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        generator = None
+        penalty = make_logits_processors(repetition_penalty=self.settings.repetition_penalty)
+        active: dict[int, _Active] = {}
+        while True:
+            with self._wake:
+                while (not self._closed and not active and not self._pending
+                       and self._swap_requests.empty()):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                admitting = self._swap_requests.empty()
+                new = []
+                while admitting and len(active) + len(new) < self.max_batch:
+                    request = self._next_request()
+                    if request is None:
+                        break
+                    new.append(request)
+            if not active and not new and not self._swap_requests.empty():
+                adapter, done, outcome = self._swap_requests.get()
+                try:
+                    self._swap_now(adapter)
+                except Exception as error:  # reported to the caller, serving goes on
+                    outcome.append(error)
+                done.set()
+                generator = None  # caches were built with the old weights
+                continue
+            try:
+                if generator is None:
+                    generator = BatchGenerator(self.model, completion_batch_size=self.max_batch,
+                                               prefill_batch_size=self.max_batch, stream=stream,
+                                               stop_tokens=[[t] for t in self.tokenizer.eos_token_ids])
+                if new:
+                    uids = generator.insert(
+                        [r.prompt for r in new], [r.max_tokens for r in new],
+                        samplers=[make_sampler(r.temperature, r.top_p) for r in new],
+                        logits_processors=[penalty for _ in new])
+                    for uid, request in zip(uids, new):
+                        active[uid] = _Active(request, self.tokenizer.detokenizer, self.adapter_version)
+                responses = generator.next_generated()
+            except Exception as error:
+                log.exception("generation failed")
+                failure = GenerationError(f"generation failed: {type(error).__name__}: {error}")
+                for item in active.values():
+                    item.request.events.put(failure)
+                active.clear()
+                generator = None
+                continue
+            finished = [uid for uid in (self._deliver(active, r) for r in responses) if uid is not None]
+            cancelled = [uid for uid, item in active.items() if item.request.cancelled.is_set()]
+            if cancelled:
+                generator.remove(cancelled)
+            for uid in set(finished) | set(cancelled):
+                active.pop(uid, None)
+        for item in active.values():
+            item.request.events.put(GenerationError("the engine was closed"))
+
+    def _deliver(self, active: dict[int, _Active], response) -> int | None:
+        item = active.get(response.uid)
+        if item is None:
+            return None
+        now = time.perf_counter()
+        if item.first_token_at is None:
+            item.first_token_at = now
+        detokenizer = item.detokenizer
+        if response.finish_reason != "stop":
+            item.tokens += 1
+            detokenizer.add_token(response.token)
+        if response.finish_reason is None:
+            if segment := detokenizer.last_segment:
+                item.request.events.put(Chunk(segment))
+            return None
+        detokenizer.finalize()
+        request = item.request
+        done = Generation(
+            text=detokenizer.text,
+            prompt_tokens=len(request.prompt),
+            completion_tokens=item.tokens,
+            seconds=now - request.submitted,
+            first_token_seconds=item.first_token_at - request.submitted,
+            finish_reason=response.finish_reason,
+            model=self.model_id,
+            adapter=item.adapter,
+        )
+        request.events.put(Chunk(detokenizer.last_segment, done))
+        return response.uid

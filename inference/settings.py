@@ -1,0 +1,76 @@
+"""Settings of the inference package, read from the environment and `.env`.
+
+Every package has its own settings class; none reads `os.environ` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant for fans of SC Farense, the football club of Faro, Portugal. "
+    "Reply in the same language as the user. Keep answers short and factual; if you do not "
+    "know, say so."
+)
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names it in one line per problem."""
+
+
+def explain(error: ValidationError, settings_class: type[BaseSettings]) -> SettingsError:
+    """Turn pydantic's report into one clear line per setting, named as in the environment."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else "?"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{(prefix + field).upper()}: {message} (got {problem.get('input')!r})")
+    return SettingsError("invalid settings:\n" + "\n".join(lines))
+
+
+def default_home() -> Path:
+    return Path.home() / ".farense"
+
+
+class InferenceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    farense_home: Path = Field(default_factory=default_home)
+    models_dir: Path | None = Field(
+        default=None, description="Converted-model cache; empty = $FARENSE_HOME/models"
+    )
+    model_path: str = Field(
+        default="", description="Empty = embedded SmolLM2; else a model folder, a .gguf or a hub id"
+    )
+    adapter_path: Path | None = None
+    max_tokens: int = Field(default=256, ge=1, le=8192)
+    temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.15, ge=1.0, le=2.0)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    cpu_dtype: Literal["float32", "bfloat16", "float16", "quantized"] = "float32"
+    blas_path: str = Field(
+        default="", description="Optimized BLAS to preload on CPU; empty = search, 'none' = off"
+    )
+
+    @field_validator("farense_home", "models_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def models_root(self) -> Path:
+        return self.models_dir or self.farense_home / "models"
+
+    @classmethod
+    def load(cls, **overrides) -> "InferenceSettings":
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            raise explain(error, cls) from None
