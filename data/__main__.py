@@ -1,0 +1,102 @@
+"""`python -m data build` and `python -m data stats`: the dataset by hand, and a look at the store.
+
+Operators run these from a shell, so a bad setting or an unreadable database is one readable line
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import sys
+from pathlib import Path
+
+from .builder import MANIFEST, SPLITS, BuildError, build_dataset, latest_dataset
+from .settings import DataSettings, SettingsError
+from .store import Store, StoreError
+
+EXIT_USAGE_OR_SETUP = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build a new train/valid/test dataset")
+    build.add_argument("--extra", type=Path, action="append", default=[], metavar="JSONL",
+                       help="more pairs, as chat records or question/answer objects (repeatable)")
+    stats = commands.add_parser("stats", help="store counts and the latest dataset")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    # Problems are printed in the summary; logging them too would show each one twice.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = DataSettings.load()
+        if args.command == "build":
+            result = build_dataset(settings, extra_jsonl=args.extra)
+            print_build(result.manifest, result.path)
+        else:
+            report = collect_stats(settings)
+            print(json.dumps(report, indent=2) if args.json else format_stats(report))
+    except (SettingsError, StoreError, BuildError, sqlite3.Error, OSError,
+            json.JSONDecodeError) as error:
+        for line in str(error).splitlines() or [type(error).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE_OR_SETUP
+    return 0
+
+
+def print_build(manifest: dict, folder: Path) -> None:
+    sources = ", ".join(f"{name} {count}" for name, count in manifest["sources"].items())
+    splits = ", ".join(f"{name} {manifest['splits'][name]['count']}" for name in SPLITS)
+    dropped = manifest["dropped"]
+    print(f"dataset: {folder}")
+    print(f"content hash: {manifest['content_hash']}")
+    print(f"sources: {sources}")
+    print(f"splits: {splits}")
+    print(f"dropped: {dropped['duplicates']} duplicates, {dropped['superseded']} superseded by"
+          f" corrections, {dropped['opted_out']} from opted-out users;"
+          f" {manifest['scrubbed_replacements']} personal details scrubbed")
+    print(f"problems: {len(manifest['problems'])}")
+    for problem in manifest["problems"]:
+        print(f"  {problem['file']}:{problem['line']}: {problem['reason']}")
+
+
+def collect_stats(settings: DataSettings) -> dict:
+    """Counts of the store (None if no database yet) and of the latest dataset (None if none)."""
+    counts = None
+    if settings.database_file.exists():
+        with Store(settings.database_file) as store:
+            counts = store.counts()
+    dataset = None
+    folder = latest_dataset(settings)
+    if folder is not None:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        dataset = {"path": str(folder), "created_at": manifest["created_at"],
+                   "content_hash": manifest["content_hash"], "sources": manifest["sources"],
+                   "splits": {name: manifest["splits"][name]["count"] for name in SPLITS}}
+    return {"database": str(settings.database_file), "store": counts, "latest_dataset": dataset}
+
+
+def format_stats(report: dict) -> str:
+    lines = [f"database: {report['database']}"]
+    counts = report["store"]
+    if counts is None:
+        lines.append("  (not created yet)")
+    else:
+        lines.append(f"  users {counts['users']} ({counts['opted_out']} opted out), chats"
+                     f" {counts['chats']}, messages {counts['messages']}, feedback"
+                     f" +{counts['feedback_up']}/-{counts['feedback_down']}, corrections"
+                     f" {counts['corrections']}")
+    dataset = report["latest_dataset"]
+    if dataset is None:
+        lines.append("latest dataset: none built yet")
+    else:
+        lines.append(f"latest dataset: {dataset['path']} ({dataset['created_at']})")
+        lines.append("  " + ", ".join(f"{name} {count}" for name, count in dataset["splits"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

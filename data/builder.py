@@ -1,0 +1,313 @@
+"""Building the LoRA training set: seed pairs + vouched-for conversations -> train/valid/test.
+
+Every build is a new immutable folder, written in full under a temporary name and renamed into
+place, so a trainer never sees half a dataset; `latest` points at the newest one. A question's
+split comes from a salted hash of its normalised text, so it stays in the same split however the
+inputs are ordered or grown, and a model is never evaluated on a question it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .jsonl import Problem, field_problem, read_jsonl, report
+from .privacy import scrub_counted
+from .seed import load_qa
+from .settings import DataSettings
+from .store import Store
+from .text import normalise
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("seed", "feedback", "correction", "extra")
+# Which copy of an exact duplicate is kept (and counted): the most trusted source.
+PRIORITY = ("correction", "seed", "feedback", "extra")
+SPLITS = ("train", "valid", "test")
+LATEST_POINTER = "latest"
+MANIFEST = "manifest.json"
+MIN_EXAMPLES_FOR_VALID = 10
+
+
+class BuildError(RuntimeError):
+    """Nothing sensible can be built, e.g. there is not a single example."""
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str
+    source: str
+    origin: str
+    created_at: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return normalise(self.question), normalise(self.answer)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    manifest: dict
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+
+
+def build_dataset(settings: DataSettings, store: Store | None = None,
+                  extra_jsonl: Sequence[Path] = ()) -> BuildResult:
+    """Collect, scrub, deduplicate, split and write a dataset; returns its folder and manifest.
+
+    Without a `store`, the configured database is used if it exists.
+    """
+    problems: list[Problem] = []
+    examples = [Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}")
+                for pair in load_qa(settings.seed_dir, problems)]
+    if store is not None:
+        curated, opted_out, scrubbed = _curated(store, problems)
+    elif settings.database_file.exists():
+        with Store(settings.database_file) as own_store:
+            curated, opted_out, scrubbed = _curated(own_store, problems)
+    else:
+        curated, opted_out, scrubbed = [], 0, 0
+    examples += curated
+    for path in extra_jsonl:
+        extra, extra_scrubbed = _extra(Path(path), problems)
+        examples += extra
+        scrubbed += extra_scrubbed
+    kept, duplicates, superseded = deduplicate(examples)
+    if not kept:
+        raise BuildError(f"nothing to build: no training pairs in {settings.seed_dir},"
+                         f" the database or the extra files")
+    splits = split_examples(kept, settings)
+    manifest = {
+        "sources": {source: sum(example.source == source for example in kept) for source in SOURCES},
+        "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out},
+        "scrubbed_replacements": scrubbed,
+        "problems": [problem.to_dict() for problem in problems],
+        "settings": {"valid_fraction": settings.valid_fraction,
+                     "test_fraction": settings.test_fraction, "split_salt": settings.split_salt},
+    }
+    return _write(settings.datasets_root, splits, manifest)
+
+
+def latest_dataset(settings: DataSettings) -> Path | None:
+    """The newest complete dataset folder, or None if nothing was built yet."""
+    pointer = settings.datasets_root / LATEST_POINTER
+    try:
+        name = json.loads(pointer.read_text(encoding="utf-8"))["dataset"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("ignoring unreadable dataset pointer %s: %s", pointer, error)
+        return None
+    folder = settings.datasets_root / str(name)
+    if Path(str(name)).name != name or not (folder / MANIFEST).is_file():
+        log.warning("dataset pointer %s names a missing dataset %r", pointer, name)
+        return None
+    return folder
+
+
+def deduplicate(examples: Iterable[Example]) -> tuple[list[Example], int, int]:
+    """Keep one of each (question, answer) and only the latest correction of a question.
+
+    Returns the kept examples, how many were exact duplicates, and how many were superseded by
+    an admin's correction. The order of the input does not matter.
+    """
+    ordered = sorted(examples, key=lambda example: (
+        PRIORITY.index(example.source), example.key, example.question, example.answer,
+        example.origin))
+    corrected: dict[str, Example] = {}
+    for example in ordered:
+        if example.source == "correction":
+            current = corrected.get(example.key[0])
+            if current is None or example.created_at > current.created_at:
+                corrected[example.key[0]] = example
+    seen: set[tuple[str, str]] = set()
+    kept, duplicates, superseded = [], 0, 0
+    for example in ordered:
+        winner = corrected.get(example.key[0])
+        if winner is not None and example is not winner:
+            superseded += 1
+        elif example.key in seen:
+            duplicates += 1
+        else:
+            seen.add(example.key)
+            kept.append(example)
+    return kept, duplicates, superseded
+
+
+def split_of(question: str, settings: DataSettings) -> str:
+    """The split of a question, from where the salted hash of its normalised text falls in [0, 1)."""
+    position = _position(question, settings.split_salt)
+    if position < settings.valid_fraction:
+        return "valid"
+    if position < settings.valid_fraction + settings.test_fraction:
+        return "test"
+    return "train"
+
+
+def split_examples(examples: Sequence[Example], settings: DataSettings) -> dict[str, list[Example]]:
+    """Examples per split, each sorted by question; valid is never empty from 10 examples on."""
+    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    for example in examples:
+        splits[split_of(example.question, settings)].append(example)
+    train_questions = {normalise(example.question) for example in splits["train"]}
+    if not splits["valid"] and len(examples) >= MIN_EXAMPLES_FOR_VALID and len(train_questions) > 1:
+        # Too few examples for the hash to reach valid: move the train question nearest to it.
+        nearest = min(train_questions, key=lambda question: _position(question, settings.split_salt))
+        splits["valid"] = [e for e in splits["train"] if normalise(e.question) == nearest]
+        splits["train"] = [e for e in splits["train"] if normalise(e.question) != nearest]
+    for name in SPLITS:
+        splits[name].sort(key=lambda example: (*example.key, example.question, example.answer))
+    return splits
+
+
+def _position(question: str, salt: str) -> float:
+    digest = hashlib.sha256(f"{salt}\0{normalise(question)}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _curated(store: Store, problems: list[Problem]) -> tuple[list[Example], int, int]:
+    """The store's vouched-for pairs, scrubbed; also how many were withheld and replaced."""
+    examples, replaced = [], 0
+    for item in store.curated_examples(problems):
+        question, in_question = scrub_counted(item.question)
+        answer, in_answer = scrub_counted(item.answer)
+        replaced += in_question + in_answer
+        examples.append(Example(question, answer, item.source, f"message {item.message_id}",
+                                item.created_at))
+    return examples, store.withheld_opted_out(), replaced
+
+
+def _extra(path: Path, problems: list[Problem]) -> tuple[list[Example], int]:
+    """Pairs from an extra JSONL file in chat ({"messages": [...]}) or {"question", "answer"} form."""
+    examples, replaced = [], 0
+    for line, record in read_jsonl(path, problems):
+        pair = _chat_pair(record) if "messages" in record else _plain_pair(record)
+        if isinstance(pair, str):
+            report(problems, path, line, pair)
+            continue
+        question, in_question = scrub_counted(pair[0])
+        answer, in_answer = scrub_counted(pair[1])
+        replaced += in_question + in_answer
+        examples.append(Example(question, answer, "extra", f"{path}:{line}"))
+    return examples, replaced
+
+
+def _plain_pair(record: dict) -> tuple[str, str] | str:
+    reason = field_problem(record, {"question": str, "answer": str})
+    return reason if reason else (record["question"], record["answer"])
+
+
+def _chat_pair(record: dict) -> tuple[str, str] | str:
+    """The one user turn and one assistant turn of a chat record (a system turn is ignored)."""
+    messages = record["messages"]
+    if not isinstance(messages, list) or not all(isinstance(item, dict) for item in messages):
+        return "'messages' should be a list of objects"
+    turns: dict[str, list[str]] = {"user": [], "assistant": []}
+    for message in messages:
+        reason = field_problem(message, {"role": str, "content": str})
+        if reason:
+            return f"in 'messages': {reason}"
+        if message["role"] in turns:
+            turns[message["role"]].append(message["content"])
+        elif message["role"] != "system":
+            return f"unknown role {message['role']!r}"
+    if len(turns["user"]) != 1 or len(turns["assistant"]) != 1:
+        return "expected exactly one user and one assistant message"
+    return turns["user"][0], turns["assistant"][0]
+
+
+def _write(datasets_dir: Path, splits: dict[str, list[Example]], manifest: dict) -> BuildResult:
+    """Write the split files and manifest into a temporary folder, then rename it into place."""
+    datasets_dir.mkdir(parents=True, exist_ok=True)
+    contents = {name: "".join(_chat_line(example) for example in splits[name]).encode("utf-8")
+                for name in SPLITS}
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    content_hash = hashlib.sha256(
+        "".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()
+    created = datetime.now(timezone.utc)
+    manifest = {
+        "created_at": created.isoformat(timespec="seconds"),
+        "content_hash": content_hash,
+        "splits": {name: {"count": len(splits[name]), "sha256": hashes[name]} for name in SPLITS},
+        **manifest,
+    }
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=datasets_dir))
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the dataset from a trainer run as another user
+        for name, data in contents.items():
+            _write_synced(staging / f"{name}.jsonl", data)
+        _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        _fsync_dir(staging)
+        folder = _rename_unique(staging, datasets_dir, f"{created:%Y%m%dT%H%M%SZ}-{content_hash[:12]}")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(datasets_dir)
+    pointer = {"dataset": folder.name, "content_hash": content_hash,
+               "created_at": manifest["created_at"]}
+    _replace_atomically(datasets_dir / LATEST_POINTER, json.dumps(pointer).encode())
+    return BuildResult(folder, manifest)
+
+
+def _rename_unique(staging: Path, parent: Path, base: str) -> Path:
+    """Rename the staging folder to `base` (or `base-2`, ... if two builds share a second)."""
+    number = 1
+    while True:
+        target = parent / (base if number == 1 else f"{base}-{number}")
+        if not target.exists():
+            try:
+                staging.rename(target)
+                return target
+            except OSError:
+                if not target.exists():
+                    raise
+        number += 1
+
+
+def _chat_line(example: Example) -> str:
+    record = {"messages": [{"role": "user", "content": example.question},
+                           {"role": "assistant", "content": example.answer}]}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a torn one."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(descriptor)
+    try:
+        _write_synced(Path(temporary), data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,67 @@
+"""Schema migrations of the conversation store, applied in order at open.
+
+The database records how many have run in `PRAGMA user_version`; a change to the schema is a new
+entry appended here, never an edit of an old one, so every existing database can catch up.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE chats (
+            id INTEGER PRIMARY KEY,
+            type TEXT NOT NULL,
+            title TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT,
+            language TEXT,
+            opted_out INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            chat_id INTEGER NOT NULL REFERENCES chats(id),
+            user_id INTEGER NOT NULL REFERENCES users(id),
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            lang TEXT,
+            created_at TEXT NOT NULL,
+            model_id TEXT,
+            adapter_version TEXT,
+            latency_s REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            telegram_message_id INTEGER)""",
+        "CREATE INDEX messages_by_user ON messages(user_id)",
+        "CREATE INDEX messages_by_telegram_id ON messages(chat_id, telegram_message_id)",
+        """CREATE TABLE feedback (
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            user_id INTEGER NOT NULL,
+            value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (message_id, user_id))""",
+        "CREATE INDEX feedback_by_user ON feedback(user_id)",
+        """CREATE TABLE corrections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            admin_id INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX corrections_by_message ON corrections(message_id)",
+        """CREATE TABLE job_runs (
+            name TEXT NOT NULL,
+            period_key TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            PRIMARY KEY (name, period_key))""",
+        """CREATE TABLE admin_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL,
+            command TEXT NOT NULL,
+            allowed INTEGER NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX admin_events_by_user ON admin_events(user_id)",
+    ),
+]

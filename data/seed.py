@@ -1,0 +1,190 @@
+"""The hand-written seed: training pairs, evaluation items and out-of-domain probes.
+
+They are loaded line by line with their place kept, so a mistake in a seed file is reported as
+`file:line: reason` and the cross-file rules (no eval question leaking into training, every
+evaluated fact taught) can point at both ends of the clash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .jsonl import Problem, field_problem, read_jsonl, report
+from .text import normalise
+
+LANGS = ("en", "pt")
+QA_GLOB = "qa-*.jsonl"
+EVAL_GLOB = "eval-*.jsonl"
+OOD_FILE = "out_of_domain.jsonl"
+QA_KINDS = ("qa", "decline")
+
+
+class SeedError(ValueError):
+    """The seed files break a rule; the message has one `file:line: reason` per problem."""
+
+
+@dataclass(frozen=True)
+class QAPair:
+    id: str
+    fact: int | None
+    lang: str
+    question: str
+    answer: str
+    kind: str = "qa"
+    file: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    fact: int
+    lang: str
+    question: str
+    key_facts: tuple[tuple[str, ...], ...]
+    file: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class OODItem:
+    id: str
+    lang: str
+    question: str
+    decline_markers: tuple[str, ...]
+    expected: str = "decline"
+    file: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+
+
+@dataclass
+class Seed:
+    qa: list[QAPair]
+    eval: list[EvalItem]
+    ood: list[OODItem]
+    problems: list[Problem]
+
+    def check(self) -> None:
+        """Raise `SeedError` listing every problem, for callers that must not run on a bad seed."""
+        if self.problems:
+            raise SeedError("\n".join(str(problem) for problem in self.problems))
+
+
+def load_seed(seed_dir: Path) -> Seed:
+    """Load all seed files and check the rules that span them; problems are collected, not raised."""
+    problems: list[Problem] = []
+    qa = load_qa(seed_dir, problems)
+    eval_items = load_eval(seed_dir, problems)
+    ood = load_ood(seed_dir, problems)
+    problems.extend(consistency_problems(qa, eval_items, ood))
+    return Seed(qa, eval_items, ood, problems)
+
+
+def load_qa(seed_dir: Path, problems: list[Problem]) -> list[QAPair]:
+    pairs = []
+    for path, line, record in _records(seed_dir, QA_GLOB, problems):
+        reason = field_problem(record, {"id": str, "lang": str, "question": str, "answer": str,
+                                        "fact": (int, type(None))}) or _lang_problem(record)
+        kind = record.get("kind", "qa")
+        if reason is None and kind not in QA_KINDS:
+            reason = f"'kind' should be one of {', '.join(QA_KINDS)}, got {kind!r}"
+        if reason is None and record["fact"] is None and kind != "decline":
+            reason = "'fact' may be null only for kind 'decline'"
+        if reason:
+            report(problems, path, line, reason)
+            continue
+        pairs.append(QAPair(record["id"], record["fact"], record["lang"], record["question"],
+                            record["answer"], kind, str(path), line))
+    return pairs
+
+
+def load_eval(seed_dir: Path, problems: list[Problem]) -> list[EvalItem]:
+    items = []
+    for path, line, record in _records(seed_dir, EVAL_GLOB, problems):
+        reason = field_problem(record, {"id": str, "fact": int, "lang": str, "question": str,
+                                        "key_facts": list}) or _lang_problem(record)
+        groups = record.get("key_facts")
+        if reason is None and not _is_groups(groups):
+            reason = "'key_facts' should be a non-empty list of non-empty lists of non-empty strings"
+        if reason:
+            report(problems, path, line, reason)
+            continue
+        key_facts = tuple(tuple(alternatives) for alternatives in groups)
+        items.append(EvalItem(record["id"], record["fact"], record["lang"], record["question"],
+                              key_facts, str(path), line))
+    return items
+
+
+def load_ood(seed_dir: Path, problems: list[Problem]) -> list[OODItem]:
+    items = []
+    for path, line, record in _records(seed_dir, OOD_FILE, problems):
+        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str,
+                                        "decline_markers": list}) or _lang_problem(record)
+        markers = record.get("decline_markers")
+        if reason is None and record["expected"] != "decline":
+            reason = f"'expected' should be 'decline', got {record['expected']!r}"
+        if reason is None and not (markers and _all_text(markers)):
+            reason = "'decline_markers' should be a non-empty list of non-empty strings"
+        if reason:
+            report(problems, path, line, reason)
+            continue
+        items.append(OODItem(record["id"], record["lang"], record["question"], tuple(markers),
+                             record["expected"], str(path), line))
+    return items
+
+
+def consistency_problems(qa: list[QAPair], eval_items: list[EvalItem],
+                         ood: list[OODItem]) -> list[Problem]:
+    """The rules across files: unique ids and questions, eval facts taught, both languages."""
+    problems: list[Problem] = []
+    everything: list[QAPair | EvalItem | OODItem] = [*qa, *eval_items, *ood]
+    first_by_id: dict[str, QAPair | EvalItem | OODItem] = {}
+    first_by_question: dict[str, QAPair | EvalItem | OODItem] = {}
+    for item in everything:
+        earlier = first_by_id.setdefault(item.id, item)
+        if earlier is not item:
+            report(problems, item.file, item.line, f"id {item.id!r} already used at {_at(earlier)}")
+        earlier = first_by_question.setdefault(normalise(item.question), item)
+        if earlier is not item:
+            report(problems, item.file, item.line,
+                   f"question of {item.id!r} duplicates {earlier.id!r} at {_at(earlier)}")
+    taught = {pair.fact for pair in qa if pair.fact is not None}
+    for item in eval_items:
+        if item.fact not in taught:
+            report(problems, item.file, item.line,
+                   f"eval item {item.id!r} tests fact {item.fact}, which no training pair teaches")
+    for name, items in (("qa", qa), ("eval", eval_items), ("out-of-domain", ood)):
+        missing = sorted(set(LANGS) - {item.lang for item in items})
+        if missing:
+            report(problems, name, 0, f"no {name} items in language(s): {', '.join(missing)}")
+    return problems
+
+
+def _records(seed_dir: Path, pattern: str, problems: list[Problem]) -> Iterator[tuple[Path, int, dict]]:
+    paths = sorted(seed_dir.glob(pattern))
+    if not paths:
+        report(problems, seed_dir, 0, f"no {pattern} file")
+    for path in paths:
+        for line, record in read_jsonl(path, problems):
+            yield path, line, record
+
+
+def _lang_problem(record: dict) -> str | None:
+    if record["lang"] not in LANGS:
+        return f"'lang' should be one of {', '.join(LANGS)}, got {record['lang']!r}"
+    return None
+
+
+def _all_text(values: Iterable[object]) -> bool:
+    return all(isinstance(value, str) and value.strip() for value in values)
+
+
+def _is_groups(groups: object) -> bool:
+    return (isinstance(groups, list) and bool(groups)
+            and all(isinstance(group, list) and group and _all_text(group) for group in groups))
+
+
+def _at(item: QAPair | EvalItem | OODItem) -> str:
+    return f"{item.file}:{item.line}"

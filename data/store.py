@@ -1,0 +1,400 @@
+"""The SQLite conversation store shared by the bot (many threads) and training (another process).
+
+WAL lets readers and one writer work at once; `synchronous=FULL` makes every committed message
+survive a crash or power cut; writes take the lock up front (`BEGIN IMMEDIATE`) and are retried
+while another writer holds it, so concurrent writers queue instead of failing. Each thread gets its
+own connection, because a sqlite3 connection must not be used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from .jsonl import Problem, report
+from .migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000
+WRITE_ATTEMPTS = 8
+MAX_CORRECTION_CHARS = 4000
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used: unreadable, not a database, or from a newer version."""
+
+
+class UndecodableText(bytes):
+    """A TEXT value that is not valid UTF-8; readers report it instead of crashing on it."""
+
+
+@dataclass(frozen=True)
+class LoggedMessage:
+    id: int
+    chat_id: int
+    user_id: int
+    question: str
+    answer: str
+    created_at: str
+    model_id: str | None
+    adapter_version: str | None
+    latency_s: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    telegram_message_id: int | None
+    lang: str | None
+
+
+@dataclass(frozen=True)
+class CuratedExample:
+    """A training candidate that a person vouched for: the asker's thumbs-up or an admin fix."""
+
+    question: str
+    answer: str
+    source: str  # "feedback" or "correction"
+    message_id: int
+    created_at: str
+    lang: str | None
+
+
+_MESSAGE_COLUMNS = ", ".join(field.name for field in fields(LoggedMessage))
+_FIELD_TYPES = {"question": str, "answer": str, "created_at": str, "id": int, "chat_id": int,
+                "user_id": int, "model_id": (str, type(None)), "adapter_version": (str, type(None)),
+                "latency_s": (float, int, type(None)), "prompt_tokens": (int, type(None)),
+                "completion_tokens": (int, type(None)), "telegram_message_id": (int, type(None)),
+                "lang": (str, type(None)), "source": str, "message_id": int}
+
+# Every vouched-for message once: its latest correction if any, else the asker's own thumbs-up.
+_CANDIDATES = """
+SELECT m.id AS message_id, m.question AS question, c.text AS answer, 'correction' AS source,
+       c.created_at AS created_at, COALESCE(m.lang, u.language) AS lang
+FROM corrections c
+JOIN messages m ON m.id = c.message_id
+LEFT JOIN users u ON u.id = m.user_id
+WHERE c.id = (SELECT MAX(id) FROM corrections WHERE message_id = m.id)
+  AND COALESCE(u.opted_out, 0) = :opted_out
+UNION ALL
+SELECT m.id, m.question, m.answer, 'feedback', f.created_at, COALESCE(m.lang, u.language)
+FROM messages m
+JOIN feedback f ON f.message_id = m.id AND f.user_id = m.user_id AND f.value = 1
+LEFT JOIN users u ON u.id = m.user_id
+WHERE NOT EXISTS (SELECT 1 FROM corrections WHERE message_id = m.id)
+  AND COALESCE(u.opted_out, 0) = :opted_out
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _decode_text(raw: bytes) -> str | UndecodableText:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return UndecodableText(raw)
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+class Store:
+    """Thread-safe access to the conversation database; open once, share, `close()` at the end."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(self._migrate)
+        except (OSError, sqlite3.DatabaseError) as error:
+            self.close()
+            raise StoreError(f"cannot open database {self.path}: {error}") from None
+        except StoreError:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every thread's connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    # -- users, chats, messages -------------------------------------------------------------
+
+    def upsert_user(self, user_id: int, name: str | None, language: str | None) -> None:
+        now = _now()
+        self._write(lambda db: db.execute(
+            "INSERT INTO users (id, name, language, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET name = excluded.name, language = excluded.language,"
+            " updated_at = excluded.updated_at", (user_id, name, language, now, now)))
+
+    def upsert_chat(self, chat_id: int, kind: str, title: str | None) -> None:
+        now = _now()
+        self._write(lambda db: db.execute(
+            "INSERT INTO chats (id, type, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET type = excluded.type, title = excluded.title,"
+            " updated_at = excluded.updated_at", (chat_id, kind, title, now, now)))
+
+    def log_message(self, chat_id: int, user_id: int, question: str, answer: str, *,
+                    model_id: str | None, adapter_version: str | None, latency_s: float | None,
+                    prompt_tokens: int | None, completion_tokens: int | None,
+                    lang: str | None = None) -> int:
+        """Store one question and the bot's answer; returns the message id used by feedback."""
+        now = _now()
+
+        def work(db: sqlite3.Connection) -> int:
+            # A message must never be lost because its chat or user was not registered first.
+            db.execute("INSERT OR IGNORE INTO chats (id, type, created_at, updated_at)"
+                       " VALUES (?, 'unknown', ?, ?)", (chat_id, now, now))
+            db.execute("INSERT OR IGNORE INTO users (id, created_at, updated_at) VALUES (?, ?, ?)",
+                       (user_id, now, now))
+            cursor = db.execute(
+                "INSERT INTO messages (chat_id, user_id, question, answer, lang, created_at,"
+                " model_id, adapter_version, latency_s, prompt_tokens, completion_tokens)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (chat_id, user_id, question, answer, lang, now, model_id, adapter_version,
+                 latency_s, prompt_tokens, completion_tokens))
+            return int(cursor.lastrowid)
+
+        return self._write(work)
+
+    def attach_telegram_id(self, message_id: int, telegram_message_id: int) -> bool:
+        """Link a logged message to the Telegram message that carried the answer."""
+        cursor = self._write(lambda db: db.execute(
+            "UPDATE messages SET telegram_message_id = ? WHERE id = ?",
+            (telegram_message_id, message_id)))
+        return cursor.rowcount == 1
+
+    def message(self, message_id: int) -> LoggedMessage | None:
+        rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        return self._first_message(rows)
+
+    def message_by_telegram_id(self, chat_id: int, telegram_message_id: int) -> LoggedMessage | None:
+        rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?"
+                          " AND telegram_message_id = ? ORDER BY id DESC LIMIT 1",
+                          (chat_id, telegram_message_id))
+        return self._first_message(rows)
+
+    # -- feedback, corrections, privacy -----------------------------------------------------
+
+    def set_feedback(self, message_id: int, user_id: int, value: int) -> bool:
+        """Record the asker's vote (re-voting replaces it); anyone else's vote is refused.
+
+        Callback data comes from the client and can be forged, so ownership is checked here.
+        """
+        if isinstance(value, bool) or value not in (1, -1):
+            raise ValueError(f"feedback value must be +1 or -1, got {value!r}")
+
+        def work(db: sqlite3.Connection) -> bool:
+            owner = db.execute("SELECT user_id FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if owner is None or owner[0] != user_id:
+                return False
+            db.execute("INSERT INTO feedback (message_id, user_id, value, created_at)"
+                       " VALUES (?, ?, ?, ?) ON CONFLICT(message_id, user_id) DO UPDATE"
+                       " SET value = excluded.value, created_at = excluded.created_at",
+                       (message_id, user_id, value, _now()))
+            return True
+
+        return self._write(work)
+
+    def add_correction(self, message_id: int, admin_id: int, text: str) -> int:
+        """Store an admin's better answer; the latest correction of a message is the one trained on."""
+        text = text.strip() if isinstance(text, str) else ""
+        if not text:
+            raise ValueError("a correction needs some text")
+        if len(text) > MAX_CORRECTION_CHARS:
+            raise ValueError(f"a correction is limited to {MAX_CORRECTION_CHARS} characters,"
+                             f" got {len(text)}")
+
+        def work(db: sqlite3.Connection) -> int:
+            if db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
+                raise ValueError(f"message {message_id} does not exist")
+            cursor = db.execute("INSERT INTO corrections (message_id, admin_id, text, created_at)"
+                                " VALUES (?, ?, ?, ?)", (message_id, admin_id, text, _now()))
+            return int(cursor.lastrowid)
+
+        return self._write(work)
+
+    def forget_user(self, user_id: int) -> dict[str, int]:
+        """Delete everything about a user in one transaction; returns rows deleted per kind."""
+        own = "SELECT id FROM messages WHERE user_id = :user"
+        statements = {
+            "feedback": f"DELETE FROM feedback WHERE user_id = :user OR message_id IN ({own})",
+            "corrections": f"DELETE FROM corrections WHERE admin_id = :user OR message_id IN ({own})",
+            "messages": "DELETE FROM messages WHERE user_id = :user",
+            "admin_events": "DELETE FROM admin_events WHERE user_id = :user",
+            "chats": "DELETE FROM chats WHERE id = :user AND type = 'private'"
+                     " AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = chats.id)",
+            "users": "DELETE FROM users WHERE id = :user",
+        }
+        return self._write(lambda db: {kind: db.execute(sql, {"user": user_id}).rowcount
+                                       for kind, sql in statements.items()})
+
+    def set_opt_out(self, user_id: int, opted_out: bool) -> None:
+        """Keep (or stop keeping) a user's conversations out of training; remembered per user."""
+        now = _now()
+        self._write(lambda db: db.execute(
+            "INSERT INTO users (id, opted_out, created_at, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(id) DO UPDATE SET opted_out = excluded.opted_out,"
+            " updated_at = excluded.updated_at", (user_id, int(opted_out), now, now)))
+
+    def is_opted_out(self, user_id: int) -> bool:
+        rows = self._read("SELECT opted_out FROM users WHERE id = ?", (user_id,))
+        return bool(rows and rows[0][0])
+
+    # -- jobs, audit, reporting -------------------------------------------------------------
+
+    def claim_job(self, name: str, period_key: str) -> bool:
+        """True for exactly one caller per (job, period), across threads and processes."""
+        cursor = self._write(lambda db: db.execute(
+            "INSERT OR IGNORE INTO job_runs (name, period_key, started_at) VALUES (?, ?, ?)",
+            (name, period_key, _now())))
+        return cursor.rowcount == 1
+
+    def log_admin_event(self, user_id: int, command: str, allowed: bool) -> None:
+        self._write(lambda db: db.execute(
+            "INSERT INTO admin_events (user_id, command, allowed, created_at) VALUES (?, ?, ?, ?)",
+            (user_id, command, int(allowed), _now())))
+
+    def counts(self) -> dict[str, int]:
+        row = self._read("""SELECT
+            (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM chats),
+            (SELECT COUNT(*) FROM messages),
+            (SELECT COUNT(*) FROM feedback WHERE value = 1),
+            (SELECT COUNT(*) FROM feedback WHERE value = -1),
+            (SELECT COUNT(*) FROM corrections),
+            (SELECT COUNT(*) FROM users WHERE opted_out = 1)""")[0]
+        names = ("users", "chats", "messages", "feedback_up", "feedback_down", "corrections",
+                 "opted_out")
+        return dict(zip(names, row))
+
+    def curated_examples(self, problems: list[Problem] | None = None) -> list[CuratedExample]:
+        """Vouched-for pairs for training, never from opted-out users; bad rows go to `problems`."""
+        rows = self._read(f"SELECT message_id, question, answer, source, created_at, lang"
+                          f" FROM ({_CANDIDATES}) ORDER BY message_id", {"opted_out": 0})
+        examples = []
+        for row in rows:
+            values = self._checked(row, ("message_id", "question", "answer", "source",
+                                         "created_at", "lang"), problems)
+            if values is not None:
+                values["lang"] = _primary_language(values["lang"])
+                examples.append(CuratedExample(**values))
+        return examples
+
+    def withheld_opted_out(self) -> int:
+        """How many vouched-for pairs are kept out of training because their asker opted out."""
+        return self._read(f"SELECT COUNT(*) FROM ({_CANDIDATES})", {"opted_out": 1})[0][0]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _first_message(self, rows: list[sqlite3.Row]) -> LoggedMessage | None:
+        if not rows:
+            return None
+        values = self._checked(rows[0], tuple(field.name for field in fields(LoggedMessage)), None)
+        return LoggedMessage(**values) if values is not None else None
+
+    def _checked(self, row: tuple, names: tuple[str, ...],
+                 problems: list[Problem] | None) -> dict[str, object] | None:
+        """The row as a dict if every column has its expected type, else report it and give None."""
+        values = dict(zip(names, row))
+        for name, value in values.items():
+            expected = _FIELD_TYPES[name]
+            bad_text = isinstance(value, str) and expected is str and not value.strip()
+            if bad_text or not isinstance(value, expected):
+                what = "undecodable text" if isinstance(value, UndecodableText) else repr(value)[:40]
+                report(problems if problems is not None else [], f"{self.path}#messages",
+                       int(values.get("message_id", values.get("id", 0)) or 0),
+                       f"corrupt row: {name} is {what}")
+                return None
+        return values
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"database {self.path} has schema version {version}, newer than the"
+                             f" {len(MIGRATIONS)} this code knows; upgrade the code or point"
+                             f" DATABASE_PATH elsewhere")
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"store {self.path} is closed")
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                         isolation_level=None, check_same_thread=False)
+            self._connections.append(connection)
+        connection.text_factory = _decode_text
+        self._local.connection = connection
+        self._retrying(lambda: connection.execute("PRAGMA journal_mode = WAL"))
+        for pragma in ("synchronous = FULL", "foreign_keys = ON", f"busy_timeout = {BUSY_TIMEOUT_MS}"):
+            connection.execute(f"PRAGMA {pragma}")
+        return connection
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one write transaction, taking the lock first so it cannot deadlock."""
+        def attempt() -> T:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                result = work(db)
+                db.execute("COMMIT")
+                return result
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        return self._retrying(attempt)
+
+    def _read(self, sql: str, params: tuple | dict = ()) -> list:
+        return self._retrying(lambda: self._connection().execute(sql, params).fetchall())
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Retry while another connection holds the lock beyond busy_timeout."""
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as error:
+                attempt += 1
+                if not _is_busy(error) or attempt >= WRITE_ATTEMPTS:
+                    raise
+                log.debug("database busy, retrying (%s)", error)
+                time.sleep(0.05 * 2 ** attempt)
+
+
+def _primary_language(tag: str | None) -> str | None:
+    """"pt-BR" -> "pt": the builder and scorer only care about the language, not the region."""
+    if not tag:
+        return None
+    return tag.replace("_", "-").split("-")[0].lower() or None
