@@ -1,0 +1,96 @@
+"""`python -m training`: status output, one-line errors with exit codes, and memory auto-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.memory import GB, MemoryBudgetError, ModelShape, estimate_bytes, plan
+
+from .test_training_support import cli, dataset, tiny_env, train_here  # noqa: F401 (fixtures)
+
+SMOLLM2 = ModelShape(weight_bytes=int(0.54 * GB), lora_params=1_302_528, layers=30, lora_layers=16, hidden=576,
+                     intermediate=1536, heads=9, vocab=49152, dtype_bytes=4)
+
+
+def _plan(budget_gb: float, checkpoint: str = "auto"):
+    return plan(SMOLLM2, batch_size=8, grad_accumulation=1, max_seq_length=256, longest=200,
+                grad_checkpoint=checkpoint, budget_gb=budget_gb)
+
+
+def test_the_tuner_keeps_the_wanted_batch_when_it_fits_and_splits_it_when_memory_is_short():
+    roomy, tight, tighter = _plan(16.0), _plan(2.5), _plan(1.2)
+
+    assert (roomy.batch_size, roomy.grad_accumulation, roomy.grad_checkpoint) == (8, 1, False)
+    assert roomy.max_seq_length == 200  # the longest example, not the 256 allowed
+    assert tight.batch_size < 8 and tight.batch_size * tight.grad_accumulation == 8  # same effective batch
+    assert tighter.batch_size <= tight.batch_size
+    assert tighter.estimated_gb <= 1.2 and "does not fit" in tighter.reason
+    assert estimate_bytes(SMOLLM2, 4, 200, True) < estimate_bytes(SMOLLM2, 4, 200, False)
+    assert _plan(2.5, checkpoint="on").grad_checkpoint is True
+
+
+def test_a_budget_below_the_smallest_configuration_is_refused_naming_the_setting():
+    with pytest.raises(MemoryBudgetError, match="TRAIN_MEMORY_BUDGET_GB") as refused:
+        _plan(0.3)
+    assert "batch 1" in str(refused.value) and "0.30 GB" in str(refused.value)
+
+
+def test_cli_refuses_a_tiny_memory_budget_with_one_line_and_exit_code_2(dataset, tiny_env, monkeypatch):
+    monkeypatch.setenv("TRAIN_MEMORY_BUDGET_GB", "0.001")
+
+    result = cli("run", "--dataset", str(dataset), "--events")
+
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("training: error: not enough memory to train") and "TRAIN_MEMORY_BUDGET_GB" in last
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"event": "error", "message": last[17:], "exit_code": 2}
+
+
+def test_the_memory_estimate_covers_what_a_real_run_used(dataset, tiny_env):
+    run, _ = train_here(dataset, iters=4, batch_size=4, eval_every=2)
+
+    chosen = run.config()["plan"]
+    peak = max(m["peak_memory_gb"] for m in json.loads("[" + ",".join(
+        (run.dir / "metrics.jsonl").read_text().splitlines()) + "]") if "peak_memory_gb" in m)
+    assert 0 < peak <= chosen["estimated_gb"]
+
+
+def test_bad_setting_is_one_line_naming_the_variable_with_exit_code_2(monkeypatch):
+    monkeypatch.setenv("TRAIN_ITERS", "abc")
+
+    result = cli("run")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "training: error: invalid settings: TRAIN_ITERS: Input should be a valid integer, unable to parse "
+        "string as an integer (got 'abc')"]
+
+
+def test_nothing_to_resume_and_a_missing_dataset_are_usage_errors(tmp_path, tiny_env):
+    nothing = cli("run", "--resume")
+    missing = cli("run", "--dataset", str(tmp_path / "nowhere"))
+
+    assert nothing.returncode == 2 and "no unfinished run with a checkpoint" in nothing.stderr
+    assert missing.returncode == 2 and "train.jsonl not found" in missing.stderr
+
+
+def test_status_json_lists_runs_newest_first_with_their_outcome(dataset, tiny_env):
+    assert json.loads(cli("status", "--json").stdout) == {"runs": []}
+    first, _ = train_here(dataset, iters=2, batch_size=4, eval_every=2)
+    second, _ = train_here(dataset, iters=4, batch_size=4, eval_every=2)
+
+    result = cli("status", "--json")
+
+    assert result.returncode == 0
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["run_id"] for r in runs] == [second.id, first.id]
+    latest = runs[0]
+    assert latest["state"] == "finished" and latest["step"] == 4 and latest["total"] == 4
+    assert latest["alive"] is False and latest["resumable"] is False
+    assert latest["final_adapter"] == str(second.final) and latest["best_adapter"] == str(second.best)
+    assert latest["initial_val_loss"] > latest["best_val_loss"] > 0
+    human = cli("status")
+    assert second.id in human.stdout and "finished" in human.stdout

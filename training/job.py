@@ -1,0 +1,217 @@
+"""One training run from settings to adapters: dataset → model + LoRA → memory plan → run folder → loop.
+
+Also the recipe for a run's frozen validation batches, so the adapter gate scores a candidate and the
+production adapter on exactly the batches the run validated on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.settings import InferenceSettings
+
+from . import checkpoint, memory
+from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
+from .lora import apply_lora, use_grad_checkpoint
+from .loop import Outcome, StopFlag, train
+from .runs import FAILED, RUNNING, Reporter, Run, find_run, is_resumable, new_run, training_lock
+from .settings import FINGERPRINTED, TrainingSettings
+
+log = logging.getLogger(__name__)
+
+
+class NothingToResume(ValueError):
+    """--resume named no run, or a run that is finished or still running."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    train: Path
+    valid: Path
+    manifest: dict
+    content_hash: str  # the manifest's, plus our own hash of the split files (catches hand edits)
+
+
+def open_dataset(path: Path) -> Dataset:
+    path = Path(path).expanduser()
+    train, valid = path / "train.jsonl", path / "valid.jsonl"
+    for split in (train, valid):
+        if not split.is_file():
+            raise DatasetError(f"TRAIN_DATASET: {split} not found (a dataset folder needs train.jsonl and "
+                               "valid.jsonl; build one with `python -m data build`)")
+    digest = hashlib.sha256()
+    for split in (train, valid):
+        digest.update(split.read_bytes())
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        log.warning("%s has no manifest.json; identifying the dataset by its files' hash", path)
+        manifest = {"content_hash": None, "synthesized": True}
+    except ValueError as error:
+        raise DatasetError(f"{path / 'manifest.json'}: not valid JSON ({error})") from None
+    content_hash = f"{manifest.get('content_hash')}+files:{digest.hexdigest()[:16]}"
+    return Dataset(path, train, valid, manifest, content_hash)
+
+
+def _latest_dataset() -> Path:
+    """TRAIN_DATASET unset: the newest dataset `python -m data build` wrote."""
+    from data.builder import latest_dataset
+    from data.settings import DataSettings
+
+    try:
+        folder = latest_dataset(DataSettings.load())
+    except ValueError as error:  # data's SettingsError: DATASETS_DIR and friends
+        raise DatasetError(str(error)) from None
+    if folder is None:
+        raise DatasetError("no dataset yet: build one with `python -m data build` or set TRAIN_DATASET")
+    return folder
+
+
+def run_valid_batches(run_dir: Path, tokenizer) -> list:
+    """The frozen validation batches of a run (for the gate: candidate and production alike)."""
+    recipe = Run(Path(run_dir)).config()["valid_batches"]
+    return frozen_valid_batches(tokenizer, Path(recipe["valid_path"]), recipe["system_prompt"],
+                                recipe["batch_size"], recipe["max_seq_length"], recipe["max_batches"])
+
+
+def launch(settings: TrainingSettings, serving: InferenceSettings, *, resume: bool, run_id: str | None,
+           reporter: Reporter) -> tuple[Run, Outcome]:
+    """Start a new run or resume one; returns when it finished, stopped early or was cancelled."""
+    import mlx.core as mx
+
+    from inference.loading import load_base
+
+    home, stop = serving.farense_home, StopFlag()
+    reporter.stop = stop
+    with training_lock(home), _stop_on_signals(stop):
+        run = recorded = None
+        model_path = serving.model_path
+        if resume:
+            run = find_run(home, run_id)
+            if run is None:
+                raise NothingToResume(f"no run {run_id!r} under {home / 'runs'}" if run_id else
+                                      f"no unfinished run with a checkpoint under {home / 'runs'}")
+            if not is_resumable(run):
+                raise NothingToResume(f"run {run.id} is {run.status().get('state')} (pid "
+                                      f"{run.status().get('pid')}); only interrupted runs can be resumed")
+            recorded = run.config()
+            settings = _with_recorded(settings, recorded)
+            if "model_path" not in serving.model_fields_set:
+                model_path = recorded["model_path"]
+        dataset = open_dataset(settings.dataset or _latest_dataset())
+        budget = settings.memory_budget_gb or memory.default_budget_gb()
+
+        model, tokenizer, info = load_base(model_path, serving.models_root, serving.device, serving.cpu_dtype)
+        mx.random.seed(settings.seed)
+        adapter_config = apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale,
+                                    settings.lora_dropout)
+        adapter_config["base_model"] = info.model_id
+        fingerprint = checkpoint.fingerprint(settings.training_values(), dataset.content_hash,
+                                             info.model_id, info.dtype, serving.system_prompt)
+        loaded = checkpoint.load_latest(run.checkpoints, fingerprint) if resume else None
+
+        examples = load_examples(dataset.train, tokenizer, serving.system_prompt, settings.max_seq_length)
+        plan = _plan_memory(settings, model, max(len(e) for e in examples), budget, recorded)
+        examples = truncate(examples, plan.max_seq_length)
+        valid = frozen_valid_batches(tokenizer, dataset.valid, serving.system_prompt, plan.batch_size,
+                                     plan.max_seq_length, settings.val_batches)
+        if plan.grad_checkpoint:
+            use_grad_checkpoint(model)
+        memory.apply_limits(plan, info.device)
+
+        if run is None:
+            run = new_run(home)
+            run.write_json("manifest.json", dataset.manifest)
+            run.write_json("config.json", {
+                "run_id": run.id, "created_at": _now(), "training": settings.training_values(),
+                "settings": settings.model_dump(mode="json"), "plan": plan.as_dict(), "model_path": model_path,
+                "base_model": info.__dict__, "fingerprint": fingerprint, "adapter_config": adapter_config,
+                "dataset": {"path": str(dataset.path), "content_hash": dataset.content_hash,
+                            "train_examples": len(examples)},
+                "valid_batches": {"valid_path": str(dataset.valid), "system_prompt": serving.system_prompt,
+                                  "batch_size": plan.batch_size, "max_seq_length": plan.max_seq_length,
+                                  "max_batches": settings.val_batches}})
+        resumed_from = loaded.progress.step if loaded else 0
+        run.set_status(RUNNING, pid=os.getpid(), started_at=run.status().get("started_at") or _now(),
+                       resumed_at=_now() if loaded else None, step=resumed_from, total=settings.iters)
+        reporter.emit("start", run_id=run.id, run_dir=str(run.dir), step=resumed_from, total=settings.iters,
+                      resumed=loaded is not None, plan=plan.as_dict(), device=info.device,
+                      base_model=info.model_id, train_examples=len(examples), valid_batches=len(valid))
+        try:
+            outcome = train(model, examples, valid, settings=settings, plan=plan, pad_id=pad_id(tokenizer),
+                            run=run, reporter=reporter, fingerprint=fingerprint,
+                            adapter_config=adapter_config, resume=loaded, stop=stop,
+                            compiled=info.device == "gpu")
+        except BaseException as error:
+            run.set_status(FAILED, reason=f"{type(error).__name__}: {error}", pid=os.getpid())
+            raise
+        results = {"step": outcome.step, "best_val_loss": outcome.best_val_loss, "best_step": outcome.best_step,
+                   "final_val_loss": outcome.final_val_loss, "initial_val_loss": outcome.initial_val_loss}
+        run.set_status(outcome.state, reason=outcome.reason, **results)
+        reporter.emit("done", run_id=run.id, status=outcome.state, reason=outcome.reason, total=settings.iters,
+                      **results, best_adapter=str(run.best) if run.best.is_dir() else None,
+                      final_adapter=str(run.final) if run.final.is_dir() else None)
+        return run, outcome
+
+
+def _plan_memory(settings: TrainingSettings, model, longest: int, budget: float,
+                 recorded: dict | None) -> memory.MemoryPlan:
+    """A new run asks the tuner; a resumed one keeps its micro-batches (the data order depends on them)
+    whatever RAM is free now."""
+    shape = memory.model_shape(model, settings.lora_layers)
+    if recorded is None:
+        plan = memory.plan(shape, batch_size=settings.batch_size, grad_accumulation=settings.grad_accumulation,
+                           max_seq_length=settings.max_seq_length, longest=longest,
+                           grad_checkpoint=settings.grad_checkpoint, budget_gb=budget)
+    else:
+        plan = memory.MemoryPlan(**recorded["plan"])
+        need = memory.estimate_bytes(shape, plan.batch_size, plan.max_seq_length, plan.grad_checkpoint)
+        if need > budget * memory.GB:
+            log.warning("the resumed run's plan needs ~%.2f GB, the budget is now %.2f GB; keeping it",
+                        need / memory.GB, budget)
+    log.info("memory plan: batch %d × %d accumulation, max_seq_length %d, gradient checkpointing %s "
+             "(%s; model weights %.2f GB, %d LoRA parameters)", plan.batch_size, plan.grad_accumulation,
+             plan.max_seq_length, "on" if plan.grad_checkpoint else "off", plan.reason,
+             shape.weight_bytes / memory.GB, shape.lora_params)
+    return plan
+
+
+def _with_recorded(settings: TrainingSettings, recorded: dict) -> TrainingSettings:
+    """Resume with the run's own settings; anything set explicitly now (env, .env, flag) is kept,
+    so a changed value reaches the fingerprint check and is refused there."""
+    explicit = settings.model_fields_set
+    update = {k: v for k, v in recorded["training"].items() if k in FINGERPRINTED and k not in explicit}
+    if "dataset" not in explicit:
+        update["dataset"] = Path(recorded["dataset"]["path"])
+    return settings.model_copy(update=update)
+
+
+@contextmanager
+def _stop_on_signals(stop: StopFlag):
+    """SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly. A second one kills at once."""
+
+    def handler(number, _frame):
+        stop.signal = signal.Signals(number).name
+        signal.signal(number, signal.SIG_DFL)
+        log.warning("%s: finishing the current step, then saving a checkpoint (again to abort now)",
+                    stop.signal)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

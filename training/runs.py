@@ -1,0 +1,244 @@
+"""Run folders under $FARENSE_HOME/runs/<run_id>/, their status, metrics, and progress reporting.
+
+    config.json      settings, memory plan, base model, dataset, fingerprint, valid-batch recipe
+    manifest.json    copy of the dataset's manifest
+    metrics.jsonl    one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}
+    status.json      state (running|finished|failed|cancelled|early_stopped), reason, pid, times, losses
+    checkpoints/     step-NNNNNNN/ (see checkpoint.py)
+    adapters/best    lowest validation loss so far (mlx-lm adapter folder)
+    adapters/final   weights at the end of the run
+
+A parent process (the bot's pipeline) follows a child with `--events`: one JSON object per stdout
+line, {"event": "start"|"step"|"eval"|"checkpoint"|"done"|"error", ...}; logs stay on stderr.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RUNNING, FINISHED, FAILED, CANCELLED, EARLY_STOPPED = "running", "finished", "failed", "cancelled", "early_stopped"
+RESUMABLE = (RUNNING, FAILED, CANCELLED)  # RUNNING only when its process is gone (killed, crashed)
+
+
+class RunBusy(RuntimeError):
+    """Another training process holds the runs lock."""
+
+
+@dataclass(frozen=True)
+class Run:
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "adapters" / "best"
+
+    @property
+    def final(self) -> Path:
+        return self.dir / "adapters" / "final"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    def config(self) -> dict:
+        return json.loads((self.dir / "config.json").read_text())
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {"run_id": self.id, "state": "unknown"}
+
+    def write_json(self, name: str, data: dict) -> None:
+        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str))
+
+    def set_status(self, state: str, **fields) -> dict:
+        """Merge `fields` into status.json and set the state; written atomically."""
+        status = self.status() | fields | {"run_id": self.id, "state": state, "updated_at": _now()}
+        if state != RUNNING:
+            status["finished_at"] = status["updated_at"]
+        else:  # (re)started: forget how the previous attempt ended
+            status.pop("finished_at", None)
+            if "reason" not in fields:
+                status.pop("reason", None)
+        self.write_json("status.json", status)
+        return status
+
+    def append_metric(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        """On resume: metrics.jsonl = what the checkpoint had seen (drops steps that will be redone)."""
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def runs_root(home: Path) -> Path:
+    return Path(home) / "runs"
+
+
+def new_run(home: Path) -> Run:
+    """A new run folder; its id is its creation time to the millisecond, so names sort by age."""
+    while True:
+        now = time.time()
+        run = Run(runs_root(home) / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}")
+        try:
+            run.dir.mkdir(parents=True)
+        except FileExistsError:
+            time.sleep(0.001)
+            continue
+        (run.dir / "checkpoints").mkdir()
+        return run
+
+
+def all_runs(home: Path) -> list[Run]:
+    """Newest first (run ids start with their creation time)."""
+    root = runs_root(home)
+    if not root.is_dir():
+        return []
+    return [Run(p) for p in sorted(root.iterdir(), reverse=True) if (p / "config.json").is_file()]
+
+
+def is_resumable(run: Run) -> bool:
+    status = run.status()
+    if status.get("state") not in RESUMABLE:
+        return False
+    return status.get("state") != RUNNING or not pid_alive(status.get("pid"))
+
+
+def find_run(home: Path, run_id: str | None) -> Run | None:
+    """The named run, or the newest unfinished run that has a checkpoint."""
+    if run_id:
+        run = Run(runs_root(home) / run_id)
+        return run if (run.dir / "config.json").is_file() else None
+    return next((r for r in all_runs(home) if is_resumable(r) and any(r.checkpoints.glob("step-*"))), None)
+
+
+def pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def training_lock(home: Path):
+    """One training process per FARENSE_HOME: two would fight over memory and run folders."""
+    root = runs_root(home)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RunBusy(f"another training run is in progress ({handle.read().strip() or 'unknown'})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Reporter:
+    """Progress for people (a bar on stderr when it is a terminal) and programs (--events on stdout)."""
+
+    def __init__(self, events: bool, stream=None):
+        self.events = events
+        self.stream = stream or sys.stdout
+        self.bar = sys.stderr.isatty()
+        self._drawn = False
+
+    stop = None  # the run's StopFlag: a vanished events reader stops the run like SIGTERM
+
+    def emit(self, event: str, **fields) -> None:
+        if self.events:
+            try:
+                self.stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+        if self.bar and event == "step":
+            self._draw(fields)
+
+    def _reader_gone(self) -> None:
+        """The parent (pipeline, bot) died: stop writing events, checkpoint, end "cancelled"."""
+        self.events = False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())  # later flushes at exit must not raise again
+        os.close(devnull)
+        if self.stop is not None and self.stop.signal is None:
+            self.stop.signal = "events reader gone"
+            logging.getLogger(__name__).warning("events pipe closed: saving a checkpoint and stopping")
+
+    def _draw(self, f: dict) -> None:
+        width = 24
+        done = int(width * f["step"] / max(1, f["total"]))
+        val = f" val {f['val_loss']:.3f}" if f.get("val_loss") is not None else ""
+        eta = f" eta {int(f['eta_s']) // 60}m{int(f['eta_s']) % 60:02d}s" if f.get("eta_s") is not None else ""
+        sys.stderr.write(f"\r\033[K[{'#' * done}{'.' * (width - done)}] {f['step']}/{f['total']} "
+                         f"loss {f['loss']:.3f}{val} {f.get('tokens_per_s', 0):.0f} tok/s{eta}")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def clear(self) -> None:
+        """Before a log line: wipe the bar so the line is not glued to it."""
+        if self._drawn:
+            sys.stderr.write("\r\033[K")
+            self._drawn = False
+
+
+class BarAwareHandler(logging.StreamHandler):
+    """Logs to stderr, clearing the progress bar first."""
+
+    reporter: Reporter | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.reporter is not None:
+            self.reporter.clear()
+        super().emit(record)

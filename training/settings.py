@@ -1,0 +1,83 @@
+"""Settings of the training package: environment variables with the TRAIN_ prefix (and `.env`).
+
+The defaults make the embedded SmolLM2-135M learn a ~1,500-pair corpus in about an hour on a laptop
+CPU (minutes on an M1): rank-8 LoRA on the last 16 of 30 layers, batch 8, sequences up to 256 tokens.
+FARENSE_HOME, MODEL_PATH and SYSTEM_PROMPT come from `InferenceSettings`, so training and serving
+always agree on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.settings import explain
+
+# Settings that change the numbers a run produces. Resuming compares them; the others (how often to
+# save, how much memory there is) may change between a crash and its resume.
+FINGERPRINTED = (
+    "iters", "batch_size", "learning_rate", "min_lr_ratio", "warmup_steps", "weight_decay",
+    "grad_clip", "grad_accumulation", "lora_rank", "lora_scale", "lora_dropout", "lora_layers",
+    "max_seq_length", "eval_every", "val_batches", "patience", "min_delta", "seed",
+)
+
+
+class TrainingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAIN_", env_file=".env", extra="ignore")
+
+    dataset: Path | None = Field(
+        default=None,
+        description="Folder with train.jsonl, valid.jsonl, manifest.json; empty = the newest one "
+        "`python -m data build` wrote ($FARENSE_HOME/datasets/latest)",
+    )
+    iters: int = Field(default=600, ge=1, description="Optimizer steps (each = grad_accumulation batches)")
+    batch_size: int = Field(default=8, ge=1, description="Wanted batch; the memory tuner may split it")
+    learning_rate: float = Field(default=2e-4, ge=0.0, le=1.0, description="Peak LR (with lora_scale 20)")
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0, description="Cosine decays to lr × this")
+    warmup_steps: int = Field(default=30, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    grad_clip: float = Field(default=1.0, ge=0.0, description="Max global gradient norm; 0 = off")
+    grad_accumulation: int = Field(default=1, ge=1)
+    grad_checkpoint: Literal["auto", "on", "off"] = "auto"
+    lora_rank: int = Field(default=8, ge=1, le=512)
+    lora_scale: float = Field(default=20.0, gt=0.0)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    lora_layers: int = Field(default=16, ge=1, description="Last N transformer blocks get LoRA")
+    max_seq_length: int = Field(default=256, ge=16, le=32768)
+    eval_every: int = Field(default=50, ge=1)
+    val_batches: int = Field(default=50, ge=1)
+    patience: int = Field(default=5, ge=1, description="Evaluations without improvement before stopping")
+    min_delta: float = Field(default=0.001, ge=0.0, description="Smaller val-loss gains do not count")
+    checkpoint_every: int = Field(default=200, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    memory_budget_gb: float | None = Field(
+        default=None, gt=0.0, description="Empty = available RAM minus a safety margin"
+    )
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("grad_checkpoint", mode="before")
+    @classmethod
+    def _boolish(cls, value):
+        aliases = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off", "": "auto"}
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return aliases.get(str(value).strip().lower(), str(value).strip().lower())
+
+    @field_validator("memory_budget_gb", "dataset", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if value == "" else value
+
+    @classmethod
+    def load(cls, **overrides) -> "TrainingSettings":
+        """Read the environment; CLI flags come in as overrides. Raises SettingsError."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as error:
+            raise explain(error, cls) from None
+
+    def training_values(self) -> dict:
+        return {name: getattr(self, name) for name in FINGERPRINTED}
