@@ -1,0 +1,100 @@
+"""The lifecycle commands (promote, rollback, adapters, gate, pipeline): output, exit codes, and
+expected errors as one stderr line without a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inference.adapters import read_production
+from training.lifecycle_cli import COMMANDS
+from training.registry import Registry
+
+from .models import make_adapter
+
+
+@pytest.fixture
+def registry(monkeypatch, isolated_env, tiny_model_dir, tmp_path) -> Registry:
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
+    registry = Registry(isolated_env)
+    for seed in (1, 2):
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed))
+    return registry
+
+
+def run(capsys, command: str, *argv: str) -> tuple[int, str, str]:
+    code = COMMANDS[command](list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_commands_are_the_five_lifecycle_ones():
+    assert set(COMMANDS) == {"promote", "rollback", "adapters", "gate", "pipeline"}
+
+
+def test_promote_list_and_rollback(registry, capsys):
+    code, out, _ = run(capsys, "promote", "1", "--by", "alice", "--reason", "first one")
+    assert code == 0 and "v0001 is now in production (was the base model)" in out
+    assert run(capsys, "promote", "v0002", "--by", "bob")[0] == 0
+    code, out, _ = run(capsys, "adapters")
+    assert code == 0
+    assert [line.split()[:3] for line in out.splitlines()[1:]] == [["v0001", "retired", registry.get("1").created_at],
+                                                                  ["*", "v0002", "production"]]
+    code, out, _ = run(capsys, "adapters", "--json")
+    listing = json.loads(out)
+    assert code == 0 and listing["production"] == "v0002" and len(listing["versions"]) == 2
+    assert [h["by"] for h in listing["history"]] == ["alice", "bob"] and listing["history"][0]["reason"] == "first one"
+    code, out, _ = run(capsys, "rollback", "--by", "carol", "--reason", "bad answers")
+    assert code == 0 and "rolled back v0002: now serving v0001" in out
+    assert read_production(registry.home)[0] == "v0001"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["promote", "v9"], "no adapter version v0009 (registered: v0001, v0002)"),
+    (["promote", "latest"], "'latest' is not a version"),
+    (["rollback"], "nothing to roll back"),
+    (["gate", "1"], "its training run (none recorded) is gone"),
+])
+def test_expected_errors_are_one_line_exit_2(registry, capsys, argv, message):
+    code, out, err = run(capsys, argv[0], *argv[1:])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("training: error: ") and message in err
+
+
+def test_damaged_adapter_is_refused_by_promote(registry, capsys):
+    weights = registry.root / "v0002" / "adapters.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    code, _, err = run(capsys, "promote", "2")
+    assert code == 2 and "changed since it was registered" in err and read_production(registry.home) is None
+
+
+def test_bad_setting_is_named(registry, capsys, monkeypatch):
+    monkeypatch.setenv("KEEP_ADAPTERS", "0")
+    code, _, err = run(capsys, "adapters")
+    assert code == 2 and err.count("\n") == 1 and "KEEP_ADAPTERS" in err
+
+
+def test_busy_pipeline_exits_2(registry, capsys):
+    from training.pipeline import _pipeline_lock
+
+    with _pipeline_lock(registry.home, trigger="nightly", requested_by="cron"):
+        code, out, err = run(capsys, "pipeline", "--", "--iters", "0")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "already running" in err and "nightly by cron" in err
+
+
+def test_module_entry_point_has_no_traceback(registry):
+    done = subprocess.run([sys.executable, "-m", "training.lifecycle_cli", "promote", "v7"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "training: error: no adapter version v0007 (registered: v0001, v0002)"
+
+
+def test_pipeline_events_end_with_the_result(registry, capsys):
+    code, out, _ = run(capsys, "pipeline", "--events", "--trigger", "manual", "--by", "ops", "--", "--iters", "0")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [e["event"] for e in events] == ["stage", "stage", "error", "result"]
+    assert events[-1]["outcome"] == "failed" and "TRAIN_ITERS" in events[-1]["message"]

@@ -1,0 +1,150 @@
+"""The promotion gate on the tiny llama: a trained candidate beats the base model, a noisy one and a
+NaN one are rejected with every criterion reported; plus the eval subset and the repetition check.
+
+Also home of the helpers the other lifecycle tests share (a small seed, fast training flags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data.seed import load_eval
+from data.settings import PACKAGE_SEED_DIR
+from training.gate import degenerate, gate_items, gate_version
+from training.registry import REJECTED, Registry
+
+from .models import make_adapter
+
+SYSTEM_PROMPT = "You answer questions about SC Farense."
+# Fast on the tiny llama: ~0.3 s a step; 30 steps take val loss from ~11.2 to ~10.6.
+TRAIN_ARGS = ["--iters", "30", "--batch-size", "4", "--learning-rate", "2e-3", "--warmup-steps", "2",
+              "--eval-every", "10", "--val-batches", "4"]
+CRITERIA = {"val_loss", "accuracy", "adapter_loads", "finite_val_loss", "degenerate_answers"}
+
+
+def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False) -> Path:
+    """A small seed cut from the real one (66 pairs, 22 eval items); optionally with every answer
+    moved to another question — data that teaches nothing true."""
+    folder.mkdir(parents=True, exist_ok=True)
+    qa = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("qa-*.jsonl"))
+          for line in path.read_text().splitlines()]
+    qa = [pair for pair in qa if pair["fact"] in facts]
+    if shuffle_answers:
+        answers = [pair["answer"] for pair in qa]
+        qa = [pair | {"answer": answers[(i * 7 + 3) % len(answers)]} for i, pair in enumerate(qa)]
+    items = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("eval-*.jsonl"))
+             for line in path.read_text().splitlines()]
+    (folder / "qa-test.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in qa))
+    (folder / "eval-test.jsonl").write_text(
+        "".join(json.dumps(item) + "\n" for item in items if item["fact"] in facts))
+    return folder
+
+
+def lifecycle_env(monkeypatch, tiny_model_dir: Path, seed: Path) -> None:
+    """Serve and train the tiny llama with a short prompt, and keep the gate small."""
+    for name, value in {"MODEL_PATH": str(tiny_model_dir), "SYSTEM_PROMPT": SYSTEM_PROMPT,
+                        "SEED_DIR": str(seed), "GATE_EVAL_LIMIT": "4", "GATE_MAX_TOKENS": "16",
+                        "GATE_MIN_IMPROVEMENT": "0.005", "GATE_ALLOWED_ACCURACY_DROP": "0",
+                        "GATE_MAX_DEGENERATE": "0.1", "KEEP_ADAPTERS": "10", "PIPELINE_TRAIN_ARGS": ""}.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """One real training run (child process, like the pipeline's), shared by this module's tests."""
+    root = tmp_path_factory.mktemp("trained")
+    seed = write_seed(root / "seed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "GATE_"))}
+    env.update(FARENSE_HOME=str(root / "home"), MODEL_PATH=str(tiny_model_dir), SYSTEM_PROMPT=SYSTEM_PROMPT,
+               SEED_DIR=str(seed))
+    subprocess.run([sys.executable, "-m", "data", "build"], env=env, cwd=root, check=True, capture_output=True)
+    dataset = next(p for p in (root / "home" / "datasets").iterdir() if p.is_dir())
+    done = subprocess.run([sys.executable, "-m", "training", "run", "--events", "--dataset", str(dataset),
+                           *TRAIN_ARGS], env=env, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return Path(json.loads(done.stdout.splitlines()[0])["run_dir"])
+
+
+@pytest.fixture
+def registry(monkeypatch, tmp_path, tiny_model_dir, isolated_env) -> Registry:
+    lifecycle_env(monkeypatch, tiny_model_dir, write_seed(tmp_path / "seed"))
+    return Registry(isolated_env)
+
+
+def add_trained(registry: Registry, run: Path):
+    manifest = json.loads((run / "manifest.json").read_text())
+    return registry.add_candidate(run / "adapters" / "best", run_dir=run, manifest=manifest,
+                                  metrics=json.loads((run / "status.json").read_text()))
+
+
+def test_trained_candidate_passes_then_noisy_candidate_is_rejected(registry, trained_run, tiny_model_dir,
+                                                                  tmp_path):
+    first = add_trained(registry, trained_run)
+    report = gate_version(registry, first.version)
+    assert report["accepted"], report["criteria"]
+    assert report["champion"]["label"] == "base model" and report["candidate"]["version"] == first.version
+    assert report["candidate"]["val_loss"] < report["champion"]["val_loss"]
+    assert registry.get(first.version).gate["accepted"] is True
+    registry.promote(first.version, by="test", reason="passed the gate")
+
+    noisy = make_adapter(tiny_model_dir, tmp_path / "noisy", rank=8, num_layers=2, seed=5, scale=200.0)
+    second = registry.add_candidate(noisy, run_dir=trained_run)
+    report = gate_version(registry, second.version)
+    assert not report["accepted"]
+    assert {row["name"] for row in report["criteria"]} == CRITERIA
+    for row in report["criteria"]:  # both values and the rule, for every criterion
+        assert row["candidate"] is not None and row["champion"] is not None and row["rule"]
+    val = next(row for row in report["criteria"] if row["name"] == "val_loss")
+    assert not val["passed"] and val["candidate"] > val["champion"]
+    assert report["champion"]["version"] == first.version
+    assert len(report["answers"]) == report["eval_items"] == 4
+    stored = registry.get(second.version)
+    assert stored.status == REJECTED and stored.gate["criteria"] == report["criteria"]
+    assert registry.production().version == first.version  # the gate never promotes
+
+
+def test_nan_adapter_is_rejected_by_the_sanity_checks(registry, trained_run, tiny_model_dir, tmp_path):
+    import mlx.core as mx
+
+    folder = make_adapter(tiny_model_dir, tmp_path / "nan", rank=8, num_layers=2)
+    weights = mx.load(str(folder / "adapters.safetensors"))
+    mx.save_safetensors(str(folder / "adapters.safetensors"),
+                        {name: value * float("nan") for name, value in weights.items()})
+    candidate = registry.add_candidate(folder, run_dir=trained_run)  # well-formed, so registered
+    report = gate_version(registry, candidate.version)
+    rows = {row["name"]: row for row in report["criteria"]}
+    assert not report["accepted"]
+    assert not rows["adapter_loads"]["passed"] and "non-finite" in rows["adapter_loads"]["candidate"]
+    assert not rows["finite_val_loss"]["passed"] and not rows["degenerate_answers"]["passed"]
+    assert rows["adapter_loads"]["champion"] == "ok" and rows["val_loss"]["champion"] > 0
+    assert registry.get(candidate.version).status == REJECTED
+
+
+def test_eval_subset_is_balanced_spread_and_stable():
+    items = load_eval(PACKAGE_SEED_DIR, [])
+    chosen = gate_items(items, 60)
+    assert len(chosen) == 60 and chosen == gate_items(list(reversed(items)), 60)
+    assert sum(item.lang == "en" for item in chosen) == 30
+    facts = sorted(item.fact for item in chosen if item.lang == "pt")
+    assert facts[0] <= 5 and facts[-1] >= 110  # spread over the whole fact range, not the first 30
+    english_only = [item for item in items if item.lang == "en"][:3]
+    assert len(gate_items(english_only + [i for i in items if i.lang == "pt"], 10)) == 10  # pt fills in
+
+
+@pytest.mark.parametrize("text, verdict", [
+    ("", "empty"), ("  \n\n ", "empty"),
+    ("Council Council Council Council Council Council Council Council Council", "repetitive"),
+    ("the club of the club of the club of the club of Faro", "repetitive"),
+    ("'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):", "repetitive"),
+    ("Farense was founded on 1 April 1910 in Faro, in the Algarve.", None),
+    ("O Farense foi fundado a 1 de abril de 1910, em Faro, no Algarve. Joga no Estádio de São Luís, "
+     "com capacidade para cerca de 7000 espectadores, e o seu equipamento é preto e branco.", None),
+])
+def test_degenerate_answers_are_recognised(text, verdict):
+    assert degenerate(text) == verdict

@@ -1,0 +1,219 @@
+"""The promotion gate: a candidate adapter against the champion (production, or the bare base model).
+
+Both are measured in one process on one base-model load, swapping adapters in between, on the same
+inputs: the candidate run's frozen validation batches (same batch size and sequence length as in
+training) and a fixed, language-balanced subset of the seed's held-out eval questions, answered
+greedily. The candidate passes only if every criterion holds:
+
+    val_loss            candidate ≤ champion × (1 − GATE_MIN_IMPROVEMENT)       (relative gain)
+    accuracy            candidate ≥ champion − GATE_ALLOWED_ACCURACY_DROP       (absolute, 0..1)
+    adapter_loads       the adapter applies: files parse, tensors fit, weights are finite
+    finite_val_loss     no NaN/inf loss
+    degenerate_answers  share of empty or repetitive answers ≤ max(GATE_MAX_DEGENERATE, champion's)
+
+The report lists every criterion with both values and the rule, so an admin sees why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+from data.scorer import evaluate
+from data.seed import LANGS, EvalItem, load_eval
+from data.settings import DataSettings
+from inference.adapters import AdapterError, read_adapter
+from inference.settings import InferenceSettings
+
+from .job import run_valid_batches
+from .lifecycle_settings import LifecycleSettings
+from .registry import Registry
+
+BASE_LABEL = "base model"
+MIN_CHARS_FOR_RATIO = 40  # zlib's overhead makes shorter texts look incompressible
+MAX_COMPRESSION_RATIO = 2.4  # Whisper's threshold for looping output; normal prose is ~1.2-1.8
+MAX_NGRAM_REPEATS = 3  # a word 3-gram said 4 times in one short answer is a loop
+
+
+class GateError(RuntimeError):
+    """The gate cannot run: no validation data, no eval items, a champion that does not load."""
+
+
+def gate_version(registry: Registry, version: str, *, settings: LifecycleSettings | None = None,
+                 serving: InferenceSettings | None = None) -> dict:
+    """Gate a registered version against production, record the report in the registry, return it."""
+    settings = settings or LifecycleSettings.load()
+    serving = serving or InferenceSettings.load()
+    candidate = registry.get(version)
+    champion = registry.production()
+    if champion is not None and champion.version == candidate.version:
+        raise GateError(f"{candidate.version} is in production: there is nothing to compare it with")
+    if candidate.run_dir is None or not (candidate.run_dir / "config.json").is_file():
+        raise GateError(f"{candidate.version}: its training run ({candidate.run_dir or 'none recorded'}) is "
+                        "gone, and the gate needs that run's validation batches")
+    problems: list = []
+    items = gate_items(load_eval(DataSettings.load().seed_dir, problems), settings.gate_eval_limit)
+    if not items:
+        raise GateError(f"no held-out eval items in SEED_DIR ({'; '.join(map(str, problems[:3]))})")
+    report = compare(candidate.path, candidate.version, champion.path if champion else None,
+                     champion.version if champion else None, run_dir=candidate.run_dir, items=items,
+                     settings=settings, serving=serving)
+    registry.record_gate(candidate.version, report, report["accepted"])
+    return report
+
+
+def gate_items(items: list[EvalItem], limit: int) -> list[EvalItem]:
+    """A fixed subset: half per language (the other fills in when one runs short), evenly spread
+    over each language's items sorted by id, so every fact range is represented."""
+    pools = {lang: sorted((i for i in items if i.lang == lang), key=lambda i: i.id) for lang in LANGS}
+    quota = {lang: min(len(pools[lang]), limit // len(LANGS)) for lang in LANGS}
+    for lang in LANGS:  # give what one language lacks to the others
+        quota[lang] = min(len(pools[lang]), limit - sum(q for other, q in quota.items() if other != lang))
+    chosen = [pools[lang][i * len(pools[lang]) // quota[lang]] for lang in LANGS for i in range(quota[lang])]
+    return sorted(chosen, key=lambda i: i.id)
+
+
+def degenerate(text: str) -> str | None:
+    """'empty' or 'repetitive' for an answer nobody should get, else None."""
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    data = stripped.encode("utf-8")
+    if len(data) >= MIN_CHARS_FOR_RATIO and len(data) / len(zlib.compress(data)) > MAX_COMPRESSION_RATIO:
+        return "repetitive"
+    words = stripped.lower().split()
+    grams = Counter(zip(words, words[1:], words[2:]))
+    if grams and max(grams.values()) > MAX_NGRAM_REPEATS:
+        return "repetitive"
+    return None
+
+
+def compare(candidate: Path, candidate_label: str, champion: Path | None, champion_label: str | None, *,
+            run_dir: Path, items: list[EvalItem], settings: LifecycleSettings,
+            serving: InferenceSettings) -> dict:
+    """Measure champion then candidate on one loaded base model; returns the report."""
+    from inference.loading import load_base
+
+    started = time.perf_counter()
+    model, tokenizer, info = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)
+    batches = run_valid_batches(run_dir, tokenizer)
+    champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving)
+    if champ["error"]:
+        raise GateError(f"the production adapter {champion_label} cannot be measured: {champ['error']}")
+    cand = _measure(model, tokenizer, candidate, candidate_label, batches, items, settings, serving)
+    criteria = _criteria(cand, champ, settings)
+    answers = [{"id": item.id, "lang": item.lang, "question": item.question,
+                "candidate": cand["answers"].get(item.id), "champion": champ["answers"].get(item.id),
+                "candidate_passed": cand["passed"].get(item.id), "champion_passed": champ["passed"].get(item.id)}
+               for item in items]
+    for side in (cand, champ):
+        del side["answers"], side["passed"]
+    return {
+        "candidate": cand, "champion": champ, "criteria": criteria,
+        "accepted": all(c["passed"] for c in criteria),
+        "settings": {"min_improvement": settings.gate_min_improvement,
+                     "allowed_accuracy_drop": settings.gate_allowed_accuracy_drop,
+                     "eval_limit": settings.gate_eval_limit, "max_tokens": settings.gate_max_tokens,
+                     "max_degenerate": settings.gate_max_degenerate},
+        "base_model": info.model_id, "run_dir": str(run_dir), "valid_batches": len(batches),
+        "eval_items": len(items), "seconds": round(time.perf_counter() - started, 1),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "answers": answers,
+    }
+
+
+def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, items: list[EvalItem],
+             settings: LifecycleSettings, serving: InferenceSettings) -> dict:
+    """Validation loss and greedy answers with `folder`'s adapter (None = bare base model) applied."""
+    # MLX is imported here, not at the top: the bot imports this module (through the pipeline)
+    # and must not pull MLX into threads other than the Engine's.
+    from mlx_lm.generate import batch_generate
+    from mlx_lm.sample_utils import make_logits_processors
+
+    from inference.lora import apply_adapter, remove_adapter
+    from inference.prompts import render_prompt
+
+    from .loop import validation_loss
+
+    result = {"version": label, "label": label or BASE_LABEL, "error": None, "val_loss": None,
+              "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None, "empty": None,
+              "repetitive": None, "degenerate_share": None, "answers": {}, "passed": {}}
+    remove_adapter(model)
+    if folder is not None:
+        try:
+            apply_adapter(model, read_adapter(folder, label))
+        except (AdapterError, ValueError, OSError) as error:
+            remove_adapter(model)
+            result["error"] = str(error)
+            return result
+    model.eval()
+    result["val_loss"] = validation_loss(model, batches)
+    prompts = [render_prompt(tokenizer, [{"role": "user", "content": item.question}], serving.system_prompt)
+               for item in items]
+    texts = batch_generate(model, tokenizer, prompts, max_tokens=settings.gate_max_tokens,
+                           logits_processors=make_logits_processors(
+                               repetition_penalty=serving.repetition_penalty)).texts
+    by_question = {item.question: text for item, text in zip(items, texts, strict=True)}
+    report = evaluate(lambda question, _lang: by_question[question], items, ood_items=[])
+    kinds = Counter(degenerate(text) for text in texts)
+    result.update(accuracy=report.accuracy, accuracy_by_lang=report.accuracy_by_lang,
+                  key_fact_recall=report.key_fact_recall, empty=kinds["empty"], repetitive=kinds["repetitive"],
+                  degenerate_share=(kinds["empty"] + kinds["repetitive"]) / len(texts),
+                  answers={item.id: text for item, text in zip(items, texts, strict=True)},
+                  passed={r.id: r.passed for r in report.items})
+    return result
+
+
+def _criteria(cand: dict, champ: dict, settings: LifecycleSettings) -> list[dict]:
+    rows = []
+
+    def add(name: str, kind: str, unit: str, rule: str, passed: bool, key: str) -> None:
+        rows.append({"name": name, "kind": kind, "unit": unit, "candidate": cand[key], "champion": champ[key],
+                     "rule": rule, "passed": bool(passed)})
+
+    loss, best = cand["val_loss"], champ["val_loss"]
+    limit = best * (1 - settings.gate_min_improvement) if _finite(best) else None
+    add("val_loss", "quality", "loss",
+        f"≤ {limit:.4f} (champion − {settings.gate_min_improvement:.1%})" if limit is not None else "finite",
+        _finite(loss) and (limit is None or loss <= limit), "val_loss")
+    floor = (champ["accuracy"] or 0.0) - settings.gate_allowed_accuracy_drop
+    add("accuracy", "quality", "share", f"≥ {max(floor, 0.0):.1%} (champion − "
+        f"{settings.gate_allowed_accuracy_drop:.1%})",
+        cand["accuracy"] is not None and cand["accuracy"] >= floor - 1e-9, "accuracy")
+    rows.append({"name": "adapter_loads", "kind": "sanity", "unit": "text",
+                 "candidate": cand["error"] or "ok", "champion": champ["error"] or "ok",
+                 "rule": "files parse, tensors fit the base model, weights finite", "passed": cand["error"] is None})
+    add("finite_val_loss", "sanity", "loss", "not NaN or infinite", _finite(loss), "val_loss")
+    allowed = max(settings.gate_max_degenerate, champ["degenerate_share"] or 0.0)
+    add("degenerate_answers", "sanity", "share", f"≤ {allowed:.1%} empty or repetitive",
+        cand["degenerate_share"] is not None and cand["degenerate_share"] <= allowed + 1e-9, "degenerate_share")
+    return rows
+
+
+def describe(report: dict) -> str:
+    """A few lines for people: the verdict, then one line per criterion with both values."""
+    cand, champ = report["candidate"]["label"], report["champion"]["label"]
+    verdict = f"{cand} vs {champ}: {'accepted' if report['accepted'] else 'rejected'}"
+    return "\n".join([verdict, *map(criterion_line, report["criteria"])])
+
+
+def criterion_line(row: dict) -> str:
+    """'✓ val_loss: 10.6037 vs 11.2130; needs ≤ 11.1569 (champion − 0.5%)'"""
+    return (f"{'✓' if row['passed'] else '✗'} {row['name']}: {_format(row['candidate'], row['unit'])} vs "
+            f"{_format(row['champion'], row['unit'])}; needs {row['rule']}")
+
+
+def _format(value, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "loss":
+        return f"{value:.4f}"
+    if unit == "share":
+        return f"{value:.1%}"
+    return str(value)
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)

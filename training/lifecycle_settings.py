@@ -1,0 +1,53 @@
+"""Settings of the adapter lifecycle (registry, gate, pipeline), from the environment and `.env`.
+
+Names are used as they are (KEEP_ADAPTERS, GATE_..., PIPELINE_...), without the TRAIN_ prefix:
+they steer what happens around training, not the training run itself.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.settings import explain
+
+
+class LifecycleSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    keep_adapters: int = Field(
+        default=10, ge=1, description="Registry versions kept; production and the previous one always are")
+    gate_min_improvement: float = Field(
+        default=0.005, ge=0.0, lt=1.0,
+        description="Relative val-loss gain a candidate needs: loss ≤ champion's × (1 − this)")
+    gate_allowed_accuracy_drop: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Absolute drop of eval accuracy tolerated (0.02 = two percentage points)")
+    gate_eval_limit: int = Field(
+        default=60, ge=2, le=1000, description="Held-out eval questions asked, half EN, half PT")
+    gate_max_tokens: int = Field(default=64, ge=8, le=2048, description="Answer length cap in the gate")
+    gate_max_degenerate: float = Field(
+        default=0.1, ge=0.0, le=1.0,
+        description="Share of empty/repetitive answers tolerated (or the champion's share, if higher)")
+    pipeline_train_args: str = Field(
+        default="", description="Extra `python -m training run` flags, shell-quoted, e.g. '--iters 300'")
+
+    @field_validator("pipeline_train_args")
+    @classmethod
+    def _splittable(cls, value: str) -> str:
+        shlex.split(value)  # raises ValueError (e.g. "No closing quotation"), reported by explain()
+        return value
+
+    @property
+    def train_args(self) -> list[str]:
+        return shlex.split(self.pipeline_train_args)
+
+    @classmethod
+    def load(cls, **overrides) -> "LifecycleSettings":
+        """Read the environment; raises inference.settings.SettingsError naming each bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            raise explain(error, cls) from None

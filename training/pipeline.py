@@ -1,0 +1,341 @@
+"""The retraining pipeline that the nightly scheduler and an admin's /retrain both call.
+
+    dataset (data.builder) → train (child process) → register candidate → gate (child process)
+    → promote + on_promoted(version), or reject
+
+Training and the gate run in child processes, so a crash, an OOM kill or an MLX abort there ends
+with outcome "failed" and production untouched, never with a dead bot. One pipeline at a time per
+FARENSE_HOME: `pipeline.lock` is held with fcntl (the kernel drops it when its process dies) and
+says who holds it (pid, start time); a lock left behind by a dead process is taken over.
+
+A run that stopped mid-training (killed, cancelled by SIGTERM, or failed — e.g. its pipe broke
+when the bot died) is resumed from its checkpoint by the next pipeline; if that resume fails as
+well, the pipeline after it starts afresh. `pipeline_state()` tells /status what is running and
+how the last run ended.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.builder import build_dataset
+from data.settings import DataSettings
+from inference.adapters import AdapterError
+from inference.settings import InferenceSettings, SettingsError
+
+from .gate import criterion_line
+from .lifecycle_settings import LifecycleSettings
+from .registry import REJECTED, Registry, RegistryError
+from .runs import all_runs, is_resumable, pid_alive, write_atomic
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE, RUNNING_FILE, LAST_FILE = "pipeline.lock", "pipeline_running.json", "pipeline_last.json"
+EXIT_USAGE = 2  # the trainer's exit code for bad settings, a changed fingerprint, nothing to resume
+TAIL_LINES = 20
+CHILD_STOP_SECONDS = 120  # SIGTERM lets a training child finish its step and write a checkpoint
+TRAINED = ("finished", "early_stopped")
+
+
+@dataclass
+class PipelineResult:
+    outcome: str  # promoted | rejected | skipped | failed | busy
+    version: str | None = None  # the candidate registered by this run, if any
+    message: str = ""  # a few lines for admins
+    report: dict = field(default_factory=dict)  # the gate report, when the gate ran
+    run_dir: Path | None = None  # the training run, when one started
+
+    def to_dict(self) -> dict:
+        return {"outcome": self.outcome, "version": self.version, "message": self.message,
+                "run_dir": str(self.run_dir) if self.run_dir else None,
+                "criteria": self.report.get("criteria"), "accepted": self.report.get("accepted")}
+
+
+def run_pipeline(*, trigger: str, requested_by: str, on_progress: Callable[[dict], None] | None = None,
+                 on_promoted: Callable[[str], None] | None = None, skip_if_unchanged: bool = False,
+                 train_args: Sequence[str] = ()) -> PipelineResult:
+    """Run the whole pipeline once; never raises (a bot thread calls this)."""
+    try:
+        settings, home = LifecycleSettings.load(), InferenceSettings.load().farense_home
+    except SettingsError as error:
+        return PipelineResult("failed", message=str(error))
+    started = _now()
+    with _pipeline_lock(home, trigger=trigger, requested_by=requested_by) as holder:
+        if holder is not None:
+            return PipelineResult("busy", message=f"A pipeline is already running ({_describe_holder(home, holder)}).")
+        progress = _Progress(home, {"pid": os.getpid(), "since": started, "trigger": trigger,
+                                    "requested_by": requested_by}, on_progress)
+        try:
+            result = _pipeline(progress, settings, home, trigger, requested_by, on_promoted,
+                               skip_if_unchanged, [*settings.train_args, *train_args])
+        except Exception as error:  # a bug or an unexpected disk problem: report it, keep the bot alive
+            log.exception("pipeline failed")
+            result = PipelineResult("failed", message=f"Pipeline error: {type(error).__name__}: {error}. "
+                                                      "Production unchanged.")
+        finally:
+            (home / RUNNING_FILE).unlink(missing_ok=True)
+        write_atomic(home / LAST_FILE, json.dumps(result.to_dict() | {
+            "trigger": trigger, "requested_by": requested_by, "started_at": started, "finished_at": _now(),
+            "resumed_run": progress.state.get("resumed_run")}, indent=2))
+        log.info("pipeline %s: %s", result.outcome, result.message.replace("\n", " | "))
+        return result
+
+
+def pipeline_state(home: Path) -> dict:
+    """For /status: is a pipeline running (pid, since, stage, last event), and how did the last end."""
+    running = _read_json(Path(home) / RUNNING_FILE)
+    alive = running is not None and pid_alive(running.get("pid"))
+    return {"running": alive, **(running if alive else {}), "last": _read_json(Path(home) / LAST_FILE)}
+
+
+def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, trigger: str, requested_by: str,
+              on_promoted: Callable[[str], None] | None, skip_if_unchanged: bool,
+              train_args: list[str]) -> PipelineResult:
+    registry = Registry(home, keep=settings.keep_adapters)
+    production = registry.production()
+    serving_now = f"Production unchanged: {production.version if production else 'base model'}."
+    trained = None
+    interrupted = _interrupted_run(home, _read_json(home / LAST_FILE))
+    if interrupted is not None:
+        progress.update(resumed_run=interrupted.id)
+        progress.stage("train", resume=interrupted.id)
+        log.info("resuming the interrupted training run %s", interrupted.id)
+        trained = _child(["training", "run", "--events", "--resume", interrupted.id, *train_args], progress)
+        if trained.returncode == EXIT_USAGE:
+            log.warning("cannot resume %s (%s); starting a new run", interrupted.id, trained.error())
+            trained = None
+    if trained is None:
+        progress.stage("dataset")
+        build = build_dataset(DataSettings.load())
+        reason = _unchanged(registry, production, build.content_hash) if skip_if_unchanged else None
+        if reason:
+            return PipelineResult("skipped", message=f"Skipped: the data has not changed ({reason}).")
+        progress.stage("train", dataset=str(build.path))
+        trained = _child(["training", "run", "--events", "--dataset", str(build.path), *train_args], progress)
+
+    run_dir = Path(trained.events["start"]["run_dir"]) if "start" in trained.events else None
+    done = trained.events.get("done") or {}
+    if trained.returncode != 0 or done.get("status") not in TRAINED:
+        return PipelineResult("failed", message=f"Training failed: {trained.error()}.\n{serving_now}",
+                              run_dir=run_dir)
+
+    progress.stage("register")
+    best = run_dir / "adapters" / "best"
+    adapter = best if best.is_dir() else run_dir / "adapters" / "final"
+    manifest = _read_json(run_dir / "manifest.json") or {}
+    metrics = {k: done.get(k) for k in ("status", "step", "total", "initial_val_loss", "best_val_loss",
+                                        "best_step", "final_val_loss")}
+    try:
+        candidate = registry.add_candidate(adapter, run_dir=run_dir, manifest=manifest, metrics=metrics)
+    except (AdapterError, RegistryError) as error:
+        return PipelineResult("failed", message=f"The trained adapter was not registered: {error}.\n{serving_now}",
+                              run_dir=run_dir)
+
+    progress.stage("gate", version=candidate.version)
+    gated = _child(["training.lifecycle_cli", "gate", candidate.version], progress)
+    report = registry.get(candidate.version).gate  # the gate child records its report there
+    if gated.returncode != 0 or not report:
+        return PipelineResult("failed", candidate.version, run_dir=run_dir,
+                              message=f"The gate failed on {candidate.version}: {gated.error()}.\n{serving_now}")
+    trained_on = (f"Run {run_dir.name}: {done.get('step')} steps, best val loss {_loss(done.get('best_val_loss'))}; "
+                  f"dataset {candidate.dataset.get('counts', {}).get('train')} train / "
+                  f"{candidate.dataset.get('counts', {}).get('valid')} valid examples.")
+    if not report["accepted"]:
+        failing = [criterion_line(row) for row in report["criteria"] if not row["passed"]]
+        return PipelineResult("rejected", candidate.version, report=report, run_dir=run_dir, message="\n".join(
+            [f"Candidate {candidate.version} rejected ({trigger}, by {requested_by}). {serving_now}", *failing,
+             trained_on]))
+
+    progress.stage("promote", version=candidate.version)
+    current = registry.production()
+    if (current.version if current else None) != report["champion"]["version"]:
+        return PipelineResult("rejected", candidate.version, report=report, run_dir=run_dir, message=(
+            f"{candidate.version} beat {report['champion']['label']}, but production changed to "
+            f"{current.version if current else 'the base model'} meanwhile; not promoted "
+            f"(gate it again: python -m training gate {candidate.version})."))
+    registry.promote(candidate.version, by=requested_by, reason=f"{trigger} pipeline: passed the gate")
+    lines = [f"Promoted {candidate.version} over {report['champion']['label']} ({trigger}, by {requested_by}).",
+             *[criterion_line(row) for row in report["criteria"] if row["kind"] == "quality"], trained_on]
+    if on_promoted is not None:
+        try:
+            on_promoted(candidate.version)
+        except Exception as error:
+            log.exception("on_promoted(%s) failed", candidate.version)
+            lines.append(f"Hot swap failed ({type(error).__name__}: {error}); serving it needs a restart.")
+    return PipelineResult("promoted", candidate.version, "\n".join(lines), report, run_dir)
+
+
+def _interrupted_run(home: Path, last: dict | None):
+    """The newest run, if it stopped early after writing a checkpoint and no pipeline has already
+    tried and failed to resume it (a failure that repeats must not block training for good)."""
+    runs = all_runs(home)
+    newest = runs[0] if runs else None
+    if newest is None or not is_resumable(newest) or not any(newest.checkpoints.glob("step-*")):
+        return None
+    retried = last is not None and last.get("resumed_run") == newest.id and last.get("outcome") == "failed"
+    return None if retried else newest
+
+
+def _unchanged(registry: Registry, production, content_hash: str) -> str | None:
+    """Why retraining on this dataset is pointless (training is seeded: same data, same adapter)."""
+    if production is not None and production.dataset.get("content_hash") == content_hash:
+        return f"production {production.version} was trained on dataset {content_hash[:12]}"
+    newest = (registry.versions() or [None])[-1]
+    if newest is not None and newest.status == REJECTED and newest.dataset.get("content_hash") == content_hash:
+        return f"{newest.version} was trained on dataset {content_hash[:12]} and rejected"
+    return None
+
+
+@dataclass
+class _ChildResult:
+    returncode: int
+    events: dict[str, dict]  # the last event of each kind
+    stderr: list[str]  # the last TAIL_LINES lines
+
+    def error(self) -> str:
+        """The child's own error message, else how it ended and its last stderr lines."""
+        if "error" in self.events:
+            return self.events["error"].get("message", "unknown error")
+        done = self.events.get("done")
+        if self.returncode == 0 and done is not None:
+            return f"the run ended {done.get('status')} at step {done.get('step')} ({done.get('reason')})"
+        how = (f"killed by {signal.Signals(-self.returncode).name}" if self.returncode < 0
+               else f"exit code {self.returncode}")
+        tail = " | ".join(line.strip() for line in self.stderr[-5:] if line.strip())
+        return f"{how}{': ' + tail if tail else ''}"
+
+
+def _child(module_args: list[str], progress: "_Progress") -> _ChildResult:
+    """Run `python -m ...`, streaming its JSON events to `progress`; stderr is drained meanwhile."""
+    process = subprocess.Popen([sys.executable, "-m", *module_args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    progress.update(child_pid=process.pid)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    drain = threading.Thread(target=_drain, args=(process.stderr, tail), daemon=True)
+    drain.start()
+    events: dict[str, dict] = {}
+    try:
+        for line in process.stdout:
+            event = _parse(line)
+            if event is not None and isinstance(event.get("event"), str):
+                events[event["event"]] = event
+                progress.emit(event)
+            else:
+                log.debug("child: %s", line.rstrip())
+    except BaseException:  # we are going down: let the child checkpoint and stop, not train on orphaned
+        process.terminate()
+        try:
+            process.wait(timeout=CHILD_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    returncode = process.wait()
+    drain.join()
+    progress.update(child_pid=None)
+    return _ChildResult(returncode, events, list(tail))
+
+
+def _drain(stream, tail: deque) -> None:
+    for line in stream:
+        tail.append(line)
+        log.debug("child: %s", line.rstrip())
+
+
+class _Progress:
+    """The running pipeline's state in pipeline_running.json, and the caller's on_progress."""
+
+    def __init__(self, home: Path, state: dict, callback: Callable[[dict], None] | None):
+        self.path, self.state, self.callback = Path(home) / RUNNING_FILE, state | {"stage": "start"}, callback
+        self._write()
+
+    def stage(self, name: str, **fields) -> None:
+        self.state["stage"] = name
+        self.emit({"event": "stage", "stage": name, **fields})
+
+    def emit(self, event: dict) -> None:
+        self.update(last_event=event)
+        if self.callback is not None:
+            try:
+                self.callback(event)
+            except Exception:  # a broken progress display must not stop training
+                log.exception("on_progress failed on %s", event.get("event"))
+
+    def update(self, **fields) -> None:
+        self.state.update(fields)
+        self._write()
+
+    def _write(self) -> None:
+        write_atomic(self.path, json.dumps(self.state, default=str))
+
+
+@contextmanager
+def _pipeline_lock(home: Path, **info):
+    """Yield None with the lock held, or the holder's record when another pipeline has it."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            yield _parse(handle.read()) or {}
+            return
+        handle.seek(0)
+        left = handle.read().strip()
+        if left:  # the lock was free, yet a holder is recorded: it died without cleaning up
+            holder = _parse(left) or {}
+            log.warning("taking over a stale pipeline lock of pid %s (started %s, process %s)", holder.get("pid"),
+                        holder.get("since"), "alive" if pid_alive(holder.get("pid")) else "gone")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "since": _now(), **info}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+        try:
+            yield None
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _describe_holder(home: Path, holder: dict) -> str:
+    running = _read_json(home / RUNNING_FILE) or {}
+    return (f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}, "
+            f"stage {running.get('stage', '?')}, {holder.get('trigger', '?')} by {holder.get('requested_by', '?')}")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return _parse(path.read_text())
+    except OSError:
+        return None
+
+
+def _parse(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _loss(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

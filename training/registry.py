@@ -1,0 +1,367 @@
+"""The adapter registry: numbered versions under $FARENSE_HOME/adapters/ and the production pointer.
+
+    v0001/            adapters.safetensors, adapter_config.json, version.json (status, run, dataset,
+                      metrics, gate report, file hashes)
+    production.json   {"version", "path", ...} — what inference/adapters.py reads; replaced atomically
+    history.jsonl     one line per promotion or rollback: who, why, when
+    .lock             fcntl lock held by every mutation (the bot, the pipeline and the CLI share it)
+
+An adapter is checked when it is added (config, safetensors header, tensor names and shapes against
+the base model) and again before it goes into production (same bytes as registered, still fits), so
+a truncated or mismatched file is never served. Versions are never renumbered or rewritten.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inference.adapters import (CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError, LoraSpec, check_fits,
+                                production_pointer_path, read_adapter)
+
+from .lora import fsync_dir_files, fsync_path
+from .runs import write_atomic
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, PRODUCTION, REJECTED, RETIRED = "candidate", "production", "rejected", "retired"
+VERSION_FILE = "version.json"
+HISTORY_FILE = "history.jsonl"
+ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE)
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(ValueError):
+    """The registry cannot do what was asked: unknown version, nothing to roll back to, ..."""
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    version: str
+    path: Path
+    status: str
+    created_at: str
+    run_id: str | None
+    run_dir: Path | None
+    dataset: dict  # content_hash, counts per split, created_at, sources
+    metrics: dict  # the training run's losses and steps
+    gate: dict | None  # the last gate report
+    record: dict = field(repr=False, compare=False)  # version.json as stored
+
+    @classmethod
+    def load(cls, folder: Path) -> "AdapterVersion":
+        record = json.loads((folder / VERSION_FILE).read_text())
+        return cls(record["version"], folder, record["status"], record["created_at"], record.get("run_id"),
+                   Path(record["run_dir"]) if record.get("run_dir") else None, record.get("dataset") or {},
+                   record.get("metrics") or {}, record.get("gate"), record)
+
+
+def version_name(text: str) -> str:
+    """'3', 'v3' and 'v0003' all name v0003."""
+    digits = str(text).strip().lower().removeprefix("v")
+    if not digits.isdigit():
+        raise RegistryError(f"{text!r} is not a version (expected e.g. v0003 or 3)")
+    return f"v{int(digits):04d}"
+
+
+class Registry:
+    def __init__(self, home: Path, keep: int = 10, base_model: str | Path | None = None):
+        """`base_model`: model folder (or hub id) adapters must fit; None = MODEL_PATH's."""
+        self.home = Path(home)
+        self.root = self.home / "adapters"
+        self.keep = keep
+        self._base_model = base_model
+
+    # ----- reading ----------------------------------------------------------------------------
+    def versions(self) -> list[AdapterVersion]:
+        """Every registered version, oldest first; a folder without version.json is not one."""
+        if not self.root.is_dir():
+            return []
+        folders = sorted((p for p in self.root.iterdir() if _VERSION.match(p.name)),
+                         key=lambda p: int(p.name[1:]))
+        return [AdapterVersion.load(p) for p in folders if (p / VERSION_FILE).is_file()]
+
+    def get(self, version: str) -> AdapterVersion:
+        name = version_name(version)
+        folder = self.root / name
+        if not (folder / VERSION_FILE).is_file():
+            known = ", ".join(v.version for v in self.versions()) or "none yet"
+            raise RegistryError(f"no adapter version {name} (registered: {known})")
+        return AdapterVersion.load(folder)
+
+    def production(self) -> AdapterVersion | None:
+        """The version the production pointer names, or None when the bare base model serves."""
+        name = self._pointer().get("version")
+        if not name:
+            return None
+        try:
+            return self.get(name)
+        except RegistryError:
+            raise RegistryError(f"{production_pointer_path(self.home)} names {name}, which is not in the "
+                                f"registry; promote a registered version to repair it") from None
+
+    def previous_production(self) -> AdapterVersion | None:
+        """What `rollback()` would go back to first (None = the base model)."""
+        for name in self._pointer().get("previous") or []:
+            if (self.root / name / VERSION_FILE).is_file():
+                return self.get(name)
+        return None
+
+    def history(self) -> list[dict]:
+        try:
+            lines = (self.root / HISTORY_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def verify(self, version: str) -> Adapter:
+        """The files are the bytes that were registered, parse, and fit the base model."""
+        entry = self.get(version)
+        for name, digest in entry.record["files"].items():
+            file = entry.path / name
+            if not file.is_file():
+                raise AdapterError(f"{entry.version}: {name} is missing")
+            if _sha256(file) != digest:
+                raise AdapterError(f"{entry.version}: {name} changed since it was registered "
+                                   "(truncated or overwritten?)")
+        adapter = read_adapter(entry.path, entry.version)
+        self._check_fits(adapter)
+        return adapter
+
+    # ----- changing ---------------------------------------------------------------------------
+    def add_candidate(self, adapter_dir: Path, *, run_dir: Path | None = None, manifest: dict | None = None,
+                      metrics: dict | None = None) -> AdapterVersion:
+        """Copy a verified adapter folder in as the next version, status candidate."""
+        source = read_adapter(Path(adapter_dir))
+        self._check_fits(source)
+        manifest = manifest or {}
+        with self._locked():
+            self.root.mkdir(parents=True, exist_ok=True)
+            numbers = [int(p.name[1:]) for p in self.root.iterdir() if _VERSION.match(p.name)]
+            name = f"v{max(numbers, default=0) + 1:04d}"
+            staging = Path(tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=self.root))
+            try:
+                for file in ADAPTER_FILES:
+                    shutil.copyfile(source.path / file, staging / file)
+                record = {
+                    "version": name, "status": CANDIDATE, "created_at": _now(),
+                    "source": str(source.path.resolve()),
+                    "run_id": Path(run_dir).name if run_dir else None,
+                    "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
+                    "dataset": {"content_hash": manifest.get("content_hash"),
+                                "created_at": manifest.get("created_at"),
+                                "counts": {k: v.get("count") for k, v in (manifest.get("splits") or {}).items()},
+                                "sources": manifest.get("sources")},
+                    "metrics": metrics or {},
+                    "adapter": {"num_layers": source.spec.num_layers, "rank": source.spec.rank,
+                                "scale": source.spec.scale},
+                    "files": {file: _sha256(staging / file) for file in ADAPTER_FILES},
+                    "gate": None,
+                }
+                (staging / VERSION_FILE).write_text(json.dumps(record, indent=2, default=str))
+                staging.chmod(0o755)
+                fsync_dir_files(staging)
+                os.rename(staging, self.root / name)
+                fsync_path(self.root)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            log.info("registered %s from %s", name, source.path)
+            self._prune()
+        return self.get(name)
+
+    def record_gate(self, version: str, report: dict, accepted: bool) -> AdapterVersion:
+        """Keep the gate's report; a candidate that failed it becomes `rejected` (and stays)."""
+        with self._locked():
+            entry = self.get(version)
+            status = entry.status if accepted or entry.status != CANDIDATE else REJECTED
+            self._update(entry, status=status, gate=report)
+        return self.get(version)
+
+    def promote(self, version: str, by: str, reason: str) -> AdapterVersion:
+        """Verify the files, then point production at `version`; the old one is kept to roll back to."""
+        with self._locked():
+            entry = self.get(version)
+            pointer = self._pointer()
+            current = pointer.get("version")
+            if current == entry.version:
+                raise RegistryError(f"{entry.version} is already in production")
+            self.verify(entry.version)
+            previous = [current] if current else []
+            previous += [name for name in pointer.get("previous") or [] if name != entry.version]
+            self._switch(entry, previous, "promote", current, by, reason)
+            log.info("promoted %s (was %s) by %s: %s", entry.version, current or "base model", by, reason)
+            self._prune()
+        return self.get(entry.version)
+
+    def rollback(self, by: str, reason: str) -> AdapterVersion | None:
+        """Serve the previous production version again (the base model if there is none).
+
+        A previous version whose files no longer verify is skipped, and the history says so.
+        """
+        with self._locked():
+            pointer = self._pointer()
+            current = pointer.get("version")
+            if not current:
+                raise RegistryError("nothing to roll back: the base model is already serving")
+            stack, skipped, target = list(pointer.get("previous") or []), [], None
+            while stack and target is None:
+                name = stack.pop(0)
+                try:
+                    self.verify(name)
+                    target = self.get(name)
+                except (RegistryError, AdapterError) as error:
+                    skipped.append(f"skipped {name}: {error}")
+            note = "; ".join([reason, *skipped])
+            self._switch(target, stack, "rollback", current, by, note)
+            if (self.root / current / VERSION_FILE).is_file():
+                self._update(self.get(current), status=RETIRED, rolled_back_at=_now(), rolled_back_by=by)
+            log.info("rolled back %s to %s by %s: %s", current, target.version if target else "base model",
+                     by, note)
+        return target
+
+    # ----- internals --------------------------------------------------------------------------
+    def _switch(self, target: AdapterVersion | None, previous: list[str], action: str, current: str | None,
+                by: str, reason: str) -> None:
+        """Write the pointer atomically, then the statuses and the history line."""
+        now = _now()
+        self.root.mkdir(parents=True, exist_ok=True)
+        pointer = {"version": target.version if target else None,
+                   "path": str(target.path.resolve()) if target else None,
+                   "promoted_at": now, "promoted_by": by, "reason": reason, "previous": previous}
+        _write_durably(production_pointer_path(self.home), json.dumps(pointer, indent=2))
+        if current and (self.root / current / VERSION_FILE).is_file():
+            self._update(self.get(current), status=RETIRED)
+        if target is not None:
+            self._update(target, status=PRODUCTION, promoted_at=now, promoted_by=by)
+        line = {"at": now, "action": action, "version": pointer["version"], "from": current, "by": by,
+                "reason": reason}
+        with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _update(self, entry: AdapterVersion, **fields) -> None:
+        record = entry.record | fields | {"updated_at": _now()}
+        _write_durably(entry.path / VERSION_FILE, json.dumps(record, indent=2, default=str))
+
+    def _prune(self) -> None:
+        """Keep the newest `keep` versions, plus production and the previous one whatever their age."""
+        versions = self.versions()
+        previous = self.previous_production()
+        protected = {self._pointer().get("version"), previous.version if previous else None}
+        for entry in versions[: max(0, len(versions) - self.keep)]:
+            if entry.version in protected:
+                continue
+            trash = self.root / f".trash-{entry.version}-{os.getpid()}"
+            os.rename(entry.path, trash)  # gone from the listing at once, even if rmtree is cut short
+            shutil.rmtree(trash, ignore_errors=True)
+            log.info("pruned %s (%s), keeping the newest %d versions", entry.version, entry.status, self.keep)
+
+    def _pointer(self) -> dict:
+        path = production_pointer_path(self.home)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as error:
+            raise RegistryError(f"{path} is corrupt ({error}); promote a version to rewrite it") from None
+
+    def _check_fits(self, adapter: Adapter) -> None:
+        check_fits(adapter, expected_lora_shapes(self._model_folder(), adapter.spec))
+
+    def _model_folder(self) -> Path:
+        if self._base_model is None:
+            from inference.modelstore import resolve_model
+            from inference.settings import InferenceSettings
+
+            serving = InferenceSettings.load()
+            self._base_model = resolve_model(serving.model_path, serving.models_root)
+        folder = Path(self._base_model)
+        if not folder.is_dir():  # a hub id: mlx-lm's local cache
+            from mlx_lm.utils import hf_repo_to_path
+
+            folder = hf_repo_to_path(str(self._base_model))
+        return folder
+
+    @contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def expected_lora_shapes(model_folder: Path, spec: LoraSpec) -> dict[str, tuple[int, ...]]:
+    """The LoRA tensors `spec` creates on the base model, from a lazily built copy (no weights read).
+
+    MLX work runs on a throwaway thread that clears its streams at the end: callers may be bot
+    threads, and a thread that ran MLX ops without clearing them makes MLX abort at exit.
+    """
+    result: list = []
+
+    def work() -> None:
+        import mlx.core as mx
+
+        try:
+            from mlx.utils import tree_flatten
+            from mlx_lm.tuner.utils import linear_to_lora_layers
+            from mlx_lm.utils import load_model
+
+            model, _ = load_model(Path(model_folder), lazy=True)
+            if spec.num_layers > len(model.layers):
+                raise AdapterError(f"the adapter wants LoRA on {spec.num_layers} layers, the base model "
+                                   f"{Path(model_folder).name} has {len(model.layers)}")
+            parameters = {"rank": spec.rank, "scale": spec.scale, "dropout": spec.dropout}
+            if spec.keys:
+                parameters["keys"] = list(spec.keys)
+            linear_to_lora_layers(model, spec.num_layers, parameters)
+            result.append({name: tuple(value.shape) for name, value in tree_flatten(model.parameters())
+                           if name.endswith((".lora_a", ".lora_b"))})
+        except BaseException as error:
+            result.append(error)
+        finally:
+            mx.clear_streams()
+
+    thread = threading.Thread(target=work, name="lora-shapes")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], AdapterError):
+        raise result[0]
+    if isinstance(result[0], BaseException):
+        raise AdapterError(f"cannot check the adapter against {model_folder}: "
+                           f"{type(result[0]).__name__}: {result[0]}") from result[0]
+    return result[0]
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Temp file + fsync + os.replace + fsync of the folder: readers see old or new, even after a crash."""
+    write_atomic(path, text)
+    os.chmod(path, 0o644)
+    fsync_path(path.parent)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
