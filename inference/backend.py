@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ _OPENBLAS_CANDIDATES = (
 class BackendSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    blas_path: str = ""  # empty = search the usual places; "none" = keep MLX's own BLAS
+    blas_path: str = Field(
+        default="", description="Optimized BLAS to preload on CPU (Linux); empty = search, 'none' = MLX's own"
+    )
 
 
 @dataclass(frozen=True)

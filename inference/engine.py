@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .adapters import Adapter, AdapterError, read_adapter, read_production
+from .adapters import Adapter, AdapterError, production_pointer_path, read_adapter, read_production
 from .lora import apply_adapter, remove_adapter
 from .loading import ModelInfo, load_base
 from .prompts import render_prompt
@@ -82,6 +82,11 @@ class Engine:
         self.settings = settings
         self.max_batch = max_batch
         self.adapter: Adapter | None = None
+        # "auto" without ADAPTER_PATH follows the production pointer, also when another process
+        # (`python -m training promote`/`rollback`) moves it: checked between generations.
+        self._follow_production = adapter == "auto" and settings.adapter_path is None
+        self._pointer_seen: tuple[int, int] | None = self._pointer_stamp()
+        self._pointer_checked = time.monotonic()
         if adapter == "auto":
             adapter = settings.adapter_path or self._production_folder()
         initial = read_adapter(Path(adapter), self._production_version(Path(adapter))) if adapter else None
@@ -182,6 +187,34 @@ class Engine:
         self._worker.join(timeout=30)
 
     # ----- worker thread ----------------------------------------------------------------------
+    def _pointer_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = production_pointer_path(self.settings.farense_home).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_mtime_ns, stat.st_ino
+
+    def _check_production_pointer(self) -> None:
+        """At most once a second: queue a swap when the pointer names another version."""
+        now = time.monotonic()
+        if not self._follow_production or now - self._pointer_checked < 1.0:
+            return
+        self._pointer_checked = now
+        stamp = self._pointer_stamp()
+        if stamp == self._pointer_seen:
+            return
+        self._pointer_seen = stamp
+        try:
+            current = read_production(self.settings.farense_home)
+            if (current[0] if current else None) == self.adapter_version:
+                return
+            adapter = read_adapter(current[1], current[0]) if current else None
+        except AdapterError as error:
+            log.error("production pointer changed but its adapter is unusable, still serving %s: %s",
+                      self.adapter_version or "the base model", error)
+            return
+        self._swap_requests.put((adapter, threading.Event(), []))
+
     def _production_folder(self) -> Path | None:
         current = read_production(self.settings.farense_home)
         return current[1] if current else None
@@ -247,10 +280,12 @@ class Engine:
         penalty = make_logits_processors(repetition_penalty=self.settings.repetition_penalty)
         active: dict[int, _Active] = {}
         while True:
+            self._check_production_pointer()
             with self._wake:
-                while (not self._closed and not active and not self._pending
-                       and self._swap_requests.empty()):
+                if (not self._closed and not active and not self._pending
+                        and self._swap_requests.empty()):
                     self._wake.wait()
+                    continue  # look at the production pointer before admitting what woke us
                 if self._closed:
                     break
                 admitting = self._swap_requests.empty()

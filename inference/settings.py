@@ -55,9 +55,6 @@ class InferenceSettings(BaseSettings):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_dtype: Literal["float32", "bfloat16", "float16", "quantized"] = "float32"
-    blas_path: str = Field(
-        default="", description="Optimized BLAS to preload on CPU; empty = search, 'none' = off"
-    )
 
     @field_validator("farense_home", "models_dir", mode="after")
     @classmethod

@@ -127,3 +127,26 @@ def test_production_pointer_followed(engine, tiny_model_dir, tmp_path, isolated_
     assert engine.refresh_production() is True
     assert engine.generate(QUESTION).adapter == "v7"
     assert engine.refresh_production() is False
+
+
+def test_pointer_moved_by_another_process_is_followed(tiny_model_dir, tmp_path, isolated_env):
+    import json
+    import time
+
+    settings = InferenceSettings.load(model_path=str(tiny_model_dir), temperature=0.0, max_tokens=4)
+    engine = Engine(settings)  # "auto": follows the production pointer
+    try:
+        assert engine.generate(QUESTION).adapter is None
+        adapter = make_adapter(tiny_model_dir, tmp_path / "v2")
+        pointer = isolated_env / "adapters" / "production.json"
+        pointer.parent.mkdir(parents=True)
+        pointer.write_text(json.dumps({"version": "v2", "path": str(adapter)}))
+        time.sleep(1.1)  # the pointer is looked at no more than once a second
+        assert engine.generate(QUESTION).adapter == "v2"
+        broken = tmp_path / "v3"
+        broken.mkdir()  # no files: must be refused, v2 keeps serving
+        pointer.write_text(json.dumps({"version": "v3", "path": str(broken)}))
+        time.sleep(1.1)
+        assert engine.generate(QUESTION).adapter == "v2"
+    finally:
+        engine.close()
