@@ -1,0 +1,72 @@
+"""`python -m bot`: the Telegram bot (long polling), or a console chat when TELEGRAM_BOT_TOKEN is unset.
+
+A bad setting, a missing model or an unusable database is a short message on stderr and exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from data.settings import DataSettings
+from data.settings import SettingsError as DataSettingsError
+from data.store import Store, StoreError
+from inference.adapters import AdapterError
+from inference.engine import Engine
+from inference.loading import ModelLoadError
+from inference.modelstore import ModelNotFound
+from inference.settings import InferenceSettings, SettingsError
+
+from .settings import BotSettings
+
+EXIT_SETUP = 2
+
+
+def main() -> int:
+    try:
+        inference_settings = InferenceSettings.load()
+        data_settings = DataSettings.load()
+        settings = BotSettings.load()
+    except (SettingsError, DataSettingsError) as error:
+        return _fail(str(error))
+    console = settings.telegram_bot_token is None
+    logging.basicConfig(level=logging.WARNING if console else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store = Store(data_settings.database_file)
+    except StoreError as error:
+        return _fail(str(error))
+    try:
+        engine = Engine(inference_settings)
+    except (ModelNotFound, ModelLoadError, AdapterError) as error:
+        store.close()
+        return _fail(str(error))
+    try:
+        if console:
+            from .console import run_console
+            from .services import Services
+
+            asyncio.run(run_console(Services.create(settings, engine, store, data_settings=data_settings)))
+        else:
+            from .app import ALLOWED_UPDATES, build_application
+
+            application = build_application(settings, engine, store, data_settings=data_settings)
+            application.run_polling(allowed_updates=ALLOWED_UPDATES)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+        store.close()
+    return 0
+
+
+def _fail(message: str) -> int:
+    for line in message.splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_SETUP
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Console mode: chat with the bot in a terminal through the same answer pipeline as Telegram.
+
+Used when no TELEGRAM_BOT_TOKEN is set. The local user (CONSOLE_USER_ID) is an admin; answers are
+logged like any other, and /good or /bad after an answer records feedback on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import TextIO
+
+from . import admin
+from .conversation import Answer, Asker
+from .plot import latest_run, loss_plot
+from .retraining import BUSY, ProgressText
+from .services import Services
+from .texts import deleted_summary, text
+
+log = logging.getLogger(__name__)
+
+COMMANDS = """Console commands:
+  /good, /bad          rate the last answer
+  /correct <text>      store a better answer to the last question
+  /reset               forget the conversation so far
+  /forget              delete everything stored about the console user
+  /status, /retrain, /rollback   admin commands
+  /help, /quit         this list; leave (Ctrl-D works too)"""
+
+
+class Console:
+    def __init__(self, app: Services, out: TextIO = sys.stdout):
+        self.app = app
+        self.out = out
+        user = app.settings.console_user_id
+        self.asker = Asker(chat_id=user, user_id=user, name="console")
+        self.last: Answer | None = None
+
+    def say(self, message: str = "", end: str = "\n") -> None:
+        self.out.write(message + end)
+        self.out.flush()
+
+    async def run(self, source: TextIO = sys.stdin) -> None:
+        self.say(f"Farense bot — model {self.app.engine.model_id}, adapter "
+                 f"{self.app.engine.adapter_version or 'none'}. Ask about SC Farense; /help for commands.")
+        self.app.start_scheduler(self.notify)
+        echo = not source.isatty()  # piped input: show it, so the output reads as a transcript
+        while True:
+            self.say("you> ", end="")
+            line = await asyncio.to_thread(source.readline)
+            if not line:  # EOF (Ctrl-D)
+                self.say()
+                return
+            line = line.strip()
+            if echo:
+                self.say(line)
+            if line in ("/quit", "/exit"):
+                return
+            if line.startswith("/"):
+                await self.command(*line.partition(" ")[::2])
+            elif line:
+                await self.ask(line)
+
+    async def notify(self, message: str) -> None:
+        self.say(f"\n[admin] {message}")
+
+    async def ask(self, question: str) -> None:
+        settings = self.app.settings
+        if len(question) > settings.max_question_chars:
+            self.say(text("too_long", "en", length=len(question), limit=settings.max_question_chars))
+            return
+        printed = ""
+
+        async def show(partial: str) -> None:
+            nonlocal printed
+            self.say(partial[len(printed):], end="")
+            printed = partial
+
+        self.say("bot> ", end="")
+        try:
+            answer = await self.app.conversations.ask(self.asker, question, show)
+        except Exception:
+            log.exception("answering failed")
+            self.say(text("failed", "en"))
+            return
+        rest = answer.generation.text[len(printed):] if answer.generation.text.startswith(printed) else ""
+        self.say(rest if answer.text else text("empty_answer", "en"))
+        self.last = answer
+
+    async def command(self, name: str, argument: str) -> None:
+        handler = getattr(self, f"do_{name[1:]}", None)
+        if handler is None:
+            self.say(COMMANDS)
+        else:
+            await handler(argument.strip())
+
+    async def do_help(self, _: str) -> None:
+        self.say(text("help", "en") + "\n\n" + COMMANDS)
+
+    async def do_reset(self, _: str) -> None:
+        self.app.conversations.reset(self.asker.chat_id)
+        self.say(text("reset", "en"))
+
+    async def do_forget(self, _: str) -> None:
+        counts = await asyncio.to_thread(self.app.store.forget_user, self.asker.user_id)
+        self.app.conversations.forget_user(self.asker.user_id)
+        self.last = None
+        summary = deleted_summary(counts, "en")
+        self.say(text("forgot", "en", details=summary) if summary else text("forgot_nothing", "en"))
+
+    async def do_good(self, _: str) -> None:
+        await self._vote(1)
+
+    async def do_bad(self, _: str) -> None:
+        await self._vote(-1)
+
+    async def _vote(self, value: int) -> None:
+        if self.last is None:
+            self.say("Nothing to rate yet — ask a question first.")
+            return
+        await asyncio.to_thread(self.app.store.set_feedback, self.last.message_id, self.asker.user_id, value)
+        self.say(text("vote_thanks", "en"))
+
+    async def do_correct(self, fix: str) -> None:
+        if self.last is None or not fix:
+            self.say("Usage: /correct <the right answer>, after an answer.")
+            return
+        self.say(await asyncio.to_thread(admin.correct, self.app.store, self.last.message_id,
+                                         self.asker.user_id, fix))
+
+    async def do_status(self, _: str) -> None:
+        self.say(await asyncio.to_thread(admin.status_text, self.app))
+        run = latest_run(self.app.home)
+        png = await asyncio.to_thread(loss_plot, run) if run is not None else None
+        if png is not None:
+            path = self.app.home / "status-loss.png"
+            path.write_bytes(png)
+            self.say(f"Loss plot of run {run.name}: {path}")
+
+    async def do_retrain(self, _: str) -> None:
+        if self.app.retrainer.running:
+            self.say(BUSY)
+            return
+        progress = ProgressText("Retraining…")
+        shown = {"at": 0.0, "stage": None}
+
+        def on_progress(event: dict) -> None:  # on the training thread
+            progress.update(event)
+            if progress.stage != shown["stage"] or time.monotonic() - shown["at"] >= 2:
+                shown.update(at=time.monotonic(), stage=progress.stage)
+                self.say("  " + " | ".join(progress.render().splitlines()[1:]))
+
+        self.say(progress.title)
+        result = await self.app.retrainer.run(trigger="console", requested_by=str(self.asker.user_id),
+                                              on_progress=on_progress)
+        self.say(f"Retraining: {result.outcome}\n{result.message}")
+
+    async def do_rollback(self, _: str) -> None:
+        self.say(await asyncio.to_thread(admin.rollback, self.app, self.asker.user_id))
+
+
+async def run_console(app: Services, source: TextIO = sys.stdin) -> None:
+    try:
+        await Console(app).run(source)
+    finally:
+        await asyncio.to_thread(app.close)

@@ -1,0 +1,210 @@
+"""The transport-independent answer pipeline shared by Telegram and the console.
+
+Per chat: recent turns (bounded by CONTEXT_TURNS and the CONTEXT_TOKENS prompt budget) and a lock,
+so one chat's questions are answered in order with each other's context. Generation runs on a
+worker thread that pumps the engine's blocking stream into the event loop; the loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from data.store import Store
+from inference.engine import Chunk, Engine, Generation
+
+from .settings import BotSettings
+
+log = logging.getLogger(__name__)
+
+MAX_CHATS = 10_000  # chats whose context is kept in memory (least recently used are dropped)
+PUMP_THREADS = 16  # > the engine's batch, so its fair scheduler always sees the waiting chats
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks, where: what the store and the context need from any transport."""
+
+    chat_id: int
+    user_id: int
+    name: str | None = None
+    language: str | None = None
+    chat_type: str = "private"
+    chat_title: str | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    user_id: int
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str  # the model's answer, stripped (may be empty)
+    message_id: int  # the store's id, used by feedback and corrections
+    generation: Generation
+
+
+@dataclass
+class _Chat:
+    turns: deque
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class RateLimiter:
+    """Sliding one-minute window per user; says once per window that the user is being limited."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._hits: dict[int, deque[float]] = {}
+        self._told: set[int] = set()
+
+    def check(self, user_id: int) -> tuple[bool, bool]:
+        """(allowed, tell_the_user): a refused user is told on the first refusal only."""
+        now = self.clock()
+        hits = self._hits.setdefault(user_id, deque())
+        while hits and now - hits[0] >= 60:
+            hits.popleft()
+        if len(hits) < self.per_minute:
+            hits.append(now)
+            self._told.discard(user_id)
+            return True, False
+        tell = user_id not in self._told
+        self._told.add(user_id)
+        return False, tell
+
+    def forget(self, user_id: int) -> None:
+        self._hits.pop(user_id, None)
+        self._told.discard(user_id)
+
+
+class Conversations:
+    def __init__(self, engine: Engine, store: Store, settings: BotSettings):
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self._chats: OrderedDict[int, _Chat] = OrderedDict()
+        self._known_users: dict[int, tuple] = {}  # what the store already has, to skip rewrites
+        self._known_chats: dict[int, tuple] = {}
+        self._pool = ThreadPoolExecutor(PUMP_THREADS, thread_name_prefix="answer")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def reset(self, chat_id: int) -> None:
+        self._chats.pop(chat_id, None)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop a user's turns from every chat's context (after /forget)."""
+        for chat in self._chats.values():
+            kept = [turn for turn in chat.turns if turn.user_id != user_id]
+            chat.turns.clear()
+            chat.turns.extend(kept)
+        self.rate_limiter.forget(user_id)
+        self._known_users.pop(user_id, None)
+        self._known_chats.pop(user_id, None)  # the private chat's row was deleted too
+
+    def history(self, chat_id: int) -> list[Turn]:
+        chat = self._chats.get(chat_id)
+        return list(chat.turns) if chat else []
+
+    def build_messages(self, turns: list[Turn], question: str) -> list[dict]:
+        """The question plus as many recent turns as fit the token budget, oldest first."""
+        messages = [{"role": "user", "content": question}]
+        for turn in reversed(turns[-self.settings.context_turns:] if self.settings.context_turns else []):
+            candidate = [{"role": "user", "content": turn.question},
+                         {"role": "assistant", "content": turn.answer}, *messages]
+            if len(self.engine.prompt_tokens(candidate)) > self.settings.context_tokens:
+                break
+            messages = candidate
+        return messages
+
+    async def ask(self, asker: Asker, question: str,
+                  on_partial: Callable[[str], Awaitable[None]] | None = None) -> Answer:
+        """Generate, stream partial text to `on_partial`, log the answer, remember the turn."""
+        chat = self._chat(asker.chat_id)
+        async with chat.lock:
+            await self._register(asker)
+            started = time.perf_counter()
+            generation = await self._generate(asker, list(chat.turns), question, on_partial)
+            latency = time.perf_counter() - started
+            text = generation.text.strip()
+            message_id = await asyncio.to_thread(
+                self.store.log_message, asker.chat_id, asker.user_id, question, text,
+                model_id=generation.model, adapter_version=generation.adapter,
+                latency_s=round(latency, 3), prompt_tokens=generation.prompt_tokens,
+                completion_tokens=generation.completion_tokens, lang=asker.language)
+            if text:
+                chat.turns.append(Turn(asker.user_id, question, text))
+            log.info("answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens)", asker.chat_id,
+                     message_id, generation.adapter, latency, generation.prompt_tokens,
+                     generation.completion_tokens)
+            return Answer(text, message_id, generation)
+
+    async def _generate(self, asker: Asker, turns: list[Turn], question: str,
+                        on_partial: Callable[[str], Awaitable[None]] | None) -> Generation:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: Chunk | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (shutdown): nobody is listening any more
+                stop.set()
+
+        def pump() -> None:
+            try:
+                messages = self.build_messages(turns, question)
+                for chunk in self.engine.stream(messages, key=f"chat:{asker.chat_id}"):
+                    put(chunk)
+                    if stop.is_set():
+                        return
+            except BaseException as error:  # handed to the loop, raised there
+                put(error)
+
+        loop.run_in_executor(self._pool, pump)
+        text = ""
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                text += item.text
+                if item.done is not None:
+                    return item.done
+                if on_partial is not None and text.strip():
+                    await on_partial(text)  # the transport throttles; skipped calls cost nothing
+        finally:
+            stop.set()
+
+    def _chat(self, chat_id: int) -> _Chat:
+        chat = self._chats.get(chat_id)
+        if chat is None:
+            chat = self._chats[chat_id] = _Chat(deque(maxlen=max(1, self.settings.context_turns)))
+            while len(self._chats) > MAX_CHATS:
+                self._chats.popitem(last=False)
+        self._chats.move_to_end(chat_id)
+        return chat
+
+    async def _register(self, asker: Asker) -> None:
+        """Keep the user's name/language and the chat's kind current, writing only on change."""
+        user = (asker.name, asker.language)
+        if self._known_users.get(asker.user_id) != user:
+            await asyncio.to_thread(self.store.upsert_user, asker.user_id, asker.name, asker.language)
+            self._known_users[asker.user_id] = user
+        chat = (asker.chat_type, asker.chat_title)
+        if self._known_chats.get(asker.chat_id) != chat:
+            await asyncio.to_thread(self.store.upsert_chat, asker.chat_id, asker.chat_type,
+                                    asker.chat_title)
+            self._known_chats[asker.chat_id] = chat

@@ -1,0 +1,123 @@
+"""Admin commands: /status, /retrain, /rollback, /correct — ADMIN_USER_IDS only, every attempt logged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+
+from telegram import Message, Update
+from telegram.error import TelegramError
+from telegram.ext import ContextTypes
+
+from .. import admin
+from ..plot import latest_run, loss_plot
+from ..retraining import BUSY, ProgressText
+from ..texts import text
+from . import services, user_language
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far below Telegram's limits
+
+
+def admin_only(handler):
+    """Refuse non-admins politely; record who tried what in the store and the log."""
+    @functools.wraps(handler)
+    async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        app, user = services(context), update.effective_user
+        command = handler.__name__
+        allowed = app.settings.is_admin(user.id)
+        await asyncio.to_thread(app.store.log_admin_event, user.id, command, allowed)
+        if not allowed:
+            log.warning("refused /%s to user %s (not an admin)", command, user.id)
+            await update.message.reply_text(text("not_admin", user_language(update)))
+            return
+        log.info("admin %s: /%s", user.id, command)
+        await handler(update, context)
+
+    return guarded
+
+
+@admin_only
+async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    app = services(context)
+    await update.message.reply_text(await asyncio.to_thread(admin.status_text, app))
+    run = latest_run(app.home)
+    png = await asyncio.to_thread(loss_plot, run) if run is not None else None
+    if png is not None:
+        await update.message.reply_photo(png, caption=f"Loss of training run {run.name}")
+
+
+@admin_only
+async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    app = services(context)
+    if app.retrainer.running:
+        await update.message.reply_text(BUSY)
+        return
+    progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
+    loop = asyncio.get_running_loop()
+    result = await app.retrainer.run(
+        trigger="admin", requested_by=str(update.effective_user.id),
+        on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event))
+    await progress.finish(f"Retraining: {result.outcome}\n{result.message}")
+
+
+@admin_only
+async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    app = services(context)
+    await update.message.reply_text(await asyncio.to_thread(admin.rollback, app, update.effective_user.id))
+
+
+@admin_only
+async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Reply to one of the bot's answers with `/correct <better answer>`."""
+    app, message = services(context), update.message
+    command_and_fix = message.text.split(maxsplit=1)
+    fix = command_and_fix[1].strip() if len(command_and_fix) > 1 else ""
+    target = message.reply_to_message
+    logged = None
+    if target is not None and fix:
+        logged = await asyncio.to_thread(app.store.message_by_telegram_id, message.chat_id,
+                                         target.message_id)
+    if logged is None:
+        await message.reply_text(text("correct_usage", user_language(update)))
+        return
+    await message.reply_text(await asyncio.to_thread(admin.correct, app.store, logged.id,
+                                                     update.effective_user.id, fix))
+
+
+class ProgressEditor:
+    """Edits one message with the latest progress, at most every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, message: Message, title: str):
+        self.message = message
+        self.progress = ProgressText(title)
+        self._pending: asyncio.Task | None = None
+        self._last = time.monotonic()
+
+    def update(self, event: dict) -> None:
+        self.progress.update(event)
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.create_task(self._edit_soon())
+
+    async def finish(self, final: str) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pending
+        try:
+            await self.message.edit_text(final)
+        except TelegramError as error:  # the progress message is gone: say it in a new one
+            log.warning("final progress edit failed (%s); sending the result instead", error)
+            await self.message.get_bot().send_message(self.message.chat_id, final)
+
+    async def _edit_soon(self) -> None:
+        await asyncio.sleep(max(0.0, self._last + PROGRESS_EVERY_S - time.monotonic()))
+        self._last = time.monotonic()
+        try:
+            await self.message.edit_text(self.progress.render())
+        except TelegramError as error:  # e.g. "not modified": progress is best effort
+            log.debug("progress edit failed: %s", error)

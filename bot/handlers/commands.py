@@ -1,0 +1,45 @@
+"""The public commands: /start and /help, /reset, /forget, /optout, /optin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import Update
+from telegram.ext import ContextTypes
+
+from ..texts import deleted_summary, text
+from . import services, user_language
+
+log = logging.getLogger(__name__)
+
+
+async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await update.message.reply_text(text("help", user_language(update)))
+
+
+async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    services(context).conversations.reset(update.effective_chat.id)
+    await update.message.reply_text(text("reset", user_language(update)))
+
+
+async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Delete at once (a right the user exercises, no confirmation step) and say what went."""
+    app, user = services(context), update.effective_user
+    counts = await asyncio.to_thread(app.store.forget_user, user.id)
+    app.conversations.forget_user(user.id)
+    log.info("forgot user %s: %s", user.id, counts)
+    lang = user_language(update)
+    summary = deleted_summary(counts, lang)
+    await update.message.reply_text(text("forgot", lang, details=summary) if summary
+                                    else text("forgot_nothing", lang))
+
+
+async def opt_out(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await asyncio.to_thread(services(context).store.set_opt_out, update.effective_user.id, True)
+    await update.message.reply_text(text("optout", user_language(update)))
+
+
+async def opt_in(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await asyncio.to_thread(services(context).store.set_opt_out, update.effective_user.id, False)
+    await update.message.reply_text(text("optin", user_language(update)))

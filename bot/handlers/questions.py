@@ -1,0 +1,89 @@
+"""Questions (text), everything else users send (stickers, photos, voice…), and 👍/👎 votes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from telegram import Bot, Message, MessageEntity, Update
+from telegram.constants import ChatType
+from telegram.ext import ContextTypes
+
+from ..conversation import Asker
+from ..delivery import StreamingReply, feedback_buttons, typing
+from ..texts import text
+from . import services, user_language
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_PATTERN = r"^fb:\d+:(up|down)$"
+
+
+def addressed(message: Message, bot: Bot) -> bool:
+    """Private chats: always. Groups: when the bot is @mentioned or one of its messages replied to."""
+    if message.chat.type == ChatType.PRIVATE:
+        return True
+    reply = message.reply_to_message
+    if reply is not None and reply.from_user is not None and reply.from_user.id == bot.id:
+        return True
+    mention = f"@{bot.username}".lower()
+    entities = message.parse_entities([MessageEntity.MENTION]) or message.parse_caption_entities(
+        [MessageEntity.MENTION])
+    return any(value.lower() == mention for value in entities.values())
+
+
+async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, user = update.message, update.effective_user
+    if not addressed(message, context.bot):
+        return
+    lang, app = user_language(update), services(context)
+    question = re.sub(rf"@{re.escape(context.bot.username)}\b", "", message.text, flags=re.I).strip()
+    if not question:
+        await message.reply_text(text("help", lang))
+        return
+    if len(question) > app.settings.max_question_chars:
+        await message.reply_text(text("too_long", lang, length=len(question),
+                                      limit=app.settings.max_question_chars))
+        return
+    allowed, tell = app.conversations.rate_limiter.check(user.id)
+    if not allowed:
+        log.info("rate limit: user %s asked more than %d questions in a minute", user.id,
+                 app.settings.rate_limit_per_minute)
+        if tell:
+            await message.reply_text(text("rate_limited", lang))
+        return
+    asker = Asker(chat_id=message.chat_id, user_id=user.id, name=user.full_name,
+                  language=user.language_code, chat_type=message.chat.type,
+                  chat_title=message.chat.title)
+    reply = StreamingReply(context.bot, message, app.settings.stream_edit_interval)
+    try:
+        async with typing(context.bot, message.chat_id):
+            answer = await app.conversations.ask(asker, question, reply.partial)
+    except Exception:
+        log.exception("answering a question in chat %s failed", message.chat_id)
+        await reply.finish(text("failed", lang))
+        return
+    sent = await reply.finish(answer.text or text("empty_answer", lang), feedback_buttons(answer.message_id))
+    await asyncio.to_thread(app.store.attach_telegram_id, answer.message_id, sent.message_id)
+
+
+async def on_non_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if addressed(update.message, context.bot):
+        await update.message.reply_text(text("non_text", user_language(update)))
+
+
+async def on_feedback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Record a vote; the store refuses anyone but the asker (callback data can be forged)."""
+    query = update.callback_query
+    _, message_id, vote = query.data.split(":")
+    recorded = await asyncio.to_thread(services(context).store.set_feedback, int(message_id),
+                                       query.from_user.id, 1 if vote == "up" else -1)
+    if not recorded:
+        log.info("refused a vote by user %s on message %s", query.from_user.id, message_id)
+    await query.answer(text("vote_thanks" if recorded else "vote_refused", user_language(update)))
+
+
+async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any other button (old or forged data): stop the client's spinner, do nothing."""
+    await update.callback_query.answer()

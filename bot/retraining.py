@@ -1,0 +1,122 @@
+"""Retraining from the bot: one run at a time, progress as text, the new adapter served at once.
+
+The pipeline blocks for minutes, so it runs on a worker thread; its progress callbacks arrive on
+that thread too. The nightly run claims its date in the database first, so a restarted bot or a
+second process never trains the same night twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from data.store import Store
+from inference.engine import Engine
+from training.pipeline import run_pipeline
+
+log = logging.getLogger(__name__)
+
+NIGHTLY_JOB_ID = "nightly-retrain"
+BUSY = "A training run is already in progress — try again when it has finished."
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    outcome: str  # promoted | rejected | skipped | failed | busy
+    message: str
+
+
+class Retrainer:
+    def __init__(self, engine: Engine, *, train_args: tuple[str, ...] = ()):
+        self.engine = engine
+        self.train_args = tuple(train_args)
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    async def run(self, *, trigger: str, requested_by: str,
+                  on_progress: Callable[[dict], None] | None = None,
+                  skip_if_unchanged: bool = False) -> RetrainOutcome:
+        """Run the whole pipeline (build, train, gate, promote) unless one is running already."""
+        if not self._lock.acquire(blocking=False):
+            return RetrainOutcome("busy", BUSY)
+        try:
+            log.info("retraining (%s, requested by %s)", trigger, requested_by)
+            return await asyncio.to_thread(self._run, trigger, requested_by, on_progress,
+                                           skip_if_unchanged)
+        finally:
+            self._lock.release()
+
+    def _run(self, trigger, requested_by, on_progress, skip_if_unchanged) -> RetrainOutcome:
+        try:
+            result = run_pipeline(trigger=trigger, requested_by=requested_by, on_progress=on_progress,
+                                  on_promoted=self._promoted, skip_if_unchanged=skip_if_unchanged,
+                                  train_args=self.train_args)
+        except Exception as error:  # the pipeline reports its failures; this is for its bugs
+            log.exception("the training pipeline crashed")
+            return RetrainOutcome("failed", f"Training failed: {type(error).__name__}: {error}")
+        log.info("retraining finished: %s (%s)", result.outcome, result.message.replace("\n", " | "))
+        return RetrainOutcome(result.outcome, result.message)
+
+    def _promoted(self, version: str) -> None:
+        """Serve the adapter the pipeline just promoted, without a restart."""
+        self.engine.refresh_production()
+        log.info("now serving %s (wanted %s)", self.engine.adapter_version, version)
+
+
+class ProgressText:
+    """The single progress message of a run: the current stage and the latest step."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.stage = "starting"
+        self.step = ""
+        self.val_loss: float | None = None
+
+    def update(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "stage":
+            self.stage = str(event.get("stage"))
+        elif kind == "eval" and isinstance(event.get("val_loss"), (int, float)):
+            self.val_loss = event["val_loss"]
+        elif kind == "step":
+            parts = [f"step {event.get('step')}/{event.get('total')}"]
+            if isinstance(event.get("loss"), (int, float)):
+                parts.append(f"loss {event['loss']:.3f}")
+            if self.val_loss is not None:
+                parts.append(f"val {self.val_loss:.3f}")
+            if isinstance(event.get("eta_s"), (int, float)):
+                parts.append(f"ETA {duration(event['eta_s'])}")
+            self.step = " · ".join(parts)
+
+    def render(self) -> str:
+        return "\n".join(line for line in (self.title, f"Stage: {self.stage}", self.step) if line)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
+                          notify: Callable[[str], Awaitable[None]]) -> RetrainOutcome | None:
+    """The scheduled run: once per local date, skipped when there is no new curated data."""
+    night = now.date().isoformat()
+    if not await asyncio.to_thread(store.claim_job, NIGHTLY_JOB_ID, night):
+        log.info("nightly retraining of %s already claimed (restart or second process): not again", night)
+        return None
+    result = await retrainer.run(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True)
+    if result.outcome == "skipped":
+        log.info("nightly retraining of %s skipped: %s", night, result.message)
+    await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}")
+    return result

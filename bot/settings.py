@@ -1,0 +1,96 @@
+"""Settings of the bot package, read from the environment and `.env` (see inference/settings.py).
+
+The token is a SecretStr so it never appears in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from inference.settings import SettingsError
+
+
+class BotSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    telegram_bot_token: SecretStr | None = Field(default=None, description="Empty = console mode")
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    admin_user_ids: Annotated[tuple[int, ...], NoDecode] = ()
+    retrain_cron: str = "0 3 * * *"
+    retrain_timezone: str = "Europe/Lisbon"
+    retrain_misfire_grace_s: int = Field(default=3600, ge=1,
+                                         description="How late a missed nightly run may still start")
+    rate_limit_per_minute: int = Field(default=10, ge=1, description="Questions per user per minute")
+    max_question_chars: int = Field(default=1000, ge=1)
+    context_tokens: int = Field(default=1024, ge=64, description="Prompt budget incl. recent turns")
+    context_turns: int = Field(default=6, ge=0, description="Recent question/answer pairs kept per chat")
+    stream_edit_interval: float = Field(default=1.0, ge=0.0,
+                                        description="Seconds between streamed drafts/edits; Telegram wants >= 1")
+    console_user_id: int = Field(default=1, description="The local user of console mode (an admin)")
+
+    @field_validator("telegram_bot_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, int):
+            return (value,)
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.replace(" ", "").split(",") if part)
+            except ValueError:
+                raise ValueError("ADMIN_USER_IDS must be comma-separated integers") from None
+        return value
+
+    @field_validator("retrain_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Lisbon)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> "BotSettings":
+        try:
+            self.cron_trigger()
+        except ValueError as error:
+            raise ValueError(f"RETRAIN_CRON is not a valid crontab line: {error}") from None
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.retrain_timezone)
+
+    def cron_trigger(self) -> CronTrigger:
+        return CronTrigger.from_crontab(self.retrain_cron, timezone=self.zone)
+
+    def is_admin(self, user_id: int | None) -> bool:
+        return user_id is not None and user_id in self.admin_user_ids
+
+    @classmethod
+    def load(cls, **overrides) -> "BotSettings":
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            raise _explain(error) from None
+
+
+def _explain(error: ValidationError) -> SettingsError:
+    """One line per problem, named as in the environment (messages that name it stay as they are)."""
+    lines = []
+    for problem in error.errors():
+        name = str(problem["loc"][0]).upper() if problem["loc"] else ""
+        message = problem["msg"].removeprefix("Value error, ")
+        prefix = "" if not name or message.startswith(name) else f"{name}: "
+        lines.append(f"{prefix}{message} (got {problem.get('input')!r})" if name else message)
+    return SettingsError("invalid settings:\n" + "\n".join(lines))

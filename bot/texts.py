@@ -1,0 +1,109 @@
+"""Everything the bot says to users, in English and European Portuguese.
+
+One table keeps both languages side by side, so a new message cannot be added in only one.
+"""
+
+from __future__ import annotations
+
+HELP = {
+    "en": (
+        "Hi! I answer questions about SC Farense, the football club of Faro — its history, "
+        "stadium, players and titles. Just write your question (in a group, mention me or "
+        "reply to one of my messages).\n\n"
+        "Privacy: I store your questions, my answers and your 👍/👎 votes, with your Telegram "
+        "id, name and language, to improve the bot. Only curated examples — answers you rated "
+        "👍 and answers corrected by the admins — are used to retrain the model; nothing is "
+        "shared with anyone.\n\n"
+        "Commands:\n"
+        "/help — this message\n"
+        "/reset — forget our recent conversation (start a new topic)\n"
+        "/forget — delete everything stored about you\n"
+        "/optout — keep your conversations out of training\n"
+        "/optin — allow them again\n\n"
+        "Answers come from a small language model and can be wrong. Força Farense! 🦁"
+    ),
+    "pt": (
+        "Olá! Respondo a perguntas sobre o SC Farense, o clube de futebol de Faro — a sua "
+        "história, o estádio, os jogadores e os títulos. Escreva a sua pergunta (num grupo, "
+        "mencione-me ou responda a uma das minhas mensagens).\n\n"
+        "Privacidade: guardo as suas perguntas, as minhas respostas e os seus votos 👍/👎, com o "
+        "seu id do Telegram, nome e idioma, para melhorar o bot. Só exemplos selecionados — "
+        "respostas que votou 👍 e respostas corrigidas pelos administradores — são usados para "
+        "treinar de novo o modelo; nada é partilhado com ninguém.\n\n"
+        "Comandos:\n"
+        "/help — esta mensagem\n"
+        "/reset — esquecer a conversa recente (mudar de assunto)\n"
+        "/forget — apagar tudo o que está guardado sobre si\n"
+        "/optout — excluir as suas conversas do treino\n"
+        "/optin — voltar a permiti-las\n\n"
+        "As respostas vêm de um modelo de linguagem pequeno e podem ter erros. Força Farense! 🦁"
+    ),
+}
+
+TEXTS: dict[str, dict[str, str]] = {
+    "reset": {"en": "Done — I forgot our recent conversation.",
+              "pt": "Feito — esqueci a nossa conversa recente."},
+    "forgot": {"en": "Deleted everything stored about you: {details}.",
+               "pt": "Apaguei tudo o que estava guardado sobre si: {details}."},
+    "forgot_nothing": {"en": "There was nothing stored about you.",
+                       "pt": "Não havia nada guardado sobre si."},
+    "optout": {"en": "OK — your conversations will not be used for training. /optin undoes this.",
+               "pt": "OK — as suas conversas não serão usadas no treino. /optin anula isto."},
+    "optin": {"en": "Thanks — your rated conversations may now help train the bot.",
+              "pt": "Obrigado — as suas conversas avaliadas podem agora ajudar a treinar o bot."},
+    "too_long": {"en": "That message is too long for me ({length} characters; the limit is {limit}). "
+                       "Please ask a shorter question.",
+                 "pt": "Essa mensagem é demasiado longa ({length} caracteres; o limite é {limit}). "
+                       "Faça uma pergunta mais curta, por favor."},
+    "rate_limited": {"en": "You're asking faster than I can answer — please wait a minute and try again.",
+                     "pt": "Está a perguntar mais depressa do que consigo responder — espere um minuto "
+                           "e tente de novo."},
+    "non_text": {"en": "I can only read text messages — please write your question.",
+                 "pt": "Só consigo ler mensagens de texto — escreva a sua pergunta, por favor."},
+    "failed": {"en": "Sorry, something went wrong while answering. Please try again in a moment.",
+               "pt": "Desculpe, algo correu mal ao responder. Tente de novo daqui a pouco."},
+    "empty_answer": {"en": "(I have no answer to that.)", "pt": "(Não tenho resposta para isso.)"},
+    "vote_thanks": {"en": "Thanks for the feedback!", "pt": "Obrigado pela avaliação!"},
+    "vote_refused": {"en": "Only the person who asked can rate this answer.",
+                     "pt": "Só quem fez a pergunta pode avaliar esta resposta."},
+    "not_admin": {"en": "Sorry, that command is only for the bot's administrators.",
+                  "pt": "Desculpe, esse comando é só para os administradores do bot."},
+    "correct_usage": {"en": "Reply to one of my answers with /correct <the right answer>.",
+                      "pt": "Responda a uma das minhas respostas com /correct <a resposta certa>."},
+}
+
+PUBLIC_COMMANDS = {
+    "en": [("help", "What I do, privacy and commands"), ("reset", "Forget our recent conversation"),
+           ("forget", "Delete everything stored about you"), ("optout", "Keep your chats out of training"),
+           ("optin", "Allow your chats in training again")],
+    "pt": [("help", "O que faço, privacidade e comandos"), ("reset", "Esquecer a conversa recente"),
+           ("forget", "Apagar tudo o que está guardado sobre si"),
+           ("optout", "Excluir as suas conversas do treino"), ("optin", "Voltar a permitir o treino")],
+}
+ADMIN_COMMANDS = [("status", "Model, adapter, training, data, memory"), ("retrain", "Train and evaluate now"),
+                  ("rollback", "Serve the previous adapter"), ("correct", "Reply to an answer: store a better one")]
+
+
+def language(code: str | None) -> str:
+    """Portuguese for any pt-* Telegram language code, English otherwise."""
+    return "pt" if (code or "").lower().startswith("pt") else "en"
+
+
+def text(key: str, lang: str, **values: object) -> str:
+    if key == "help":
+        return HELP[lang]
+    return TEXTS[key][lang].format(**values)
+
+# How /forget names what it deleted (the store's counts keys).
+DELETED_KINDS = {
+    "en": {"messages": "questions and answers", "feedback": "votes", "corrections": "corrections",
+           "admin_events": "admin log entries", "chats": "chat records", "users": "profile"},
+    "pt": {"messages": "perguntas e respostas", "feedback": "votos", "corrections": "correções",
+           "admin_events": "registos de administração", "chats": "registos de conversa",
+           "users": "perfil"},
+}
+
+
+def deleted_summary(counts: dict[str, int], lang: str) -> str:
+    names = DELETED_KINDS[lang]
+    return ", ".join(f"{names.get(kind, kind)}: {count}" for kind, count in counts.items() if count)

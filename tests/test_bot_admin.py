@@ -1,0 +1,184 @@
+"""Admin commands and nightly retraining, end to end over the loopback Bot API on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+
+from apscheduler.events import EVENT_JOB_EXECUTED
+
+from bot.retraining import BUSY, NIGHTLY_JOB_ID
+from training.registry import Registry
+
+from .botapi.media import PNG_SIGNATURE
+from .conftest import BOT_ADMIN, BOT_TOKEN
+from .models import make_adapter
+
+USER = 4242
+QUESTION = "Quem é o maior ídolo do Farense?"
+
+
+def command(bot, user_id, text, **kwargs):
+    """Send a command in the user's private chat; returns the bot's calls it caused."""
+    since = len(bot.server.calls())
+    bot.server.push_message(user_id, user_id, text, **kwargs)
+    bot.settle()
+    return bot.server.calls()[since:]
+
+
+def texts(calls, method="sendMessage"):
+    return [c.params["text"] for c in calls if c.method == method and c.ok]
+
+
+def admin_events(store):
+    with store._connection() as db:  # the store has no reader for the audit table: peek at it
+        return db.execute("SELECT user_id, command, allowed FROM admin_events ORDER BY id").fetchall()
+
+
+def write_run(home, run_id="20250101-030000-abcd"):
+    """A finished run's metrics as training writes them: train steps and evaluations."""
+    run = home / "runs" / run_id
+    run.mkdir(parents=True)
+    lines = [{"kind": "eval", "step": 0, "val_loss": 3.2}]
+    lines += [{"kind": "train", "step": s, "loss": 3.0 - s * 0.1} for s in range(1, 11)]
+    lines += [{"kind": "eval", "step": 5, "val_loss": 2.7}, {"kind": "eval", "step": 10, "val_loss": 2.4}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return run
+
+
+def test_status_reports_model_adapter_memory_queue_and_plots_the_last_run(start_bot, isolated_env,
+                                                                          tmp_path):
+    bot = start_bot()
+    bot.ask(USER, USER, QUESTION)
+    first = command(bot, BOT_ADMIN, "/status")
+    report = texts(first)[0]
+    for expected in ("Model: tiny-llama", "Adapter served: none", "Adapter in production:",
+                     "Last training:", "Next nightly training: 20", "Conversations: answers 1",
+                     "Memory: process", "Uptime:", "Queue: 0", "no training run yet"):
+        assert expected in report
+    assert BOT_TOKEN not in report and BOT_TOKEN.split(":")[1] not in report
+    assert not [c for c in first if c.method == "sendPhoto"]
+
+    write_run(isolated_env)
+    second = command(bot, BOT_ADMIN, "/status")
+    photo = next(c for c in second if c.method == "sendPhoto")
+    png = photo.files["photo"].data
+    assert photo.ok and png.startswith(PNG_SIGNATURE) and len(png) > 5000
+    assert "20250101-030000-abcd" in photo.params["caption"]
+    (tmp_path / "status-loss.png").write_bytes(png)  # kept to look at
+
+
+def test_admin_commands_refuse_non_admins_politely_and_are_audited(start_bot, caplog):
+    bot = start_bot()
+    for name in ("/status", "/retrain", "/rollback"):
+        calls = command(bot, USER, name, language_code="en")
+        assert texts(calls) == ["Sorry, that command is only for the bot's administrators."]
+    assert admin_events(bot.store) == [(USER, "status", 0), (USER, "retrain", 0), (USER, "rollback", 0)]
+    assert "refused /retrain to user 4242" in caplog.text
+    assert bot.server.calls("editMessageText") == []  # no training was started
+
+
+def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(start_bot):
+    bot = start_bot()
+    calls = command(bot, BOT_ADMIN, "/retrain")
+    started = next(c for c in calls if c.method == "sendMessage")
+    assert started.params["text"] == "Retraining…"
+    edits = [c for c in calls if c.method == "editMessageText"]
+    assert {c.params["message_id"] for c in edits} == {started.response["result"]["message_id"]}
+    final = edits[-1].params["text"]
+    outcome = final.removeprefix("Retraining: ").split("\n")[0]
+    assert outcome in ("promoted", "rejected"), final  # the tiny model trains; the gate decides
+    production = Registry(bot.services.home).production()
+    if outcome == "promoted":
+        assert production is not None and bot.engine.adapter_version == production.version
+        assert f"Promoted {production.version}" in final
+    else:
+        assert production is None and bot.engine.adapter_version is None
+    status = command(bot, BOT_ADMIN, "/status")
+    assert f"Last training: {outcome}" in texts(status)[0]
+    photo = next(c for c in status if c.method == "sendPhoto")  # the loss curve of the real run
+    assert photo.files["photo"].data.startswith(PNG_SIGNATURE)
+
+
+def test_retrain_refuses_while_a_run_is_in_progress(start_bot):
+    bot = start_bot()
+    bot.services.retrainer._lock.acquire()  # as if a run (nightly or another admin's) were going on
+    try:
+        calls = command(bot, BOT_ADMIN, "/retrain")
+    finally:
+        bot.services.retrainer._lock.release()
+    assert texts(calls) == [BUSY]
+
+
+def test_correct_by_admin_is_stored_as_training_data(start_bot):
+    bot = start_bot()
+    group = -100555
+    bot.server.push_message(group, BOT_ADMIN, "olá", chat_type="group")
+    answer = bot.ask(group, USER, f"@farense_test_bot {QUESTION}", chat_type="group")
+    answer_message = bot.server.sent_messages(group)[-1]
+    assert answer_message["message_id"] == answer.response["result"]["message_id"]
+
+    since = len(bot.server.calls())
+    bot.server.push_message(group, USER, "/correct Não sei", chat_type="group",
+                            reply_to_message=answer_message)
+    bot.server.push_message(group, BOT_ADMIN, "/correct Hassan Nader, o goleador marroquino.",
+                            chat_type="group", reply_to_message=answer_message)
+    bot.settle()
+    replies = texts(bot.server.calls()[since:])
+    assert "Desculpe, esse comando é só para os administradores do bot." in replies
+    assert "Correction saved — it will be used in the next training run." in replies
+    curated = bot.store.curated_examples()
+    assert [(c.question, c.answer, c.source) for c in curated] == [
+        (QUESTION, "Hassan Nader, o goleador marroquino.", "correction")]
+
+
+def test_rollback_serves_the_previous_adapter_at_once(start_bot, isolated_env, tiny_model_dir):
+    registry = Registry(isolated_env, base_model=tiny_model_dir)
+    for seed in (1, 2):
+        version = registry.add_candidate(make_adapter(tiny_model_dir, isolated_env / f"made-{seed}", seed=seed))
+        registry.promote(version.version, by="test", reason="setup")
+    bot = start_bot()
+    assert bot.engine.adapter_version == "v0002"
+    first = texts(command(bot, BOT_ADMIN, "/rollback"))
+    assert first == ["Rolled back. Now serving: v0001"] and bot.engine.adapter_version == "v0001"
+    assert bot.ask(USER, USER, QUESTION).ok
+    assert bot.store.counts()["messages"] == 1
+    row = bot.store.message(1)
+    assert row.adapter_version == "v0001"
+    texts(command(bot, BOT_ADMIN, "/rollback"))
+    last = texts(command(bot, BOT_ADMIN, "/rollback"))[0]
+    assert last.startswith("Rollback failed: nothing to roll back")
+
+
+def test_nightly_job_runs_once_per_night_and_tells_the_admins(start_bot, caplog):
+    caplog.set_level("INFO")
+    bot = start_bot(admin_user_ids=(BOT_ADMIN, 7777))  # 7777 never started the bot
+    services = bot.services
+    scheduler = services.scheduler
+    job = scheduler.get_job(NIGHTLY_JOB_ID)
+    assert (job.trigger.fields[5].expressions[0].first, job.trigger.fields[6].expressions[0].first) == (3, 0)
+    assert str(job.trigger.timezone) == "Europe/Lisbon" and job.coalesce and job.max_instances == 1
+    command(bot, BOT_ADMIN, "/start")  # the admin's chat exists, so the report can be delivered
+
+    night = datetime(2025, 5, 1, 3, 0, tzinfo=services.settings.zone)
+    services.clock = lambda: night
+    results, done = [], threading.Semaphore(0)
+
+    def finished(event):
+        results.append(event.retval)
+        done.release()
+
+    scheduler.add_listener(finished, EVENT_JOB_EXECUTED)
+    for _ in range(2):  # the scheduler fires the real job now; the second time is the same night
+        scheduler.modify_job(NIGHTLY_JOB_ID, next_run_time=datetime.now(services.settings.zone))
+        assert done.acquire(timeout=300)
+    first, second = results
+    assert first.outcome in ("promoted", "rejected", "skipped", "failed") and second is None
+    reports = [c for c in bot.server.calls("sendMessage") if c.params["text"].startswith("Nightly")]
+    assert len(reports) == 2  # one per admin, from the first run only
+    assert [c.ok for c in reports] == [True, False]  # 7777: "chat not found", logged and skipped
+    assert reports[0].params["text"].startswith(f"Nightly retraining (2025-05-01): {first.outcome}")
+    assert "could not tell admin 7777" in caplog.text
+    assert "nightly retraining of 2025-05-01 already claimed" in caplog.text
+    assert scheduler.get_job(NIGHTLY_JOB_ID) is not None  # still scheduled for the next night

@@ -1,0 +1,70 @@
+"""`python -m bot` without a token: the console chat, through the same pipeline as Telegram."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from data.store import Store
+
+
+def run_bot(stdin: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot"], input=stdin, capture_output=True, text=True,
+                          timeout=120, env=os.environ | env)
+
+
+def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_model_dir, isolated_env):
+    script = "Quando foi fundado o Farense?\n/good\n/correct Em 1910, em Faro.\n/status\n"
+    result = run_bot(script, MODEL_PATH=str(tiny_model_dir), MAX_TOKENS="16", TEMPERATURE="0")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "model tiny-llama" in out and "bot> " in out
+    answer = out.split("bot> ", 1)[1].split("\n", 1)[0]
+    assert answer.strip()  # the streamed answer, on one line
+    assert "Thanks for the feedback!" in out and "Correction saved" in out
+    assert "Model: tiny-llama" in out and "Memory: process" in out and "Queue: 0" in out
+    assert "Traceback" not in result.stderr
+    with Store(isolated_env / "farense.db") as store:
+        counts = store.counts()
+        row = store.message(1)
+    assert (counts["messages"], counts["feedback_up"], counts["corrections"]) == (1, 1, 1)
+    assert row.question == "Quando foi fundado o Farense?" and row.user_id == 1
+    assert answer.strip() == row.answer
+
+
+def test_bad_settings_and_a_missing_model_exit_2_with_one_clear_line(tmp_path):
+    bad = run_bot("", ADMIN_USER_IDS="12,Ana")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "ADMIN_USER_IDS must be comma-separated integers" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    missing = run_bot("", MODEL_PATH=str(tmp_path / "no-such-model"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-such-model" in errors[0]
+
+
+def test_with_a_token_it_long_polls_telegram_and_stops_cleanly_on_sigterm(tiny_model_dir, isolated_env):
+    import signal
+
+    from .botapi import BotApiServer
+    from .conftest import BOT_TOKEN
+
+    with BotApiServer(BOT_TOKEN) as server:
+        env = os.environ | {"MODEL_PATH": str(tiny_model_dir), "MAX_TOKENS": "8", "TEMPERATURE": "0",
+                            "TELEGRAM_BOT_TOKEN": BOT_TOKEN, "TELEGRAM_BASE_URL": server.base_url}
+        process = subprocess.Popen([sys.executable, "-m", "bot"], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            server.push_message(4242, 4242, "Quando foi fundado o Farense?")  # the first poll gets it
+            answer = server.wait_for(lambda c: c.method == "sendMessage" and "reply_markup" in c.params,
+                                     timeout=60)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            server.state.close()  # ends the pending long poll now rather than at its timeout
+            out, err = process.communicate(timeout=60)
+    assert answer.ok and process.returncode == 0
+    assert server.calls("getUpdates")[0].params.get("allowed_updates") == ["message", "callback_query"]
+    assert "answered chat 4242" in err and "Traceback" not in err
+    assert BOT_TOKEN not in err + out and BOT_TOKEN.split(":")[1] not in err + out

@@ -1,0 +1,119 @@
+"""The bot's pure parts: message splitting, settings, rate limiting, context budget, progress, plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.conversation import Conversations, RateLimiter, Turn
+from bot.plot import latest_run, loss_plot, read_losses
+from bot.retraining import ProgressText
+from bot.settings import BotSettings
+from bot.splitting import split_text, utf16_len
+from bot.texts import language
+from inference.settings import SettingsError
+
+words = st.text(st.sampled_from("abcdefghij ⚽🦁é\n.!?,"), min_size=1, max_size=60)
+
+
+@given(st.lists(words, max_size=30), st.integers(min_value=8, max_value=120))
+def test_split_parts_fit_and_lose_nothing(pieces, limit):
+    text = " ".join(pieces)
+    parts = split_text(text, limit)
+    assert all(part and part == part.strip() and utf16_len(part) <= limit for part in parts)
+    assert "".join("".join(part.split()) for part in parts) == "".join(text.split())
+
+
+def test_split_prefers_paragraphs_then_sentences_then_words():
+    paragraphs = ["a" * 3000, "b" * 3000, "c" * 100]
+    assert split_text("\n\n".join(paragraphs)) == [paragraphs[0], paragraphs[1] + "\n\n" + paragraphs[2]]
+    sentences = "O Farense foi fundado em 1910. " * 200
+    parts = split_text(sentences)
+    assert len(parts) == 2 and parts[0].endswith("1910.") and parts[1].startswith("O Farense")
+    assert split_text("palavra " * 1000, 100)[0] == ("palavra " * 12).strip()
+    assert split_text("🦁" * 3000) == ["🦁" * 2048, "🦁" * 952]  # emoji count twice in UTF-16
+
+
+def test_settings_parse_admin_ids_and_reject_bad_values(monkeypatch):
+    monkeypatch.setenv("ADMIN_USER_IDS", "12, 34")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:secret")
+    settings = BotSettings.load()
+    assert settings.admin_user_ids == (12, 34) and settings.is_admin(34) and not settings.is_admin(5)
+    assert "secret" not in repr(settings) and settings.telegram_bot_token.get_secret_value() == "123:secret"
+    assert BotSettings.load(telegram_bot_token="  ").telegram_bot_token is None
+    assert str(settings.cron_trigger().timezone) == "Europe/Lisbon"
+
+    monkeypatch.setenv("ADMIN_USER_IDS", "12;34")
+    with pytest.raises(SettingsError, match="ADMIN_USER_IDS must be comma-separated integers"):
+        BotSettings.load()
+    monkeypatch.delenv("ADMIN_USER_IDS")
+    with pytest.raises(SettingsError, match="RETRAIN_TIMEZONE: unknown time zone 'Lisboa'"):
+        BotSettings.load(retrain_timezone="Lisboa")
+    with pytest.raises(SettingsError, match="RETRAIN_CRON is not a valid crontab line"):
+        BotSettings.load(retrain_cron="every night")
+    with pytest.raises(SettingsError, match="RATE_LIMIT_PER_MINUTE"):
+        BotSettings.load(rate_limit_per_minute=0)
+
+
+def test_rate_limiter_window_is_per_user_and_tells_once():
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert [limiter.check(1) for _ in range(4)] == [(True, False), (True, False), (False, True), (False, False)]
+    assert limiter.check(2) == (True, False)
+    now[0] = 60.0
+    assert limiter.check(1) == (True, False)
+
+
+def test_context_keeps_recent_turns_within_the_token_budget(tiny_model_dir):
+    from inference.engine import Engine
+    from inference.settings import InferenceSettings
+
+    engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)), adapter=None)
+    try:
+        turns = [Turn(1, f"Pergunta número {i} sobre o Farense?", "Resposta " * 20) for i in range(10)]
+        roomy = Conversations(engine, store=None, settings=BotSettings(context_turns=3, context_tokens=4096))
+        messages = roomy.build_messages(turns, "E agora?")
+        assert [m["content"] for m in messages[::2]] == [t.question for t in turns[-3:]] + ["E agora?"]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3 + ["user"]
+
+        one_turn = len(engine.prompt_tokens(messages[-3:]))  # the last turn and the question
+        tight = Conversations(engine, store=None,
+                              settings=BotSettings(context_turns=10, context_tokens=one_turn + 10))
+        messages = tight.build_messages(turns, "E agora?")
+        assert len(messages) == 3 and messages[0]["content"] == turns[-1].question
+        assert Conversations(engine, None, BotSettings(context_turns=0)).build_messages(turns, "?") == [
+            {"role": "user", "content": "?"}]
+    finally:
+        engine.close()
+
+
+def test_progress_text_follows_stages_steps_and_evaluations():
+    progress = ProgressText("Retraining…")
+    progress.update({"event": "stage", "stage": "dataset"})
+    assert progress.render() == "Retraining…\nStage: dataset"
+    for event in ({"event": "stage", "stage": "train"}, {"event": "eval", "step": 0, "val_loss": 3.21},
+                  {"event": "step", "step": 3, "total": 600, "loss": 2.5, "eta_s": 3725.0}):
+        progress.update(event)
+    assert progress.render() == "Retraining…\nStage: train\nstep 3/600 · loss 2.500 · val 3.210 · ETA 1h02m"
+
+
+def test_language_is_portuguese_for_any_pt_code():
+    assert [language(code) for code in ("pt", "pt-BR", "PT-pt", "en", "es", None)] == [
+        "pt", "pt", "pt", "en", "en", "en"]
+
+
+def test_loss_plot_reads_both_metric_formats_and_skips_bad_lines(tmp_path):
+    assert latest_run(tmp_path) is None
+    old, new = tmp_path / "runs" / "20250101-000000-aaaa", tmp_path / "runs" / "20250102-000000-bbbb"
+    for run in (old, new):
+        run.mkdir(parents=True)
+    lines = [{"kind": "train", "step": 1, "loss": 3.0}, {"step": 2, "train_loss": 2.5, "val_loss": 2.8},
+             {"kind": "eval", "step": 2, "val_loss": 2.7}, "not json", {"kind": "train"}]
+    (new / "metrics.jsonl").write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines))
+    (old / "metrics.jsonl").write_text("")
+    assert latest_run(tmp_path) == new
+    assert read_losses(new) == ([(1, 3.0), (2, 2.5)], [(2, 2.8), (2, 2.7)])
+    assert loss_plot(new).startswith(b"\x89PNG") and loss_plot(old) is None
