@@ -1,5 +1,5 @@
 # Two commands matter: `make run` (the bot; a console chat when no TELEGRAM_BOT_TOKEN is set)
-# and `make test` (the whole suite). Both create the virtualenv on first use.
+# and `make test` (the whole suite; `make soak` adds the long reliability runs). Both create the virtualenv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,6 +10,9 @@ run: $(BIN)/.ready
 
 test: $(BIN)/.ready
 	$(BIN)/python -m pytest
+
+soak: $(BIN)/.ready
+	$(BIN)/python -m pytest -m soak -s
 
 $(BIN)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

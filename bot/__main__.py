@@ -34,6 +34,11 @@ def main() -> int:
     console = settings.telegram_bot_token is None
     logging.basicConfig(level=logging.WARNING if console else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not console:
+        from .handlers.errors import RedactToken
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RedactToken(settings.telegram_bot_token.get_secret_value()))
     try:
         store = Store(data_settings.database_file)
     except StoreError as error:
@@ -50,10 +55,19 @@ def main() -> int:
 
             asyncio.run(run_console(Services.create(settings, engine, store, data_settings=data_settings)))
         else:
+            from telegram.error import InvalidToken, TelegramError
+
             from .app import ALLOWED_UPDATES, build_application
+            from .handlers.errors import redact
 
             application = build_application(settings, engine, store, data_settings=data_settings)
-            application.run_polling(allowed_updates=ALLOWED_UPDATES)
+            try:
+                application.run_polling(allowed_updates=ALLOWED_UPDATES)
+            except InvalidToken:  # PTB's message quotes the token itself: never print it
+                return _fail("Telegram refused TELEGRAM_BOT_TOKEN (401 Unauthorized); check it with @BotFather")
+            except TelegramError as error:  # e.g. Telegram unreachable at start-up
+                secret = settings.telegram_bot_token.get_secret_value()
+                return _fail(f"Telegram: {redact(f'{type(error).__name__}: {error}', secret)}")
     except KeyboardInterrupt:
         pass
     finally:

@@ -8,12 +8,14 @@ worker thread that pumps the engine's blocking stream into the event loop; the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from data.store import Store
@@ -97,6 +99,9 @@ class Conversations:
         self._known_users: dict[int, tuple] = {}  # what the store already has, to skip rewrites
         self._known_chats: dict[int, tuple] = {}
         self._pool = ThreadPoolExecutor(PUMP_THREADS, thread_name_prefix="answer")
+        # Chats whose turn it is, at most one per answer thread; the others wait in line (FIFO)
+        # without a "typing…" refresh each, which would eat Telegram's 30 requests/s under load.
+        self._turns = asyncio.Semaphore(PUMP_THREADS)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -130,10 +135,18 @@ class Conversations:
         return messages
 
     async def ask(self, asker: Asker, question: str,
-                  on_partial: Callable[[str], Awaitable[None]] | None = None) -> Answer:
-        """Generate, stream partial text to `on_partial`, log the answer, remember the turn."""
+                  on_partial: Callable[[str], Awaitable[None]] | None = None,
+                  busy: Callable[[], AbstractAsyncContextManager] | None = None,
+                  deliver: Callable[[Answer], Awaitable[None]] | None = None) -> Answer:
+        """Generate, stream partial text to `on_partial`, log the answer, remember the turn.
+
+        A chat's questions are answered in the order they were asked: the caller must not await
+        anything before this, and `deliver(answer)` runs before the next question's turn. `busy()`
+        (Telegram's "typing…") is held only during this question's turn, so questions queued
+        behind it do not spend the API budget on it.
+        """
         chat = self._chat(asker.chat_id)
-        async with chat.lock:
+        async with chat.lock, self._turns, (busy() if busy is not None else contextlib.nullcontext()):
             await self._register(asker)
             started = time.perf_counter()
             generation = await self._generate(asker, list(chat.turns), question, on_partial)
@@ -149,7 +162,10 @@ class Conversations:
             log.info("answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens)", asker.chat_id,
                      message_id, generation.adapter, latency, generation.prompt_tokens,
                      generation.completion_tokens)
-            return Answer(text, message_id, generation)
+            answer = Answer(text, message_id, generation)
+            if deliver is not None:
+                await deliver(answer)
+            return answer
 
     async def _generate(self, asker: Asker, turns: list[Turn], question: str,
                         on_partial: Callable[[str], Awaitable[None]] | None) -> Generation:

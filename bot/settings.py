@@ -12,7 +12,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from inference.settings import SettingsError
+from inference.settings import explain
 
 
 class BotSettings(BaseSettings):
@@ -55,7 +55,7 @@ class BotSettings(BaseSettings):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
             raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Lisbon)") from None
         return value
 
@@ -82,15 +82,5 @@ class BotSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as error:
-            raise _explain(error) from None
+            raise explain(error, cls) from None
 
-
-def _explain(error: ValidationError) -> SettingsError:
-    """One line per problem, named as in the environment (messages that name it stay as they are)."""
-    lines = []
-    for problem in error.errors():
-        name = str(problem["loc"][0]).upper() if problem["loc"] else ""
-        message = problem["msg"].removeprefix("Value error, ")
-        prefix = "" if not name or message.startswith(name) else f"{name}: "
-        lines.append(f"{prefix}{message} (got {problem.get('input')!r})" if name else message)
-    return SettingsError("invalid settings:\n" + "\n".join(lines))

@@ -84,7 +84,18 @@ def field_problem(record: Mapping[str, object], fields: Mapping[str, type | tupl
             return f"{name!r} should be {_names(types)}, got {type(value).__name__}"
         if isinstance(value, str) and not value.strip():
             return f"{name!r} is empty"
+        if isinstance(value, str) and not _encodable(value):
+            return f"{name!r} is not valid Unicode (a lone surrogate such as \\ud800)"
     return None
+
+
+def _encodable(text: str) -> bool:
+    """False for text no UTF-8 file or SQLite can hold (JSON's escapes allow lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _names(types: tuple[type, ...]) -> str:

@@ -312,16 +312,18 @@ class Store:
     def _first_message(self, rows: list[sqlite3.Row]) -> LoggedMessage | None:
         if not rows:
             return None
-        values = self._checked(rows[0], tuple(field.name for field in fields(LoggedMessage)), None)
+        # The model may have said nothing: an empty answer is still a logged message (to correct).
+        values = self._checked(rows[0], tuple(field.name for field in fields(LoggedMessage)), None,
+                               blank_ok=("answer",))
         return LoggedMessage(**values) if values is not None else None
 
-    def _checked(self, row: tuple, names: tuple[str, ...],
-                 problems: list[Problem] | None) -> dict[str, object] | None:
+    def _checked(self, row: tuple, names: tuple[str, ...], problems: list[Problem] | None,
+                 blank_ok: tuple[str, ...] = ()) -> dict[str, object] | None:
         """The row as a dict if every column has its expected type, else report it and give None."""
         values = dict(zip(names, row))
         for name, value in values.items():
             expected = _FIELD_TYPES[name]
-            bad_text = isinstance(value, str) and expected is str and not value.strip()
+            bad_text = isinstance(value, str) and expected is str and not value.strip() and name not in blank_ok
             if bad_text or not isinstance(value, expected):
                 what = "undecodable text" if isinstance(value, UndecodableText) else repr(value)[:40]
                 report(problems if problems is not None else [], f"{self.path}#messages",

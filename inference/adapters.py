@@ -52,6 +52,10 @@ def read_adapter(path: Path, version: str | None = None) -> Adapter:
         raise AdapterError(f"adapter {path}: {CONFIG_FILE} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterError(f"adapter {path}: {CONFIG_FILE} is not valid JSON ({error})") from None
+    except OSError as error:
+        raise AdapterError(f"adapter {path}: {CONFIG_FILE} cannot be read ({error})") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"adapter {path}: {CONFIG_FILE} is not a JSON object")
     if config.get("fine_tune_type", "lora") != "lora":
         raise AdapterError(f"adapter {path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported")
     try:
@@ -59,8 +63,10 @@ def read_adapter(path: Path, version: str | None = None) -> Adapter:
         spec = LoraSpec(int(config["num_layers"]), int(params["rank"]), float(params["scale"]),
                         float(params.get("dropout", 0.0)),
                         tuple(params["keys"]) if params.get("keys") else None)
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise AdapterError(f"adapter {path}: {CONFIG_FILE} lacks a valid {error}") from None
+    if spec.num_layers < 1 or spec.rank < 1:
+        raise AdapterError(f"adapter {path}: {CONFIG_FILE} needs num_layers and rank of at least 1")
     shapes = _safetensors_shapes(path / WEIGHTS_FILE)
     if not shapes or not all(n.endswith((".lora_a", ".lora_b")) for n in shapes):
         raise AdapterError(f"adapter {path}: {WEIGHTS_FILE} holds no LoRA tensors")
@@ -78,8 +84,12 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
             header = json.loads(handle.read(header_len))
     except FileNotFoundError:
         raise AdapterError(f"{file} is missing") from None
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise AdapterError(f"{file} cannot be read ({error})") from None
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise AdapterError(f"{file}: not a safetensors file ({error})") from None
+    if not isinstance(header, dict):
+        raise AdapterError(f"{file}: not a safetensors file (the header is not a JSON object)")
     data_size = size - 8 - header_len
     shapes = {}
     for name, entry in header.items():
@@ -88,10 +98,12 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         try:
             start, end = entry["data_offsets"]
             shape = tuple(int(d) for d in entry["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise AdapterError(f"{file}: corrupt entry for tensor {name}") from None
+            if not all(type(offset) is int for offset in (start, end)):
+                raise TypeError("offsets are not integers")
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise AdapterError(f"{file}: corrupt entry for tensor {name!r}") from None
         if not 0 <= start <= end <= data_size:
-            raise AdapterError(f"{file}: tensor {name} lies outside the file (truncated?)")
+            raise AdapterError(f"{file}: tensor {name!r} lies outside the file (truncated?)")
         shapes[name] = shape
     return shapes
 
@@ -124,6 +136,10 @@ def read_production(farense_home: Path) -> tuple[str, Path] | None:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterError(f"{pointer} is corrupt ({error})") from None
+    if not isinstance(record, dict):
+        raise AdapterError(f"{pointer} is corrupt (not a JSON object)")
     if not record.get("version"):
         return None
+    if not isinstance(record.get("path"), str) or not record["path"]:
+        raise AdapterError(f"{pointer} is corrupt (version {record['version']!r} without a path)")
     return str(record["version"]), Path(record["path"])

@@ -87,9 +87,15 @@ class Engine:
         self._follow_production = adapter == "auto" and settings.adapter_path is None
         self._pointer_seen: tuple[int, int] | None = self._pointer_stamp()
         self._pointer_checked = time.monotonic()
-        if adapter == "auto":
-            adapter = settings.adapter_path or self._production_folder()
-        initial = read_adapter(Path(adapter), self._production_version(Path(adapter))) if adapter else None
+        try:
+            if adapter == "auto":
+                adapter = settings.adapter_path or self._production_folder()
+            initial = read_adapter(Path(adapter), self._production_version(Path(adapter))) if adapter else None
+        except AdapterError as error:  # a broken production adapter must not keep the bot down
+            if not self._follow_production:
+                raise
+            self._unusable_production(error)
+            initial = None
         self._pending: OrderedDict[str, deque[_Request]] = OrderedDict()
         self._swap_requests: "queue.Queue[tuple[Adapter | None, threading.Event, list]]" = queue.Queue()
         self._wake = threading.Condition()
@@ -209,11 +215,15 @@ class Engine:
             if (current[0] if current else None) == self.adapter_version:
                 return
             adapter = read_adapter(current[1], current[0]) if current else None
-        except AdapterError as error:
+        except Exception as error:  # whatever is on disk, the serving loop goes on
             log.error("production pointer changed but its adapter is unusable, still serving %s: %s",
                       self.adapter_version or "the base model", error)
             return
         self._swap_requests.put((adapter, threading.Event(), []))
+
+    def _unusable_production(self, error: Exception) -> None:
+        log.error("the production adapter is unusable, serving the base model until a working version is "
+                  "promoted or rolled back to (python -m training rollback): %s", error)
 
     def _production_folder(self) -> Path | None:
         current = read_production(self.settings.farense_home)
@@ -258,7 +268,12 @@ class Engine:
             from mlx_lm.generate import generation_stream as stream
 
             if initial is not None:
-                self._swap_now(initial)
+                try:
+                    self._swap_now(initial)
+                except Exception as error:
+                    if not self._follow_production:
+                        raise
+                    self._unusable_production(error)
             self.model.eval()
         except BaseException as error:
             loaded.append(error)
@@ -299,8 +314,11 @@ class Engine:
                 adapter, done, outcome = self._swap_requests.get()
                 try:
                     self._swap_now(adapter)
-                except Exception as error:  # reported to the caller, serving goes on
+                except Exception as error:  # reported to the caller (and here), serving goes on
                     outcome.append(error)
+                    log.error("could not swap to adapter %s, still serving %s: %s",
+                              adapter.version if adapter else None, self.adapter_version or "the base model",
+                              error)
                 done.set()
                 generator = None  # caches were built with the old weights
                 continue

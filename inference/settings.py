@@ -27,9 +27,13 @@ def explain(error: ValidationError, settings_class: type[BaseSettings]) -> Setti
     prefix = settings_class.model_config.get("env_prefix", "")
     lines = []
     for problem in error.errors():
-        field = str(problem["loc"][0]) if problem["loc"] else "?"
         message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"{(prefix + field).upper()}: {message} (got {problem.get('input')!r})")
+        if not problem["loc"]:  # a whole-model check names its settings itself
+            lines.append(message)
+            continue
+        name = (prefix + str(problem["loc"][0])).upper()
+        named = message if message.startswith(name) else f"{name}: {message}"
+        lines.append(f"{named} (got {problem.get('input')!r})")
     return SettingsError("invalid settings:\n" + "\n".join(lines))
 
 

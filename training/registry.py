@@ -9,6 +9,10 @@
 An adapter is checked when it is added (config, safetensors header, tensor names and shapes against
 the base model) and again before it goes into production (same bytes as registered, still fits), so
 a truncated or mismatched file is never served. Versions are never renumbered or rewritten.
+
+production.json is the commit point of a promotion or rollback: a process killed after writing it
+leaves the statuses and the history line behind, and a process killed earlier leaves staging or
+temp files. Every change (and `repair()`) first finishes that work under the lock, from the pointer.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Registry:
         self.root = self.home / "adapters"
         self.keep = keep
         self._base_model = base_model
+        self._recovered: list[str] = []
 
     # ----- reading ----------------------------------------------------------------------------
     def versions(self) -> list[AdapterVersion]:
@@ -120,10 +125,17 @@ class Registry:
 
     def history(self) -> list[dict]:
         try:
-            lines = (self.root / HISTORY_FILE).read_text().splitlines()
+            lines = (self.root / HISTORY_FILE).read_text(encoding="utf-8").split("\n")  # not at U+2028
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        entries = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:  # a line torn by a crash mid-append: skip it, say so
+                if line.strip():
+                    log.warning("%s line %d is not JSON (torn by a crash?); skipped", HISTORY_FILE, number)
+        return entries
 
     def verify(self, version: str) -> Adapter:
         """The files are the bytes that were registered, parse, and fit the base model."""
@@ -140,6 +152,14 @@ class Registry:
         return adapter
 
     # ----- changing ---------------------------------------------------------------------------
+    def repair(self) -> list[str]:
+        """Finish what a process killed mid-change left undone; returns (and logs) what was fixed.
+
+        Every change does this first anyway; call it to have consistent records without changing
+        anything else (e.g. right after a crash)."""
+        with self._locked():
+            return self._recovered
+
     def add_candidate(self, adapter_dir: Path, *, run_dir: Path | None = None, manifest: dict | None = None,
                       metrics: dict | None = None) -> AdapterVersion:
         """Copy a verified adapter folder in as the next version, status candidate."""
@@ -193,7 +213,7 @@ class Registry:
         """Verify the files, then point production at `version`; the old one is kept to roll back to."""
         with self._locked():
             entry = self.get(version)
-            pointer = self._pointer()
+            pointer = self._pointer(strict=False)
             current = pointer.get("version")
             if current == entry.version:
                 raise RegistryError(f"{entry.version} is already in production")
@@ -239,18 +259,54 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
         pointer = {"version": target.version if target else None,
                    "path": str(target.path.resolve()) if target else None,
-                   "promoted_at": now, "promoted_by": by, "reason": reason, "previous": previous}
+                   "promoted_at": now, "promoted_by": by, "reason": reason, "previous": previous,
+                   "action": action, "from": current}  # enough to redo the history line after a crash
         _write_durably(production_pointer_path(self.home), json.dumps(pointer, indent=2))
         if current and (self.root / current / VERSION_FILE).is_file():
             self._update(self.get(current), status=RETIRED)
         if target is not None:
             self._update(target, status=PRODUCTION, promoted_at=now, promoted_by=by)
-        line = {"at": now, "action": action, "version": pointer["version"], "from": current, "by": by,
-                "reason": reason}
+        self._append_history(_history_line(pointer))
+
+    def _append_history(self, line: dict) -> None:
         with open(self.root / HISTORY_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def _recover(self) -> list[str]:
+        """Finish what a killed change left: debris, statuses and the history line (lock held)."""
+        fixed = []
+        pointer_temp = f".{production_pointer_path(self.home).name}."
+        for debris in sorted(self.root.glob(".*")):
+            if debris.name.startswith((".incoming-", ".trash-", pointer_temp)):
+                shutil.rmtree(debris) if debris.is_dir() else debris.unlink()
+                fixed.append(f"removed {debris.name}, left by a killed registry change")
+        for temp in sorted(self.root.glob(f"v*/.{VERSION_FILE}.*")):
+            temp.unlink()
+            fixed.append(f"removed {temp.parent.name}/{temp.name}, left by a killed registry change")
+        try:
+            pointer = self._pointer()
+        except RegistryError:  # reported by production(); promoting a version rewrites it
+            return fixed
+        serving = pointer.get("version")
+        for entry in self.versions():
+            if entry.version == serving and entry.status != PRODUCTION:
+                self._update(entry, status=PRODUCTION, promoted_at=pointer.get("promoted_at"),
+                             promoted_by=pointer.get("promoted_by"))
+                fixed.append(f"{entry.version} is in production.json: status {entry.status} -> {PRODUCTION}")
+            elif entry.version != serving and entry.status == PRODUCTION:
+                self._update(entry, status=RETIRED)
+                fixed.append(f"{entry.version} is not in production.json: status {PRODUCTION} -> {RETIRED}")
+        if pointer.get("action") and pointer.get("promoted_at"):
+            line, last = _history_line(pointer), (self.history() or [{}])[-1]
+            if {key: value for key, value in last.items() if key != "recovered"} != line:
+                self._append_history(line | {"recovered": True})
+                fixed.append(f"history: added the {line['action']} to {line['version'] or 'the base model'} "
+                             "that production.json records")
+        for item in fixed:
+            log.warning("registry repair: %s", item)
+        return fixed
 
     def _update(self, entry: AdapterVersion, **fields) -> None:
         record = entry.record | fields | {"updated_at": _now()}
@@ -269,14 +325,22 @@ class Registry:
             shutil.rmtree(trash, ignore_errors=True)
             log.info("pruned %s (%s), keeping the newest %d versions", entry.version, entry.status, self.keep)
 
-    def _pointer(self) -> dict:
+    def _pointer(self, strict: bool = True) -> dict:
+        """production.json; a corrupt one raises, or is reported and read as empty (`strict=False`:
+        promoting rewrites it, which is how it gets repaired)."""
         path = production_pointer_path(self.home)
         try:
-            return json.loads(path.read_text())
+            pointer = json.loads(path.read_text())
+            if not isinstance(pointer, dict):
+                raise ValueError("not a JSON object")
         except FileNotFoundError:
             return {}
         except ValueError as error:
+            if not strict:
+                log.warning("%s is corrupt (%s); replacing it", path, error)
+                return {}
             raise RegistryError(f"{path} is corrupt ({error}); promote a version to rewrite it") from None
+        return pointer
 
     def _check_fits(self, adapter: Adapter) -> None:
         check_fits(adapter, expected_lora_shapes(self._model_folder(), adapter.spec))
@@ -297,10 +361,12 @@ class Registry:
 
     @contextmanager
     def _locked(self):
+        """The registry lock, with whatever a killed holder left undone finished first."""
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
+                self._recovered = self._recover()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -346,6 +412,12 @@ def expected_lora_shapes(model_folder: Path, spec: LoraSpec) -> dict[str, tuple[
         raise AdapterError(f"cannot check the adapter against {model_folder}: "
                            f"{type(result[0]).__name__}: {result[0]}") from result[0]
     return result[0]
+
+
+def _history_line(pointer: dict) -> dict:
+    """The history.jsonl line of the switch that wrote this production pointer."""
+    return {"at": pointer.get("promoted_at"), "action": pointer.get("action"), "version": pointer.get("version"),
+            "from": pointer.get("from"), "by": pointer.get("promoted_by"), "reason": pointer.get("reason")}
 
 
 def _write_durably(path: Path, text: str) -> None:

@@ -10,14 +10,15 @@ from telegram import Bot, Message, MessageEntity, Update
 from telegram.constants import ChatType
 from telegram.ext import ContextTypes
 
-from ..conversation import Asker
+from ..conversation import Answer, Asker
 from ..delivery import StreamingReply, feedback_buttons, typing
 from ..texts import text
 from . import services, user_language
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_PATTERN = r"^fb:\d+:(up|down)$"
+# ASCII digits that fit SQLite's integer, and nothing after the vote (`$` would allow a newline).
+FEEDBACK_PATTERN = r"^fb:[0-9]{1,18}:(up|down)\Z"
 
 
 def addressed(message: Message, bot: Bot) -> bool:
@@ -57,15 +58,21 @@ async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
                   language=user.language_code, chat_type=message.chat.type,
                   chat_title=message.chat.title)
     reply = StreamingReply(context.bot, message, app.settings.stream_edit_interval)
-    try:
-        async with typing(context.bot, message.chat_id):
-            answer = await app.conversations.ask(asker, question, reply.partial)
+    delivering: list[Answer] = []
+
+    async def deliver(answer: Answer) -> None:
+        delivering.append(answer)
+        sent = await reply.finish(answer.text or text("empty_answer", lang), feedback_buttons(answer.message_id))
+        await asyncio.to_thread(app.store.attach_telegram_id, answer.message_id, sent.message_id)
+
+    try:  # no await before ask(): it is what keeps a chat's questions (and answers) in order
+        await app.conversations.ask(asker, question, reply.partial,
+                                    busy=lambda: typing(context.bot, message.chat_id), deliver=deliver)
     except Exception:
+        if delivering:  # answered and logged, but Telegram refused it: for the error handler
+            raise
         log.exception("answering a question in chat %s failed", message.chat_id)
         await reply.finish(text("failed", lang))
-        return
-    sent = await reply.finish(answer.text or text("empty_answer", lang), feedback_buttons(answer.message_id))
-    await asyncio.to_thread(app.store.attach_telegram_id, answer.message_id, sent.message_id)
 
 
 async def on_non_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -76,6 +83,9 @@ async def on_non_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 async def on_feedback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Record a vote; the store refuses anyone but the asker (callback data can be forged)."""
     query = update.callback_query
+    if not re.match(FEEDBACK_PATTERN, query.data or ""):  # PTB hands over data-less queries too
+        await query.answer()
+        return
     _, message_id, vote = query.data.split(":")
     recorded = await asyncio.to_thread(services(context).store.set_feedback, int(message_id),
                                        query.from_user.id, 1 if vote == "up" else -1)
