@@ -101,3 +101,18 @@ def test_validation_loss_is_a_deterministic_token_weighted_mean(tmp_path, tokeni
     assert loss == validation_loss(model, frozen_valid_batches(tokenizer, folder / "valid.jsonl", SYSTEM, 4, 256, 50))
     assert 5.0 < loss < 15.0  # a random model over a 49k vocabulary: about ln(49152) = 10.8
     assert loss == pytest.approx(validation_loss(model, one_by_one), rel=1e-5)  # weighted by tokens, not batches
+
+
+def test_invalid_utf8_line_is_reported_and_skipped(tmp_path, tiny_model_dir, caplog):
+    import json as _json
+
+    from mlx_lm.utils import load_tokenizer
+
+    from training.batching import load_examples
+
+    good = _json.dumps({"messages": [{"role": "user", "content": "Olá?"}, {"role": "assistant", "content": "Olá!"}]})
+    split = tmp_path / "train.jsonl"
+    split.write_bytes(good.encode() + b"\n" + b'{"messages": "\xff\xfe"}\n' + good.encode() + b"\n")
+    examples = load_examples(split, load_tokenizer(tiny_model_dir), "system", 128)
+    assert len(examples) == 2
+    assert "train.jsonl:2: skipped" in caplog.text

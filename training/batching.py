@@ -51,12 +51,12 @@ def load_examples(path: Path, tokenizer, system_prompt: str, max_seq_length: int
     if not path.is_file():
         raise DatasetError(f"dataset split not found: {path}")
     examples, truncated = [], 0
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
+    with open(path, "rb") as handle:  # bytes: a line of invalid UTF-8 is one bad line, not a crash
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
             try:
-                messages = _messages(json.loads(line))
+                messages = _messages(json.loads(raw.decode("utf-8")))
                 example = encode(tokenizer, messages, system_prompt)
             except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
                 log.warning("%s:%d: skipped: %s", path.name, number, error)

@@ -140,4 +140,5 @@ class Handler(BaseHTTPRequestHandler):
 
 class HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # the default backlog of 5 resets bursts of concurrent bot requests
     api: Any = None  # the BotApiServer answering requests
