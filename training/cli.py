@@ -6,6 +6,11 @@ SIGINT/SIGTERM after saving its checkpoint: status.json and the "done" event say
 1 training failure, 2 bad settings / dataset / memory budget / changed fingerprint / nothing
 (or only corrupt checkpoints) to resume.
 Expected errors print one line on stderr, no traceback.
+
+`run --local-ranks N | --hostfile FILE` (or TRAIN_DISTRIBUTED) runs the same command on N ranks
+through mlx.launch (launcher.py) and exits with rank 0's code. A process that mlx.launch started is
+a rank (distributed.py): rank 0 reports as above, the others stay quiet and exit 0 when another
+rank's failure stops them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -21,9 +27,12 @@ from inference.loading import ModelLoadError
 from inference.modelstore import ModelNotFound
 from inference.settings import InferenceSettings, SettingsError
 
+from . import distributed
 from .batching import DatasetError
 from .checkpoint import CheckpointError, FingerprintMismatch
+from .distributed import Abandoned, RankFailed
 from .job import NothingToResume, launch
+from .launcher import relaunch
 from .memory import MemoryBudgetError
 from .runs import BarAwareHandler, Reporter, RunBusy, all_runs, is_resumable, pid_alive
 from .settings import TrainingSettings
@@ -35,7 +44,7 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 # which tells the pipeline to start a fresh run instead.
 USAGE_ERRORS = (SettingsError, DatasetError, FingerprintMismatch, MemoryBudgetError, ModelNotFound,
                 NothingToResume, CheckpointError)
-FAILURES = (RunBusy, ModelLoadError)
+FAILURES = (RunBusy, ModelLoadError, RankFailed)  # RankFailed carries the failed rank's own code
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def fail(error: BaseException, reporter: Reporter | None = None) -> int:
     """One line on stderr (and an "error" event); the exit code says whose fault it was."""
-    code = EXIT_USAGE if isinstance(error, USAGE_ERRORS) else EXIT_FAILED
+    code = exit_code(error)
     message = str(error).replace(":\n", ": ").replace("\n", "; ")
     if reporter is not None:
         reporter.clear()
         reporter.emit("error", message=message, exit_code=code)
     print(f"training: error: {message}", file=sys.stderr)
     return code
+
+
+def exit_code(error: BaseException) -> int:
+    code = getattr(error, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    return EXIT_USAGE if isinstance(error, USAGE_ERRORS) else EXIT_FAILED
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -88,26 +104,68 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     for name, field in TrainingSettings.model_fields.items():  # every TRAIN_X is also --x
         parser.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", metavar="VALUE",
                             help=f"{field.description or ''} (TRAIN_{name.upper()}, default {field.default})")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--local-ranks", metavar="N", help="data-parallel on N local processes through mlx.launch "
+                       "(ring backend on 127.0.0.1); same as --distributed N")
+    where.add_argument("--hostfile", metavar="FILE", help="data-parallel on the hosts of an mlx.launch JSON "
+                       "hostfile; same as --distributed FILE")
 
 
 def _run(args: argparse.Namespace) -> int:
     reporter = Reporter(args.events)
     BarAwareHandler.reporter = reporter
     flags = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
+    flags["distributed"] = args.local_ranks or args.hostfile or flags["distributed"]
     try:
         settings = TrainingSettings.load(**flags)
         serving = InferenceSettings.load()
+        dist = distributed.world()
+        if dist is None and settings.distributed and not distributed.under_launcher():
+            return relaunch(settings.distributed, _rank_argv(args, flags), events=args.events)
+        if dist is not None and not dist.lead:
+            reporter = _quiet_rank(dist.rank)
         run, outcome = launch(settings, serving, resume=args.resume is not None, run_id=args.resume or None,
-                              reporter=reporter)
+                              reporter=reporter, dist=dist)
+    except Abandoned as error:  # rank 0 reports the failure and sets the exit code
+        log.warning("%s", error)
+        return 0
     except (*USAGE_ERRORS, *FAILURES) as error:
         return fail(error, reporter)
     except Exception as error:  # a bug: keep the traceback in the log, still tell the parent
         log.exception("training failed")
         return fail(RuntimeError(f"{type(error).__name__}: {error}"), reporter)
+    if run is None:  # a rank other than 0: rank 0 has the run and says how it ended
+        return 0
     reporter.clear()
     print(f"run {run.id}: {outcome.state} at step {outcome.step} ({outcome.reason}); adapters in "
           f"{run.dir / 'adapters'}", file=sys.stderr)
     return 0
+
+
+def _rank_argv(args: argparse.Namespace, flags: dict) -> list[str]:
+    """The command line of every rank: this one, minus the distribution, plus --events for the launcher."""
+    argv = ["-v", "run"] if args.verbose else ["run"]
+    if args.resume is not None:
+        argv += ["--resume", *([args.resume] if args.resume else [])]
+    for name, value in flags.items():
+        if value is not None and name != "distributed":
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return [*argv, "--events"]
+
+
+def _quiet_rank(rank: int) -> Reporter:
+    """Ranks other than 0: no events, warnings only, tagged with the rank; stdout (the launcher's
+    channel for rank 0's events) goes to stderr."""
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+                                               "%H:%M:%S"))
+    logging.getLogger().setLevel(logging.WARNING)
+    reporter = Reporter(False)
+    reporter.bar = False
+    BarAwareHandler.reporter = reporter
+    return reporter
 
 
 # --- status ------------------------------------------------------------------------------------

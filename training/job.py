@@ -1,18 +1,23 @@
 """One training run from settings to adapters: dataset → model + LoRA → memory plan → run folder → loop.
 
+On several ranks (distributed.py), rank 0 does what touches FARENSE_HOME and picks run, settings and
+dataset for all; every rank loads the model, and a failure on any rank stops them all.
+
 Also the recipe for a run's frozen validation batches, so the adapter gate scores a candidate and the
 production adapter on exactly the batches the run validated on.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
 import signal
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +25,16 @@ from inference.settings import InferenceSettings
 
 from . import checkpoint, memory
 from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
+from .distributed import Distributed
 from .lora import apply_lora, use_grad_checkpoint
 from .loop import Outcome, StopFlag, train
 from .runs import FAILED, RUNNING, Reporter, Run, find_run, is_resumable, new_run, training_lock
 from .settings import FINGERPRINTED, TrainingSettings
 
 log = logging.getLogger(__name__)
+
+# What the other ranks take from rank 0's serving settings (the base model path comes separately).
+SHARED_SERVING = {"system_prompt", "device", "cpu_dtype"}
 
 
 class NothingToResume(ValueError):
@@ -84,83 +93,172 @@ def run_valid_batches(run_dir: Path, tokenizer) -> list:
 
 
 def launch(settings: TrainingSettings, serving: InferenceSettings, *, resume: bool, run_id: str | None,
-           reporter: Reporter) -> tuple[Run, Outcome]:
-    """Start a new run or resume one; returns when it finished, stopped early or was cancelled."""
+           reporter: Reporter, dist: Distributed | None = None) -> tuple[Run | None, Outcome]:
+    """Start a new run or resume one; returns when it finished, stopped early or was cancelled.
+
+    With `dist` this process is one rank of a data-parallel run (see distributed.py); ranks other
+    than 0 return no Run: they write nothing.
+    """
+    home, stop = serving.farense_home, StopFlag()
+    reporter.stop = stop
+    if dist is not None:
+        return _launch_rank(settings, serving, resume=resume, run_id=run_id, reporter=reporter, stop=stop,
+                            dist=dist)
+    with training_lock(home), _stop_on_signals(stop):
+        run, recorded, settings, model_path = _choose_run(home, settings, serving, resume, run_id)
+        dataset = open_dataset(settings.dataset or _latest_dataset())
+        parts = _load(settings, serving, model_path, dataset, run, recorded, resume=resume)
+        return _train(parts, parts.plan, settings, serving, model_path, dataset, run, reporter, stop, None)
+
+
+@dataclass
+class _Parts:
+    model: object
+    tokenizer: object
+    info: object  # inference.loading's model info
+    adapter_config: dict
+    fingerprint: dict
+    loaded: checkpoint.Loaded | None
+    examples: list
+    plan: memory.MemoryPlan | None
+
+
+def _choose_run(home: Path, settings: TrainingSettings, serving: InferenceSettings, resume: bool,
+                run_id: str | None) -> tuple[Run | None, dict | None, TrainingSettings, str]:
+    """The run to resume (with its recorded settings and model), or none for a new run."""
+    run = recorded = None
+    model_path = serving.model_path
+    if resume:
+        run = find_run(home, run_id)
+        if run is None:
+            raise NothingToResume(f"no run {run_id!r} under {home / 'runs'}" if run_id else
+                                  f"no unfinished run with a checkpoint under {home / 'runs'}")
+        if not is_resumable(run):
+            raise NothingToResume(f"run {run.id} is {run.status().get('state')} (pid "
+                                  f"{run.status().get('pid')}); only interrupted runs can be resumed")
+        recorded = run.config()
+        settings = _with_recorded(settings, recorded)
+        if "model_path" not in serving.model_fields_set:
+            model_path = recorded["model_path"]
+    return run, recorded, settings, model_path
+
+
+def _load(settings: TrainingSettings, serving: InferenceSettings, model_path: str, dataset: Dataset,
+          run: Run | None, recorded: dict | None, *, resume: bool, plan: bool = True) -> _Parts:
+    """Base model + LoRA, fingerprint, the checkpoint to resume from, train examples, memory plan."""
     import mlx.core as mx
 
     from inference.loading import load_base
 
-    home, stop = serving.farense_home, StopFlag()
-    reporter.stop = stop
-    with training_lock(home), _stop_on_signals(stop):
-        run = recorded = None
-        model_path = serving.model_path
-        if resume:
-            run = find_run(home, run_id)
-            if run is None:
-                raise NothingToResume(f"no run {run_id!r} under {home / 'runs'}" if run_id else
-                                      f"no unfinished run with a checkpoint under {home / 'runs'}")
-            if not is_resumable(run):
-                raise NothingToResume(f"run {run.id} is {run.status().get('state')} (pid "
-                                      f"{run.status().get('pid')}); only interrupted runs can be resumed")
-            recorded = run.config()
-            settings = _with_recorded(settings, recorded)
-            if "model_path" not in serving.model_fields_set:
-                model_path = recorded["model_path"]
-        dataset = open_dataset(settings.dataset or _latest_dataset())
-        budget = settings.memory_budget_gb or memory.default_budget_gb()
+    budget = settings.memory_budget_gb or memory.default_budget_gb()
+    model, tokenizer, info = load_base(model_path, serving.models_root, serving.device, serving.cpu_dtype)
+    mx.random.seed(settings.seed)
+    adapter_config = apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale,
+                                settings.lora_dropout)
+    adapter_config["base_model"] = info.model_id
+    fingerprint = checkpoint.fingerprint(settings.training_values(), dataset.content_hash,
+                                         info.model_id, info.dtype, serving.system_prompt)
+    loaded = checkpoint.load_latest(run.checkpoints, fingerprint) if resume else None
+    examples = load_examples(dataset.train, tokenizer, serving.system_prompt, settings.max_seq_length)
+    chosen = _plan_memory(settings, model, max(len(e) for e in examples), budget, recorded) if plan else None
+    return _Parts(model, tokenizer, info, adapter_config, fingerprint, loaded, examples, chosen)
 
-        model, tokenizer, info = load_base(model_path, serving.models_root, serving.device, serving.cpu_dtype)
-        mx.random.seed(settings.seed)
-        adapter_config = apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale,
-                                    settings.lora_dropout)
-        adapter_config["base_model"] = info.model_id
-        fingerprint = checkpoint.fingerprint(settings.training_values(), dataset.content_hash,
-                                             info.model_id, info.dtype, serving.system_prompt)
-        loaded = checkpoint.load_latest(run.checkpoints, fingerprint) if resume else None
 
-        examples = load_examples(dataset.train, tokenizer, serving.system_prompt, settings.max_seq_length)
-        plan = _plan_memory(settings, model, max(len(e) for e in examples), budget, recorded)
-        examples = truncate(examples, plan.max_seq_length)
-        valid = frozen_valid_batches(tokenizer, dataset.valid, serving.system_prompt, plan.batch_size,
-                                     plan.max_seq_length, settings.val_batches)
-        if plan.grad_checkpoint:
-            use_grad_checkpoint(model)
-        memory.apply_limits(plan, info.device)
+def _train(parts: _Parts, plan: memory.MemoryPlan, settings: TrainingSettings, serving: InferenceSettings,
+           model_path: str, dataset: Dataset, run: Run | None, reporter: Reporter, stop: StopFlag,
+           dist: Distributed | None) -> tuple[Run | None, Outcome]:
+    lead = dist is None or dist.lead
+    model, tokenizer, info, loaded = parts.model, parts.tokenizer, parts.info, parts.loaded
+    examples = truncate(parts.examples, plan.max_seq_length)
+    valid = frozen_valid_batches(tokenizer, dataset.valid, serving.system_prompt, plan.batch_size,
+                                 plan.max_seq_length, settings.val_batches)
+    if plan.grad_checkpoint:
+        use_grad_checkpoint(model)
+    memory.apply_limits(plan, info.device)
+    world = {} if dist is None else {"distributed": dist.describe()}
 
+    if lead:
         if run is None:
-            run = new_run(home)
+            run = new_run(serving.farense_home)
             run.write_json("manifest.json", dataset.manifest)
             run.write_json("config.json", {
                 "run_id": run.id, "created_at": _now(), "training": settings.training_values(),
                 "settings": settings.model_dump(mode="json"), "plan": plan.as_dict(), "model_path": model_path,
-                "base_model": info.__dict__, "fingerprint": fingerprint, "adapter_config": adapter_config,
+                "base_model": info.__dict__, "fingerprint": parts.fingerprint,
+                "adapter_config": parts.adapter_config,
                 "dataset": {"path": str(dataset.path), "content_hash": dataset.content_hash,
                             "train_examples": len(examples)},
                 "valid_batches": {"valid_path": str(dataset.valid), "system_prompt": serving.system_prompt,
                                   "batch_size": plan.batch_size, "max_seq_length": plan.max_seq_length,
-                                  "max_batches": settings.val_batches}})
+                                  "max_batches": settings.val_batches}, **world})
         resumed_from = loaded.progress.step if loaded else 0
         run.set_status(RUNNING, pid=os.getpid(), started_at=run.status().get("started_at") or _now(),
-                       resumed_at=_now() if loaded else None, step=resumed_from, total=settings.iters)
+                       resumed_at=_now() if loaded else None, step=resumed_from, total=settings.iters, **world)
         reporter.emit("start", run_id=run.id, run_dir=str(run.dir), step=resumed_from, total=settings.iters,
                       resumed=loaded is not None, plan=plan.as_dict(), device=info.device,
-                      base_model=info.model_id, train_examples=len(examples), valid_batches=len(valid))
-        try:
-            outcome = train(model, examples, valid, settings=settings, plan=plan, pad_id=pad_id(tokenizer),
-                            run=run, reporter=reporter, fingerprint=fingerprint,
-                            adapter_config=adapter_config, resume=loaded, stop=stop,
-                            compiled=info.device == "gpu")
-        except BaseException as error:
+                      base_model=info.model_id, train_examples=len(examples), valid_batches=len(valid), **world)
+    try:
+        outcome = train(model, examples, valid, settings=settings, plan=plan, pad_id=pad_id(tokenizer),
+                        run=run, reporter=reporter, fingerprint=parts.fingerprint,
+                        adapter_config=parts.adapter_config, resume=loaded, stop=stop,
+                        compiled=info.device == "gpu", dist=dist)
+    except BaseException as error:
+        if lead:
             run.set_status(FAILED, reason=f"{type(error).__name__}: {error}", pid=os.getpid())
-            raise
-        results = {"step": outcome.step, "best_val_loss": outcome.best_val_loss, "best_step": outcome.best_step,
-                   "final_val_loss": outcome.final_val_loss, "initial_val_loss": outcome.initial_val_loss}
-        run.set_status(outcome.state, reason=outcome.reason, **results)
-        reporter.emit("done", run_id=run.id, status=outcome.state, reason=outcome.reason, total=settings.iters,
-                      **results, best_adapter=str(run.best) if run.best.is_dir() else None,
-                      final_adapter=str(run.final) if run.final.is_dir() else None)
-        return run, outcome
+        raise
+    if not lead:
+        return None, outcome
+    results = {"step": outcome.step, "best_val_loss": outcome.best_val_loss, "best_step": outcome.best_step,
+               "final_val_loss": outcome.final_val_loss, "initial_val_loss": outcome.initial_val_loss}
+    run.set_status(outcome.state, reason=outcome.reason, **results)
+    reporter.emit("done", run_id=run.id, status=outcome.state, reason=outcome.reason, total=settings.iters,
+                  **results, best_adapter=str(run.best) if run.best.is_dir() else None,
+                  final_adapter=str(run.final) if run.final.is_dir() else None)
+    return run, outcome
+
+
+def _launch_rank(settings: TrainingSettings, serving: InferenceSettings, *, resume: bool, run_id: str | None,
+                 reporter: Reporter, stop: StopFlag, dist: Distributed) -> tuple[Run | None, Outcome]:
+    """One rank of a data-parallel run. Rank 0 takes the lock and picks run, settings and dataset;
+    every rank loads the model; any rank's failure stops all of them (rank 0 reports it)."""
+    with ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))
+        stack.enter_context(dist.control(stop))
+        run = recorded = dataset = choice = error = None
+        model_path = serving.model_path
+        if dist.lead:
+            try:
+                stack.enter_context(training_lock(serving.farense_home))
+                run, recorded, settings, model_path = _choose_run(serving.farense_home, settings, serving,
+                                                                  resume, run_id)
+                dataset = open_dataset(settings.dataset or _latest_dataset())
+                choice = {"settings": settings.model_dump(mode="json"), "model_path": model_path,
+                          "serving": serving.model_dump(mode="json", include=SHARED_SERVING)}
+            except Exception as problem:
+                error = problem
+        choice = dist.settle(error, choice)[0]
+        files = dist.share({p.name: base64.b64encode(p.read_bytes()).decode() for p in
+                            (dataset.train, dataset.valid, dataset.path / "manifest.json") if p.is_file()}
+                           if dist.lead else None)
+        if not dist.lead:  # rank 0's settings, base model name and dataset files
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farense-rank-")))
+            for name, data in files.items():
+                (folder / name).write_bytes(base64.b64decode(data))
+            dataset = open_dataset(folder)
+            settings = TrainingSettings.load(**choice["settings"])
+            serving = serving.model_copy(update=choice["serving"])
+            model_path = choice["model_path"]
+        parts = error = None
+        try:
+            parts = _load(settings, serving, model_path, dataset, run, recorded, resume=run is not None,
+                          plan=dist.lead)
+        except Exception as problem:
+            error = problem
+        reports = dist.settle(error, parts and {"fingerprint": parts.fingerprint,
+                                                "plan": parts.plan.as_dict() if parts.plan else None})
+        dist.check_same_inputs([report["fingerprint"] for report in reports])
+        plan = memory.MemoryPlan(**reports[0]["plan"])
+        return _train(parts, plan, settings, serving, model_path, dataset, run, reporter, stop, dist)
 
 
 def _plan_memory(settings: TrainingSettings, model, longest: int, budget: float,

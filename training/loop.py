@@ -47,6 +47,9 @@ class StopFlag:
 def make_loss(model):
     """Mean cross-entropy over the batch's assistant targets, and how many there were.
 
+    With `total`, the sum is divided by it instead: a rank holding part of a global batch passes the
+    global batch's target count, so the ranks' losses (and gradients) add up to the global mean.
+
     When the model is a backbone plus an output head (most mlx-lm models), logits are computed only
     at the target positions: the 49k-vocabulary head and its softmax cost ~40% of a CPU step on
     SmolLM2, and prompt tokens (system prompt + question) are most of each sequence.
@@ -56,7 +59,7 @@ def make_loss(model):
 
     split = split_head(model)
 
-    def loss(model, inputs, positions, labels, weights):
+    def loss(model, inputs, positions, labels, weights, total=None):
         if split is None:
             logits = model(inputs)
             logits = logits.reshape(-1, logits.shape[-1])[positions]
@@ -65,7 +68,7 @@ def make_loss(model):
             logits = split[1](hidden.reshape(-1, hidden.shape[-1])[positions])
         ce = nn.losses.cross_entropy(logits.astype(mx.float32), labels) * weights
         count = weights.sum()
-        return ce.sum() / count, count
+        return ce.sum() / (count if total is None else total), count
 
     return loss
 
@@ -94,6 +97,12 @@ def split_head(model):
 
 def validation_loss(model, batches: list[Batch]) -> float:
     """Token-weighted mean loss over `batches`: deterministic for the same model and batches."""
+    total, count = validation_sums(model, batches)
+    return (total / count).item()
+
+
+def validation_sums(model, batches: list[Batch]):
+    """(Σ loss × targets, Σ targets) over `batches`, as MLX scalars (ranks add theirs up)."""
     import mlx.core as mx
 
     loss = make_loss(model)
@@ -105,7 +114,7 @@ def validation_loss(model, batches: list[Batch]) -> float:
         total, count = total + value * tokens, count + tokens
         mx.eval(total, count)
     model.train(was_training)
-    return (total / count).item()
+    return total, count
 
 
 def make_step(model, optimizer, loss, *, accumulation: int, grad_clip: float, compiled: bool):
@@ -153,12 +162,19 @@ def make_optimizer(settings: TrainingSettings):
 
 def train(model, examples: list[Example], valid: list[Batch], *, settings: TrainingSettings,
           plan: MemoryPlan, pad_id: int, run: Run, reporter: Reporter, fingerprint: dict,
-          adapter_config: dict, resume: Loaded | None, stop: StopFlag, compiled: bool = False) -> Outcome:
+          adapter_config: dict, resume: Loaded | None, stop: StopFlag, compiled: bool = False,
+          dist=None) -> Outcome:
+    """With `dist` (a `training.distributed.Distributed`), every rank runs this loop in lockstep on its
+    share of each global micro-batch (see distributed.py); only the lead (rank 0) writes files."""
     import mlx.core as mx
 
+    lead = dist is None or dist.lead
     # Data: length-sorted micro-batches, built once; only their order changes per epoch.
     groups = length_batches([len(e) for e in examples], plan.batch_size)
-    batches = [collate([examples[i] for i in group], pad_id) for group in groups]
+    if dist is None:
+        batches = [collate([examples[i] for i in group], pad_id) for group in groups]
+    else:  # the same global micro-batches; this rank collates only its rows of each
+        batches = dist.shard(examples, groups, pad_id)
     log.info("%d train batches of ≤%d (padding %.1f%%), %d frozen valid batches (padding %.1f%%)",
              len(batches), plan.batch_size, 100 * padding_fraction(batches), len(valid),
              100 * padding_fraction(valid))
@@ -166,15 +182,22 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
     optimizer = make_optimizer(settings)
     optimizer.init(model.trainable_parameters())
     rng = np.random.default_rng(settings.seed)
-    if resume is None:
-        progress = Progress()
-    else:
+    if dist is not None:  # rank 0 restores its checkpoint, every rank gets the same state
+        progress = dist.restore(resume, model, optimizer)
+    elif resume is not None:
         checkpoint.restore(resume, model, optimizer)
         progress = resume.progress
+    else:
+        progress = None
+    resumed = progress is not None
+    if not resumed:
+        progress = Progress()
+    else:
         rng.bit_generator.state = progress.numpy_rng
-        run.rewrite_metrics(progress.metrics)
+        if lead:
+            run.rewrite_metrics(progress.metrics)
 
-    def next_batch() -> Batch:
+    def next_batch():
         if progress.position >= len(progress.order):  # new epoch: new seeded batch order
             progress.epoch += 1
             progress.order = rng.permutation(len(batches)).tolist()
@@ -183,22 +206,31 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         progress.position += 1
         return batches[progress.order[progress.position - 1]]
 
-    step_fn = make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
-                        grad_clip=settings.grad_clip, compiled=compiled)
+    if dist is None:
+        step_fn = make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
+                            grad_clip=settings.grad_clip, compiled=compiled)
+    else:
+        forward, apply = dist.make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
+                                        grad_clip=settings.grad_clip, compiled=compiled)
     accumulation = plan.grad_accumulation
+
+    def measure() -> float:
+        return validation_loss(model, valid) if dist is None else dist.validation_loss(model, valid)
 
     def record(record: dict) -> None:
         progress.metrics.append(record)
-        run.append_metric(record)
+        if lead:
+            run.append_metric(record)
 
     def evaluate(step: int) -> float:
         tic = time.perf_counter()
-        val = validation_loss(model, valid)
+        val = measure()
         mx.clear_cache()  # free eval buffers before training allocates again
         improved = progress.best_val_loss is None or val < progress.best_val_loss - settings.min_delta
         if improved:
             progress.best_val_loss, progress.best_step, progress.bad_evals = val, step, 0
-            save_adapter(model, run.best, adapter_config | {"step": step, "val_loss": val})
+            if lead:
+                save_adapter(model, run.best, adapter_config | {"step": step, "val_loss": val})
         else:
             progress.bad_evals += 1
         progress.last_val_loss = val
@@ -208,13 +240,14 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
                       best_val_loss=progress.best_val_loss, best_step=progress.best_step, improved=improved)
         log.info("step %d: val loss %.4f (best %.4f at step %s)", step, val, progress.best_val_loss,
                  progress.best_step)
-        run.set_status(RUNNING, step=step, best_val_loss=progress.best_val_loss, best_step=progress.best_step,
-                       last_val_loss=val)
+        if lead:
+            run.set_status(RUNNING, step=step, best_val_loss=progress.best_val_loss,
+                           best_step=progress.best_step, last_val_loss=val)
         return val
 
     model.train()
-    if resume is None:  # the baseline: what the untouched base model scores (not a "best")
-        baseline = validation_loss(model, valid)
+    if not resumed:  # the baseline: what the untouched base model scores (not a "best")
+        baseline = measure()
         progress.last_val_loss = baseline
         record({"kind": "eval", "step": 0, "val_loss": baseline, "best_val_loss": None, "eval_s": 0.0})
         reporter.emit("eval", step=0, total=settings.iters, val_loss=baseline, best_val_loss=None,
@@ -226,16 +259,32 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
     mx.reset_peak_memory()
     while progress.step < settings.iters:
         tic = time.perf_counter()
-        mx.random.seed(settings.seed * 1_000_003 + progress.step)  # dropout noise: a function of the step
+        # dropout noise: a function of the step (and of the rank: each sees other rows)
+        mx.random.seed(settings.seed * 1_000_003 + progress.step + (dist.rank * 1_000_000_007 if dist else 0))
         grads, loss_sum, tokens, cells, targets = None, 0.0, 0, 0, 0
-        for micro in range(accumulation):
-            batch = next_batch()
-            loss, count, grads = step_fn(batch.inputs, batch.positions, batch.labels, batch.weights, grads,
-                                         micro == accumulation - 1)
-            mx.eval(model.parameters(), optimizer.state, mx.random.state, loss, count, grads)
-            loss_sum += loss.item() * count.item()
-            targets += int(count.item())
-            tokens, cells = tokens + batch.tokens, cells + batch.cells
+        if dist is None:
+            for micro in range(accumulation):
+                batch = next_batch()
+                loss, count, grads = step_fn(batch.inputs, batch.positions, batch.labels, batch.weights, grads,
+                                             micro == accumulation - 1)
+                mx.eval(model.parameters(), optimizer.state, mx.random.state, loss, count, grads)
+                loss_sum += loss.item() * count.item()
+                targets += int(count.item())
+                tokens, cells = tokens + batch.tokens, cells + batch.cells
+        else:  # this rank's rows of each micro-batch, then one all_sum of the gradients
+            for _ in range(accumulation):
+                shard = next_batch()
+                if shard.batch is not None:
+                    b = shard.batch
+                    loss, _, grads = forward(b.inputs, b.positions, b.labels, b.weights,
+                                             mx.array(shard.total, mx.float32), grads)
+                    mx.eval(loss, grads)
+                    loss_sum += loss.item() * shard.total
+                targets += shard.total
+                tokens, cells = tokens + shard.tokens, cells + shard.cells
+            apply(grads)
+            mx.eval(model.parameters(), optimizer.state, mx.random.state)
+            loss_sum, agreed = dist.step_end(loss_sum, stop)  # every rank: the same loss, the same stop
         progress.step += 1
         progress.trained_tokens += targets
         step, seconds = progress.step, time.perf_counter() - tic
@@ -258,15 +307,16 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
                           f"{settings.patience} evaluation(s); best {progress.best_val_loss:.4f} "
                           f"at step {progress.best_step}")
                 break
-        if step < settings.iters and (step % settings.checkpoint_every == 0 or stop.signal):
+        halt = stop.signal if dist is None else agreed  # ranks act on the agreed stop, never a late one
+        if step < settings.iters and (step % settings.checkpoint_every == 0 or halt) and lead:
             path = checkpoint.save(run.checkpoints, model, optimizer, progress, fingerprint,
                                    adapter_config, settings.keep_checkpoints)
             reporter.emit("checkpoint", step=step, total=settings.iters, path=str(path))
-        if stop.signal and step < settings.iters:
-            outcome_state, reason = CANCELLED, f"{stop.signal} received; checkpoint saved at step {step}"
+        if halt and step < settings.iters:
+            outcome_state, reason = CANCELLED, f"{halt} received; checkpoint saved at step {step}"
             break
 
-    if outcome_state != CANCELLED:
+    if outcome_state != CANCELLED and lead:
         save_adapter(model, run.final, adapter_config | {"step": progress.step, "val_loss": progress.last_val_loss})
     log.info("%s: %s", outcome_state, reason)
     initial = progress.metrics[0]["val_loss"] if progress.metrics else None

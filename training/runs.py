@@ -1,6 +1,7 @@
 """Run folders under $FARENSE_HOME/runs/<run_id>/, their status, metrics, and progress reporting.
 
     config.json      settings, memory plan, base model, dataset, fingerprint, valid-batch recipe
+                     (and `distributed`: world size and backend, for a data-parallel run)
     manifest.json    copy of the dataset's manifest
     metrics.jsonl    one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}
     status.json      state (running|finished|failed|cancelled|early_stopped), reason, pid, times, losses

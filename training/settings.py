@@ -57,6 +57,11 @@ class TrainingSettings(BaseSettings):
         default=None, gt=0.0, description="Empty = available RAM minus a safety margin"
     )
     seed: int = Field(default=0, ge=0)
+    distributed: str = Field(
+        default="",
+        description="Data-parallel over mlx.launch: N = N local processes (ring on 127.0.0.1), or an "
+        "mlx.launch JSON hostfile; empty = one process (README: Training on several machines)",
+    )
 
     @field_validator("grad_checkpoint", mode="before")
     @classmethod
@@ -65,6 +70,16 @@ class TrainingSettings(BaseSettings):
         if isinstance(value, bool):
             return "on" if value else "off"
         return aliases.get(str(value).strip().lower(), str(value).strip().lower())
+
+    @field_validator("distributed", mode="before")
+    @classmethod
+    def _ranks_or_hostfile(cls, value):
+        text = "" if value is None else str(value).strip()
+        if text.lower() in ("", "off", "no", "false", "none", "0", "1"):
+            return ""
+        if text.lstrip("-").isdigit() and int(text) < 2:
+            raise ValueError("a number of local processes must be at least 2")
+        return text
 
     @field_validator("memory_budget_gb", "dataset", mode="before")
     @classmethod
