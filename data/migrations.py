@@ -64,4 +64,37 @@ MIGRATIONS: list[tuple[str, ...]] = [
             created_at TEXT NOT NULL)""",
         "CREATE INDEX admin_events_by_user ON admin_events(user_id)",
     ),
+    # 2: the knowledge base (data/knowledge.py), searched read-only by inference/grounding.py.
+    # `facts_fts` indexes live facts only; the triggers keep it in step with every write, so an
+    # admin's correction is searchable the moment it commits.
+    (
+        """CREATE TABLE facts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            fact INTEGER,
+            lang TEXT NOT NULL,
+            text TEXT NOT NULL,
+            source TEXT NOT NULL,
+            url TEXT,
+            origin TEXT NOT NULL CHECK (origin IN ('seed', 'admin')),
+            author_id INTEGER,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            removed_at TEXT)""",
+        "CREATE UNIQUE INDEX facts_by_seed_number ON facts(fact, lang) WHERE origin = 'seed'",
+        """CREATE VIRTUAL TABLE facts_fts USING fts5(
+            text, content='facts', content_rowid='id',
+            tokenize='porter unicode61 remove_diacritics 2')""",
+        """CREATE TRIGGER facts_fts_insert AFTER INSERT ON facts WHEN new.removed_at IS NULL BEGIN
+            INSERT INTO facts_fts (rowid, text) VALUES (new.id, new.text);
+        END""",
+        # One trigger, so the old text is always unindexed before the new one is indexed.
+        """CREATE TRIGGER facts_fts_update AFTER UPDATE ON facts BEGIN
+            INSERT INTO facts_fts (facts_fts, rowid, text)
+                SELECT 'delete', old.id, old.text WHERE old.removed_at IS NULL;
+            INSERT INTO facts_fts (rowid, text) SELECT new.id, new.text WHERE new.removed_at IS NULL;
+        END""",
+        """CREATE TRIGGER facts_fts_delete AFTER DELETE ON facts WHEN old.removed_at IS NULL BEGIN
+            INSERT INTO facts_fts (facts_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END""",
+    ),
 ]

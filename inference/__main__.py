@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="overrides MODEL_PATH")
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--temperature", type=float)
+    parser.add_argument("--no-grounding", action="store_true",
+                        help="answer without retrieved facts (same as GROUNDING=false)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -41,23 +43,46 @@ def main(argv: list[str] | None = None) -> int:
 def _answer(args) -> dict:
     from .adapters import read_adapter
     from .engine import Engine
+    from .grounding import FactIndex, build_grounded, cite, used_facts
     from .settings import InferenceSettings
 
-    overrides = {"model_path": args.model} if args.model is not None else {}
+    overrides: dict = {"model_path": args.model} if args.model is not None else {}
+    if args.no_grounding:
+        overrides["grounding"] = False
     settings = InferenceSettings.load(**overrides)
     if args.adapter is not None:
         read_adapter(args.adapter)  # fail before spending seconds on loading the model
     adapter = None if args.no_adapter else (args.adapter or "auto")
+    messages = [{"role": "user", "content": args.prompt}]
+    index = FactIndex(settings.database_file, settings.retrieval_min_score) if settings.grounding else None
+    grounding = build_grounded(messages, index, settings)
+    result = {"prompt": args.prompt, "grounding": settings.grounding, "lang": grounding.lang}
+    if grounding.decline is not None:  # nothing relevant is known: say so without loading a model
+        return {**result, "response": grounding.decline, "status": "ok", "declined": True,
+                "facts": [], "sources": [], "citation": ""}
     engine = Engine(settings, adapter=adapter, max_batch=1)
     try:
-        generation = engine.generate([{"role": "user", "content": args.prompt}],
-                                     max_tokens=args.max_tokens, temperature=args.temperature)
+        if grounding.facts:  # now bound the facts block with the model's own tokenizer
+            grounding = build_grounded(messages, index, settings,
+                                       lambda text: len(engine.tokenizer.encode(text)))
+        generation = engine.generate(grounding.messages, max_tokens=args.max_tokens,
+                                     temperature=args.temperature)
     finally:
         engine.close()
+        if index is not None:
+            index.close()
+    answer = generation.text.strip()
+    used = used_facts(answer, grounding.facts, args.prompt)
     return {
-        "prompt": args.prompt,
-        "response": generation.text.strip(),
+        **result,
+        "response": answer,
         "status": "ok",
+        "declined": False,
+        "facts": [{"id": fact.id, "fact": fact.fact, "lang": fact.lang, "score": round(fact.score, 2),
+                   "source": fact.source, "url": fact.url, "used": fact in used}
+                  for fact in grounding.facts],
+        "sources": [{"source": fact.source, "url": fact.url} for fact in used],
+        "citation": cite(answer, grounding.facts, grounding.lang, args.prompt),
         "model": generation.model,
         "adapter": generation.adapter,
         "tokens": generation.completion_tokens,
@@ -65,7 +90,6 @@ def _answer(args) -> dict:
         "finish_reason": generation.finish_reason,
         "generation_seconds": round(generation.seconds, 3),
     }
-
 
 if __name__ == "__main__":
     sys.exit(main())

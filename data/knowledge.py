@@ -1,0 +1,214 @@
+"""The knowledge base: facts with their sources, which the bot retrieves to ground its answers.
+
+Facts live in the store's `facts` table (schema in migrations.py); an FTS5 index kept by triggers
+makes every add, amendment or removal searchable as soon as it commits. The seed facts are files in
+data/knowledge/ (one JSON object per line), imported idempotently whenever a store opens, so a fresh
+machine answers from day one. An admin's amendment or removal of a seed fact is never undone by a
+later import. Retrieval for answering lives in inference/grounding.py, which reads this schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .jsonl import Problem, field_problem, read_jsonl, report
+from .text import strip_accents
+
+if TYPE_CHECKING:
+    from .store import Store
+
+PACKAGE_KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
+SEED_GLOB = "facts.*.jsonl"
+LANGS = ("en", "pt")
+MAX_FACT_CHARS = 1000
+ADMIN_SOURCE = "Farense bot admin"
+_WORDS = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class FactRow:
+    id: int
+    fact: int | None  # the seed fact number, shared by the EN and PT versions; None for admin facts
+    lang: str
+    text: str
+    source: str
+    url: str | None
+    origin: str  # "seed" or "admin"
+    author_id: int | None  # the admin who added or last amended it
+    created_at: str
+    updated_at: str
+    removed_at: str | None
+
+
+@dataclass(frozen=True)
+class SeedFact:
+    fact: int
+    lang: str
+    text: str
+    source: str
+    url: str | None
+
+
+_COLUMNS = ", ".join(f"facts.{field.name}" for field in fields(FactRow))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def load_seed_facts(folder: Path, problems: list[Problem]) -> list[SeedFact]:
+    """The seed facts of every facts.*.jsonl in `folder`; bad lines go to `problems` as file:line."""
+    paths = sorted(Path(folder).glob(SEED_GLOB))
+    if not paths:
+        report(problems, folder, 0, f"no {SEED_GLOB} file")
+    facts: dict[tuple[int, str], SeedFact] = {}
+    places: dict[tuple[int, str], str] = {}
+    for path in paths:
+        for line, record in read_jsonl(path, problems):
+            reason = (field_problem(record, {"fact": int, "lang": str, "text": str, "source": str,
+                                             "url": (str, type(None))})
+                      or _fact_problem(record["text"], record["lang"]))
+            key = (record.get("fact"), record.get("lang"))
+            if reason is None and key in facts:
+                reason = f"fact {key[0]} in {key[1]!r} already given at {places[key]}"
+            if reason:
+                report(problems, path, line, reason)
+                continue
+            facts[key] = SeedFact(record["fact"], record["lang"], record["text"].strip(),
+                                  record["source"].strip(), record.get("url"))
+            places[key] = f"{path}:{line}"
+    return list(facts.values())
+
+
+def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
+                   problems: list[Problem] | None = None) -> int:
+    """Bring the seed facts into the store; returns how many rows were added or updated.
+
+    Idempotent: unchanged facts are left alone, edited seed files update their facts, and a fact an
+    admin amended or removed keeps the admin's version.
+    """
+    seed = load_seed_facts(folder, problems if problems is not None else [])
+    if not seed:
+        return 0
+
+    def work(db: sqlite3.Connection) -> int:
+        current = {(row[0], row[1]): row[2:] for row in db.execute(
+            "SELECT fact, lang, text, source, url, author_id, removed_at FROM facts"
+            " WHERE origin = 'seed'")}
+        now, changed = _now(), 0
+        for item in seed:
+            existing = current.get((item.fact, item.lang))
+            if existing is None:
+                db.execute("INSERT INTO facts (fact, lang, text, source, url, origin, created_at,"
+                           " updated_at) VALUES (?, ?, ?, ?, ?, 'seed', ?, ?)",
+                           (item.fact, item.lang, item.text, item.source, item.url, now, now))
+                changed += 1
+            elif existing[3] is None and existing[4] is None and existing[:3] != (
+                    item.text, item.source, item.url):
+                db.execute("UPDATE facts SET text = ?, source = ?, url = ?, updated_at = ?"
+                           " WHERE origin = 'seed' AND fact = ? AND lang = ?",
+                           (item.text, item.source, item.url, now, item.fact, item.lang))
+                changed += 1
+        return changed
+
+    return store._write(work)
+
+
+def add_fact(store: Store, text: str, lang: str, source: str = ADMIN_SOURCE, url: str | None = None,
+             author_id: int | None = None) -> int:
+    """Add an admin's fact; returns its id. It is retrievable as soon as this returns."""
+    text, source = _clean(text), _clean(source)
+    reason = _fact_problem(text, lang) or (None if source else "a fact needs a source")
+    if reason:
+        raise ValueError(reason)
+    now = _now()
+    cursor = store._write(lambda db: db.execute(
+        "INSERT INTO facts (lang, text, source, url, origin, author_id, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, 'admin', ?, ?, ?)", (lang, text, source, url, author_id, now, now)))
+    return int(cursor.lastrowid)
+
+
+def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
+               source: str = ADMIN_SOURCE, url: str | None = None) -> None:
+    """Replace a live fact's text; the source becomes the admin's, since the words now are theirs."""
+    text = _clean(text)
+    current = get_fact(store, fact_id)
+    if current is None or current.removed_at is not None:
+        raise ValueError(f"fact {fact_id} does not exist or was removed")
+    reason = _fact_problem(text, current.lang)
+    if reason:
+        raise ValueError(reason)
+    store._write(lambda db: db.execute(
+        "UPDATE facts SET text = ?, source = ?, url = ?, author_id = ?, updated_at = ?"
+        " WHERE id = ? AND removed_at IS NULL", (text, _clean(source) or ADMIN_SOURCE, url,
+                                                author_id, _now(), fact_id)))
+
+
+def remove_fact(store: Store, fact_id: int, author_id: int | None) -> bool:
+    """Take a fact out of retrieval (kept for the record); False if there was no live fact."""
+    now = _now()
+    cursor = store._write(lambda db: db.execute(
+        "UPDATE facts SET removed_at = ?, updated_at = ?, author_id = ?"
+        " WHERE id = ? AND removed_at IS NULL", (now, now, author_id, fact_id)))
+    return cursor.rowcount == 1
+
+
+def get_fact(store: Store, fact_id: int) -> FactRow | None:
+    rows = store._read(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,))
+    return FactRow(*rows[0]) if rows else None
+
+
+def list_facts(store: Store, query: str | None = None, limit: int = 20,
+               include_removed: bool = False) -> list[FactRow]:
+    """Facts for an admin: those with all of `query`'s words, best first; the newest without it."""
+    live = "" if include_removed else " AND facts.removed_at IS NULL"
+    words = _WORDS.findall(strip_accents(query or "").lower())[:32]
+    if query is None or not query.strip():
+        rows = store._read(f"SELECT {_COLUMNS} FROM facts WHERE 1{live}"
+                           " ORDER BY facts.updated_at DESC, facts.id DESC LIMIT ?", (limit,))
+    elif not words:
+        return []
+    else:
+        match = " ".join(f'"{word}"' for word in words)  # every word, as an admin expects
+        rows = store._read(
+            f"SELECT {_COLUMNS} FROM facts_fts JOIN facts ON facts.id = facts_fts.rowid"
+            f" WHERE facts_fts MATCH ?{live} ORDER BY bm25(facts_fts) LIMIT ?", (match, limit))
+    return [FactRow(*row) for row in rows]
+
+
+def knowledge_hash(store: Store) -> str:
+    """sha256 over the live facts' content (not their ids), so equal knowledge hashes equally."""
+    rows = store._read("SELECT lang, text, source, url FROM facts WHERE removed_at IS NULL")
+    lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def knowledge_stats(store: Store) -> dict:
+    """Counts of live facts per origin and language, and of removed ones, with the hash."""
+    rows = store._read("SELECT origin, lang, removed_at IS NOT NULL, COUNT(*) FROM facts"
+                       " GROUP BY 1, 2, 3")
+    live = {f"{origin}/{lang}": count for origin, lang, removed, count in rows if not removed}
+    return {"live": sum(live.values()), "by_origin_lang": dict(sorted(live.items())),
+            "removed": sum(count for *_, removed, count in rows if removed),
+            "knowledge_hash": knowledge_hash(store)}
+
+
+def _clean(text: object) -> str:
+    return text.strip() if isinstance(text, str) else ""
+
+
+def _fact_problem(text: str, lang: object) -> str | None:
+    if lang not in LANGS:
+        return f"'lang' should be one of {', '.join(LANGS)}, got {lang!r}"
+    if not text.strip():
+        return "a fact needs some text"
+    if len(text) > MAX_FACT_CHARS:
+        return f"a fact is limited to {MAX_FACT_CHARS} characters, got {len(text)}"
+    return None

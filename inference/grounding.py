@@ -1,0 +1,301 @@
+"""Grounded answers: retrieve facts from the knowledge base and put them in the prompt.
+
+A 135M model does not know Farense's history, but it can restate a fact it is shown. So every
+answer path (the bot, `python -m inference`, training data, the gate) builds its prompt through
+`build_grounded`, and the adapter is trained and judged on exactly what it sees when serving.
+
+Retrieval is SQLite FTS5 bm25 over the `facts` table the data package owns (schema in
+data/migrations.py), read through read-only connections: this package imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_TERMS = 24
+DEFAULT_MIN_SCORE = 5.0
+# A fact scoring under this share of the best one is a distractor: a small model tends to copy
+# whatever it is shown, so it is left out of the prompt.
+RELATIVE_MIN_SCORE = 0.5
+
+# Words that say nothing about which fact is meant. Accents are folded before the lookup.
+STOP_WORDS = frozenset("""
+a about after all also an and any are as at be been before but by can could did do does done for
+from had has have he her him his how i if in into is it its me my no not of on or our she so than
+that the their them then there these they this those to us was we were what when where which who
+whom whose why will with would you your tell give know please name many much ever
+o os as um uma uns umas de do da dos das em no na nos nas ao aos pelo pela pelos pelas por para
+com sem que quem qual quais quando onde como porque porque e ou mas se foi era sao e esta estao
+ser ter tem tinha teve ha seu sua seus suas ele ela eles elas lhe isso isto este esta esse essa
+me te nos voce nao ja quanto quantos quanta quantas diz diga sabes sabe conta qualquer algum alguma
+""".split())
+PT_MARKERS = frozenset("""
+o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
+quando onde como foi e sao esta nao ja tem seu sua ele ela qual anos epoca clube treinador jogou
+ganhou quantos quantas golos marcou jogador equipa
+""".split())
+EN_MARKERS = frozenset("""
+the who what when where which how is was were did does of in and to for with by from club coach
+season won many much played scored goals player team stadium cup first did year
+""".split())
+_WORDS = re.compile(r"\w+")
+_PT_LETTERS = re.compile(r"[ãõçâêôàÃÕÇÂÊÔÀ]")
+
+INSTRUCTIONS = {
+    "en": ("You are the SC Farense fans' assistant. Answer the question using only the facts below."
+           " Reply in English, in one or two short sentences."),
+    "pt": ("És o assistente dos adeptos do SC Farense. Responde à pergunta usando apenas os factos"
+           " abaixo. Responde em português de Portugal, em uma ou duas frases curtas."),
+}
+FACTS_HEADING = {"en": "Facts:", "pt": "Factos:"}
+NO_FACTS = {
+    "en": ("You are the SC Farense fans' assistant. No fact about this question was found, so say"
+           " briefly that you only know about SC Farense."),
+    "pt": ("És o assistente dos adeptos do SC Farense. Não foi encontrado nenhum facto sobre esta"
+           " pergunta, por isso diz em poucas palavras que só sabes sobre o SC Farense."),
+}
+DECLINE = {
+    "en": "Sorry, I only know about SC Farense, and I found nothing on that.",
+    "pt": "Desculpa, só sei sobre o SC Farense e não encontrei nada sobre isso.",
+}
+SOURCE_LABEL = {"en": ("Source", "Sources"), "pt": ("Fonte", "Fontes")}
+# Words in nearly every fact: sharing them says nothing about which fact an answer used.
+GENERIC_TERMS = frozenset({"farense", "sporting", "clube", "club", "sc", "faro"})
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: int
+    lang: str
+    text: str
+    source: str
+    url: str | None
+    score: float  # bm25 relevance (higher is better)
+    fact: int | None = None  # seed fact number, shared by its EN and PT versions
+
+
+@dataclass(frozen=True)
+class Grounding:
+    messages: list[dict]  # what to generate from
+    facts: list[Fact]  # the facts in the prompt, best first
+    lang: str  # the question's language
+    decline: str | None  # set when grounding found nothing: answer this instead of generating
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, as the FTS index stores words ("São Luís" -> "sao luis")."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def query_terms(text: str) -> list[str]:
+    """The words of a question that can pick a fact: folded, stop words dropped, first come first."""
+    terms: dict[str, None] = {}
+    for word in _WORDS.findall(fold(text)):
+        word = word.strip("_")
+        if word and word not in STOP_WORDS and (len(word) > 1 or word.isdigit()):
+            terms.setdefault(word, None)
+    return list(terms)[:MAX_QUERY_TERMS]
+
+
+def detect_language(text: str, default: str = "en") -> str:
+    """"pt" or "en" from marker words and Portuguese letters; `default` when it cannot tell."""
+    words = _WORDS.findall(fold(text))
+    pt = sum(word in PT_MARKERS for word in words) + (1 if _PT_LETTERS.search(text) else 0)
+    en = sum(word in EN_MARKERS for word in words)
+    if pt == en:
+        return default
+    return "pt" if pt > en else "en"
+
+
+class FactIndex:
+    """Read-only bm25 search over the knowledge base; safe to share between threads.
+
+    Each thread opens its own read-only connection, which sees an admin's change as soon as it is
+    committed. A missing database or table gives no facts and one warning, never an exception.
+    """
+
+    _SEARCH = ("SELECT f.id, f.lang, f.text, f.source, f.url, -bm25(facts_fts), f.fact"
+               " FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid"
+               " WHERE facts_fts MATCH ? AND f.removed_at IS NULL ORDER BY bm25(facts_fts) LIMIT ?")
+    _SIBLING = ("SELECT id, lang, text, source, url, fact FROM facts"
+                " WHERE fact = ? AND lang = ? AND origin = 'seed' AND removed_at IS NULL")
+
+    def __init__(self, db_path: Path, min_score: float = DEFAULT_MIN_SCORE) -> None:
+        self.db_path = Path(db_path)
+        self.min_score = min_score
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._warned = False
+
+    def search(self, question: str, k: int = 3, lang: str | None = None,
+               min_score: float | None = None) -> list[Fact]:
+        """The `k` most relevant live facts scoring at least `min_score` (and half the best
+        one's score), each fact once.
+
+        A seed fact exists in EN and PT; whichever version matched, the one in `lang` is returned.
+        """
+        terms = query_terms(question) if isinstance(question, str) else []
+        if not terms or k < 1:
+            return []
+        threshold = self.min_score if min_score is None else min_score
+        match = " OR ".join(f'"{term}"' for term in terms)
+        try:
+            connection = self._connection()
+            rows = connection.execute(self._SEARCH, (match, 4 * k)).fetchall()
+            facts: dict[object, Fact] = {}
+            for row in rows:
+                fact = Fact(*row)
+                if fact.score < max(threshold, RELATIVE_MIN_SCORE * rows[0][5]):
+                    break
+                key = fact.fact if fact.fact is not None else f"id{fact.id}"
+                if key not in facts:
+                    facts[key] = self._in_language(connection, fact, lang)
+                if len(facts) == k:
+                    break
+        except sqlite3.Error as error:
+            self._warn(error)
+            return []
+        return list(facts.values())
+
+    def available(self) -> bool:
+        """Whether the knowledge base exists: without it, answers go ungrounded rather than declined."""
+        try:
+            self._connection().execute("SELECT 1 FROM facts_fts LIMIT 0").fetchall()
+        except sqlite3.Error as error:
+            self._local.connection = None  # retry next time: the bot may create it meanwhile
+            self._warn(error)
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    def _in_language(self, connection: sqlite3.Connection, fact: Fact, lang: str | None) -> Fact:
+        if lang is None or fact.lang == lang or fact.fact is None:
+            return fact
+        row = connection.execute(self._SIBLING, (fact.fact, lang)).fetchone()
+        if row is None:
+            return fact
+        return Fact(row[0], row[1], row[2], row[3], row[4], fact.score, row[5])
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            uri = f"{self.db_path.resolve().as_uri()}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            with self._lock:
+                self._connections.append(connection)
+            self._local.connection = connection
+        return connection
+
+    def _warn(self, error: sqlite3.Error) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("knowledge base %s unavailable, answering without facts: %s"
+                        " (it is created when the bot or `python -m data knowledge stats` first"
+                        " opens the store)", self.db_path, error)
+        else:
+            log.debug("knowledge base %s unavailable: %s", self.db_path, error)
+
+
+def approximate_tokens(text: str) -> int:
+    """A tokenizer-free upper estimate (~3 characters a token), for callers without a model."""
+    return len(text) // 3 + 1
+
+
+def facts_block(facts: list[Fact], lang: str) -> str:
+    return "\n".join([FACTS_HEADING[lang], *(f"- {fact.text}" for fact in facts)])
+
+
+def fit_budget(facts: list[Fact], lang: str, budget: int,
+               count_tokens: Callable[[str], int]) -> list[Fact]:
+    """The best facts whose block fits in `budget` tokens; the best one is cut to fit if it must."""
+    kept: list[Fact] = []
+    for fact in facts:
+        if count_tokens(facts_block([*kept, fact], lang)) > budget:
+            break
+        kept.append(fact)
+    if kept or not facts:
+        return kept
+    words = facts[0].text.split()
+    while words and count_tokens(facts_block([_with_text(facts[0], words)], lang)) > budget:
+        words = words[: len(words) * 3 // 4]
+    return [_with_text(facts[0], words)] if words else []
+
+
+def _with_text(fact: Fact, words: list[str]) -> Fact:
+    return Fact(fact.id, fact.lang, " ".join(words) + " …", fact.source, fact.url, fact.score,
+                fact.fact)
+
+
+def grounded_messages(messages: list[dict], facts: list[Fact], lang: str) -> list[dict]:
+    """The conversation behind a system message holding the instructions and the facts.
+
+    Grounding owns the system prompt: a caller's leading system message is replaced, so serving,
+    training and the gate all show the model the same words.
+    """
+    lang = lang if lang in INSTRUCTIONS else "en"
+    system = f"{INSTRUCTIONS[lang]}\n\n{facts_block(facts, lang)}" if facts else NO_FACTS[lang]
+    rest = messages[1:] if messages and messages[0].get("role") == "system" else messages
+    return [{"role": "system", "content": system}, *rest]
+
+
+def build_grounded(messages: list[dict], index: FactIndex | None, settings,
+                   count_tokens: Callable[[str], int] = approximate_tokens) -> Grounding:
+    """The one prompt constructor for serving, the CLI, training data and the gate.
+
+    `settings` needs grounding, retrieval_top_k, retrieval_min_score and grounding_context_tokens
+    (InferenceSettings has them). With grounding off, or no knowledge base at all, the messages
+    pass unchanged; with one that holds nothing relevant, `decline` is set.
+    """
+    question = next((str(message.get("content", "")) for message in reversed(messages)
+                     if message.get("role") == "user"), "")
+    lang = detect_language(question)
+    if not settings.grounding or index is None or not index.available():
+        return Grounding(list(messages), [], lang, None)
+    found = index.search(question, k=settings.retrieval_top_k, lang=lang,
+                         min_score=settings.retrieval_min_score)
+    facts = fit_budget(found, lang, settings.grounding_context_tokens, count_tokens)
+    return Grounding(grounded_messages(messages, facts, lang), facts, lang,
+                     None if facts else DECLINE[lang])
+
+
+def used_facts(answer: str, facts: list[Fact], question: str = "") -> list[Fact]:
+    """The facts an answer draws on: those sharing at least two telling words with it (one if the
+    answer has only one, like "1910") and at least half as many as the fact it shares most with.
+
+    Words of the `question` do not count: every retrieved fact shares them, so an answer that only
+    echoes the question ("Hassan Nader was a player") used none of the facts it was shown.
+    """
+    said = set(query_terms(answer)) - GENERIC_TERMS - set(query_terms(question))
+    shared = [len(said & set(query_terms(fact.text))) for fact in facts]
+    if not said or not shared:
+        return []
+    needed = max(min(2, len(said)), max(shared) / 2)
+    return [fact for fact, count in zip(facts, shared) if count >= needed]
+
+
+def cite(answer: str, facts: list[Fact], lang: str, question: str = "") -> str:
+    """The source line for the facts the answer used ("Source: name — link"); "" if none."""
+    sources: dict[tuple[str, str | None], None] = {}
+    for fact in used_facts(answer, facts, question):
+        sources.setdefault((fact.source, fact.url), None)
+    if not sources:
+        return ""
+    singular, plural = SOURCE_LABEL.get(lang, SOURCE_LABEL["en"])
+    parts = [f"{name} — {url}" if url else name for name, url in sources]
+    return f"{singular if len(parts) == 1 else plural}: {'; '.join(parts)}"
