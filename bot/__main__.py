@@ -1,4 +1,5 @@
 """`python -m bot`: the Telegram bot (long polling), or a console chat when TELEGRAM_BOT_TOKEN is unset.
+`python -m bot doctor | service ... | version`: operator commands (bot/cli.py).
 
 A bad setting, a missing model or an unusable database is a short message on stderr and exit
 code 2, never a traceback.
@@ -7,9 +8,9 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
+from data.backup import BackupError, backup_before_upgrade
 from data.settings import DataSettings
 from data.settings import SettingsError as DataSettingsError
 from data.store import Store, StoreError
@@ -19,12 +20,19 @@ from inference.loading import ModelLoadError
 from inference.modelstore import ModelNotFound
 from inference.settings import InferenceSettings, SettingsError
 
+from .logs import add_update_context, log_context, setup_logging
+from .service import hold_running_lock
 from .settings import BotSettings
 
 EXIT_SETUP = 2
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        from .cli import main as command
+
+        return command(argv)
     try:
         inference_settings = InferenceSettings.load()
         data_settings = DataSettings.load()
@@ -32,28 +40,25 @@ def main() -> int:
     except (SettingsError, DataSettingsError) as error:
         return _fail(str(error))
     console = settings.telegram_bot_token is None
-    logging.basicConfig(level=logging.WARNING if console else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not console:
-        from .handlers.errors import RedactToken
-
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(RedactToken(settings.telegram_bot_token.get_secret_value()))
+    setup_logging(inference_settings.farense_home, settings, console=console)
     try:
+        backup_before_upgrade(data_settings)  # the Store migrates an older schema at open
         store = Store(data_settings.database_file)
-    except StoreError as error:
+    except (StoreError, BackupError, OSError) as error:
         return _fail(str(error))
     try:
         engine = Engine(inference_settings)
     except (ModelNotFound, ModelLoadError, AdapterError) as error:
         store.close()
         return _fail(str(error))
+    running = hold_running_lock(inference_settings.farense_home)  # restore refuses while it is held
     try:
         if console:
             from .console import run_console
             from .services import Services
 
-            asyncio.run(run_console(Services.create(settings, engine, store, data_settings=data_settings)))
+            with log_context(chat=settings.console_user_id):  # the console user's chat
+                asyncio.run(run_console(Services.create(settings, engine, store, data_settings=data_settings)))
         else:
             from telegram.error import InvalidToken, TelegramError
 
@@ -61,6 +66,7 @@ def main() -> int:
             from .handlers.errors import redact
 
             application = build_application(settings, engine, store, data_settings=data_settings)
+            add_update_context(application)  # log lines carry the chat they belong to
             try:
                 application.run_polling(allowed_updates=ALLOWED_UPDATES)
             except InvalidToken:  # PTB's message quotes the token itself: never print it
@@ -73,6 +79,7 @@ def main() -> int:
     finally:
         engine.close()
         store.close()
+        running.close()
     return 0
 
 

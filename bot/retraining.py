@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from data.backup import scheduled_backup
 from data.store import Store
 from inference.engine import Engine
 from training.pipeline import run_pipeline
+
+from .logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,10 @@ class Retrainer:
         if not self._lock.acquire(blocking=False):
             return RetrainOutcome("busy", BUSY)
         try:
-            log.info("retraining (%s, requested by %s)", trigger, requested_by)
-            return await asyncio.to_thread(self._run, trigger, requested_by, on_progress,
-                                           skip_if_unchanged)
+            with log_context(run=f"{trigger}-{datetime.now():%Y%m%d-%H%M%S}"):  # tags the pipeline's lines too
+                log.info("retraining (%s, requested by %s)", trigger, requested_by)
+                return await asyncio.to_thread(self._run, trigger, requested_by, on_progress,
+                                               skip_if_unchanged)
         finally:
             self._lock.release()
 
@@ -110,13 +114,15 @@ def duration(seconds: float) -> str:
 
 async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
                           notify: Callable[[str], Awaitable[None]]) -> RetrainOutcome | None:
-    """The scheduled run: once per local date, skipped when there is no new curated data."""
+    """The scheduled run: once per local date, after a backup (BACKUP_KEEP kept), skipped when
+    there is no new curated data."""
     night = now.date().isoformat()
     if not await asyncio.to_thread(store.claim_job, NIGHTLY_JOB_ID, night):
         log.info("nightly retraining of %s already claimed (restart or second process): not again", night)
         return None
+    backup = await asyncio.to_thread(scheduled_backup, store.path)
     result = await retrainer.run(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True)
     if result.outcome == "skipped":
         log.info("nightly retraining of %s skipped: %s", night, result.message)
-    await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}")
+    await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}\n{backup}")
     return result

@@ -5,7 +5,7 @@ The token is a SecretStr so it never appears in a repr, a log line or an error m
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -32,11 +32,22 @@ class BotSettings(BaseSettings):
     stream_edit_interval: float = Field(default=1.0, ge=0.0,
                                         description="Seconds between streamed drafts/edits; Telegram wants >= 1")
     console_user_id: int = Field(default=1, description="The local user of console mode (an admin)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Of $FARENSE_HOME/logs/bot.log (JSON lines)")
+    log_max_mb: float = Field(default=10.0, gt=0.0, description="bot.log is rotated at this size")
+    log_backups: int = Field(default=5, ge=1, description="Rotated bot.log files kept (bot.log.1 ...)")
+    log_stderr_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Of stderr (console mode: WARNING); the service sets WARNING")
 
     @field_validator("telegram_bot_token", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", "log_stderr_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value):
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("admin_user_ids", mode="before")
     @classmethod

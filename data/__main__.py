@@ -1,4 +1,6 @@
-"""`python -m data build` and `python -m data stats`: the dataset by hand, and a look at the store.
+"""`python -m data`: build a dataset by hand, look at the store, back it up and restore it.
+
+`backup`, `restore` and `backups` archive the database with the adapter registry (data/backup.py).
 
 Operators run these from a shell, so a bad setting or an unreadable database is one readable line
 and exit code 2, never a traceback.
@@ -13,7 +15,9 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from .backup import BackupError, create_backup, describe, list_backups, read_manifest, restore_backup
 from .builder import MANIFEST, SPLITS, BuildError, build_dataset, latest_dataset
+from .knowledge_cli import add_knowledge_parser, run_knowledge
 from .settings import DataSettings, SettingsError
 from .store import Store, StoreError
 
@@ -28,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="more pairs, as chat records or question/answer objects (repeatable)")
     stats = commands.add_parser("stats", help="store counts and the latest dataset")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    backup = commands.add_parser("backup", help="archive the database and the adapter registry")
+    backup.add_argument("--out", type=Path, help="folder for the archive (default: BACKUPS_DIR)")
+    restore = commands.add_parser("restore", help="verify an archive, then replace the database and adapters")
+    restore.add_argument("archive", type=Path)
+    commands.add_parser("backups", help="list the archives in BACKUPS_DIR")
+    add_knowledge_parser(commands)
     args = parser.parse_args(argv)
     # Problems are printed in the summary; logging them too would show each one twice.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -36,15 +46,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             result = build_dataset(settings, extra_jsonl=args.extra)
             print_build(result.manifest, result.path)
+        elif args.command in ("backup", "restore", "backups"):
+            run_backup_command(args, settings)
+        elif args.command == "knowledge":
+            with Store(settings.database_file) as store:
+                return run_knowledge(store, args)
         else:
             report = collect_stats(settings)
             print(json.dumps(report, indent=2) if args.json else format_stats(report))
-    except (SettingsError, StoreError, BuildError, sqlite3.Error, OSError,
-            json.JSONDecodeError) as error:
+    except (SettingsError, StoreError, BuildError, BackupError, sqlite3.Error, OSError,
+            json.JSONDecodeError, ValueError) as error:
         for line in str(error).splitlines() or [type(error).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE_OR_SETUP
     return 0
+
+
+def run_backup_command(args: argparse.Namespace, settings: DataSettings) -> None:
+    if args.command == "backup":
+        made = create_backup(settings.database_file, settings.adapters_dir, args.out or settings.backups_root)
+        print(f"backup: {made.path}")
+        print(f"  {describe(made.manifest)}; {len(made.manifest['files'])} files checksummed")
+    elif args.command == "restore":
+        restored = restore_backup(args.archive, database=settings.database_file, adapters=settings.adapters_dir,
+                                  home=settings.farense_home, backups_dir=settings.backups_root)
+        print(f"verified and restored {args.archive} (made {restored.manifest['created_at']})")
+        print(f"  {describe(restored.manifest)}")
+        if restored.replaced is not None:
+            print(f"  the state it replaced is saved in {restored.replaced.path}")
+    else:
+        archives = list_backups(settings.backups_root)
+        print(f"{settings.backups_root}: {len(archives) or 'no'} backup archive(s)")
+        for archive in archives:
+            try:
+                summary = describe(read_manifest(archive))
+            except BackupError as error:
+                summary = f"unreadable: {error}"
+            print(f"  {archive.name}  {archive.stat().st_size / 1e6:.1f} MB  {summary}")
 
 
 def print_build(manifest: dict, folder: Path) -> None:

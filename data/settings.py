@@ -30,12 +30,14 @@ class DataSettings(BaseSettings):
     farense_home: Path = Field(default_factory=_default_home)
     database_path: Path | None = Field(default=None, description="Empty = $FARENSE_HOME/farense.db")
     datasets_dir: Path | None = Field(default=None, description="Empty = $FARENSE_HOME/datasets")
+    backups_dir: Path | None = Field(default=None, description="Empty = $FARENSE_HOME/backups")
+    backup_keep: int = Field(default=7, ge=1, description="Nightly backups kept (taken before retraining)")
     seed_dir: Path = PACKAGE_SEED_DIR
     valid_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
     test_fraction: float = Field(default=0.1, ge=0.0, le=0.5)
     split_salt: str = Field(default="farense", min_length=1)
 
-    @field_validator("farense_home", "database_path", "datasets_dir", "seed_dir", mode="after")
+    @field_validator("farense_home", "database_path", "datasets_dir", "backups_dir", "seed_dir", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -47,6 +49,8 @@ class DataSettings(BaseSettings):
             self.database_path = self.farense_home / "farense.db"
         if self.datasets_dir is None:
             self.datasets_dir = self.farense_home / "datasets"
+        if self.backups_dir is None:
+            self.backups_dir = self.farense_home / "backups"
         if self.valid_fraction + self.test_fraction >= 1.0:
             raise ValueError("VALID_FRACTION + TEST_FRACTION must leave room for training")
         return self
@@ -62,6 +66,17 @@ class DataSettings(BaseSettings):
         """The datasets folder, never None once validated (typed for callers' convenience)."""
         assert self.datasets_dir is not None
         return self.datasets_dir
+
+    @property
+    def backups_root(self) -> Path:
+        """The backups folder, never None once validated (typed for callers' convenience)."""
+        assert self.backups_dir is not None
+        return self.backups_dir
+
+    @property
+    def adapters_dir(self) -> Path:
+        """The adapter registry's folder (training/registry.py), backed up as a plain folder."""
+        return self.farense_home / "adapters"
 
     @classmethod
     def load(cls, **overrides: object) -> "DataSettings":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .jsonl import Problem, report
+from .knowledge import seed_knowledge
 from .migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write(self._migrate)
+            seed_knowledge(self)  # a fresh machine knows the seed facts from its first start
         except (OSError, sqlite3.DatabaseError) as error:
             self.close()
             raise StoreError(f"cannot open database {self.path}: {error}") from None
@@ -289,6 +291,17 @@ class Store:
         names = ("users", "chats", "messages", "feedback_up", "feedback_down", "corrections",
                  "opted_out")
         return dict(zip(names, row))
+
+    def thumbs_down_since(self, since: datetime) -> tuple[int, LoggedMessage | None]:
+        """Answers rated 👎 since `since`, and the latest of them: what fans dislike, for /status."""
+        after = since.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        count = self._read("SELECT COUNT(DISTINCT message_id) FROM feedback"
+                           " WHERE value = -1 AND created_at >= ?", (after,))[0][0]
+        rows = self._read(f"SELECT {', '.join('m.' + name for name in _MESSAGE_COLUMNS.split(', '))}"
+                          " FROM feedback f JOIN messages m ON m.id = f.message_id"
+                          " WHERE f.value = -1 AND f.created_at >= ?"
+                          " ORDER BY f.created_at DESC, f.rowid DESC LIMIT 1", (after,))
+        return count, self._first_message(rows)
 
     def curated_examples(self, problems: list[Problem] | None = None) -> list[CuratedExample]:
         """Vouched-for pairs for training, never from opted-out users; bad rows go to `problems`."""
