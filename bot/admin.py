@@ -1,4 +1,5 @@
-"""Admin operations shared by the Telegram handlers and the console: status, rollback, corrections.
+"""Admin operations shared by the Telegram handlers and the console: status, rollback, corrections,
+the knowledge base.
 
 All of it is blocking (files, SQLite, psutil): callers run these functions in a thread.
 """
@@ -7,20 +8,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import textwrap
 import time
+from datetime import timedelta
 
 import psutil
 
 from data.builder import MANIFEST, latest_dataset
-from data.store import Store
+from data.knowledge import FactRow, add_fact, amend_fact, get_fact, knowledge_stats, list_facts, remove_fact
+from data.store import LoggedMessage, Store
+from inference.grounding import detect_language
 from training.pipeline import pipeline_state
 from training.registry import Registry
 
 from .plot import latest_run
 from .retraining import duration
 from .services import Services
+from .texts import language
 
 log = logging.getLogger(__name__)
+
+FACTS_SHOWN = 15  # per /facts reply: 15 shortened facts fit one Telegram message
+FACT_CHARS = 200
+THUMBS_DOWN_DAYS = 7
+FACT_ID = re.compile(r"#?([0-9]{1,18})")
 
 
 def status_text(app: Services) -> str:
@@ -32,6 +44,8 @@ def status_text(app: Services) -> str:
              f"Last training: {_last_training(app)}",
              f"Next nightly training: {_next_nightly(app)}",
              f"Conversations: {_counts(app.store)}",
+             f"Thumbs down ({THUMBS_DOWN_DAYS} days): {_thumbs_down(app)}",
+             f"Knowledge base: {_knowledge(app)}",
              f"Dataset: {_dataset(app)}",
              f"Memory: {_memory()}",
              f"Uptime: {duration(time.time() - app.started)}",
@@ -53,12 +67,86 @@ def rollback(app: Services, admin_id: int) -> str:
     return f"Rolled back. Now serving: {app.engine.adapter_version or 'the base model (no adapter)'}"
 
 
-def correct(store: Store, message_id: int, admin_id: int, fix: str) -> str:
+def correct(app: Services, message_id: int, admin_id: int, fix: str) -> str:
+    """Keep an admin's better answer for training, and teach it to the knowledge base at once."""
     try:
-        store.add_correction(message_id, admin_id, fix)
+        app.store.add_correction(message_id, admin_id, fix)
     except ValueError as error:
         return f"Correction not saved: {error}"
-    return "Correction saved — it will be used in the next training run."
+    saved = "Correction saved — it will be used in the next training run."
+    logged = app.store.message(message_id)
+    return saved if logged is None else f"{saved}\n{_learn(app, logged, admin_id, fix.strip())}"
+
+
+def _learn(app: Services, logged: LoggedMessage, admin_id: int, fix: str) -> str:
+    """Amend the fact the answer used if it used exactly one, else add the fix as a new fact in
+    the question's language; then make sure the same question retrieves it."""
+    conversations = app.conversations
+    used = conversations.facts_used_by(logged.question, logged.answer)
+    try:
+        if len(used) == 1:
+            fact_id, done = used[0].id, "amended"
+            amend_fact(app.store, fact_id, fix, admin_id)
+        else:
+            lang = detect_language(logged.question, default=language(logged.lang))
+            fact_id, done = add_fact(app.store, fix, lang, author_id=admin_id), "added"
+        if conversations.index is None:
+            return f"Fact #{fact_id} {done} in the knowledge base (grounding is off: answers do not use it)."
+        led = not _retrieves(app, logged.question, fact_id)
+        if led:  # the fix alone is not found by the question (too few of its words): lead with them
+            amend_fact(app.store, fact_id, f"{logged.question.strip()} {fix}", admin_id)
+    except ValueError as error:
+        return f"Not put in the knowledge base: {error}"
+    log.info("admin %s %s fact %s from a correction of message %s", admin_id, done, fact_id, logged.id)
+    found = _retrieves(app, logged.question, fact_id)
+    return (f"Fact #{fact_id} {done} in the knowledge base"
+            + (", led by the question so that it finds it" if led else "") + " — "
+            + ("the next answer to that question uses it." if found
+               else "but that question still does not retrieve it; /facts shows it."))
+
+
+def _retrieves(app: Services, question: str, fact_id: int) -> bool:
+    return fact_id in [fact.id for fact in app.conversations.ground(question).facts]
+
+
+def facts_text(app: Services, query: str) -> str:
+    """/facts: the newest facts, or those holding every word of `query`, one line each."""
+    query = query.strip()
+    rows = list_facts(app.store, query or None, limit=FACTS_SHOWN)
+    if query:
+        if not rows:
+            return f"No fact holds all of: {query}"
+        more = f" (the best {FACTS_SHOWN})" if len(rows) == FACTS_SHOWN else ""
+        header = f"Facts with {query}{more}:"
+    else:
+        stats = knowledge_stats(app.store)
+        if not rows:
+            return "The knowledge base is empty."
+        header = (f"Newest of {stats['live']} facts (/facts <words> searches,"
+                  f" /fact_remove <id> removes):")
+    return "\n".join([header, *(_fact_line(row) for row in rows)])
+
+
+def remove_fact_text(app: Services, argument: str, admin_id: int) -> str:
+    """/fact_remove <id>: take a fact out of retrieval (kept in the database for the record)."""
+    match = FACT_ID.fullmatch(argument.strip())
+    if match is None:
+        return "Usage: /fact_remove <id> — the number /facts shows after #."
+    fact_id = int(match.group(1))
+    row = get_fact(app.store, fact_id)
+    if not remove_fact(app.store, fact_id, admin_id):
+        return f"There is no fact #{fact_id} to remove (see /facts)."
+    log.info("admin %s removed fact %s", admin_id, fact_id)
+    return f"Removed fact #{fact_id}: {_short(row.text) if row else ''}"
+
+
+def _fact_line(row: FactRow) -> str:
+    who = f", by {row.author_id}" if row.origin == "admin" and row.author_id is not None else ""
+    return f"#{row.id} [{row.lang}, {row.origin}{who}] {_short(row.text)} — {row.source}"
+
+
+def _short(text: str, width: int = FACT_CHARS) -> str:
+    return textwrap.shorten(text, width, placeholder=" …")
 
 
 def registry(app: Services) -> Registry:
@@ -109,6 +197,20 @@ def _counts(store: Store) -> str:
     return (f"answers {c['messages']} · 👍 {c['feedback_up']} · 👎 {c['feedback_down']} · "
             f"corrections {c['corrections']} · users {c['users']} (opted out {c['opted_out']}) · "
             f"chats {c['chats']}")
+
+
+def _thumbs_down(app: Services) -> str:
+    count, latest = app.store.thumbs_down_since(app.now() - timedelta(days=THUMBS_DOWN_DAYS))
+    if latest is None:
+        return f"{count}"
+    return f'{count} — latest: "{_short(latest.question, 80)}" → "{_short(latest.answer, 120)}"'
+
+
+def _knowledge(app: Services) -> str:
+    stats = knowledge_stats(app.store)
+    admin = sum(count for key, count in stats["by_origin_lang"].items() if key.startswith("admin/"))
+    grounding = "on" if app.conversations.index is not None else "off (GROUNDING=false)"
+    return f"{stats['live']} facts ({admin} from admins, {stats['removed']} removed); grounding {grounding}"
 
 
 def _dataset(app: Services) -> str:

@@ -59,7 +59,8 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
                            ("reset", commands.reset), ("forget", commands.forget),
                            ("optout", commands.opt_out), ("optin", commands.opt_in),
                            ("status", admin.status), ("retrain", admin.retrain),
-                           ("rollback", admin.rollback), ("correct", admin.correct)):
+                           ("rollback", admin.rollback), ("correct", admin.correct),
+                           ("facts", admin.facts), ("fact_remove", admin.fact_remove)):
         application.add_handler(CommandHandler(name, callback, filters=message))
     application.add_handler(CallbackQueryHandler(questions.on_feedback, pattern=questions.FEEDBACK_PATTERN))
     application.add_handler(CallbackQueryHandler(questions.on_stale_button))
@@ -86,8 +87,9 @@ async def register_commands(bot: Bot, admin_ids: Iterable[int]) -> None:
     await bot.set_my_commands(public["pt"], language_code="pt")
     for admin_id in admin_ids:
         try:
-            await bot.set_my_commands(public["en"] + [BotCommand(*pair) for pair in ADMIN_COMMANDS],
-                                      scope=BotCommandScopeChat(admin_id))
+            for lang, code in (("en", None), ("pt", "pt")):
+                await bot.set_my_commands(public[lang] + [BotCommand(*pair) for pair in ADMIN_COMMANDS[lang]],
+                                          scope=BotCommandScopeChat(admin_id), language_code=code)
         except TelegramError as error:  # an admin who never started the bot has no chat yet
             log.warning("could not set the admin commands for %s: %s", admin_id, error)
 

@@ -1,7 +1,8 @@
 """Console mode: chat with the bot in a terminal through the same answer pipeline as Telegram.
 
 Used when no TELEGRAM_BOT_TOKEN is set. The local user (CONSOLE_USER_ID) is an admin; answers are
-logged like any other, and /good or /bad after an answer records feedback on it.
+logged like any other, end with their source line like on Telegram, and /good or /bad after an
+answer records feedback on it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 
 COMMANDS = """Console commands:
   /good, /bad          rate the last answer
-  /correct <text>      store a better answer to the last question
+  /correct <text>      store a better answer to the last question (and put it in the knowledge base)
+  /facts [words]       the newest facts, or those with all the words
+  /fact_remove <id>    take a fact out of the answers
   /reset               forget the conversation so far
   /forget              delete everything stored about the console user
   /status, /retrain, /rollback   admin commands
@@ -85,8 +88,14 @@ class Console:
             log.exception("answering failed")
             self.say(text("failed", "en"))
             return
-        rest = answer.generation.text[len(printed):] if answer.generation.text.startswith(printed) else ""
-        self.say(rest if answer.text else text("empty_answer", "en"))
+        if answer.declined:
+            self.say(answer.text)
+        else:
+            said = answer.generation.text
+            rest = said[len(printed):] if said.startswith(printed) else ""
+            self.say(rest if answer.text else text("empty_answer", "en"))
+            if answer.citation:
+                self.say(answer.citation)
         self.last = answer
 
     async def command(self, name: str, argument: str) -> None:
@@ -127,8 +136,14 @@ class Console:
         if self.last is None or not fix:
             self.say("Usage: /correct <the right answer>, after an answer.")
             return
-        self.say(await asyncio.to_thread(admin.correct, self.app.store, self.last.message_id,
+        self.say(await asyncio.to_thread(admin.correct, self.app, self.last.message_id,
                                          self.asker.user_id, fix))
+
+    async def do_facts(self, query: str) -> None:
+        self.say(await asyncio.to_thread(admin.facts_text, self.app, query))
+
+    async def do_fact_remove(self, argument: str) -> None:
+        self.say(await asyncio.to_thread(admin.remove_fact_text, self.app, argument, self.asker.user_id))
 
     async def do_status(self, _: str) -> None:
         self.say(await asyncio.to_thread(admin.status_text, self.app))

@@ -1,8 +1,12 @@
 """The transport-independent answer pipeline shared by Telegram and the console.
 
 Per chat: recent turns (bounded by CONTEXT_TURNS and the CONTEXT_TOKENS prompt budget) and a lock,
-so one chat's questions are answered in order with each other's context. Generation runs on a
-worker thread that pumps the engine's blocking stream into the event loop; the loop only awaits.
+so one chat's questions are answered in order with each other's context. Each question first
+retrieves facts from the knowledge base (inference/grounding.py, the same prompt construction as
+training and the gate): with none relevant the bot declines without the model, otherwise the
+facts lead the prompt and the reply names the source of the fact the answer used. Retrieval and
+generation run on worker threads (generation pumps the engine's blocking stream into the event
+loop); the loop only awaits.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from data.store import Store
 from inference.engine import Chunk, Engine, Generation
+from inference.grounding import Fact, FactIndex, Grounding, build_grounded, cite, used_facts
 
 from .settings import BotSettings
 
@@ -50,9 +55,20 @@ class Turn:
 
 @dataclass(frozen=True)
 class Answer:
-    text: str  # the model's answer, stripped (may be empty)
+    text: str  # the model's answer, stripped (may be empty), or the decline; what the store logs
     message_id: int  # the store's id, used by feedback and corrections
-    generation: Generation
+    generation: Generation | None  # None when declined: the model was not asked
+    citation: str = ""  # "Source: name — link" of the facts the answer used, "" if none
+    facts: tuple[Fact, ...] = ()  # the facts the prompt held, best first
+
+    @property
+    def declined(self) -> bool:
+        return self.generation is None
+
+    @property
+    def reply(self) -> str:
+        """What the user reads: the answer, then the source on a line of its own."""
+        return f"{self.text}\n{self.citation}" if self.citation and self.text else self.text
 
 
 @dataclass
@@ -90,10 +106,11 @@ class RateLimiter:
 
 
 class Conversations:
-    def __init__(self, engine: Engine, store: Store, settings: BotSettings):
+    def __init__(self, engine: Engine, store: Store, settings: BotSettings, index: FactIndex | None = None):
         self.engine = engine
         self.store = store
         self.settings = settings
+        self.index = index  # None: answers come from the model alone
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
         self._chats: OrderedDict[int, _Chat] = OrderedDict()
         self._known_users: dict[int, tuple] = {}  # what the store already has, to skip rewrites
@@ -105,6 +122,8 @@ class Conversations:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.index is not None:
+            self.index.close()
 
     def reset(self, chat_id: int) -> None:
         self._chats.pop(chat_id, None)
@@ -123,16 +142,44 @@ class Conversations:
         chat = self._chats.get(chat_id)
         return list(chat.turns) if chat else []
 
-    def build_messages(self, turns: list[Turn], question: str) -> list[dict]:
-        """The question plus as many recent turns as fit the token budget, oldest first."""
+    def build_messages(self, turns: list[Turn], question: str, system: dict | None = None) -> list[dict]:
+        """The question plus as many recent turns as fit the token budget, oldest first, behind
+        the `system` message (the grounded one with its facts) if given."""
+        lead = [system] if system is not None else []
         messages = [{"role": "user", "content": question}]
         for turn in reversed(turns[-self.settings.context_turns:] if self.settings.context_turns else []):
             candidate = [{"role": "user", "content": turn.question},
                          {"role": "assistant", "content": turn.answer}, *messages]
-            if len(self.engine.prompt_tokens(candidate)) > self.settings.context_tokens:
+            if len(self.engine.prompt_tokens(lead + candidate)) > self.settings.context_tokens:
                 break
             messages = candidate
-        return messages
+        return lead + messages
+
+    def ground(self, question: str) -> Grounding:
+        """The facts for a question and the system message holding them (blocking: SQLite).
+
+        Retrieval looks at the question alone, as training and the gate do; GROUNDING=false or
+        no knowledge base leaves the prompt ungrounded, never declined.
+        """
+        return build_grounded([{"role": "user", "content": question}], self.index, self.engine.settings,
+                              self._count_tokens)
+
+    def facts_used_by(self, question: str, answer: str) -> list[Fact]:
+        """The facts a logged answer drew on, found again as when it was answered (for /correct)."""
+        grounding = self.ground(question)
+        return used_facts(answer, grounding.facts, question) if grounding.decline is None else []
+
+    def prepare(self, turns: list[Turn], question: str) -> Grounding:
+        """The grounded prompt: facts first, then as many recent turns as fit (blocking)."""
+        grounding = self.ground(question)
+        if grounding.decline is not None:
+            return grounding
+        first = grounding.messages[0]
+        return replace(grounding, messages=self.build_messages(
+            turns, question, first if first.get("role") == "system" else None))
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.engine.tokenizer.encode(text))
 
     async def ask(self, asker: Asker, question: str,
                   on_partial: Callable[[str], Awaitable[None]] | None = None,
@@ -149,25 +196,39 @@ class Conversations:
         async with chat.lock, self._turns, (busy() if busy is not None else contextlib.nullcontext()):
             await self._register(asker)
             started = time.perf_counter()
-            generation = await self._generate(asker, list(chat.turns), question, on_partial)
+            grounding = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.prepare, list(chat.turns), question)
+            if grounding.decline is not None:  # nothing relevant is known: say so, do not invent
+                generation, text, citation, used = None, grounding.decline, "", []
+            else:
+                generation = await self._generate(asker, grounding.messages, on_partial)
+                text = generation.text.strip()
+                citation = cite(text, grounding.facts, grounding.lang, question)
+                used = [fact.id for fact in used_facts(text, grounding.facts, question)]
             latency = time.perf_counter() - started
-            text = generation.text.strip()
             message_id = await asyncio.to_thread(
                 self.store.log_message, asker.chat_id, asker.user_id, question, text,
-                model_id=generation.model, adapter_version=generation.adapter,
-                latency_s=round(latency, 3), prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens, lang=asker.language)
-            if text:
+                model_id=generation.model if generation else None,
+                adapter_version=generation.adapter if generation else None,
+                latency_s=round(latency, 3), prompt_tokens=generation.prompt_tokens if generation else None,
+                completion_tokens=generation.completion_tokens if generation else None,
+                lang=asker.language)
+            if text and generation is not None:  # a decline teaches the next turn nothing
                 chat.turns.append(Turn(asker.user_id, question, text))
-            log.info("answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens)", asker.chat_id,
-                     message_id, generation.adapter, latency, generation.prompt_tokens,
-                     generation.completion_tokens)
-            answer = Answer(text, message_id, generation)
+            if generation is None:
+                log.info("answered chat %s (message %s): declined, no relevant fact, %.3fs", asker.chat_id,
+                         message_id, latency)
+            else:
+                log.info("answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens, facts %s,"
+                         " used %s)", asker.chat_id, message_id, generation.adapter, latency,
+                         generation.prompt_tokens, generation.completion_tokens,
+                         [fact.id for fact in grounding.facts], used)
+            answer = Answer(text, message_id, generation, citation, tuple(grounding.facts))
             if deliver is not None:
                 await deliver(answer)
             return answer
 
-    async def _generate(self, asker: Asker, turns: list[Turn], question: str,
+    async def _generate(self, asker: Asker, messages: list[dict],
                         on_partial: Callable[[str], Awaitable[None]] | None) -> Generation:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
@@ -181,7 +242,6 @@ class Conversations:
 
         def pump() -> None:
             try:
-                messages = self.build_messages(turns, question)
                 for chunk in self.engine.stream(messages, key=f"chat:{asker.chat_id}"):
                     put(chunk)
                     if stop.is_set():

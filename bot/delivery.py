@@ -3,7 +3,8 @@
 Private chats get ephemeral drafts (sendMessageDraft); groups get one message that is edited as
 text arrives. Both are throttled to STREAM_EDIT_INTERVAL and best effort: a failed preview is
 logged and skipped, only the final message must arrive. Text is always sent plain (no parse mode),
-so model output can never be rejected as malformed markup.
+so model output can never be rejected as malformed markup. Link previews are off: a source line's
+link would otherwise add a Wikipedia card under every answer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import logging
 import math
 import time
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, ReplyParameters
+from telegram import (Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, Message,
+                      ReplyParameters)
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 
@@ -23,6 +25,7 @@ from .splitting import split_text
 log = logging.getLogger(__name__)
 
 TYPING_EVERY_S = 4.0  # Telegram shows "typing…" for 5 s per chat action
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
 def feedback_buttons(message_id: int) -> InlineKeyboardMarkup:
@@ -91,13 +94,13 @@ class StreamingReply:
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             sent = await self.bot.send_message(
-                self.chat_id, part, reply_markup=markup if last else None,
+                self.chat_id, part, reply_markup=markup if last else None, link_preview_options=NO_PREVIEW,
                 reply_parameters=self._reply_to() if sent is None else None)
         return sent
 
     async def _edit_preview(self, text: str, markup: InlineKeyboardMarkup | None) -> Message | None:
         try:
-            return await self._preview.edit_text(text, reply_markup=markup)
+            return await self._preview.edit_text(text, reply_markup=markup, link_preview_options=NO_PREVIEW)
         except BadRequest as error:
             if "not modified" in str(error).lower():
                 return self._preview

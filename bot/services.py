@@ -19,6 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from data.settings import DataSettings
 from data.store import Store
 from inference.engine import Engine
+from inference.grounding import FactIndex
 
 from .conversation import Conversations
 from .retraining import NIGHTLY_JOB_ID, Retrainer, RetrainOutcome, nightly_retrain
@@ -42,8 +43,13 @@ class Services:
     @classmethod
     def create(cls, settings: BotSettings, engine: Engine, store: Store, *,
                data_settings: DataSettings | None = None, train_args: tuple[str, ...] = ()) -> "Services":
-        return cls(settings=settings, data_settings=data_settings or DataSettings.load(), engine=engine,
-                   store=store, conversations=Conversations(engine, store, settings),
+        data_settings = data_settings or DataSettings.load()
+        # One index for every chat, over the store's own database (DATABASE_PATH): an admin's
+        # correction is retrieved by the next question. GROUNDING is the engine's setting.
+        index = (FactIndex(data_settings.database_file, engine.settings.retrieval_min_score)
+                 if engine.settings.grounding else None)
+        return cls(settings=settings, data_settings=data_settings, engine=engine, store=store,
+                   conversations=Conversations(engine, store, settings, index),
                    retrainer=Retrainer(engine, train_args=train_args))
 
     @property

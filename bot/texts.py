@@ -20,7 +20,9 @@ HELP = {
         "/forget — delete everything stored about you\n"
         "/optout — keep your conversations out of training\n"
         "/optin — allow them again\n\n"
-        "Answers come from a small language model and can be wrong. Força Farense! 🦁"
+        "Answers come from a small language model reading the facts I know about the club; the "
+        "last line names the source of the fact used. When I know nothing about a question I say "
+        "so. Answers can still be wrong — tap 👎 and the admins will see it. Força Farense! 🦁"
     ),
     "pt": (
         "Olá! Respondo a perguntas sobre o SC Farense, o clube de futebol de Faro — a sua "
@@ -36,7 +38,10 @@ HELP = {
         "/forget — apagar tudo o que está guardado sobre si\n"
         "/optout — excluir as suas conversas do treino\n"
         "/optin — voltar a permiti-las\n\n"
-        "As respostas vêm de um modelo de linguagem pequeno e podem ter erros. Força Farense! 🦁"
+        "As respostas vêm de um modelo de linguagem pequeno que lê os factos que conheço sobre o "
+        "clube; a última linha indica a fonte do facto usado. Quando não sei nada sobre uma "
+        "pergunta, digo-o. As respostas podem ter erros — carregue em 👎 e os administradores "
+        "verão. Força Farense! 🦁"
     ),
 }
 
@@ -70,6 +75,22 @@ TEXTS: dict[str, dict[str, str]] = {
                   "pt": "Desculpe, esse comando é só para os administradores do bot."},
     "correct_usage": {"en": "Reply to one of my answers with /correct <the right answer>.",
                       "pt": "Responda a uma das minhas respostas com /correct <a resposta certa>."},
+    "admin_help": {
+        "en": "Admin commands:\n"
+              "/status — model, adapter, training, 👎 of the week, knowledge base\n"
+              "/retrain — train and evaluate now; /rollback — serve the previous adapter\n"
+              "/correct <better answer> — as a reply to an answer: kept for training and put in the "
+              "knowledge base at once (amends the fact the answer used, or adds one)\n"
+              "/facts — the newest facts; /facts <words> — search them\n"
+              "/fact_remove <id> — take a fact out of the answers",
+        "pt": "Comandos de administração:\n"
+              "/status — modelo, adaptador, treino, 👎 da semana, base de conhecimento\n"
+              "/retrain — treinar e avaliar já; /rollback — voltar ao adaptador anterior\n"
+              "/correct <resposta melhor> — em resposta a uma resposta: guardada para o treino e "
+              "posta já na base de conhecimento (corrige o facto que a resposta usou, ou junta um)\n"
+              "/facts — os factos mais recentes; /facts <palavras> — procurá-los\n"
+              "/fact_remove <id> — tirar um facto das respostas",
+    },
 }
 
 PUBLIC_COMMANDS = {
@@ -80,8 +101,16 @@ PUBLIC_COMMANDS = {
            ("forget", "Apagar tudo o que está guardado sobre si"),
            ("optout", "Excluir as suas conversas do treino"), ("optin", "Voltar a permitir o treino")],
 }
-ADMIN_COMMANDS = [("status", "Model, adapter, training, data, memory"), ("retrain", "Train and evaluate now"),
-                  ("rollback", "Serve the previous adapter"), ("correct", "Reply to an answer: store a better one")]
+ADMIN_COMMANDS = {
+    "en": [("status", "Model, adapter, training, data, memory"), ("retrain", "Train and evaluate now"),
+           ("rollback", "Serve the previous adapter"), ("correct", "Reply to an answer: store a better one"),
+           ("facts", "List or search the knowledge base"), ("fact_remove", "Remove a fact by its id")],
+    "pt": [("status", "Modelo, adaptador, treino, dados, memória"), ("retrain", "Treinar e avaliar já"),
+           ("rollback", "Voltar ao adaptador anterior"),
+           ("correct", "Em resposta: guardar uma resposta melhor"),
+           ("facts", "Listar ou procurar na base de conhecimento"),
+           ("fact_remove", "Tirar um facto pelo id")],
+}
 
 
 def language(code: str | None) -> str:

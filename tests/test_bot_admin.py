@@ -9,6 +9,7 @@ from datetime import datetime
 from apscheduler.events import EVENT_JOB_EXECUTED
 
 from bot.retraining import BUSY, NIGHTLY_JOB_ID
+from data.knowledge import list_facts
 from training.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
@@ -127,10 +128,16 @@ def test_correct_by_admin_is_stored_as_training_data(start_bot):
     bot.settle()
     replies = texts(bot.server.calls()[since:])
     assert "Desculpe, esse comando é só para os administradores do bot." in replies
-    assert "Correction saved — it will be used in the next training run." in replies
+    saved = [reply for reply in replies if reply.startswith("Correction saved")]
+    assert len(saved) == 1 and saved[0].startswith(
+        "Correction saved — it will be used in the next training run.\nFact #")
     curated = bot.store.curated_examples()
     assert [(c.question, c.answer, c.source) for c in curated] == [
         (QUESTION, "Hassan Nader, o goleador marroquino.", "correction")]
+    # The answer had no fact to amend, so the correction is a new fact, found by the same question.
+    fact = list_facts(bot.store, "goleador marroquino")[0]
+    assert (fact.origin, fact.lang, fact.author_id) == ("admin", "pt", BOT_ADMIN)
+    assert fact.text == f"{QUESTION} Hassan Nader, o goleador marroquino."
 
 
 def test_rollback_serves_the_previous_adapter_at_once(start_bot, isolated_env, tiny_model_dir):
@@ -142,7 +149,7 @@ def test_rollback_serves_the_previous_adapter_at_once(start_bot, isolated_env, t
     assert bot.engine.adapter_version == "v0002"
     first = texts(command(bot, BOT_ADMIN, "/rollback"))
     assert first == ["Rolled back. Now serving: v0001"] and bot.engine.adapter_version == "v0001"
-    assert bot.ask(USER, USER, QUESTION).ok
+    assert bot.ask(USER, USER, "Quando foi fundado o Farense?").ok  # answered by the model, not declined
     assert bot.store.counts()["messages"] == 1
     row = bot.store.message(1)
     assert row.adapter_version == "v0001"

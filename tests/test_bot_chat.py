@@ -133,16 +133,18 @@ def test_rate_limit_per_user_is_announced_once(start_bot):
 
 def test_context_is_kept_per_chat_until_reset(start_bot):
     bot = start_bot()
-    alone = len(bot.engine.prompt_tokens([{"role": "user", "content": "E depois?"}]))
+    follow_up = "E onde joga o Farense?"
+    alone = bot.store.message_by_telegram_id(  # its grounded prompt in a chat without context
+        OTHER, bot.ask(OTHER, OTHER, follow_up).response["result"]["message_id"]).prompt_tokens
     bot.ask(USER, USER, QUESTION)
-    second = bot.ask(USER, USER, "E depois?")
+    second = bot.ask(USER, USER, follow_up)
     row = bot.store.message_by_telegram_id(USER, second.response["result"]["message_id"])
     assert row.prompt_tokens > alone  # the first turn was in the prompt
 
     since = len(bot.server.calls())
     bot.server.push_message(USER, USER, "/reset")
     assert "esqueci a nossa conversa" in bot.server.wait_for("sendMessage", since=since).params["text"]
-    third = bot.ask(USER, USER, "E depois?")
+    third = bot.ask(USER, USER, follow_up)
     row = bot.store.message_by_telegram_id(USER, third.response["result"]["message_id"])
     assert row.prompt_tokens == alone
 
@@ -227,8 +229,10 @@ def test_model_failure_apologises_and_logs_the_traceback_without_the_token(start
 
 def test_answers_longer_than_telegram_allows_arrive_split_at_paragraphs(start_bot):
     from inference.engine import Chunk, Generation
+    from inference.grounding import cite
 
-    paragraphs = [f"Parágrafo {i}: " + ("O Farense subiu de divisão. " * 60).strip() for i in range(5)]
+    paragraphs = [f"Parágrafo {i}: " + ("O Farense subiu de divisão. " * 60).strip() for i in range(4)]
+    paragraphs.append("Parágrafo 4: " + ("O Farense foi fundado no dia 1 de abril de 1910. " * 30).strip())
     long_answer = "\n\n".join(paragraphs)  # ~8,800 characters
 
     def long_stream(messages, **kwargs):  # the model, as if it had written a very long answer
@@ -239,14 +243,17 @@ def test_answers_longer_than_telegram_allows_arrive_split_at_paragraphs(start_bo
 
     bot = start_bot()
     bot.engine.stream = long_stream
+    source = cite(long_answer, bot.services.conversations.ground(QUESTION).facts, "pt", QUESTION)
+    assert source.startswith("Fonte: ")
     for chat_id, chat_type in ((USER, "private"), (GROUP, "group")):
         mention = "@farense_test_bot " if chat_type == "group" else ""
         since = len(bot.server.calls())
-        bot.ask(chat_id, USER, mention + "Conta-me a história toda.", chat_type=chat_type)
+        bot.ask(chat_id, USER, mention + QUESTION, chat_type=chat_type)
         delivered = [m for m in bot.server.sent_messages(chat_id) if m["date"] and m.get("text")]
         parts = [m["text"] for m in delivered[-3:]]
         assert all(len(part) <= 4096 for part in parts)
-        assert parts == ["\n\n".join(paragraphs[:2]), "\n\n".join(paragraphs[2:4]), paragraphs[4]]
+        assert parts == ["\n\n".join(paragraphs[:2]), "\n\n".join(paragraphs[2:4]),
+                         f"{paragraphs[4]}\n{source}"]  # the source line closes the last part
         assert "reply_markup" in delivered[-1] and "reply_markup" not in delivered[-2]
         calls = bot.server.calls()[since:]
         assert not [c for c in calls if not c.ok]

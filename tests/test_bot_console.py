@@ -68,3 +68,62 @@ def test_with_a_token_it_long_polls_telegram_and_stops_cleanly_on_sigterm(tiny_m
     assert server.calls("getUpdates")[0].params.get("allowed_updates") == ["message", "callback_query"]
     assert "answered chat 4242" in err and "Traceback" not in err
     assert BOT_TOKEN not in err + out and BOT_TOKEN.split(":")[1] not in err + out
+
+
+def restate_the_first_fact(messages, **kwargs):
+    """A model that answers with the first fact its prompt holds (the tiny model's words cite nothing)."""
+    from inference.engine import Chunk, Generation
+
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    answer = next((line[2:] for line in system.splitlines() if line.startswith("- ")), "I don't know.")
+    yield Chunk(answer, Generation(answer, 40, 12, 0.1, 0.05, "stop", "tiny-llama", None))
+
+
+def test_console_cites_sources_declines_and_admins_the_knowledge_base(tiny_model_dir, isolated_env):
+    import asyncio
+    import io
+
+    from bot.console import Console
+    from bot.services import Services
+    from bot.settings import BotSettings
+    from data.knowledge import list_facts
+    from data.settings import DataSettings
+    from inference.engine import Engine
+    from inference.grounding import DECLINE
+    from inference.settings import InferenceSettings
+
+    engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)), adapter=None)
+    store = Store(DataSettings.load().database_file)
+    engine.stream = restate_the_first_fact
+
+    def run(script: str) -> str:
+        out = io.StringIO()
+        app = Services.create(BotSettings.load(), engine, store)
+
+        async def session():
+            try:
+                await Console(app, out).run(io.StringIO(script))
+            finally:
+                await asyncio.to_thread(app.close)
+
+        asyncio.run(session())
+        return out.getvalue()
+
+    try:
+        out = run("Who knocked Farense out of the UEFA Cup?\nQual é o hino do Farense?\n"
+                  "/correct Chama-se «Avante, Leões».\nQual é o hino do Farense?\n/facts hino\n")
+        answers = [block.split("\nyou> ")[0] for block in out.split("bot> ")[1:]]
+        assert answers[0].startswith("Olympique Lyonnais") and "\nSource: " in answers[0]
+        assert answers[1].strip() == DECLINE["pt"]
+        assert "Correction saved" in out and "the next answer to that question uses it." in out
+        assert answers[2] == ("Qual é o hino do Farense? Chama-se «Avante, Leões».\n"
+                              "Fonte: Farense bot admin")  # the corrected fact, at once
+        fact = list_facts(store, "Avante")[0]
+        assert f"#{fact.id} [pt, admin, by 1] Qual é o hino" in out  # /facts found it
+
+        out = run(f"/fact_remove {fact.id}\nQual é o hino do Farense?\n/fact_remove x\n")
+        assert f"Removed fact #{fact.id}" in out and DECLINE["pt"] in out
+        assert "Usage: /fact_remove <id>" in out
+    finally:
+        engine.close()
+        store.close()

@@ -376,7 +376,7 @@ def test_an_empty_answer_stays_a_logged_message_that_an_admin_can_correct(fuzz_b
 
     server.push_message(group, BOT_ADMIN, "olá", chat_type="group")
     bot.engine.stream = silent
-    final = bot.ask(group, asker, f"@{BOT_USERNAME} Quem fundou o Farense?", chat_type="group")
+    final = bot.ask(group, asker, f"@{BOT_USERNAME} Quando foi fundado o Farense?", chat_type="group")
     assert final.params["text"] == "(Não tenho resposta para isso.)"
     row = bot.store.message_by_telegram_id(group, final.response["result"]["message_id"])
     assert row is not None and row.answer == ""
@@ -385,6 +385,7 @@ def test_an_empty_answer_stays_a_logged_message_that_an_admin_can_correct(fuzz_b
                         reply_to_message=server.sent_messages(group)[-1], language_code="en")
     bot.settle()
     replies = [c.params["text"] for c in server.calls()[since:] if c.method == "sendMessage"]
-    assert replies == ["Correction saved — it will be used in the next training run."]
+    assert len(replies) == 1 and replies[0].startswith(
+        "Correction saved — it will be used in the next training run.\nFact #")  # and a new fact
     assert [(e.question, e.answer) for e in bot.store.curated_examples()] == [
-        ("Quem fundou o Farense?", "Foi fundado em 1910.")]
+        ("Quando foi fundado o Farense?", "Foi fundado em 1910.")]

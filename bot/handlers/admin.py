@@ -1,4 +1,5 @@
-"""Admin commands: /status, /retrain, /rollback, /correct — ADMIN_USER_IDS only, every attempt logged."""
+"""Admin commands: /status, /retrain, /rollback, /correct, /facts, /fact_remove — ADMIN_USER_IDS only,
+every attempt logged."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from telegram.ext import ContextTypes
 from .. import admin
 from ..plot import latest_run, loss_plot
 from ..retraining import BUSY, ProgressText
+from ..splitting import split_text
 from ..texts import text
 from . import services, user_language
 
@@ -85,8 +87,29 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if logged is None:
         await message.reply_text(text("correct_usage", user_language(update)))
         return
-    await message.reply_text(await asyncio.to_thread(admin.correct, app.store, logged.id,
+    await message.reply_text(await asyncio.to_thread(admin.correct, app, logged.id,
                                                      update.effective_user.id, fix))
+
+
+@admin_only
+async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it."""
+    report = await asyncio.to_thread(admin.facts_text, services(context), _argument(update.message))
+    for part in split_text(report):
+        await update.message.reply_text(part)
+
+
+@admin_only
+async def fact_remove(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/fact_remove <id>` takes a fact out of the answers."""
+    await update.message.reply_text(await asyncio.to_thread(
+        admin.remove_fact_text, services(context), _argument(update.message), update.effective_user.id))
+
+
+def _argument(message: Message) -> str:
+    """What follows the command (`/facts@bot hassan nader` -> "hassan nader")."""
+    parts = (message.text or "").split(maxsplit=1)
+    return parts[1].strip() if len(parts) > 1 else ""
 
 
 class ProgressEditor:

@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await update.message.reply_text(text("help", user_language(update)))
+    lang = user_language(update)
+    user = update.effective_user
+    admin = services(context).settings.is_admin(user.id if user else None)
+    await update.message.reply_text(text("help", lang) + ("\n\n" + text("admin_help", lang) if admin else ""))
 
 
 async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -62,7 +62,8 @@ async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
     async def deliver(answer: Answer) -> None:
         delivering.append(answer)
-        sent = await reply.finish(answer.text or text("empty_answer", lang), feedback_buttons(answer.message_id))
+        sent = await reply.finish(answer.reply or text("empty_answer", lang),
+                                  feedback_buttons(answer.message_id))
         await asyncio.to_thread(app.store.attach_telegram_id, answer.message_id, sent.message_id)
 
     try:  # no await before ask(): it is what keeps a chat's questions (and answers) in order
