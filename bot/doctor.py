@@ -6,7 +6,6 @@ Exit code 1 when a check fails; warnings (console mode, no backup yet, ...) leav
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import sqlite3
@@ -309,7 +308,7 @@ class Doctor:
                 registry.verify(production.version)  # checksums, and it fits the base model
                 checked = "files verified, fits the base model"
             else:
-                _check_hashes(production)
+                registry.verify_files(production.version)
                 checked = "files verified"
         except AdapterError as error:
             return Check("registry", FAIL, f"production {error}",
@@ -393,21 +392,6 @@ def _backend_settings() -> BackendSettings:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _check_hashes(entry) -> None:
-    """A registered version's files are the bytes registered (without loading the base model)."""
-    for name, digest in entry.record.get("files", {}).items():
-        if not (entry.path / name).is_file() or _sha256(entry.path / name) != digest:
-            raise AdapterError(f"{entry.version}: {name} is missing or changed since it was registered")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_doctor(timeout: float = 3.0, out: Callable[[str], None] = print) -> int:

@@ -139,6 +139,13 @@ class Registry:
 
     def verify(self, version: str) -> Adapter:
         """The files are the bytes that were registered, parse, and fit the base model."""
+        entry = self.verify_files(version)
+        adapter = read_adapter(entry.path, entry.version)
+        self._check_fits(adapter)
+        return adapter
+
+    def verify_files(self, version: str) -> AdapterVersion:
+        """The files are the bytes that were registered (cheap: no model, no parsing)."""
         entry = self.get(version)
         for name, digest in entry.record["files"].items():
             file = entry.path / name
@@ -147,9 +154,7 @@ class Registry:
             if _sha256(file) != digest:
                 raise AdapterError(f"{entry.version}: {name} changed since it was registered "
                                    "(truncated or overwritten?)")
-        adapter = read_adapter(entry.path, entry.version)
-        self._check_fits(adapter)
-        return adapter
+        return entry
 
     # ----- changing ---------------------------------------------------------------------------
     def repair(self) -> list[str]:
