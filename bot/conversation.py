@@ -155,14 +155,15 @@ class Conversations:
             messages = candidate
         return lead + messages
 
-    def ground(self, question: str) -> Grounding:
+    def ground(self, question: str, previous_question: str | None = None) -> Grounding:
         """The facts for a question and the system message holding them (blocking: SQLite).
 
-        Retrieval looks at the question alone, as training and the gate do; GROUNDING=false or
-        no knowledge base leaves the prompt ungrounded, never declined.
+        Retrieval looks at the question alone, as training and the gate do, except that a
+        follow-up with no word of its own ("E depois?") is searched with `previous_question`;
+        GROUNDING=false or no knowledge base leaves the prompt ungrounded, never declined.
         """
         return build_grounded([{"role": "user", "content": question}], self.index, self.engine.settings,
-                              self._count_tokens)
+                              self._count_tokens, previous_question)
 
     def facts_used_by(self, question: str, answer: str) -> list[Fact]:
         """The facts a logged answer drew on, found again as when it was answered (for /correct)."""
@@ -171,7 +172,8 @@ class Conversations:
 
     def prepare(self, turns: list[Turn], question: str) -> Grounding:
         """The grounded prompt: facts first, then as many recent turns as fit (blocking)."""
-        grounding = self.ground(question)
+        recent = turns[-self.settings.context_turns:] if self.settings.context_turns else []
+        grounding = self.ground(question, recent[-1].question if recent else None)
         if grounding.decline is not None:
             return grounding
         first = grounding.messages[0]

@@ -97,4 +97,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             INSERT INTO facts_fts (facts_fts, rowid, text) VALUES ('delete', old.id, old.text);
         END""",
     ),
+    # 3: `facts_fts` indexes the words as written (folded), without porter: porter is English-only
+    # ("fundou" never met "fundado"), so inference/retrieval.py stems the question itself (Snowball,
+    # EN or PT) into prefix queries. The triggers of migration 2 keep serving the new table; only
+    # live facts are put back in.
+    (
+        "DROP TABLE facts_fts",
+        """CREATE VIRTUAL TABLE facts_fts USING fts5(
+            text, content='facts', content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
+        "INSERT INTO facts_fts (rowid, text) SELECT id, text FROM facts WHERE removed_at IS NULL",
+    ),
 ]

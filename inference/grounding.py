@@ -14,30 +14,26 @@ import logging
 import re
 import sqlite3
 import threading
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .retrieval import (GENERIC_TERMS, fold, query_terms, score_candidates, search_terms,
+                        words)
+
 log = logging.getLogger(__name__)
 
-MAX_QUERY_TERMS = 24
-DEFAULT_MIN_SCORE = 5.0
+# The least idf-weighted share of a question's telling words a fact must hold (retrieval.py):
+# tuned on data/seed/retrieval_dev.jsonl with bench/retrieval.py.
+DEFAULT_MIN_SCORE = 0.5
+# ...or, for a long reworded question whose other words no fact holds, this much bm25 from two or
+# more words in common. 7.0 declined 46 of the 230 held-out questions (4.0: 26) for the same dev
+# recall; 4.0 rejects 9 of 15 dev and 9 of 12 held-out out-of-domain questions (7.0: 11 and 9).
+MIN_EVIDENCE = 4.0
 # A fact scoring under this share of the best one is a distractor: a small model tends to copy
-# whatever it is shown, so it is left out of the prompt.
-RELATIVE_MIN_SCORE = 0.5
+# whatever it is shown, so it is left out of the prompt (0.5-0.7: the same recall on the dev set).
+RELATIVE_MIN_SCORE = 0.6
 
-# Words that say nothing about which fact is meant. Accents are folded before the lookup.
-STOP_WORDS = frozenset("""
-a about after all also an and any are as at be been before but by can could did do does done for
-from had has have he her him his how i if in into is it its me my no not of on or our she so than
-that the their them then there these they this those to us was we were what when where which who
-whom whose why will with would you your tell give know please name many much ever
-o os as um uma uns umas de do da dos das em no na nos nas ao aos pelo pela pelos pelas por para
-com sem que quem qual quais quando onde como porque porque e ou mas se foi era sao e esta estao
-ser ter tem tinha teve ha seu sua seus suas ele ela eles elas lhe isso isto este esta esse essa
-me te nos voce nao ja quanto quantos quanta quantas diz diga sabes sabe conta qualquer algum alguma
-""".split())
 PT_MARKERS = frozenset("""
 o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
 quando onde como foi e sao esta nao ja tem seu sua ele ela qual anos epoca clube treinador jogou
@@ -68,8 +64,6 @@ DECLINE = {
     "pt": "Desculpa, só sei sobre o SC Farense e não encontrei nada sobre isso.",
 }
 SOURCE_LABEL = {"en": ("Source", "Sources"), "pt": ("Fonte", "Fontes")}
-# Words in nearly every fact: sharing them says nothing about which fact an answer used.
-GENERIC_TERMS = frozenset({"farense", "sporting", "clube", "club", "sc", "faro"})
 
 
 @dataclass(frozen=True)
@@ -91,27 +85,11 @@ class Grounding:
     decline: str | None  # set when grounding found nothing: answer this instead of generating
 
 
-def fold(text: str) -> str:
-    """Lower case without accents, as the FTS index stores words ("São Luís" -> "sao luis")."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
-
-
-def query_terms(text: str) -> list[str]:
-    """The words of a question that can pick a fact: folded, stop words dropped, first come first."""
-    terms: dict[str, None] = {}
-    for word in _WORDS.findall(fold(text)):
-        word = word.strip("_")
-        if word and word not in STOP_WORDS and (len(word) > 1 or word.isdigit()):
-            terms.setdefault(word, None)
-    return list(terms)[:MAX_QUERY_TERMS]
-
-
 def detect_language(text: str, default: str = "en") -> str:
     """"pt" or "en" from marker words and Portuguese letters; `default` when it cannot tell."""
-    words = _WORDS.findall(fold(text))
-    pt = sum(word in PT_MARKERS for word in words) + (1 if _PT_LETTERS.search(text) else 0)
-    en = sum(word in EN_MARKERS for word in words)
+    tokens = _WORDS.findall(fold(text))
+    pt = sum(word in PT_MARKERS for word in tokens) + (1 if _PT_LETTERS.search(text) else 0)
+    en = sum(word in EN_MARKERS for word in tokens)
     if pt == en:
         return default
     return "pt" if pt > en else "en"
@@ -124,40 +102,57 @@ class FactIndex:
     committed. A missing database or table gives no facts and one warning, never an exception.
     """
 
-    _SEARCH = ("SELECT f.id, f.lang, f.text, f.source, f.url, -bm25(facts_fts), f.fact"
-               " FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid"
-               " WHERE facts_fts MATCH ? AND f.removed_at IS NULL ORDER BY bm25(facts_fts) LIMIT ?")
+    _CANDIDATES = ("SELECT f.id, f.lang, f.text, f.source, f.url, f.fact"
+                   " FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid"
+                   " WHERE facts_fts MATCH ? AND f.removed_at IS NULL")
+    _VERSION = "SELECT count(*), max(updated_at) FROM facts WHERE removed_at IS NULL"
+    _TEXTS = "SELECT text FROM facts WHERE removed_at IS NULL"
     _SIBLING = ("SELECT id, lang, text, source, url, fact FROM facts"
                 " WHERE fact = ? AND lang = ? AND origin = 'seed' AND removed_at IS NULL")
 
     def __init__(self, db_path: Path, min_score: float = DEFAULT_MIN_SCORE) -> None:
         self.db_path = Path(db_path)
-        self.min_score = min_score
+        self.min_score = min_score  # least coverage of the question, 0..1
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._warned = False
+        self._sizes: tuple[object, int, float] = (None, 0, 1.0)  # (version, live facts, avg words)
 
     def search(self, question: str, k: int = 3, lang: str | None = None,
                min_score: float | None = None) -> list[Fact]:
-        """The `k` most relevant live facts scoring at least `min_score` (and half the best
-        one's score), each fact once.
+        """The `k` most relevant live facts, each fact once, best first.
 
-        A seed fact exists in EN and PT; whichever version matched, the one in `lang` is returned.
+        Relevant: the fact holds at least `min_score` of the question's telling words (coverage,
+        idf-weighted, 0..1) or shares two or more of them scoring MIN_EVIDENCE, and scores at
+        least RELATIVE_MIN_SCORE of the best relevant fact's bm25. A seed fact exists in EN and
+        PT; whichever version matched, the one in `lang` is returned (stems are in `lang`, else in
+        the language the question seems to be in).
+        Fact.score is the bm25 score.
         """
-        terms = query_terms(question) if isinstance(question, str) else []
-        if not terms or k < 1:
+        if not isinstance(question, str) or k < 1:
+            return []
+        query_lang = lang if lang in ("en", "pt") else detect_language(question)
+        terms = search_terms(question, query_lang)
+        if not terms:
             return []
         threshold = self.min_score if min_score is None else min_score
-        match = " OR ".join(f'"{term}"' for term in terms)
         try:
             connection = self._connection()
-            rows = connection.execute(self._SEARCH, (match, 4 * k)).fetchall()
+            rows = {row[0]: row for row in connection.execute(
+                self._CANDIDATES, (" OR ".join(term.fts() for term in terms),))}
+            live, average = self._size(connection)
+            scored = score_candidates(terms, {key: row[2] for key, row in rows.items()},
+                                      live, average)
+            relevant = [item for item in scored
+                        if item.coverage >= threshold
+                        or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
             facts: dict[object, Fact] = {}
-            for row in rows:
-                fact = Fact(*row)
-                if fact.score < max(threshold, RELATIVE_MIN_SCORE * rows[0][5]):
+            for item in relevant:
+                if item.score < RELATIVE_MIN_SCORE * relevant[0].score:
                     break
+                row = rows[item.key]
+                fact = Fact(row[0], row[1], row[2], row[3], row[4], item.score, row[5])
                 key = fact.fact if fact.fact is not None else f"id{fact.id}"
                 if key not in facts:
                     facts[key] = self._in_language(connection, fact, lang)
@@ -167,6 +162,14 @@ class FactIndex:
             self._warn(error)
             return []
         return list(facts.values())
+
+    def _size(self, connection: sqlite3.Connection) -> tuple[int, float]:
+        """Live facts and their average length in words (for bm25), recounted after any write."""
+        version = connection.execute(self._VERSION).fetchone()
+        if version != self._sizes[0]:
+            lengths = [len(words(row[0])) for row in connection.execute(self._TEXTS)]
+            self._sizes = (version, len(lengths), sum(lengths) / max(len(lengths), 1))
+        return self._sizes[1], self._sizes[2]
 
     def available(self) -> bool:
         """Whether the knowledge base exists: without it, answers go ungrounded rather than declined."""
@@ -255,12 +258,18 @@ def grounded_messages(messages: list[dict], facts: list[Fact], lang: str) -> lis
 
 
 def build_grounded(messages: list[dict], index: FactIndex | None, settings,
-                   count_tokens: Callable[[str], int] = approximate_tokens) -> Grounding:
+                   count_tokens: Callable[[str], int] = approximate_tokens,
+                   previous_question: str | None = None) -> Grounding:
     """The one prompt constructor for serving, the CLI, training data and the gate.
 
     `settings` needs grounding, retrieval_top_k, retrieval_min_score and grounding_context_tokens
     (InferenceSettings has them). With grounding off, or no knowledge base at all, the messages
     pass unchanged; with one that holds nothing relevant, `decline` is set.
+
+    A follow-up with no telling word of its own ("E depois?", "And then?", "E ele?") is searched
+    together with `previous_question` (the user's last one). A short question with a word of its
+    own is not: "Qual é o hino?" after a question about the UEFA Cup finds nothing on the anthem,
+    and is declined rather than answered with the cup facts.
     """
     question = next((str(message.get("content", "")) for message in reversed(messages)
                      if message.get("role") == "user"), "")
@@ -269,6 +278,9 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
         return Grounding(list(messages), [], lang, None)
     found = index.search(question, k=settings.retrieval_top_k, lang=lang,
                          min_score=settings.retrieval_min_score)
+    if not found and previous_question and not search_terms(question, lang):
+        found = index.search(f"{previous_question}\n{question}", k=settings.retrieval_top_k,
+                             lang=lang, min_score=settings.retrieval_min_score)
     facts = fit_budget(found, lang, settings.grounding_context_tokens, count_tokens)
     return Grounding(grounded_messages(messages, facts, lang), facts, lang,
                      None if facts else DECLINE[lang])

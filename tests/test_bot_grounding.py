@@ -89,6 +89,16 @@ def test_out_of_domain_questions_are_declined_without_the_model(start_bot):
     assert bot.services.conversations.history(USER) == []  # a decline is no context for what follows
 
 
+def test_a_follow_up_is_grounded_on_the_previous_question_and_an_unrelated_one_declined(start_bot):
+    bot = start_bot()
+    prompts = record_prompts(bot, LYON)
+    bot.ask(USER, USER, UEFA, language_code="en")
+    follow_up = bot.ask(USER, USER, "And then?", language_code="en")  # no word of its own to search
+    assert follow_up.params["text"].startswith(LYON) and "Lyonnais" in prompts[1][0]["content"]
+    weather = bot.ask(USER, USER, "What about the weather tomorrow?", language_code="en")
+    assert weather.params["text"] == DECLINE["en"] and len(prompts) == 2
+
+
 def test_a_correction_adds_a_fact_the_next_question_retrieves(start_bot):
     bot = start_bot()
     declined = bot.ask(BOT_ADMIN, BOT_ADMIN, IDOL)

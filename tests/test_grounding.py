@@ -68,8 +68,11 @@ PIECES = ["hassan", "Nader", "São", "Luís", "farense", "taça", '"', "*", "NEA
 @given(st.one_of(st.text(), st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)))
                  .map("".join)))
 def test_search_never_raises_on_any_text(index, text):
-    for fact in index.search(text, k=3, lang=detect_language(text)):
-        assert isinstance(fact, Fact) and fact.score >= index.min_score
+    facts = index.search(text, k=3, lang=detect_language(text))
+    assert len(facts) <= 3
+    assert len({fact.fact if fact.fact is not None else -fact.id for fact in facts}) == len(facts)
+    for fact in facts:
+        assert isinstance(fact, Fact) and fact.score > 0
 
 
 def test_a_missing_database_or_table_gives_no_facts_and_no_grounding(tmp_path, caplog):

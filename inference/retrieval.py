@@ -1,0 +1,199 @@
+"""Which facts answer a question: Snowball-stemmed terms, bm25 and query-term coverage.
+
+Why not FTS5's own bm25 with the porter tokenizer: porter is English-only ("fundou" never met
+"fundado"), and an absolute bm25 floor cannot tell "one matching rare word" ("colours") from
+"irrelevant". So each question word is stemmed in the question's language (Snowball EN or PT),
+FTS5 finds candidate facts by prefix, and here a fact's word matches when its stem is the same
+("fundou", "fundado": "fund"). Candidates are scored with bm25 without its length penalty (b=0:
+every fact is one sentence, and FTS5's fixed b=0.75 ranked "Hassan Nader also has Portuguese
+nationality." above the fact saying who he was; ties go to the earlier fact, and the seed facts
+introduce a subject before detailing it). Relevance is coverage, the idf-weighted share of the
+question's telling words a fact holds, or failing that enough bm25 from two or more of them (a
+long question's other words may simply be phrased differently). A word no fact holds ("Braga",
+"paracetamol") weighs the most, so a question about something else is declined even when one of
+its words is common in the knowledge base.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from os.path import commonprefix
+
+import Stemmer
+
+MAX_QUERY_TERMS = 24
+# Shortest shared stem-and-word prefix that matches by itself (4 beat 5, 6 and none on the dev set).
+MIN_PREFIX = 4
+BM25_K1 = 1.2
+BM25_B = 0.0  # measured on the dev questions: 0.3 and 0.75 both lost recall
+# Words in nearly every fact: they pick no fact, so they count only when nothing else is asked.
+GENERIC_TERMS = frozenset({"farense", "sporting", "clube", "club", "sc", "faro"})
+
+# Words that say nothing about which fact is meant: after the Snowball project's English and
+# Portuguese stop word lists (folded), plus question words and chat filler.
+STOP_WORDS = frozenset("""
+i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her
+hers herself it its itself they them their theirs themselves what which who whom this that these
+those am is are was were be been being have has had having do does did doing would should could
+ought a an the and but if or because as until while of at by for with about against between into
+through during before after above below to from up down in out on off over under again further
+then once here there when where why how all any both each few more most other some such no nor not
+only own same so than too very can will just don now also ever still get got really please tell
+give know name many much let like say said whose
+de a o que e do da em um uns umas para com nao uma os no se na por mais as dos como mas ao ele das
+seu sua ou quando muito nos ja eu tambem so pelo pela ate isso ela entre depois sem mesmo aos seus quem nas
+me esse eles voce essa num nem suas meu as minha numa pelos elas qual nos lhe deles essas esses
+pelas este dele tu te voces vos lhes meus minhas teu tua teus tuas nosso nossa nossos nossas dela
+delas esta estes estas aquele aquela aqueles aquelas isto aquilo estou estamos estao estive esteve
+estivemos estiveram estava estavamos estavam estivera estiveramos esteja estejamos estejam
+estivesse estivessemos estivessem estiver estivermos estiverem hei ha havemos hao houve houvemos
+houveram houvera houveramos haja hajamos hajam houvesse houvessemos houvessem houver houvermos
+houverem houverei houvera houveremos houverao houveria houveriamos houveriam sou somos sao era
+eramos eram fui foi fomos foram fora foramos seja sejamos sejam fosse fossemos fossem for formos
+forem serei sera seremos serao seria seriamos seriam tenho tem temos tem tinha tinhamos tinham tive
+teve tivemos tiveram tivera tiveramos tenha tenhamos tenham tivesse tivessemos tivessem tiver
+tivermos tiverem terei tera teremos terao teria teriamos teriam ser ter porque onde quais quanto
+quantos quanta quantas diz diga dizer sabes sabe conta qualquer algum alguma agora ainda fica ficam
+vez muito entao antes podes pode
+""".split())
+_WORDS = re.compile(r"\w+")
+_STEMMERS = {"en": "english", "pt": "portuguese"}
+
+
+@dataclass(frozen=True)
+class Term:
+    word: str  # folded question word
+    stem: str  # its Snowball stem in the question's language
+    lang: str
+
+    @property
+    def prefix(self) -> str:
+        """What the stem and the word share ("history" -> "histori": "histor")."""
+        return commonprefix([self.stem, self.word]) or self.word
+
+    def fts(self) -> str:
+        """Candidates for this term as an FTS5 query atom (quoted: user text is never FTS syntax).
+
+        A prefix query one letter short of `prefix` (a fact's word may be stemmed differently:
+        "story"/"stories") over-fetches; `matches` decides. Numbers match whole: "19" is not 1990.
+        """
+        if self.word.isdigit():
+            return f'"{self.word}"'
+        return f'"{self.prefix[:max(len(self.prefix) - 1, 2)]}"*'
+
+    def matches(self, token: str) -> bool:
+        """A fact's word matches if it is the word, has the same stem, or starts with a prefix of
+        at least MIN_PREFIX letters ("fund" finds "fundadores"; "cor" does not find "Correia")."""
+        if token == self.word or self.word.isdigit() or token[:2] != self.word[:2]:
+            return token == self.word
+        prefix = self.prefix
+        return ((len(prefix) >= MIN_PREFIX and token.startswith(prefix))
+                or stem(token, self.lang) == self.stem)
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, as the FTS index stores words ("São Luís" -> "sao luis")."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def words(text: str) -> list[str]:
+    """The folded words of a text, as the FTS5 unicode61 tokenizer splits them."""
+    return _WORDS.findall(fold(text).replace("_", " "))
+
+
+def query_terms(text: str) -> list[str]:
+    """The words of a question that can pick a fact: folded, stop words dropped, first come first."""
+    terms: dict[str, None] = {}
+    for word in words(text):
+        if word not in STOP_WORDS and (len(word) > 1 or word.isdigit()):
+            terms.setdefault(word, None)
+    return list(terms)[:MAX_QUERY_TERMS]
+
+
+_local = threading.local()  # PyStemmer's stemmers must not be shared between threads
+_stems: dict[tuple[str, str], str] = {}
+
+
+def stem(word: str, lang: str) -> str:
+    """The Snowball stem of a folded word in `lang` ("en" or "pt"), folded (remembered: the facts'
+    vocabulary is small, and stemming every candidate word each query costs milliseconds)."""
+    lang = lang if lang in _STEMMERS else "en"
+    found = _stems.get((word, lang))
+    if found is None:
+        stemmers = getattr(_local, "stemmers", None)
+        if stemmers is None:
+            stemmers = _local.stemmers = {code: Stemmer.Stemmer(name)
+                                          for code, name in _STEMMERS.items()}
+        if len(_stems) > 65536:  # odd user text: start over rather than grow without end
+            _stems.clear()
+        found = _stems[(word, lang)] = fold(stemmers[lang].stemWord(word))
+    return found
+
+
+def search_terms(text: str, lang: str) -> list[Term]:
+    """The question's telling words as terms; generic words only if there is nothing else.
+
+    Words are stemmed folded, as the facts' words are, so both sides always agree.
+    """
+    terms = query_terms(text)
+    telling = [term for term in terms if term not in GENERIC_TERMS] or terms
+    return [Term(word, stem(word, lang), lang) for word in telling]
+
+
+_word_cache: dict[str, Counter[str]] = {}
+
+
+def _cached_words(text: str) -> Counter[str]:
+    """How often each word occurs in a text, remembered: the same facts come back query after
+    query, and counting them anew would cost most of the 5 ms a query may take."""
+    found = _word_cache.get(text)
+    if found is None:
+        if len(_word_cache) > 4096:  # amended and removed facts' texts: start over
+            _word_cache.clear()
+        found = _word_cache[text] = Counter(words(text))
+    return found
+
+
+@dataclass(frozen=True)
+class Scored:
+    key: int  # the candidate's row id
+    score: float  # bm25
+    coverage: float  # idf-weighted share of the question's terms the fact contains (0..1)
+    matched: int  # how many of the question's terms the fact contains
+
+
+def score_candidates(terms: list[Term], candidates: dict[int, str], live_facts: int,
+                     average_words: float) -> list[Scored]:
+    """bm25 and coverage of each candidate (row id -> text), best first.
+
+    `candidates` must be every live fact matching any term (df is counted over them);
+    `live_facts` and `average_words` describe the whole knowledge base.
+    """
+    tokens = {key: _cached_words(text) for key, text in candidates.items()}
+    by_start: dict[str, set[str]] = {}  # a matching word starts with the term's first two letters
+    for found in tokens.values():
+        for token in found:
+            by_start.setdefault(token[:2], set()).add(token)
+    matching = [[token for token in by_start.get(term.word[:2], ()) if term.matches(token)]
+                for term in terms]
+    counts = {key: [sum(found[token] for token in words_of_term if token in found)
+                    for words_of_term in matching] for key, found in tokens.items()}
+    df = [sum(1 for per_term in counts.values() if per_term[i]) for i in range(len(terms))]
+    idf = [math.log(1 + (live_facts - n + 0.5) / (n + 0.5)) for n in df]
+    total = sum(idf) or 1.0
+    average = max(average_words, 1.0)
+    scored = []
+    for key, per_term in counts.items():
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * sum(tokens[key].values()) / average)
+        score = sum(weight * tf * (BM25_K1 + 1) / (tf + norm)
+                    for weight, tf in zip(idf, per_term) if tf)
+        coverage = sum(weight for weight, tf in zip(idf, per_term) if tf) / total
+        scored.append(Scored(key, score, coverage, sum(1 for tf in per_term if tf)))
+    scored.sort(key=lambda item: (-item.score, item.key))
+    return scored
