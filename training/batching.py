@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from inference.prompts import with_system
 log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 8  # batch widths are rounded up to this: few distinct shapes for mx.compile
+PREFIX_KEY_TOKENS = 16  # examples that start with the same tokens are batched together (batch_groups)
 
 
 class DatasetError(ValueError):
@@ -44,6 +46,7 @@ class Batch:
     weights: object  # mx.array float32 [K]: 1, or 0 for the padding that rounds K up
     tokens: int  # real (non-padding) input positions
     cells: int  # B × W
+    shared: int = 0  # leading input columns equal in every row and before every target: run once (prefix.py)
 
 
 def load_examples(path: Path, tokenizer, system_prompt: str, max_seq_length: int) -> list[Example]:
@@ -134,10 +137,26 @@ def _ids(value) -> list[int]:
     return list(value["input_ids"] if isinstance(value, dict) else value)
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices sorted by length (stable) and cut into consecutive batches; the last may be short."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def length_batches(lengths: list[int], batch_size: int, groups: list | None = None) -> list[list[int]]:
+    """Indices sorted by length (stable) and cut into consecutive batches; the last may be short.
+    With `groups` (a sortable key per index), each group is sorted and cut on its own."""
+    keys = groups or [0] * len(lengths)
+    batches = []
+    for key in sorted(set(keys)):
+        order = sorted((i for i in range(len(lengths)) if keys[i] == key), key=lambda i: (lengths[i], i))
+        batches += [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches
+
+
+def batch_groups(examples: list[Example], batch_size: int) -> list[list[int]]:
+    """Length-sorted batches, each drawn from examples that start alike (same first PREFIX_KEY_TOKENS
+    tokens) wherever at least a batch of them does, so the prompt prefix they share runs once per
+    batch (prefix.py). Grounded prompts start with one language's instructions: without this, most
+    batches would mix languages and share nothing. The seed's prompts all start alike: one group."""
+    keys = [e.tokens[:PREFIX_KEY_TOKENS].tobytes() for e in examples]
+    counts = Counter(keys)
+    return length_batches([len(e) for e in examples], batch_size,
+                          [key if counts[key] >= batch_size else b"" for key in keys])
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -162,7 +181,18 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     labels = np.pad(labels, (0, count - len(labels)))
     real = sum(len(e) - 1 for e in examples)
     return Batch(mx.array(tokens[:, :-1]), mx.array(positions), mx.array(labels), mx.array(weights),
-                 real, len(examples) * width)
+                 real, len(examples) * width, shared_columns(tokens[:, :-1], mask[:, 1:]))
+
+
+def shared_columns(inputs: np.ndarray, targets: np.ndarray) -> int:
+    """How many leading input columns every row has in common, up to the first column whose output
+    is a target (those outputs are needed per row); 0 when it is not worth a second pass."""
+    if len(inputs) < 2:
+        return 0
+    differs = np.flatnonzero((inputs != inputs[:1]).any(axis=0))
+    common = int(differs[0]) if len(differs) else inputs.shape[1]
+    shared = min(common, int(targets.argmax(axis=1).min()))
+    return shared if shared >= PAD_MULTIPLE else 0
 
 
 def _round_up(n: int) -> int:
@@ -187,7 +217,7 @@ def frozen_valid_batches(tokenizer, valid_path: Path, system_prompt: str, batch_
     so short and long answers stay represented.
     """
     examples = load_examples(Path(valid_path), tokenizer, system_prompt, max_seq_length)
-    groups = length_batches([len(e) for e in examples], batch_size)
+    groups = batch_groups(examples, batch_size)
     if len(groups) > max_batches:
         picks = np.linspace(0, len(groups) - 1, max_batches).round().astype(int)
         groups = [groups[i] for i in picks]

@@ -220,8 +220,8 @@ class Distributed:
 
         loss_and_grad = nn.value_and_grad(model, loss)
 
-        def forward(inputs, positions, labels, weights, total, previous):
-            (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights, total)
+        def forward(inputs, positions, labels, weights, total, previous, shared=0):
+            (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights, total, shared)
             if previous is not None:
                 grads = tree_map(lambda a, b: a + b, grads, previous)
             return value, tokens, grads

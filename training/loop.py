@@ -16,10 +16,11 @@ from functools import partial
 import numpy as np
 
 from . import checkpoint
-from .batching import Batch, Example, collate, length_batches, padding_fraction
+from .batching import Batch, Example, batch_groups, collate, padding_fraction
 from .checkpoint import Loaded, Progress
 from .lora import save_adapter
 from .memory import MemoryPlan, peak_gb
+from .prefix import can_share, shared_forward
 from .runs import CANCELLED, EARLY_STOPPED, FINISHED, RUNNING, Reporter, Run
 from .settings import TrainingSettings
 
@@ -53,18 +54,27 @@ def make_loss(model):
     When the model is a backbone plus an output head (most mlx-lm models), logits are computed only
     at the target positions: the 49k-vocabulary head and its softmax cost ~40% of a CPU step on
     SmolLM2, and prompt tokens (system prompt + question) are most of each sequence.
+
+    `shared` leading columns, equal in every row (the batch's `Batch.shared`), run once for the whole
+    batch (prefix.py) when the architecture allows it.
     """
     import mlx.core as mx
     import mlx.nn as nn
 
     split = split_head(model)
+    share = split is not None and can_share(model, split[0])
 
-    def loss(model, inputs, positions, labels, weights, total=None):
+    def loss(model, inputs, positions, labels, weights, total=None, shared=0):
         if split is None:
             logits = model(inputs)
             logits = logits.reshape(-1, logits.shape[-1])[positions]
         else:
-            hidden = split[0](inputs)
+            if shared and share:
+                width = inputs.shape[1]
+                hidden = shared_forward(split[0], inputs, shared)  # rows × (width − shared)
+                positions = mx.maximum(positions // width * (width - shared) + positions % width - shared, 0)
+            else:
+                hidden = split[0](inputs)
             logits = split[1](hidden.reshape(-1, hidden.shape[-1])[positions])
         ce = nn.losses.cross_entropy(logits.astype(mx.float32), labels) * weights
         count = weights.sum()
@@ -110,7 +120,7 @@ def validation_sums(model, batches: list[Batch]):
     model.eval()
     total, count = mx.array(0.0), mx.array(0.0)
     for batch in batches:
-        value, tokens = loss(model, batch.inputs, batch.positions, batch.labels, batch.weights)
+        value, tokens = loss(model, batch.inputs, batch.positions, batch.labels, batch.weights, None, batch.shared)
         total, count = total + value * tokens, count + tokens
         mx.eval(total, count)
     model.train(was_training)
@@ -130,8 +140,8 @@ def make_step(model, optimizer, loss, *, accumulation: int, grad_clip: float, co
 
     loss_and_grad = nn.value_and_grad(model, loss)
 
-    def step(inputs, positions, labels, weights, previous, update):
-        (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights)
+    def step(inputs, positions, labels, weights, previous, update, shared=0):
+        (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights, None, shared)
         if previous is not None:
             grads = tree_map(lambda a, b: a + b, grads, previous)
         if update:
@@ -169,8 +179,8 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
     import mlx.core as mx
 
     lead = dist is None or dist.lead
-    # Data: length-sorted micro-batches, built once; only their order changes per epoch.
-    groups = length_batches([len(e) for e in examples], plan.batch_size)
+    # Data: length-sorted micro-batches of alike-starting examples, built once; only their order changes per epoch.
+    groups = batch_groups(examples, plan.batch_size)
     if dist is None:
         batches = [collate([examples[i] for i in group], pad_id) for group in groups]
     else:  # the same global micro-batches; this rank collates only its rows of each
@@ -266,7 +276,7 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
             for micro in range(accumulation):
                 batch = next_batch()
                 loss, count, grads = step_fn(batch.inputs, batch.positions, batch.labels, batch.weights, grads,
-                                             micro == accumulation - 1)
+                                             micro == accumulation - 1, batch.shared)
                 mx.eval(model.parameters(), optimizer.state, mx.random.state, loss, count, grads)
                 loss_sum += loss.item() * count.item()
                 targets += int(count.item())
@@ -277,7 +287,7 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
                 if shard.batch is not None:
                     b = shard.batch
                     loss, _, grads = forward(b.inputs, b.positions, b.labels, b.weights,
-                                             mx.array(shard.total, mx.float32), grads)
+                                             mx.array(shard.total, mx.float32), grads, b.shared)
                     mx.eval(loss, grads)
                     loss_sum += loss.item() * shard.total
                 targets += shard.total
@@ -293,7 +303,7 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         eta = (time.perf_counter() - started) / done * (settings.iters - step)
         record({"kind": "train", "step": step, "epoch": progress.epoch, "loss": train_loss,
                 "learning_rate": optimizer.learning_rate.item(), "tokens_per_s": round(tokens / seconds, 1),
-                "tokens": tokens, "padding": round(1 - tokens / cells, 4),
+                "tokens": tokens, "targets": targets, "padding": round(1 - tokens / cells, 4),
                 "peak_memory_gb": round(peak_gb(), 3), "step_s": round(seconds, 4)})
         reporter.emit("step", step=step, total=settings.iters, loss=train_loss, epoch=progress.epoch,
                       learning_rate=optimizer.learning_rate.item(), tokens_per_s=round(tokens / seconds, 1),
