@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .jsonl import Problem, field_problem, read_jsonl, report
+from .knowledge import knowledge_hash
 from .privacy import scrub_counted
 from .seed import load_qa
 from .settings import DataSettings
@@ -48,6 +49,8 @@ class Example:
     source: str
     origin: str
     created_at: str = ""
+    fact: int | None = None  # the seed fact number: grounding (training/grounding.py) makes sure it is shown
+    kind: str = "qa"  # "decline" seed pairs teach saying no, grounded or not
 
     @property
     def key(self) -> tuple[str, str]:
@@ -72,13 +75,17 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
     Without a `store`, the configured database is used if it exists.
     """
     problems: list[Problem] = []
-    examples = [Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}")
+    examples = [Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}", fact=pair.fact,
+                        kind=pair.kind)
                 for pair in load_qa(settings.seed_dir, problems)]
+    knowledge = None  # the knowledge base's hash: grounded prompts depend on it like on the data
     if store is not None:
         curated, opted_out, scrubbed = _curated(store, problems)
+        knowledge = knowledge_hash(store)
     elif settings.database_file.exists():
         with Store(settings.database_file) as own_store:
             curated, opted_out, scrubbed = _curated(own_store, problems)
+            knowledge = knowledge_hash(own_store)
     else:
         curated, opted_out, scrubbed = [], 0, 0
     examples += curated
@@ -95,6 +102,7 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
         "sources": {source: sum(example.source == source for example in kept) for source in SOURCES},
         "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out},
         "scrubbed_replacements": scrubbed,
+        "knowledge_hash": knowledge,
         "problems": [problem.to_dict() for problem in problems],
         "settings": {"valid_fraction": settings.valid_fraction,
                      "test_fraction": settings.test_fraction, "split_salt": settings.split_salt},
@@ -281,6 +289,10 @@ def _rename_unique(staging: Path, parent: Path, base: str) -> Path:
 def _chat_line(example: Example) -> str:
     record = {"messages": [{"role": "user", "content": example.question},
                            {"role": "assistant", "content": example.answer}]}
+    if example.source == "seed":  # extra keys: the trainer reads only "messages"
+        record |= {"source": "seed", "fact": example.fact, "kind": example.kind}
+    elif example.source in ("feedback", "correction"):
+        record["source"] = example.source
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 

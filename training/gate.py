@@ -2,8 +2,10 @@
 
 Both are measured in one process on one base-model load, swapping adapters in between, on the same
 inputs: the candidate run's frozen validation batches (same batch size and sequence length as in
-training) and a fixed, language-balanced subset of the seed's held-out eval questions, answered
-greedily. The candidate passes only if every criterion holds:
+training, from its grounded dataset) and a fixed, language-balanced subset of the seed's held-out
+eval questions, answered greedily in the served configuration: prompts built by
+inference.grounding.build_grounded with the retrieved facts (GROUNDING on), and a decline counted as
+the answer given (training/evaluate.py `served_answers`). The candidate passes only if every criterion holds:
 
     val_loss            candidate ≤ champion × (1 − GATE_MIN_IMPROVEMENT)       (relative gain)
     accuracy            candidate ≥ champion − GATE_ALLOWED_ACCURACY_DROP       (absolute, 0..1)
@@ -97,20 +99,28 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
     """Measure champion then candidate on one loaded base model; returns the report."""
     from inference.loading import load_base
 
+    from inference.grounding import FactIndex
+
     started = time.perf_counter()
     model, tokenizer, info = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)
     batches = run_valid_batches(run_dir, tokenizer)
-    champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving)
-    if champ["error"]:
-        raise GateError(f"the production adapter {champion_label} cannot be measured: {champ['error']}")
-    cand = _measure(model, tokenizer, candidate, candidate_label, batches, items, settings, serving)
+    index = FactIndex(serving.database_file, serving.retrieval_min_score) if serving.grounding else None
+    try:
+        champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving, index)
+        if champ["error"]:
+            raise GateError(f"the production adapter {champion_label} cannot be measured: {champ['error']}")
+        cand = _measure(model, tokenizer, candidate, candidate_label, batches, items, settings, serving, index)
+    finally:
+        if index is not None:
+            index.close()
     criteria = _criteria(cand, champ, settings)
     answers = [{"id": item.id, "lang": item.lang, "question": item.question,
                 "candidate": cand["answers"].get(item.id), "champion": champ["answers"].get(item.id),
-                "candidate_passed": cand["passed"].get(item.id), "champion_passed": champ["passed"].get(item.id)}
+                "candidate_passed": cand["passed"].get(item.id), "champion_passed": champ["passed"].get(item.id),
+                "facts": cand["facts"].get(item.id)}
                for item in items]
     for side in (cand, champ):
-        del side["answers"], side["passed"]
+        del side["answers"], side["passed"], side["facts"]
     return {
         "candidate": cand, "champion": champ, "criteria": criteria,
         "accepted": all(c["passed"] for c in criteria),
@@ -118,28 +128,27 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
                      "allowed_accuracy_drop": settings.gate_allowed_accuracy_drop,
                      "eval_limit": settings.gate_eval_limit, "max_tokens": settings.gate_max_tokens,
                      "max_degenerate": settings.gate_max_degenerate},
-        "base_model": info.model_id, "run_dir": str(run_dir), "valid_batches": len(batches),
+        "grounding": serving.grounding, "base_model": info.model_id, "run_dir": str(run_dir),
+        "valid_batches": len(batches),
         "eval_items": len(items), "seconds": round(time.perf_counter() - started, 1),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "answers": answers,
     }
 
 
 def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, items: list[EvalItem],
-             settings: LifecycleSettings, serving: InferenceSettings) -> dict:
-    """Validation loss and greedy answers with `folder`'s adapter (None = bare base model) applied."""
+             settings: LifecycleSettings, serving: InferenceSettings, index=None) -> dict:
+    """Validation loss and served answers with `folder`'s adapter (None = bare base model) applied."""
     # MLX is imported here, not at the top: the bot imports this module (through the pipeline)
     # and must not pull MLX into threads other than the Engine's.
-    from mlx_lm.generate import batch_generate
-    from mlx_lm.sample_utils import make_logits_processors
-
     from inference.lora import apply_adapter, remove_adapter
-    from inference.prompts import render_prompt
 
+    from .evaluate import served_answers
     from .loop import validation_loss
 
     result = {"version": label, "label": label or BASE_LABEL, "error": None, "val_loss": None,
               "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None, "empty": None,
-              "repetitive": None, "degenerate_share": None, "answers": {}, "passed": {}}
+              "repetitive": None, "degenerate_share": None, "declined": None, "answers": {}, "passed": {},
+              "facts": {}}
     remove_adapter(model)
     if folder is not None:
         try:
@@ -150,19 +159,19 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
             return result
     model.eval()
     result["val_loss"] = validation_loss(model, batches)
-    prompts = [render_prompt(tokenizer, [{"role": "user", "content": item.question}], serving.system_prompt)
-               for item in items]
-    texts = batch_generate(model, tokenizer, prompts, max_tokens=settings.gate_max_tokens,
-                           logits_processors=make_logits_processors(
-                               repetition_penalty=serving.repetition_penalty)).texts
+    answers = served_answers(model, tokenizer, [item.question for item in items], serving, index,
+                             grounded=index is not None, max_tokens=settings.gate_max_tokens)
+    texts = [answer.text for answer in answers]
     by_question = {item.question: text for item, text in zip(items, texts, strict=True)}
     report = evaluate(lambda question, _lang: by_question[question], items, ood_items=[])
     kinds = Counter(degenerate(text) for text in texts)
     result.update(accuracy=report.accuracy, accuracy_by_lang=report.accuracy_by_lang,
                   key_fact_recall=report.key_fact_recall, empty=kinds["empty"], repetitive=kinds["repetitive"],
                   degenerate_share=(kinds["empty"] + kinds["repetitive"]) / len(texts),
+                  declined=sum(answer.declined for answer in answers),
                   answers={item.id: text for item, text in zip(items, texts, strict=True)},
-                  passed={r.id: r.passed for r in report.items})
+                  passed={r.id: r.passed for r in report.items},
+                  facts={item.id: list(answer.facts) for item, answer in zip(items, answers, strict=True)})
     return result
 
 

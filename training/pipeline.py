@@ -1,7 +1,10 @@
 """The retraining pipeline that the nightly scheduler and an admin's /retrain both call.
 
-    dataset (data.builder) → train (child process) → register candidate → gate (child process)
-    → promote + on_promoted(version), or reject
+    dataset (data.builder) → ground (child process, when GROUNDING is on) → train (child process)
+    → register candidate → gate (child process) → promote + on_promoted(version), or reject
+
+Grounding rewrites the built dataset with the prompts as served (training/grounding.py), so the
+adapter trains on the retrieved facts it will be shown, and the gate judges it the same way.
 
 Training and the gate run in child processes, so a crash, an OOM kill or an MLX abort there ends
 with outcome "failed" and production untouched, never with a dead bot. One pipeline at a time per
@@ -120,11 +123,20 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
     if trained is None:
         progress.stage("dataset")
         build = build_dataset(DataSettings.load())
-        reason = _unchanged(registry, production, build.content_hash) if skip_if_unchanged else None
+        dataset, content_hash = build.path, build.content_hash
+        if _grounded_serving():
+            progress.stage("ground", dataset=str(build.path))
+            grounded = _child(["training", "ground", "--events", str(build.path)], progress)
+            if grounded.returncode != 0 or "grounded" not in grounded.events:
+                return PipelineResult("failed", message=f"Grounding the dataset failed: {grounded.error()}.\n"
+                                                        f"{serving_now}")
+            dataset = Path(grounded.events["grounded"]["path"])
+            content_hash = grounded.events["grounded"]["content_hash"]
+        reason = _unchanged(registry, production, content_hash) if skip_if_unchanged else None
         if reason:
             return PipelineResult("skipped", message=f"Skipped: the data has not changed ({reason}).")
-        progress.stage("train", dataset=str(build.path))
-        trained = _child(["training", "run", "--events", "--dataset", str(build.path), *train_args], progress)
+        progress.stage("train", dataset=str(dataset))
+        trained = _child(["training", "run", "--events", "--dataset", str(dataset), *train_args], progress)
 
     run_dir = Path(trained.events["start"]["run_dir"]) if "start" in trained.events else None
     done = trained.events.get("done") or {}
@@ -176,6 +188,21 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
             log.exception("on_promoted(%s) failed", candidate.version)
             lines.append(f"Hot swap failed ({type(error).__name__}: {error}); serving it needs a restart.")
     return PipelineResult("promoted", candidate.version, "\n".join(lines), report, run_dir)
+
+
+def _grounded_serving() -> bool:
+    """Whether answers are served grounded: GROUNDING on and a knowledge base to retrieve from
+    (without one, serving answers ungrounded, and so does training)."""
+    from inference.grounding import FactIndex
+
+    serving = InferenceSettings.load()
+    if not serving.grounding:
+        return False
+    index = FactIndex(serving.database_file)
+    try:
+        return index.available()
+    finally:
+        index.close()
 
 
 def _interrupted_run(home: Path, last: dict | None):

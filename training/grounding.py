@@ -1,0 +1,215 @@
+"""Grounding a built dataset: every example gets the prompt it would get when served.
+
+The bot answers from facts retrieved into a system prompt (inference.grounding.build_grounded), so
+the adapter must learn on those prompts: to read the facts it is shown, pick the one that answers,
+and say it does not know when none does. `ground_dataset` rewrites a `python -m data build` folder
+into a sibling folder whose lines carry the grounded messages and the target answer.
+
+Decisions (issue 11):
+(a) A seed QA pair whose own fact (its seed `fact` number, carried by data/builder.py) was not
+    retrieved gets it anyway: it replaces the lowest-ranked retrieved fact (or joins them when fewer
+    than RETRIEVAL_TOP_K came back, or is the only fact when none did), at a position drawn from a
+    hash of the question, so the model learns to read rather than to copy one slot. Distractors are
+    dropped, never the target, to fit GROUNDING_CONTEXT_TOKENS. A declined prompt never reaches the
+    model when serving, so giving such a pair its fact costs nothing and teaches reading.
+(b) A "decline" seed pair, or any other example for which build_grounded declines, is trained to
+    answer DECLINE[lang]: on the no-facts prompt when nothing was retrieved, and on the retrieved
+    facts when something was (the model must learn to say no when the facts don't answer).
+(c) Feedback and correction examples (no fact number) are grounded exactly as served.
+The folder has its own manifest.json (parent dataset hash, knowledge hash, grounding settings,
+counts) and content_hash, so a training run's fingerprint changes with the facts it was shown; it is
+named after that hash, so a change of facts or of retrieval never overwrites a folder a run used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sqlite3
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from inference.grounding import (DECLINE, Fact, FactIndex, build_grounded, facts_block,
+                                 grounded_messages)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+MANIFEST = "manifest.json"
+GROUNDED_SUFFIX = "-grounded"
+COUNTS = ("retrieved", "injected", "declined", "unknown_fact", "skipped")
+
+
+class GroundingError(ValueError):
+    """The dataset cannot be grounded: no knowledge base, or no dataset folder."""
+
+
+@dataclass(frozen=True)
+class GroundedDataset:
+    path: Path
+    manifest: dict
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+
+def grounding_settings(serving) -> dict:
+    return {"retrieval_top_k": serving.retrieval_top_k, "retrieval_min_score": serving.retrieval_min_score,
+            "grounding_context_tokens": serving.grounding_context_tokens}
+
+
+def default_out_folder(dataset_folder: Path, content_hash: str) -> Path:
+    """Next to the built dataset, named after it and the grounded content (which changes with the
+    facts, the retrieval and its settings), so a new grounding never overwrites one a run used."""
+    dataset_folder = Path(dataset_folder)
+    return dataset_folder.parent / f"{dataset_folder.name}{GROUNDED_SUFFIX}-{content_hash[:12]}"
+
+
+def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactIndex, serving_settings,
+                   tokenizer) -> GroundedDataset:
+    """Write the grounded copy of `dataset_folder`; an identical one already there is kept as is."""
+    dataset_folder = Path(dataset_folder)
+    if not (dataset_folder / "train.jsonl").is_file():
+        raise GroundingError(f"{dataset_folder}: not a dataset folder (no train.jsonl)")
+    if not index.available():
+        raise GroundingError(f"no knowledge base in {index.db_path}: open the store once "
+                             "(`python -m data knowledge stats`) before grounding")
+    parent = _read_manifest(dataset_folder)
+    wanted = {"parent": {"path": str(dataset_folder), "content_hash": parent.get("content_hash")},
+              "knowledge_hash": _knowledge_hash(index.db_path), "grounding": grounding_settings(serving_settings)}
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.encode(text))
+
+    counts: Counter = Counter()
+    contents = {}
+    for split in SPLITS:
+        lines = []
+        path = dataset_folder / f"{split}.jsonl"
+        for number, raw in enumerate(path.read_bytes().splitlines() if path.is_file() else [], 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+                grounded = ground_example(record, index, serving_settings, count_tokens, counts)
+            except (ValueError, TypeError, KeyError) as error:
+                log.warning("%s:%d: skipped: %s", path.name, number, error)
+                counts["skipped"] += 1
+                continue
+            if grounded is None:
+                continue
+            lines.append(json.dumps(grounded, ensure_ascii=False) + "\n")
+            counts[f"{split}_examples"] += 1
+        contents[split] = "".join(lines).encode("utf-8")
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    content_hash = hashlib.sha256(
+        "".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()
+    manifest = {"content_hash": content_hash, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **wanted, "splits": {name: {"count": counts[f"{name}_examples"], "sha256": hashes[name]}
+                                     for name in SPLITS},
+                "counts": {key: counts[key] for key in COUNTS}, "sources": parent.get("sources")}
+    out_folder = Path(out_folder) if out_folder else default_out_folder(dataset_folder, content_hash)
+    existing = _read_manifest(out_folder)
+    if existing.get("content_hash") == content_hash:
+        return GroundedDataset(out_folder, existing)
+    if out_folder.exists() and "parent" not in existing:
+        raise GroundingError(f"{out_folder} exists and is not a grounded dataset: not overwriting it")
+    _write_folder(out_folder, contents, manifest)
+    log.info("grounded %s -> %s: %s", dataset_folder.name, out_folder.name, manifest["counts"])
+    return GroundedDataset(out_folder, manifest)
+
+
+def ground_example(record: dict, index: FactIndex, serving_settings, count_tokens,
+                   counts: Counter) -> dict | None:
+    """One dataset line -> the same line with grounded messages and the target answer; None for a
+    pair whose fact is not in the knowledge base (it would teach answering from nothing)."""
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("expected messages ending with an assistant answer")
+    conversation, answer = messages[:-1], messages[-1]["content"]
+    grounding = build_grounded(conversation, index, serving_settings, count_tokens)
+    lang, facts = grounding.lang, list(grounding.facts)
+    target = record.get("fact") if record.get("kind", "qa") == "qa" else None
+    if record.get("kind") == "decline":
+        answer = DECLINE[lang]
+        counts["declined"] += 1
+    elif isinstance(target, int) and not isinstance(target, bool):
+        if any(fact.fact == target for fact in facts):
+            counts["retrieved"] += 1
+        else:
+            right = _seed_fact(index.db_path, target, lang)
+            if right is None:  # e.g. an uncertain fact kept out of the knowledge base
+                counts["unknown_fact"] += 1
+                return None
+            facts = _inject(facts, right, conversation, serving_settings, count_tokens, lang)
+            counts["injected"] += 1
+    elif grounding.decline is not None:
+        answer = grounding.decline
+        counts["declined"] += 1
+    grounded = grounded_messages(conversation, facts, lang) if facts != grounding.facts else grounding.messages
+    extra = {key: value for key, value in record.items() if key != "messages"}
+    return {"messages": [*grounded, {"role": "assistant", "content": answer}], **extra,
+            "shown_facts": [fact.fact if fact.fact is not None else f"id{fact.id}" for fact in facts]}
+
+
+def _inject(facts: list[Fact], right: Fact, conversation: list[dict], serving_settings, count_tokens,
+            lang: str) -> list[Fact]:
+    """The right fact among the retrieved ones, at a position fixed by the question's hash,
+    with distractors dropped (lowest first) until the block fits the token budget."""
+    distractors = facts[: max(serving_settings.retrieval_top_k - 1, 0)]
+    question = "\n".join(str(message.get("content", "")) for message in conversation)
+    slot = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:4], "big") % (len(distractors) + 1)
+    chosen = [*distractors[:slot], right, *distractors[slot:]]
+    while len(chosen) > 1 and count_tokens(facts_block(chosen, lang)) > serving_settings.grounding_context_tokens:
+        chosen.remove(next(fact for fact in reversed(chosen) if fact is not right))
+    return chosen
+
+
+def _seed_fact(db_path: Path, number: int, lang: str) -> Fact | None:
+    """The live knowledge-base row of seed fact `number`, in `lang` if there is one."""
+    uri = f"{Path(db_path).resolve().as_uri()}?mode=ro"
+    with sqlite3.connect(uri, uri=True) as connection:
+        row = connection.execute(
+            "SELECT id, lang, text, source, url, fact FROM facts WHERE fact = ? AND removed_at IS NULL"
+            " ORDER BY lang != ?, origin != 'seed', id LIMIT 1", (number, lang)).fetchone()
+    connection.close()
+    return None if row is None else Fact(row[0], row[1], row[2], row[3], row[4], 0.0, row[5])
+
+
+def _knowledge_hash(db_path: Path) -> str:
+    from data.knowledge import knowledge_hash
+    from data.store import Store
+
+    with Store(db_path) as store:
+        return knowledge_hash(store)
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        value = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_folder(out_folder: Path, contents: dict[str, bytes], manifest: dict) -> None:
+    """Written under a temporary name and renamed into place: a trainer never sees half of it."""
+    out_folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".grounding-", dir=out_folder.parent))
+    try:
+        staging.chmod(0o755)
+        for name, data in contents.items():
+            (staging / f"{name}.jsonl").write_bytes(data)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        if out_folder.exists():
+            shutil.rmtree(out_folder)
+        staging.rename(out_folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
