@@ -28,9 +28,10 @@ TRAIN_ARGS = ["--iters", "30", "--batch-size", "4", "--learning-rate", "2e-3", "
 CRITERIA = {"val_loss", "accuracy", "adapter_loads", "finite_val_loss", "degenerate_answers"}
 
 
-def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False) -> Path:
+def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False,
+               garble_answers: bool = False) -> Path:
     """A small seed cut from the real one (66 pairs, 22 eval items); optionally with every answer
-    moved to another question — data that teaches nothing true."""
+    moved to another question, or spelled backwards — data that teaches nothing true."""
     folder.mkdir(parents=True, exist_ok=True)
     qa = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("qa-*.jsonl"))
           for line in path.read_text().splitlines()]
@@ -38,6 +39,8 @@ def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool 
     if shuffle_answers:
         answers = [pair["answer"] for pair in qa]
         qa = [pair | {"answer": answers[(i * 7 + 3) % len(answers)]} for i, pair in enumerate(qa)]
+    if garble_answers:  # a tiny random model learns word statistics, not facts: this it notices
+        qa = [pair | {"answer": pair["answer"][::-1]} for pair in qa]
     items = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("eval-*.jsonl"))
              for line in path.read_text().splitlines()]
     (folder / "qa-test.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in qa))
@@ -51,6 +54,7 @@ def lifecycle_env(monkeypatch, tiny_model_dir: Path, seed: Path) -> None:
     for name, value in {"MODEL_PATH": str(tiny_model_dir), "SYSTEM_PROMPT": SYSTEM_PROMPT,
                         "SEED_DIR": str(seed), "GATE_EVAL_LIMIT": "4", "GATE_MAX_TOKENS": "16",
                         "GATE_MIN_IMPROVEMENT": "0.005", "GATE_ALLOWED_ACCURACY_DROP": "0",
+                        "GATE_MAX_REGRESSION": "0",
                         "GATE_MAX_DEGENERATE": "0.1", "KEEP_ADAPTERS": "10", "PIPELINE_TRAIN_ARGS": ""}.items():
         monkeypatch.setenv(name, value)
 

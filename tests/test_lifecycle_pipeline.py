@@ -49,11 +49,11 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
     assert unchanged.outcome == "skipped" and "production v0001 was trained on" in unchanged.message
     assert [v.version for v in Registry(home).versions()] == ["v0001"]
 
-    monkeypatch.setenv("SEED_DIR", str(write_seed(tmp_path / "shuffled", shuffle_answers=True)))
+    monkeypatch.setenv("SEED_DIR", str(write_seed(tmp_path / "garbled", garble_answers=True)))
     second = run_pipeline(trigger="retrain", requested_by="admin 42", on_promoted=promoted.append,
                           skip_if_unchanged=True, train_args=TRAIN_ARGS)
     assert second.outcome == "rejected" and second.version == "v0002", second.message
-    assert "Production unchanged: v0001" in second.message and "✗ val_loss" in second.message
+    assert "Production unchanged: v0001" in second.message and "✗ champion_val_loss" in second.message
     assert promoted == ["v0001"] and read_production(home)[0] == "v0001"
     registry = Registry(home)
     assert registry.get("v0002").status == REJECTED and registry.get("v0002").gate == second.report

@@ -8,6 +8,10 @@ inference.grounding.build_grounded with the retrieved facts (GROUNDING on), and 
 the answer given (training/evaluate.py `served_answers`). The candidate passes only if every criterion holds:
 
     val_loss            candidate ≤ champion × (1 − GATE_MIN_IMPROVEMENT)       (relative gain)
+    champion_val_loss   candidate ≤ champion × (1 + GATE_MAX_REGRESSION)        on the champion run's
+                        validation batches: a candidate's own validation split comes from the data it
+                        was trained on, so bad data would judge itself; the champion's split is the
+                        reference it must not fall behind
     accuracy            candidate ≥ champion − GATE_ALLOWED_ACCURACY_DROP       (absolute, 0..1)
     adapter_loads       the adapter applies: files parse, tensors fit, weights are finite
     finite_val_loss     no NaN/inf loss
@@ -60,9 +64,11 @@ def gate_version(registry: Registry, version: str, *, settings: LifecycleSetting
     items = gate_items(load_eval(DataSettings.load().seed_dir, problems), settings.gate_eval_limit)
     if not items:
         raise GateError(f"no held-out eval items in SEED_DIR ({'; '.join(map(str, problems[:3]))})")
+    reference = champion.run_dir if champion is not None and champion.run_dir is not None \
+        and champion.run_dir != candidate.run_dir and (champion.run_dir / "config.json").is_file() else None
     report = compare(candidate.path, candidate.version, champion.path if champion else None,
                      champion.version if champion else None, run_dir=candidate.run_dir, items=items,
-                     settings=settings, serving=serving)
+                     settings=settings, serving=serving, reference_run=reference)
     registry.record_gate(candidate.version, report, report["accepted"])
     return report
 
@@ -95,8 +101,9 @@ def degenerate(text: str) -> str | None:
 
 def compare(candidate: Path, candidate_label: str, champion: Path | None, champion_label: str | None, *,
             run_dir: Path, items: list[EvalItem], settings: LifecycleSettings,
-            serving: InferenceSettings) -> dict:
-    """Measure champion then candidate on one loaded base model; returns the report."""
+            serving: InferenceSettings, reference_run: Path | None = None) -> dict:
+    """Measure champion then candidate on one loaded base model; returns the report.
+    `reference_run`: the champion's training run, whose validation batches both are also measured on."""
     from inference.loading import load_base
 
     from inference.grounding import FactIndex
@@ -104,12 +111,15 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
     started = time.perf_counter()
     model, tokenizer, info = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)
     batches = run_valid_batches(run_dir, tokenizer)
+    reference = run_valid_batches(reference_run, tokenizer) if reference_run is not None else None
     index = FactIndex(serving.database_file, serving.retrieval_min_score) if serving.grounding else None
     try:
-        champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving, index)
+        champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving, index,
+                         reference)
         if champ["error"]:
             raise GateError(f"the production adapter {champion_label} cannot be measured: {champ['error']}")
-        cand = _measure(model, tokenizer, candidate, candidate_label, batches, items, settings, serving, index)
+        cand = _measure(model, tokenizer, candidate, candidate_label, batches, items, settings, serving, index,
+                        reference)
     finally:
         if index is not None:
             index.close()
@@ -127,16 +137,17 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
         "settings": {"min_improvement": settings.gate_min_improvement,
                      "allowed_accuracy_drop": settings.gate_allowed_accuracy_drop,
                      "eval_limit": settings.gate_eval_limit, "max_tokens": settings.gate_max_tokens,
-                     "max_degenerate": settings.gate_max_degenerate},
+                     "max_degenerate": settings.gate_max_degenerate,
+                     "max_regression": settings.gate_max_regression},
         "grounding": serving.grounding, "base_model": info.model_id, "run_dir": str(run_dir),
-        "valid_batches": len(batches),
+        "valid_batches": len(batches), "reference_run": str(reference_run) if reference_run else None,
         "eval_items": len(items), "seconds": round(time.perf_counter() - started, 1),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "answers": answers,
     }
 
 
 def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, items: list[EvalItem],
-             settings: LifecycleSettings, serving: InferenceSettings, index=None) -> dict:
+             settings: LifecycleSettings, serving: InferenceSettings, index=None, reference=None) -> dict:
     """Validation loss and served answers with `folder`'s adapter (None = bare base model) applied."""
     # MLX is imported here, not at the top: the bot imports this module (through the pipeline)
     # and must not pull MLX into threads other than the Engine's.
@@ -146,7 +157,8 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
     from .loop import validation_loss
 
     result = {"version": label, "label": label or BASE_LABEL, "error": None, "val_loss": None,
-              "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None, "empty": None,
+              "champion_val_loss": None, "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None,
+              "empty": None,
               "repetitive": None, "degenerate_share": None, "declined": None, "answers": {}, "passed": {},
               "facts": {}}
     remove_adapter(model)
@@ -159,6 +171,8 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
             return result
     model.eval()
     result["val_loss"] = validation_loss(model, batches)
+    if reference is not None:
+        result["champion_val_loss"] = validation_loss(model, reference)
     answers = served_answers(model, tokenizer, [item.question for item in items], serving, index,
                              grounded=index is not None, max_tokens=settings.gate_max_tokens)
     texts = [answer.text for answer in answers]
@@ -187,6 +201,11 @@ def _criteria(cand: dict, champ: dict, settings: LifecycleSettings) -> list[dict
     add("val_loss", "quality", "loss",
         f"≤ {limit:.4f} (champion − {settings.gate_min_improvement:.1%})" if limit is not None else "finite",
         _finite(loss) and (limit is None or loss <= limit), "val_loss")
+    if _finite(champ["champion_val_loss"]):
+        ceiling = champ["champion_val_loss"] * (1 + settings.gate_max_regression)
+        add("champion_val_loss", "quality", "loss",
+            f"≤ {ceiling:.4f} (champion + {settings.gate_max_regression:.1%}, on its own validation batches)",
+            _finite(cand["champion_val_loss"]) and cand["champion_val_loss"] <= ceiling, "champion_val_loss")
     floor = (champ["accuracy"] or 0.0) - settings.gate_allowed_accuracy_drop
     add("accuracy", "quality", "share", f"≥ {max(floor, 0.0):.1%} (champion − "
         f"{settings.gate_allowed_accuracy_drop:.1%})",

@@ -22,6 +22,9 @@ class LifecycleSettings(BaseSettings):
     gate_min_improvement: float = Field(
         default=0.005, ge=0.0, lt=1.0,
         description="Relative val-loss gain a candidate needs: loss ≤ champion's × (1 − this)")
+    gate_max_regression: float = Field(
+        default=0.005, ge=0.0, lt=1.0,
+        description="On the champion's own validation batches the candidate may lose at most this (relative)")
     gate_allowed_accuracy_drop: float = Field(
         default=0.0, ge=0.0, le=1.0,
         description="Absolute drop of eval accuracy tolerated (0.02 = two percentage points)")

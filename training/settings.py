@@ -46,7 +46,8 @@ class TrainingSettings(BaseSettings):
     lora_scale: float = Field(default=20.0, gt=0.0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lora_layers: int = Field(default=16, ge=1, description="Last N transformer blocks get LoRA")
-    max_seq_length: int = Field(default=256, ge=16, le=32768)
+    max_seq_length: int = Field(default=512, ge=16, le=32768, description=(
+        "Longer examples are cut; grounded prompts (facts + question) run to ~370 tokens"))
     eval_every: int = Field(default=50, ge=1)
     val_batches: int = Field(default=50, ge=1)
     patience: int = Field(default=5, ge=1, description="Evaluations without improvement before stopping")
