@@ -2,8 +2,12 @@
 
 Requests from any thread are batched together with mlx-lm's BatchGenerator (continuous batching),
 so eight chats decode in one forward pass instead of waiting in line. Admission to the batch is
-round-robin over chat keys, so one busy chat cannot starve the others. Adapter swaps happen on the
-worker thread between batches: a request is served entirely by the adapter it started with.
+round-robin over chat keys, so one busy chat cannot starve the others.
+
+Adapter swaps happen on the worker thread and take effect at once: each adapter has its own lane
+(its LoRA layers and its own batch). New requests go to the newest lane while the previous one
+finishes what it started, the two taking turns step by step; so no answer waits for others to end
+before the new adapter serves, and none is produced by two adapters.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from pathlib import Path
 from typing import Iterator
 
 from .adapters import Adapter, AdapterError, production_pointer_path, read_adapter, read_production
-from .lora import apply_adapter, remove_adapter
+from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
 from .loading import ModelInfo, load_base
 from .prompts import render_prompt
+from .sampling import make_sampler
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
+
+POINTER_CHECK_S = 0.1  # how often a busy engine looks at the production pointer (one stat call)
 
 
 class GenerationError(RuntimeError):
@@ -71,6 +78,17 @@ class _Active:
     first_token_at: float | None = None
 
 
+@dataclass
+class _Lane:
+    """The requests one adapter serves: its LoRA layers (mounted on the shared base model for its
+    turn) and its own BatchGenerator, whose KV caches were built with those weights."""
+
+    adapter: Adapter | None
+    layers: list  # (module path, LoRA layer) pairs
+    generator: object | None = None
+    active: dict[int, _Active] = field(default_factory=dict)
+
+
 class Engine:
     def __init__(self, settings: InferenceSettings, *, adapter: Path | None | str = "auto",
                  max_batch: int = 8):
@@ -83,7 +101,7 @@ class Engine:
         self.max_batch = max_batch
         self.adapter: Adapter | None = None
         # "auto" without ADAPTER_PATH follows the production pointer, also when another process
-        # (`python -m training promote`/`rollback`) moves it: checked between generations.
+        # (`python -m training promote`/`rollback`) moves it: checked every POINTER_CHECK_S while serving.
         self._follow_production = adapter == "auto" and settings.adapter_path is None
         self._pointer_seen: tuple[int, int] | None = self._pointer_stamp()
         self._pointer_checked = time.monotonic()
@@ -201,9 +219,9 @@ class Engine:
         return stat.st_mtime_ns, stat.st_ino
 
     def _check_production_pointer(self) -> None:
-        """At most once a second: queue a swap when the pointer names another version."""
+        """Every POINTER_CHECK_S at most: queue a swap when the pointer names another version."""
         now = time.monotonic()
-        if not self._follow_production or now - self._pointer_checked < 1.0:
+        if not self._follow_production or now - self._pointer_checked < POINTER_CHECK_S:
             return
         self._pointer_checked = now
         stamp = self._pointer_stamp()
@@ -233,19 +251,30 @@ class Engine:
         current = read_production(self.settings.farense_home)
         return current[0] if current and Path(current[1]) == folder else None
 
-    def _swap_now(self, adapter: Adapter | None) -> None:
+    def _open_lane(self, adapter: Adapter | None) -> None:
+        """Serve `adapter` from now on; the lane serving before keeps its answers in flight."""
+        previous = self._lanes[-1] if self._lanes else None
         remove_adapter(self.model)
+        self._mounted = None
         if adapter is not None:
             try:
                 apply_adapter(self.model, adapter)
             except Exception:
                 remove_adapter(self.model)
-                if self.adapter is not None:  # restore what was served before
-                    apply_adapter(self.model, self.adapter)
+                if previous is not None:  # back to what was served before
+                    self._mount(previous)
                 raise
         self.model.eval()
+        lane = _Lane(adapter, lora_layers(self.model))
+        self._mounted = lane
+        self._lanes = [old for old in self._lanes if old.active] + [lane]
         log.info("adapter now %s", adapter.version if adapter else "none (base model)")
         self.adapter = adapter
+
+    def _mount(self, lane: _Lane) -> None:
+        if self._mounted is not lane:
+            mount_layers(self.model, lane.layers)
+            self._mounted = lane
 
     def _next_request(self) -> _Request | None:
         """Round-robin over chat keys: take the oldest request of the next key in line."""
@@ -267,14 +296,15 @@ class Engine:
                 settings.model_path, settings.models_root, settings.device, settings.cpu_dtype)
             from mlx_lm.generate import generation_stream as stream
 
-            if initial is not None:
-                try:
-                    self._swap_now(initial)
-                except Exception as error:
-                    if not self._follow_production:
-                        raise
-                    self._unusable_production(error)
-            self.model.eval()
+            self._lanes: list[_Lane] = []  # the last one serves new requests, the others drain
+            self._mounted: _Lane | None = None
+            try:
+                self._open_lane(initial)
+            except Exception as error:
+                if not self._follow_production:
+                    raise
+                self._unusable_production(error)
+                self._open_lane(None)
         except BaseException as error:
             loaded.append(error)
             ready.set()
@@ -288,69 +318,78 @@ class Engine:
             mx.clear_streams()  # MLX's rule: each thread that ran ops clears its streams at its end
 
     def _serve(self, stream) -> None:
-        from mlx_lm.generate import BatchGenerator
-        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        from mlx_lm.sample_utils import make_logits_processors
 
-        generator = None
         penalty = make_logits_processors(repetition_penalty=self.settings.repetition_penalty)
-        active: dict[int, _Active] = {}
         while True:
             self._check_production_pointer()
             with self._wake:
-                if (not self._closed and not active and not self._pending
-                        and self._swap_requests.empty()):
+                busy = any(lane.active for lane in self._lanes)
+                if not self._closed and not busy and not self._pending and self._swap_requests.empty():
                     self._wake.wait()
                     continue  # look at the production pointer before admitting what woke us
                 if self._closed:
                     break
-                admitting = self._swap_requests.empty()
+                serving = self._lanes[-1]
                 new = []
-                while admitting and len(active) + len(new) < self.max_batch:
+                while self._swap_requests.empty() and len(serving.active) + len(new) < self.max_batch:
                     request = self._next_request()
                     if request is None:
                         break
                     new.append(request)
-            if not active and not new and not self._swap_requests.empty():
+            if not self._swap_requests.empty():
                 adapter, done, outcome = self._swap_requests.get()
                 try:
-                    self._swap_now(adapter)
+                    self._open_lane(adapter)
                 except Exception as error:  # reported to the caller (and here), serving goes on
                     outcome.append(error)
                     log.error("could not swap to adapter %s, still serving %s: %s",
                               adapter.version if adapter else None, self.adapter_version or "the base model",
                               error)
                 done.set()
-                generator = None  # caches were built with the old weights
                 continue
-            try:
-                if generator is None:
-                    generator = BatchGenerator(self.model, completion_batch_size=self.max_batch,
-                                               prefill_batch_size=self.max_batch, stream=stream,
-                                               stop_tokens=[[t] for t in self.tokenizer.eos_token_ids])
-                if new:
-                    uids = generator.insert(
-                        [r.prompt for r in new], [r.max_tokens for r in new],
-                        samplers=[make_sampler(r.temperature, r.top_p) for r in new],
-                        logits_processors=[penalty for _ in new])
-                    for uid, request in zip(uids, new):
-                        active[uid] = _Active(request, self.tokenizer.detokenizer, self.adapter_version)
-                responses = generator.next_generated()
-            except Exception as error:
-                log.exception("generation failed")
-                failure = GenerationError(f"generation failed: {type(error).__name__}: {error}")
-                for item in active.values():
-                    item.request.events.put(failure)
-                active.clear()
-                generator = None
-                continue
-            finished = [uid for uid in (self._deliver(active, r) for r in responses) if uid is not None]
-            cancelled = [uid for uid, item in active.items() if item.request.cancelled.is_set()]
-            if cancelled:
-                generator.remove(cancelled)
-            for uid in set(finished) | set(cancelled):
-                active.pop(uid, None)
-        for item in active.values():
-            item.request.events.put(GenerationError("the engine was closed"))
+            for lane in self._lanes:
+                self._step(lane, new if lane is serving else [], stream, penalty)
+            self._lanes = [lane for lane in self._lanes[:-1] if lane.active] + self._lanes[-1:]
+        for lane in self._lanes:
+            for item in lane.active.values():
+                item.request.events.put(GenerationError("the engine was closed"))
+
+    def _step(self, lane: _Lane, new: list[_Request], stream, penalty) -> None:
+        """Admit `new` into the lane's batch and generate one token for each of its requests."""
+        from mlx_lm.generate import BatchGenerator
+
+        if not lane.active and not new:
+            return
+        self._mount(lane)
+        try:
+            if lane.generator is None:
+                lane.generator = BatchGenerator(self.model, completion_batch_size=self.max_batch,
+                                                prefill_batch_size=self.max_batch, stream=stream,
+                                                stop_tokens=[[t] for t in self.tokenizer.eos_token_ids])
+            if new:
+                uids = lane.generator.insert(
+                    [r.prompt for r in new], [r.max_tokens for r in new],
+                    samplers=[make_sampler(r.temperature, r.top_p) for r in new],
+                    logits_processors=[penalty for _ in new])
+                for uid, request in zip(uids, new):
+                    lane.active[uid] = _Active(request, self.tokenizer.detokenizer,
+                                               lane.adapter.version if lane.adapter else None)
+            responses = lane.generator.next_generated()
+        except Exception as error:
+            log.exception("generation failed")
+            failure = GenerationError(f"generation failed: {type(error).__name__}: {error}")
+            for item in lane.active.values():
+                item.request.events.put(failure)
+            lane.active.clear()
+            lane.generator = None
+            return
+        finished = [uid for uid in (self._deliver(lane.active, r) for r in responses) if uid is not None]
+        cancelled = [uid for uid, item in lane.active.items() if item.request.cancelled.is_set()]
+        if cancelled:
+            lane.generator.remove(cancelled)
+        for uid in set(finished) | set(cancelled):
+            lane.active.pop(uid, None)
 
     def _deliver(self, active: dict[int, _Active], response) -> int | None:
         item = active.get(response.uid)

@@ -19,6 +19,19 @@ def remove_adapter(model: nn.Module) -> None:
         model.update_modules(tree_unflatten(wrapped))
 
 
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """The LoRA layers on the model now, by path: enough to mount this adapter again later."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+
+
+def mount_layers(model: nn.Module, layers: list[tuple[str, LoRALinear]]) -> None:
+    """Serve another adapter's LoRA layers (from `lora_layers`): they wrap the same base layers,
+    so switching moves references only, no weights."""
+    remove_adapter(model)
+    if layers:
+        model.update_modules(tree_unflatten(layers))
+
+
 def apply_adapter(model: nn.Module, adapter: Adapter) -> None:
     """Add LoRA layers as the adapter's config says, check every tensor fits, then load them."""
     spec = adapter.spec

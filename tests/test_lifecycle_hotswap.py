@@ -51,7 +51,8 @@ def test_promotion_under_load_swaps_adapter_without_failed_requests(isolated_env
             thread.start()
         wait_for(lambda: len(served) >= 8)
         registry.promote(new, by="pipeline", reason="passed the gate")
-        assert engine.refresh_production()  # what the bot's on_promoted callback does
+        engine.refresh_production()  # what the bot's on_promoted callback does (the engine may
+        assert engine.adapter_version == new  # have followed the pointer already: then a no-op)
         swapped = time.monotonic()
         served_before = len(served)
         wait_for(lambda: len(served) >= served_before + 8)
@@ -66,3 +67,24 @@ def test_promotion_under_load_swaps_adapter_without_failed_requests(isolated_env
     assert set(labels) == {old, new} and labels.count(old) >= 8
     assert all(label == new for submitted, label in served if submitted > swapped)
     assert engine.adapter_version == new
+
+
+def test_new_adapter_serves_at_once_while_answers_in_flight_finish_on_the_old_one(tiny_model_dir, tmp_path):
+    settings = InferenceSettings.load(model_path=str(tiny_model_dir), temperature=0.0, max_tokens=400)
+    engine = Engine(settings, adapter=make_adapter(tiny_model_dir, tmp_path / "old", seed=1))
+    try:
+        alone = engine.generate(QUESTION)  # the old adapter's answer, generated to the token limit
+        assert alone.finish_reason == "length" and alone.adapter == "old"
+        long = engine.submit(QUESTION, key="long")
+        pieces = [long.events.get(timeout=60)]  # in flight
+        engine.set_adapter(make_adapter(tiny_model_dir, tmp_path / "new", seed=2), "new")
+        short = engine.generate(QUESTION, key="short", max_tokens=4)
+        assert short.adapter == "new"
+        assert not any(getattr(event, "done", None) for event in list(long.events.queue))  # still going
+        while pieces[-1].done is None:
+            pieces.append(long.events.get(timeout=60))
+    finally:
+        engine.close()
+    finished = pieces[-1].done
+    assert finished.adapter == "old"  # not moved to the new adapter half way
+    assert "".join(piece.text for piece in pieces) == finished.text == alone.text
