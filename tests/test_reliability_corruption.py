@@ -133,13 +133,13 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
         final = bot.ask(USER, USER, text)
         return bot.store.message_by_telegram_id(USER, final.response["result"]["message_id"])
 
-    assert asked("Olá?").adapter_version == "v0001"
+    assert asked("Quem foi Hassan Nader?").adapter_version == "v0001"  # in the knowledge base: the model answers
     for number, kind in enumerate(CORRUPTIONS):
         broken = damaged(tiny_model_dir, isolated_env / "adapters" / f"broken{number}", kind)
         pointer.write_text(json.dumps({"version": f"broken{number}", "path": str(broken)}))
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="inference.engine"):
-            row = asked(f"Pergunta {number}?")
+            row = asked("Quem foi Hassan Nader?")
         assert row.adapter_version == "v0001", kind
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1 and "still serving v0001" in errors[0] and CORRUPTIONS[kind][1] in errors[0], errors
@@ -147,7 +147,7 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
         pointer.write_text(torn)
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="inference.engine"):
-            assert asked("E agora?").adapter_version == "v0001"
+            assert asked("Quando foi fundado o Farense?").adapter_version == "v0001"
         assert f"{pointer} is corrupt" in caplog.text and "still serving v0001" in caplog.text
 
     since = len(bot.server.calls())
@@ -156,7 +156,7 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
     status = bot.server.wait_for("sendMessage", since=since).params["text"]
     assert "Adapter served: v0001" in status and "Adapter in production: unreadable" in status
     registry.promote("v0002", by="admin", reason="repair the pointer")  # what the error tells to do
-    assert asked("E agora sim?").adapter_version == "v0002"
+    assert asked("Qual é o estádio do Farense?").adapter_version == "v0002"
     assert bot.store.counts()["messages"] == len(CORRUPTIONS) + 5  # every question answered and logged
 
 

@@ -109,7 +109,9 @@ def test_sigterm_then_sigkill_of_the_launcher_each_leave_a_checkpoint_and_distri
 
     assert child.returncode == 0, stderr
     done = seen[-1]
-    assert done["event"] == "done" and done["status"] == "cancelled" and "SIGTERM" in done["reason"]
+    # The launcher forwards SIGTERM to every rank; whichever rank sees it first stops them all.
+    assert done["event"] == "done" and done["status"] == "cancelled"
+    assert "SIGTERM" in done["reason"] or "another rank's stop request" in done["reason"], done["reason"]
     stopped = done["step"]
     assert 2 <= stopped < ITERS and [e for e in seen if e["event"] == "checkpoint"][-1]["step"] == stopped
     run_dir = isolated_env / "runs" / done["run_id"]
