@@ -180,45 +180,6 @@ class InstantEngine:
                                                   self.model_id, self.adapter_version))
 
 
-class RunningBot:
-    """The Application on its own event loop thread, polling the loopback server (as in the tests)."""
-
-    def __init__(self, application):
-        self.application = application
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="bot-loop")
-        self.thread.start()
-
-    def run(self, coroutine, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    async def _start(self):
-        app = self.application
-        await app.initialize()
-        await app.post_init(app)
-        await app.start()
-        await app.updater.start_polling(poll_interval=0, timeout=1)
-
-    async def _stop(self):
-        app = self.application
-        await app.updater.stop()
-        await app.stop()
-        await app.shutdown()
-        await app.post_shutdown(app)
-
-    def __enter__(self) -> "RunningBot":
-        self.run(self._start())
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        try:
-            self.run(self._stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=30)
-            self.loop.close()
-
-
 class RssSampler(threading.Thread):
     def __init__(self):
         super().__init__(name="rss-sampler", daemon=True)
@@ -233,14 +194,18 @@ def run(label: str, engine, store, server, args) -> dict:
     from bot.app import build_application
     from bot.settings import BotSettings
     from data.settings import DataSettings
+    from tests.conftest import RunningBot
 
     settings = BotSettings.load(telegram_bot_token=TOKEN, telegram_base_url=server.base_url,
                                 admin_user_ids=(1,), rate_limit_per_minute=1000)
     application = build_application(settings, engine, store, data_settings=DataSettings.load())
     probe = Probe(server, args.users, args.questions)
     probe.instrument(application.bot_data["services"].conversations, engine)
-    with RunningBot(application):
+    bot = RunningBot(server, application, engine, store).start()  # the tests' harness
+    try:
         seconds = probe.run(timeout=600)
+    finally:
+        bot.stop()
     result = probe.figures()
     print(f"  {label}: {result['answered']} answered ({result['declined']} declined without the model, "
           f"{result['failed']} failed) in {seconds:.1f} s", flush=True)

@@ -118,8 +118,6 @@ class RunningBot:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=30)
             self.loop.close()
-            self.engine.close()
-            self.store.close()
 
 
 @pytest.fixture
@@ -159,5 +157,9 @@ def start_bot(tiny_model_dir, isolated_env, monkeypatch):
 
     yield start
     for bot in running:
-        bot.stop()
+        try:
+            bot.stop()
+        finally:
+            bot.engine.close()
+            bot.store.close()
     server.stop()
