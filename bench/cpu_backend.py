@@ -3,7 +3,7 @@
 Each configuration runs in its own process (the BLAS is chosen before mlx is imported), and the
 configurations alternate over several rounds so machine noise hits them alike. Prints prompt and
 decode tokens/s per configuration and ratios against the engine's default (OpenBLAS + float32).
-Training tokens/s too: LoRA steps of the trainer (`training.loop.make_step`, the default LoRA
+Training tokens/s too: LoRA steps of the trainer (`training.trainer.loop.make_step`, the default LoRA
 settings) on the same median-length batches of the seed dataset in every configuration; trained
 tokens = assistant (target) tokens, one warm-up step left out.
 
@@ -53,9 +53,10 @@ from pathlib import Path
 import inference
 from inference.loading import load_base
 from inference.settings import InferenceSettings
-from training.batching import batch_groups, collate, load_examples, pad_id
-from training.lora import apply_lora
-from training.loop import make_loss, make_optimizer, make_step
+from training.trainer.batching import batch_groups, collate, load_examples, pad_id
+from training.trainer.lora import apply_lora
+from training.trainer.distributed import OneRank
+from training.trainer.loop import make_loss, make_optimizer, make_step
 from training.settings import TrainingSettings
 import mlx.core as mx
 dataset, batch_size, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -69,11 +70,13 @@ middle = len(groups) // 2
 batches = [collate([examples[i] for i in g], pad_id(tok)) for g in groups[middle: middle + steps + 1]]
 model.train()
 optimizer = make_optimizer(t)
-step = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=t.grad_clip, compiled=False)
+forward, apply = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=t.grad_clip,
+                           compiled=False, dist=OneRank())
 for i, b in enumerate(batches):  # the first is a warm-up
     if i == 1:
         tic = time.perf_counter()
-    loss, count, _ = step(b.inputs, b.positions, b.labels, b.weights, None, True, b.shared)
+    loss, count, grads = forward(b.inputs, b.positions, b.labels, b.weights, b.weights.sum(), None, b.shared)
+    apply(grads)
     mx.eval(model.parameters(), optimizer.state, loss, count)
 seconds = time.perf_counter() - tic
 targets = sum(int(b.weights.sum().item()) for b in batches[1:])

@@ -114,7 +114,7 @@ def main() -> None:
     from inference.modelstore import resolve_model
     from inference.settings import InferenceSettings
     from tests.models import make_adapter
-    from training.registry import Registry
+    from training.lifecycle.registry import Registry
 
     settings = InferenceSettings.load()
     model_dir = Path(resolve_model(settings.model_path, settings.models_root))

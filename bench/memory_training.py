@@ -1,6 +1,6 @@
 """Training memory: the auto-tuner's plan (training/memory.py) against the peak a run really reaches.
 
-Each budget is one `training.job.launch` run in a fresh child process, on the embedded SmolLM2-135M
+Each budget is one `training.trainer.launch.launch` run in a fresh child process, on the embedded SmolLM2-135M
 and the seed dataset (`data.build_dataset` in a scratch FARENSE_HOME), cut to the longest training
 examples: every batch is then about as wide as the one the tuner planned for (it plans for the
 longest example), so the measured peak is the worst case the plan must cover. Prints, per budget,
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def child(budget: str, steps: int, dataset: Path, out: Path) -> None:
     import inference  # noqa: F401  (OpenBLAS before mlx)
     from inference.settings import InferenceSettings
-    from training.job import launch
-    from training.runs import Reporter
+    from training.trainer.launch import launch
+    from training.trainer.reporting import Reporter
     from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(dataset=dataset, iters=steps, eval_every=10**6, val_batches=1,

@@ -55,8 +55,8 @@ def child(arm: str, args, out: Path) -> None:
 
 def train_ours(args) -> dict:
     from inference.settings import InferenceSettings
-    from training.job import launch
-    from training.runs import Reporter
+    from training.trainer.launch import launch
+    from training.trainer.reporting import Reporter
     from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(
@@ -92,7 +92,7 @@ def train_mlx_lm(args) -> dict:
 
     from inference.loading import load_base
     from inference.settings import InferenceSettings
-    from training.batching import served_messages
+    from training.trainer.batching import served_messages
 
     serving = InferenceSettings.load()
     model, tokenizer, _ = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)

@@ -19,8 +19,8 @@ from data.builder import MANIFEST, latest_dataset
 from data.knowledge import FactRow, add_fact, amend_fact, get_fact, knowledge_stats, list_facts, remove_fact
 from data.store import LoggedMessage, Store
 from inference.grounding import detect_language
-from training.pipeline import pipeline_state
-from training.registry import Registry
+from training.lifecycle.pipeline import pipeline_state
+from training.lifecycle.registry import Registry
 
 from .plot import latest_run
 from .retraining import duration

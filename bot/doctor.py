@@ -69,7 +69,7 @@ class Doctor:
     # -- settings and Telegram ------------------------------------------------------------------
 
     def settings(self) -> Check:
-        from training.lifecycle_settings import LifecycleSettings
+        from training.lifecycle.settings import LifecycleSettings
         from training.settings import TrainingSettings
 
         problems = []
@@ -228,9 +228,9 @@ class Doctor:
         if self.model_folder is None:
             return Check("memory", SKIP, "the model is not on disk yet (see model); run doctor again after the first start")
         from inference.loading import load_base
-        from training import memory
-        from training.lora import apply_lora
         from training.settings import TrainingSettings
+        from training.trainer import memory
+        from training.trainer.lora import apply_lora
 
         settings = TrainingSettings.load()
         budget = settings.memory_budget_gb or memory.default_budget_gb()  # before loading, like training
@@ -284,7 +284,7 @@ class Doctor:
     def registry(self) -> Check:
         if self.inference is None:
             return Check("registry", SKIP, "settings invalid")
-        from training.registry import PRODUCTION, Registry, RegistryError
+        from training.lifecycle.registry import PRODUCTION, Registry, RegistryError
 
         registry = Registry(self.inference.farense_home, base_model=self.model_folder)
         try:
@@ -378,7 +378,7 @@ def format_checklist(checks: list[Check]) -> str:
 
 
 def repair_registry() -> list[str]:
-    from training.registry import Registry
+    from training.lifecycle.registry import Registry
 
     return Registry(InferenceSettings.load().farense_home).repair() or ["nothing to repair"]
 

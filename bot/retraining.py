@@ -17,7 +17,7 @@ from datetime import datetime
 from data.backup import scheduled_backup
 from data.store import Store
 from inference.engine import Engine
-from training.pipeline import run_pipeline
+from training.lifecycle.pipeline import run_pipeline
 
 from .logs import log_context
 

@@ -18,7 +18,7 @@ from bot.settings import BotSettings  # noqa: E402
 from data.settings import DataSettings  # noqa: E402
 from inference.backend import BackendSettings  # noqa: E402
 from inference.settings import InferenceSettings  # noqa: E402
-from training.lifecycle_settings import LifecycleSettings  # noqa: E402
+from training.lifecycle.settings import LifecycleSettings  # noqa: E402
 from training.settings import TrainingSettings  # noqa: E402
 
 SECTIONS = [
@@ -27,7 +27,7 @@ SECTIONS = [
     ("CPU BLAS (inference/backend.py)", BackendSettings),
     ("Conversation store and datasets (data/settings.py)", DataSettings),
     ("LoRA training (training/settings.py)", TrainingSettings),
-    ("Adapter gate and pipeline (training/lifecycle_settings.py)", LifecycleSettings),
+    ("Adapter gate and pipeline (training/lifecycle/settings.py)", LifecycleSettings),
 ]
 
 

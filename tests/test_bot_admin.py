@@ -10,7 +10,7 @@ from apscheduler.events import EVENT_JOB_EXECUTED
 
 from bot.retraining import BUSY, NIGHTLY_JOB_ID
 from data.knowledge import list_facts
-from training.registry import Registry
+from training.lifecycle.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
 from .conftest import BOT_ADMIN, BOT_TOKEN

@@ -16,8 +16,8 @@ import pytest
 
 from data.seed import load_eval
 from data.settings import PACKAGE_SEED_DIR
-from training.gate import degenerate, gate_items, gate_version
-from training.registry import REJECTED, Registry
+from training.evaluation.gate import degenerate, gate_items, gate_version
+from training.lifecycle.registry import REJECTED, Registry
 
 from .models import make_adapter
 

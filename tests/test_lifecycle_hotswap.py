@@ -11,7 +11,7 @@ import time
 
 from inference.engine import Engine
 from inference.settings import InferenceSettings
-from training.registry import Registry
+from training.lifecycle.registry import Registry
 
 from .models import make_adapter
 

@@ -14,8 +14,8 @@ import pytest
 
 from inference.adapters import read_production
 from training import runs
-from training.pipeline import LOCK_FILE, RUNNING_FILE, pipeline_state, run_pipeline
-from training.registry import REJECTED, Registry
+from training.lifecycle.pipeline import LOCK_FILE, RUNNING_FILE, pipeline_state, run_pipeline
+from training.lifecycle.registry import REJECTED, Registry
 
 from .models import make_adapter
 from .test_lifecycle_gate import TRAIN_ARGS, lifecycle_env, write_seed
@@ -117,7 +117,7 @@ def test_stale_lock_of_a_dead_pipeline_is_taken_over(home, caplog):
     (home / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "since": "2026-01-01T03:00:00+0000"}))
     (home / RUNNING_FILE).write_text(json.dumps({"pid": dead.pid, "stage": "train"}))
     assert pipeline_state(home)["running"] is False
-    with caplog.at_level(logging.WARNING, logger="training.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="training.lifecycle.pipeline"):
         result = run_pipeline(trigger="nightly", requested_by="scheduler", train_args=FAIL_FAST)
     assert result.outcome == "failed"  # it ran (and failed on purpose), it was not "busy"
     assert f"taking over a stale pipeline lock of pid {dead.pid}" in caplog.text
@@ -126,7 +126,7 @@ def test_stale_lock_of_a_dead_pipeline_is_taken_over(home, caplog):
 
 def test_pipeline_started_elsewhere_makes_this_one_busy(home):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from training.pipeline import _pipeline_lock\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from training.lifecycle.pipeline import _pipeline_lock\n"
          "with _pipeline_lock(Path(sys.argv[1]), trigger='nightly', requested_by='cron'):\n"
          "    print('locked', flush=True); sys.stdin.read()", str(home)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -158,7 +158,7 @@ def test_pipeline_going_down_stops_its_child_with_a_checkpoint(home):
 
 
 def test_a_stopped_run_is_resumed_once_not_forever(home):
-    from training.pipeline import _interrupted_run
+    from training.lifecycle.pipeline import _interrupted_run
 
     run = runs.new_run(home)
     run.write_json("config.json", {"run_id": run.id})

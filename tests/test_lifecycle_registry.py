@@ -11,7 +11,7 @@ import pytest
 
 from inference.adapters import AdapterError, read_production
 from training import runs
-from training.registry import CANDIDATE, PRODUCTION, RETIRED, Registry, RegistryError
+from training.lifecycle.registry import CANDIDATE, PRODUCTION, RETIRED, Registry, RegistryError
 
 from .models import make_adapter, make_tiny_model
 

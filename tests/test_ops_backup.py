@@ -24,8 +24,9 @@ from data.store import Store
 from inference.adapters import read_production
 from inference.engine import Engine
 from inference.settings import InferenceSettings
-from training import pipeline, runs
-from training.registry import Registry
+from training import runs
+from training.lifecycle import pipeline
+from training.lifecycle.registry import Registry
 
 from .models import make_adapter
 

@@ -15,7 +15,7 @@ from bot.doctor import FAIL, OK, SKIP, WARN, Doctor, run_doctor
 from bot.service import hold_running_lock
 from data.backup import create_backup
 from data.store import Store
-from training.registry import Registry
+from training.lifecycle.registry import Registry
 
 from .botapi import BotApiServer
 from .models import make_adapter

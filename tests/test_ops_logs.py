@@ -59,7 +59,7 @@ def test_one_json_line_per_event_with_chat_and_run_and_no_secrets(isolated_env, 
             log.exception("failed on %s", f"IBAN {PERSONAL[3]}")
 
         async def in_a_worker_thread():
-            await asyncio.to_thread(logging.getLogger("training.pipeline").info, "pipeline promoted: v0002")
+            await asyncio.to_thread(logging.getLogger("training.lifecycle.pipeline").info, "pipeline promoted: v0002")
 
         asyncio.run(in_a_worker_thread())
     log.info("outside any chat")
@@ -77,7 +77,7 @@ def test_one_json_line_per_event_with_chat_and_run_and_no_secrets(isolated_env, 
     assert lines[2]["msg"] == "question from Ana: call me on [phone] or [email]"
     assert "Traceback" in lines[3]["exc"] and "[email]" in lines[3]["exc"] and "[card]" in lines[3]["exc"]
     assert lines[3]["msg"] == "failed on IBAN [iban]" and lines[3]["level"] == "ERROR"
-    assert (lines[4]["component"], lines[4]["run"]) == ("training.pipeline", "nightly-20250501-030000")
+    assert (lines[4]["component"], lines[4]["run"]) == ("training.lifecycle.pipeline", "nightly-20250501-030000")
     assert (lines[5]["chat"], lines[5]["run"]) == (None, None)
     stderr = capfd.readouterr().err
     assert "answered chat -1001234567890" in stderr and "[chat -1001234567890, run nightly-" in stderr

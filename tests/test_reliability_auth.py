@@ -15,7 +15,7 @@ from telegram.error import InvalidToken
 from bot.settings import BotSettings
 from inference.adapters import read_production
 from inference.settings import SettingsError
-from training.registry import Registry
+from training.lifecycle.registry import Registry
 
 from .botapi import BotApiServer
 from .conftest import BOT_ADMIN, BOT_TOKEN

@@ -20,9 +20,10 @@ from data.settings import DataSettings
 from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, production_pointer_path
 from inference.engine import Engine
 from inference.settings import InferenceSettings
-from training import checkpoint, runs
-from training.pipeline import run_pipeline
-from training.registry import Registry
+from training import runs
+from training.trainer import checkpoint
+from training.lifecycle.pipeline import run_pipeline
+from training.lifecycle.registry import Registry
 
 from .conftest import BOT_ADMIN
 from .models import make_adapter
@@ -198,7 +199,7 @@ def test_torn_history_line_is_skipped_and_said(isolated_env, tiny_model_dir, tmp
                      by="test", reason="setup")
     with open(registry.root / "history.jsonl", "a") as handle:
         handle.write('{"at": "2026-01-01T03:00:00+0000", "action": "prom')  # a crash mid-append
-    with caplog.at_level(logging.WARNING, logger="training.registry"):
+    with caplog.at_level(logging.WARNING, logger="training.lifecycle.registry"):
         assert [h["version"] for h in registry.history()] == ["v0001"]
     assert "history.jsonl line 2 is not JSON" in caplog.text
 
@@ -215,7 +216,7 @@ def test_a_run_whose_checkpoints_are_all_corrupt_is_not_resumed_but_trained_afre
     for folder in checkpoint.checkpoints(interrupted.checkpoints):
         (folder / "index.json").write_text("{garbage")
     events: list[dict] = []
-    with caplog.at_level(logging.WARNING, logger="training.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="training.lifecycle.pipeline"):
         result = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=events.append,
                               train_args=args)
     assert f"cannot resume {interrupted.id}" in caplog.text and "checkpoint" in caplog.text

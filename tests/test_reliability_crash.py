@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 
 from inference.adapters import read_adapter, read_production
-from training import checkpoint, runs
-from training.pipeline import LOCK_FILE, pipeline_state, run_pipeline
-from training.registry import PRODUCTION, Registry
+from training import runs
+from training.trainer import checkpoint
+from training.lifecycle.pipeline import LOCK_FILE, pipeline_state, run_pipeline
+from training.lifecycle.registry import PRODUCTION, Registry
 
 from .models import make_adapter
 from .test_lifecycle_gate import lifecycle_env, write_seed
@@ -54,7 +55,7 @@ def _die():
 
 if _POINT.startswith("checkpoint:"):
     import inference  # the optimized BLAS before mlx, as in production
-    from training import checkpoint as _checkpoint
+    from training.trainer import checkpoint as _checkpoint
 
     _wanted, _seen = int(_POINT.split(":")[1]), [0]
     _fsync = _checkpoint.fsync_dir_files
@@ -70,7 +71,7 @@ elif _POINT.startswith(("promote:", "rollback:")):
     import functools
 
     import inference
-    from training import registry as _registry
+    from training.lifecycle import registry as _registry
 
     _action, _wanted, _when = _POINT.split(":")
     _wanted, _state = int(_wanted), {"active": False, "writes": 0}
@@ -170,7 +171,7 @@ def run_child(code: str, *args, env: dict | None = None) -> subprocess.Completed
 SWITCH = r'''
 import sys
 from pathlib import Path
-from training.registry import Registry
+from training.lifecycle.registry import Registry
 registry = Registry(Path(sys.argv[1]), base_model=sys.argv[2])
 if sys.argv[3] == "promote":
     registry.promote("v0002", by="pipeline", reason="passed the gate")
@@ -222,7 +223,7 @@ def test_promotion_killed_at_each_phase_leaves_old_or_new_and_a_working_registry
 CHURN = r'''
 import sys
 from pathlib import Path
-from training.registry import Registry, RegistryError
+from training.lifecycle.registry import Registry, RegistryError
 home, model, adapter = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 registry = Registry(home, keep=4, base_model=model)
 from inference.adapters import read_adapter

@@ -17,7 +17,7 @@ from bot.settings import BotSettings
 from data.settings import DataSettings
 from data.settings import SettingsError as DataSettingsError
 from inference.settings import InferenceSettings, SettingsError
-from training.lifecycle_settings import LifecycleSettings
+from training.lifecycle.settings import LifecycleSettings
 from training.settings import TrainingSettings
 
 EXAMPLES = int(os.environ.get("SETTINGS_EXAMPLES", "400"))

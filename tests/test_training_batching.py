@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from training.batching import (DatasetError, collate, encode, frozen_valid_batches, length_batches,
+from training.trainer.batching import (DatasetError, collate, encode, frozen_valid_batches, length_batches,
                                load_examples, padding_fraction)
 
 from .test_training_support import chat, write_dataset, write_jsonl
@@ -89,7 +89,7 @@ def test_frozen_valid_batches_are_identical_every_time_and_span_all_lengths(tmp_
 def test_validation_loss_is_a_deterministic_token_weighted_mean(tmp_path, tokenizer, tiny_model_dir):
     from mlx_lm.utils import load
 
-    from training.loop import validation_loss
+    from training.trainer.loop import validation_loss
 
     folder = write_dataset(tmp_path / "ds", train=4, valid=12)
     model, _ = load(str(tiny_model_dir))
@@ -108,7 +108,7 @@ def test_invalid_utf8_line_is_reported_and_skipped(tmp_path, tiny_model_dir, cap
 
     from mlx_lm.utils import load_tokenizer
 
-    from training.batching import load_examples
+    from training.trainer.batching import load_examples
 
     good = _json.dumps({"messages": [{"role": "user", "content": "Olá?"}, {"role": "assistant", "content": "Olá!"}]})
     split = tmp_path / "train.jsonl"

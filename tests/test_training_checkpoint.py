@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from training import checkpoint
-from training.checkpoint import CheckpointError
+from training.trainer import checkpoint
+from training.trainer.checkpoint import CheckpointError
 
 from .test_training_support import adapter, cli, dataset, mark, tiny_env, train_here  # noqa: F401 (fixtures)
 

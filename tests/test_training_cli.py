@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.memory import GB, MemoryBudgetError, ModelShape, estimate_bytes, plan
+from training.trainer.memory import GB, MemoryBudgetError, ModelShape, estimate_bytes, plan
 
 from .test_training_support import cli, dataset, tiny_env, train_here  # noqa: F401 (fixtures)
 

@@ -153,7 +153,7 @@ def test_sigterm_then_sigkill_of_the_launcher_each_leave_a_checkpoint_and_distri
 
 def test_the_pipeline_trains_on_two_ranks_when_train_distributed_is_set(tiny_model_dir, isolated_env, monkeypatch,
                                                                          tmp_path):
-    from training.pipeline import run_pipeline
+    from training.lifecycle.pipeline import run_pipeline
 
     from .test_lifecycle_gate import lifecycle_env, write_seed
 

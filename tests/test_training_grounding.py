@@ -16,9 +16,9 @@ from data.settings import DataSettings
 from data.store import Store
 from inference.grounding import DECLINE, FactIndex, build_grounded
 from inference.settings import InferenceSettings
-from training.grounding import default_out_folder, ground_dataset
-from training.pipeline import run_pipeline
-from training.registry import Registry
+from training.evaluation.grounding import default_out_folder, ground_dataset
+from training.lifecycle.pipeline import run_pipeline
+from training.lifecycle.registry import Registry
 
 from .models import make_adapter
 from .test_lifecycle_gate import TRAIN_ARGS, lifecycle_env, write_seed
@@ -146,7 +146,7 @@ def test_pipeline_grounds_before_training_and_the_gate_answers_from_retrieved_fa
 def test_served_answers_put_the_retrieved_fact_in_the_prompt_and_decline_without_generating(
         knowledge, tiny_model_dir):
     from inference.loading import load_base
-    from training.evaluate import served_answers
+    from training.evaluation.evaluate import served_answers
 
     model, tokenizer, _ = load_base(str(tiny_model_dir), tiny_model_dir.parent)
     serving = InferenceSettings.load()

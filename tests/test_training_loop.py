@@ -16,7 +16,7 @@ def _lora_model(tiny_model_dir):
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from training.lora import apply_lora
+    from training.trainer.lora import apply_lora
 
     model, tokenizer = load(str(tiny_model_dir))
     mx.random.seed(0)
@@ -28,8 +28,9 @@ def test_gradients_reach_lora_only_and_the_compiled_step_matches_the_plain_one(d
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from training.batching import collate, load_examples
-    from training.loop import make_loss, make_optimizer, make_step
+    from training.trainer.batching import collate, load_examples
+    from training.trainer.distributed import OneRank
+    from training.trainer.loop import make_loss, make_optimizer, make_step
     from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(learning_rate=1e-3, warmup_steps=0, iters=10)
@@ -40,10 +41,13 @@ def test_gradients_reach_lora_only_and_the_compiled_step_matches_the_plain_one(d
         batch = collate(examples[:4], 0)
         before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
         optimizer = make_optimizer(settings)
-        step = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0, compiled=compiled)
+        forward, apply = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0,
+                                   compiled=compiled, dist=OneRank())
         losses[compiled] = []
         for _ in range(3):
-            loss, _, _ = step(batch.inputs, batch.positions, batch.labels, batch.weights, None, True)
+            loss, _, grads = forward(batch.inputs, batch.positions, batch.labels, batch.weights,
+                                     batch.weights.sum(), None)
+            apply(grads)
             mx.eval(model.parameters(), optimizer.state, loss)
             losses[compiled].append(loss.item())
         after = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
@@ -58,9 +62,10 @@ def test_gradients_reach_lora_only_and_the_compiled_step_matches_the_plain_one(d
 def test_gradient_checkpointing_gives_the_same_step_and_touches_only_that_model(dataset, tiny_model_dir):
     import mlx.core as mx
 
-    from training.batching import collate, load_examples
-    from training.lora import adapter_weights, use_grad_checkpoint
-    from training.loop import make_loss, make_optimizer, make_step
+    from training.trainer.batching import collate, load_examples
+    from training.trainer.lora import adapter_weights, use_grad_checkpoint
+    from training.trainer.distributed import OneRank
+    from training.trainer.loop import make_loss, make_optimizer, make_step
     from training.settings import TrainingSettings
 
     results = []
@@ -70,10 +75,13 @@ def test_gradient_checkpointing_gives_the_same_step_and_touches_only_that_model(
             use_grad_checkpoint(model)
         batch = collate(load_examples(dataset / "train.jsonl", tokenizer, SYSTEM, 256)[:4], 0)
         optimizer = make_optimizer(TrainingSettings.load(learning_rate=1e-3, warmup_steps=0, iters=10))
-        step = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0, compiled=False)
+        forward, apply = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0,
+                                   compiled=False, dist=OneRank())
         losses = []
         for _ in range(2):
-            loss, _, _ = step(batch.inputs, batch.positions, batch.labels, batch.weights, None, True)
+            loss, _, grads = forward(batch.inputs, batch.positions, batch.labels, batch.weights,
+                                     batch.weights.sum(), None)
+            apply(grads)
             mx.eval(model.parameters(), optimizer.state, loss)
             losses.append(loss.item())
         results.append((losses, adapter_weights(model), type(model.layers[0]).__name__))

@@ -14,7 +14,7 @@ def _lora_model(tiny_model_dir):
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from training.lora import apply_lora
+    from training.trainer.lora import apply_lora
 
     model, tokenizer = load(str(tiny_model_dir))
     mx.random.seed(0)
@@ -27,7 +27,7 @@ def _lora_model(tiny_model_dir):
 
 
 def test_shared_columns_stop_at_the_first_difference_and_before_the_first_target():
-    from training.batching import shared_columns
+    from training.trainer.batching import shared_columns
 
     inputs = np.array([[1] * 20 + [2, 3, 4], [1] * 20 + [5, 6, 7]])
     targets = np.zeros_like(inputs, bool)
@@ -43,7 +43,7 @@ def test_shared_columns_stop_at_the_first_difference_and_before_the_first_target
 def test_collated_batches_share_the_system_prompt_but_no_target(dataset, tiny_model_dir):
     from mlx_lm.utils import load_tokenizer
 
-    from training.batching import collate, load_examples
+    from training.trainer.batching import collate, load_examples
 
     examples = load_examples(dataset / "train.jsonl", load_tokenizer(tiny_model_dir), SYSTEM, 256)
     batch = collate(examples[:4], 0)
@@ -59,9 +59,9 @@ def test_loss_and_gradients_with_the_shared_prefix_equal_the_plain_ones(dataset,
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from training.batching import collate, load_examples
-    from training.lora import use_grad_checkpoint
-    from training.loop import make_loss
+    from training.trainer.batching import collate, load_examples
+    from training.trainer.lora import use_grad_checkpoint
+    from training.trainer.loop import make_loss
 
     model, tokenizer = _lora_model(tiny_model_dir)
     if checkpointed:  # the shared pass is not used then (see prefix.can_share): same numbers anyway
@@ -84,8 +84,8 @@ def test_loss_and_gradients_with_the_shared_prefix_equal_the_plain_ones(dataset,
 
 
 def test_the_probe_refuses_sharing_under_gradient_checkpointing(tiny_model_dir):
-    from training.lora import use_grad_checkpoint
-    from training.prefix import can_share
+    from training.trainer.lora import use_grad_checkpoint
+    from training.trainer.prefix import can_share
 
     model, _ = _lora_model(tiny_model_dir)
     assert can_share(model, model.model)
@@ -94,7 +94,7 @@ def test_the_probe_refuses_sharing_under_gradient_checkpointing(tiny_model_dir):
 
 
 def test_batches_are_drawn_from_examples_that_start_alike_so_they_share_a_prefix():
-    from training.batching import PREFIX_KEY_TOKENS, Example, batch_groups, collate
+    from training.trainer.batching import PREFIX_KEY_TOKENS, Example, batch_groups, collate
 
     def example(start: int, length: int) -> Example:
         tokens = np.array([start] * PREFIX_KEY_TOKENS + list(range(100, 100 + length)), np.int32)

@@ -54,8 +54,8 @@ def tiny_env(monkeypatch, tiny_model_dir) -> dict:
 def train_here(dataset: Path, *, resume: bool = False, run_id: str | None = None, **flags):
     """A run in this process (as `python -m training run` would do it); returns (Run, Outcome)."""
     from inference.settings import InferenceSettings
-    from training.job import launch
-    from training.runs import Reporter
+    from training.trainer.launch import launch
+    from training.trainer.reporting import Reporter
     from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(dataset=dataset, **flags)

@@ -1,13 +1,8 @@
-"""LoRA training of the Farense bot's model: `python -m training run|status`.
+"""LoRA training of the Farense bot's model and the life of its adapters (`python -m training COMMAND`).
 
-What other packages call (the gate, the pipeline):
-    frozen_valid_batches(tokenizer, valid_path, system_prompt, batch_size, max_seq_length, max_batches)
-    validation_loss(model, batches) -> float
-    run_valid_batches(run_dir, tokenizer)  — the exact validation batches a run used
+Three parts with different runtimes, imported one way (tests/test_import_contract.py checks it):
+    trainer/     MLX; runs only in `python -m training run` processes
+    lifecycle/   no MLX; registry, pipeline, reports: the only part the bot imports
+    evaluation/  MLX; gate, evaluate, ground (children of the pipeline, or commands)
+plus MLX-free modules both use: cli (the command table), errors (exit codes), runs, files.
 """
-
-from .batching import frozen_valid_batches
-from .job import run_valid_batches
-from .loop import validation_loss
-
-__all__ = ["frozen_valid_batches", "run_valid_batches", "validation_loss"]

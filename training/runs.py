@@ -1,16 +1,14 @@
-"""Run folders under $FARENSE_HOME/runs/<run_id>/, their status, metrics, and progress reporting.
+"""Run folders under $FARENSE_HOME/runs/<run_id>/ and their status: written by the trainer, read by
+the lifecycle (`status`, the pipeline's resume of an interrupted run), so no MLX here.
 
     config.json      settings, memory plan, base model, dataset, fingerprint, valid-batch recipe
                      (and `distributed`: world size and backend, for a data-parallel run)
     manifest.json    copy of the dataset's manifest
     metrics.jsonl    one JSON object per line: {"kind": "train"|"eval", "step": ..., ...}
     status.json      state (running|finished|failed|cancelled|early_stopped), reason, pid, times, losses
-    checkpoints/     step-NNNNNNN/ (see checkpoint.py)
+    checkpoints/     step-NNNNNNN/ (see trainer/checkpoint.py)
     adapters/best    lowest validation loss so far (mlx-lm adapter folder)
     adapters/final   weights at the end of the run
-
-A parent process (the bot's pipeline) follows a child with `--events`: one JSON object per stdout
-line, {"event": "start"|"step"|"eval"|"checkpoint"|"done"|"error", ...}; logs stay on stderr.
 """
 
 from __future__ import annotations
@@ -19,12 +17,12 @@ import fcntl
 import json
 import logging
 import os
-import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -169,77 +167,5 @@ def training_lock(home: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-class Reporter:
-    """Progress for people (a bar on stderr when it is a terminal) and programs (--events on stdout)."""
-
-    def __init__(self, events: bool, stream=None):
-        self.events = events
-        self.stream = stream or sys.stdout
-        self.bar = sys.stderr.isatty()
-        self._drawn = False
-
-    stop = None  # the run's StopFlag: a vanished events reader stops the run like SIGTERM
-
-    def emit(self, event: str, **fields) -> None:
-        if self.events:
-            try:
-                self.stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-                self.stream.flush()
-            except BrokenPipeError:
-                self._reader_gone()
-        if self.bar and event == "step":
-            self._draw(fields)
-
-    def _reader_gone(self) -> None:
-        """The parent (pipeline, bot) died: stop writing events, checkpoint, end "cancelled"."""
-        self.events = False
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self.stream.fileno())  # later flushes at exit must not raise again
-        os.close(devnull)
-        if self.stop is not None and self.stop.signal is None:
-            self.stop.signal = "events reader gone"
-            logging.getLogger(__name__).warning("events pipe closed: saving a checkpoint and stopping")
-
-    def _draw(self, f: dict) -> None:
-        width = 24
-        done = int(width * f["step"] / max(1, f["total"]))
-        val = f" val {f['val_loss']:.3f}" if f.get("val_loss") is not None else ""
-        eta = f" eta {int(f['eta_s']) // 60}m{int(f['eta_s']) % 60:02d}s" if f.get("eta_s") is not None else ""
-        sys.stderr.write(f"\r\033[K[{'#' * done}{'.' * (width - done)}] {f['step']}/{f['total']} "
-                         f"loss {f['loss']:.3f}{val} {f.get('tokens_per_s', 0):.0f} tok/s{eta}")
-        sys.stderr.flush()
-        self._drawn = True
-
-    def clear(self) -> None:
-        """Before a log line: wipe the bar so the line is not glued to it."""
-        if self._drawn:
-            sys.stderr.write("\r\033[K")
-            self._drawn = False
-
-
-class BarAwareHandler(logging.StreamHandler):
-    """Logs to stderr, clearing the progress bar first."""
-
-    reporter: Reporter | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.reporter is not None:
-            self.reporter.clear()
-        super().emit(record)

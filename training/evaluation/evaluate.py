@@ -11,14 +11,30 @@ model with data.scorer, so the table says what retrieval and the adapter each ad
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlx_lm.generate import batch_generate
+from mlx_lm.sample_utils import make_logits_processors
+
 from data.scorer import EvalReport, evaluate
-from data.seed import EvalItem, OODItem
+from data.seed import EvalItem, OODItem, load_eval, load_ood
+from data.settings import DataSettings
+from inference.adapters import read_adapter
+from inference.grounding import FactIndex, build_grounded
+from inference.loading import load_base
+from inference.lora import apply_adapter, remove_adapter
+from inference.prompts import render_prompt
 from inference.settings import InferenceSettings
+
+from ..errors import EXIT_USAGE, guarded, parse, report
+from ..lifecycle.commands import open_registry
+from ..lifecycle.settings import LifecycleSettings
 
 CONFIGS = ("base", "base+retrieval", "adapter", "adapter+retrieval")
 
@@ -37,12 +53,6 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
 
     `grounded` False (or index None) is the model alone: the configured system prompt, no facts.
     """
-    from mlx_lm.generate import batch_generate
-    from mlx_lm.sample_utils import make_logits_processors
-
-    from inference.grounding import build_grounded
-    from inference.prompts import render_prompt
-
     settings = serving.model_copy(update={"grounding": grounded})
 
     def count_tokens(text: str) -> int:
@@ -70,11 +80,6 @@ def score(answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[O
 def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequence[EvalItem],
                      ood: Sequence[OODItem], serving: InferenceSettings, max_tokens: int) -> dict[str, dict]:
     """{config: {"report": EvalReport, "declined": n, "seconds": s}} on one base-model load."""
-    from inference.adapters import read_adapter
-    from inference.grounding import FactIndex
-    from inference.loading import load_base
-    from inference.lora import apply_adapter, remove_adapter
-
     unknown = [name for name in configs if name not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
@@ -126,3 +131,65 @@ def _recall(report: EvalReport, lang: str) -> float | None:
 
 def _pct(value) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) else "n/a"
+
+
+# --- python -m training evaluate -----------------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=(
+        "held-out accuracy of base, base+retrieval, adapter and adapter+retrieval, EN and PT, plus "
+        "out-of-domain declines"))
+    _configure_evaluate(parser)
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _evaluate(args)
+
+
+@guarded
+def _evaluate(args: argparse.Namespace) -> int:
+    from .gate import gate_items  # gate imports this module
+
+    serving = InferenceSettings.load()
+    configs = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else list(CONFIGS)
+    adapter = _adapter_folder(args.adapter, open_registry())
+    seed_dir, problems = DataSettings.load().seed_dir, []
+    items, ood = load_eval(seed_dir, problems), load_ood(seed_dir, problems)
+    if args.limit:
+        items = gate_items(items, args.limit)
+    if not items:
+        report(f"no held-out eval items in {seed_dir}")
+        return EXIT_USAGE
+    if adapter is None:
+        configs = [name for name in configs if not name.startswith("adapter")]
+        print("note: no adapter given and none in production: base configurations only", file=sys.stderr)
+    max_tokens = args.max_tokens or LifecycleSettings.load().gate_max_tokens
+    try:
+        results = evaluate_configs(configs, adapter, items, ood, serving, max_tokens)
+    except ValueError as error:
+        report(str(error))
+        return EXIT_USAGE
+    if args.save:
+        Path(args.save).write_text(json.dumps(
+            {name: {"declined": r["declined"], "seconds": r["seconds"], **r["report"].to_dict()}
+             for name, r in results.items()}, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(f"{len(items)} held-out items ({sum(i.lang == 'en' for i in items)} EN, "
+          f"{sum(i.lang == 'pt' for i in items)} PT), {len(ood)} out-of-domain probes; adapter "
+          f"{adapter or 'none'}; greedy, {max_tokens} tokens\n{table(results)}")
+    return 0
+
+
+def _adapter_folder(given: str | None, registry) -> Path | None:
+    """--adapter as a registered version (v0003, 3) or a folder; without it, production's."""
+    if not given:
+        production = registry.production()
+        return production.path if production else None
+    if Path(given).expanduser().is_dir():
+        return Path(given).expanduser()
+    return registry.get(given).path
+
+
+def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", help="registered version or adapter folder (default: production)")
+    parser.add_argument("--limit", type=int, help="a language-balanced subset of N held-out items")
+    parser.add_argument("--configs", help="comma-separated, default: base,base+retrieval,adapter,adapter+retrieval")
+    parser.add_argument("--max-tokens", type=int, help="answer length cap (default GATE_MAX_TOKENS)")
+    parser.add_argument("--save", metavar="FILE", help="also write the full reports, every answer, as JSON")

@@ -5,7 +5,7 @@ inputs: the candidate run's frozen validation batches (same batch size and seque
 training, from its grounded dataset) and a fixed, language-balanced subset of the seed's held-out
 eval questions, answered greedily in the served configuration: prompts built by
 inference.grounding.build_grounded with the retrieved facts (GROUNDING on), and a decline counted as
-the answer given (training/evaluate.py `served_answers`). The candidate passes only if every criterion holds:
+the answer given (evaluation/evaluate.py `served_answers`). The candidate passes only if every criterion holds:
 
     val_loss            candidate ≤ champion × (1 − GATE_MIN_IMPROVEMENT)       (relative gain)
     champion_val_loss   candidate ≤ champion × (1 + GATE_MAX_REGRESSION)        on the champion run's
@@ -22,6 +22,8 @@ The report lists every criterion with both values and the rule, so an admin sees
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import time
 import zlib
@@ -32,11 +34,19 @@ from data.scorer import evaluate
 from data.seed import LANGS, EvalItem, load_eval
 from data.settings import DataSettings
 from inference.adapters import AdapterError, read_adapter
+from inference.grounding import FactIndex
+from inference.loading import load_base
+from inference.lora import apply_adapter, remove_adapter
 from inference.settings import InferenceSettings
 
-from .job import run_valid_batches
-from .lifecycle_settings import LifecycleSettings
-from .registry import Registry
+from ..errors import UsageError, guarded, parse
+from ..lifecycle.commands import open_registry
+from ..lifecycle.registry import Registry
+from ..lifecycle.report import describe
+from ..lifecycle.settings import LifecycleSettings
+from ..trainer.launch import run_valid_batches
+from ..trainer.loop import validation_loss
+from .evaluate import served_answers
 
 BASE_LABEL = "base model"
 MIN_CHARS_FOR_RATIO = 40  # zlib's overhead makes shorter texts look incompressible
@@ -44,7 +54,7 @@ MAX_COMPRESSION_RATIO = 2.4  # Whisper's threshold for looping output; normal pr
 MAX_NGRAM_REPEATS = 3  # a word 3-gram said 4 times in one short answer is a loop
 
 
-class GateError(RuntimeError):
+class GateError(UsageError, RuntimeError):
     """The gate cannot run: no validation data, no eval items, a champion that does not load."""
 
 
@@ -104,10 +114,6 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
             serving: InferenceSettings, reference_run: Path | None = None) -> dict:
     """Measure champion then candidate on one loaded base model; returns the report.
     `reference_run`: the champion's training run, whose validation batches both are also measured on."""
-    from inference.loading import load_base
-
-    from inference.grounding import FactIndex
-
     started = time.perf_counter()
     model, tokenizer, info = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)
     batches = run_valid_batches(run_dir, tokenizer)
@@ -149,13 +155,6 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
 def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, items: list[EvalItem],
              settings: LifecycleSettings, serving: InferenceSettings, index=None, reference=None) -> dict:
     """Validation loss and served answers with `folder`'s adapter (None = bare base model) applied."""
-    # MLX is imported here, not at the top: the bot imports this module (through the pipeline)
-    # and must not pull MLX into threads other than the Engine's.
-    from inference.lora import apply_adapter, remove_adapter
-
-    from .evaluate import served_answers
-    from .loop import validation_loss
-
     result = {"version": label, "label": label or BASE_LABEL, "error": None, "val_loss": None,
               "champion_val_loss": None, "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None,
               "empty": None,
@@ -220,28 +219,23 @@ def _criteria(cand: dict, champ: dict, settings: LifecycleSettings) -> list[dict
     return rows
 
 
-def describe(report: dict) -> str:
-    """A few lines for people: the verdict, then one line per criterion with both values."""
-    cand, champ = report["candidate"]["label"], report["champion"]["label"]
-    verdict = f"{cand} vs {champ}: {'accepted' if report['accepted'] else 'rejected'}"
-    return "\n".join([verdict, *map(criterion_line, report["criteria"])])
-
-
-def criterion_line(row: dict) -> str:
-    """'✓ val_loss: 10.6037 vs 11.2130; needs ≤ 11.1569 (champion − 0.5%)'"""
-    return (f"{'✓' if row['passed'] else '✗'} {row['name']}: {_format(row['candidate'], row['unit'])} vs "
-            f"{_format(row['champion'], row['unit'])}; needs {row['rule']}")
-
-
-def _format(value, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "loss":
-        return f"{value:.4f}"
-    if unit == "share":
-        return f"{value:.1%}"
-    return str(value)
-
-
 def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
+
+
+# --- python -m training gate VERSION -------------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training gate",
+                                     description="compare a version with production on validation loss and eval questions")
+    parser.add_argument("version", help="e.g. v0003 (or just 3)")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _gate(args)
+
+
+@guarded
+def _gate(args: argparse.Namespace) -> int:
+    report = gate_version(open_registry(), args.version)
+    print(json.dumps(report, indent=2, default=str) if args.json else describe(report))
+    return 0

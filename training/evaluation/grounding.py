@@ -23,6 +23,7 @@ named after that hash, so a change of facts or of retrieval never overwrites a f
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -34,8 +35,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data.knowledge import knowledge_hash
+from data.store import Store
 from inference.grounding import (DECLINE, Fact, FactIndex, build_grounded, facts_block,
                                  grounded_messages)
+from inference.loading import load_base
+from inference.settings import InferenceSettings
+
+from ..errors import EXIT_USAGE, UsageError, guarded, parse, report
+from ..trainer.launch import latest_dataset
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,7 @@ GROUNDED_SUFFIX = "-grounded"
 COUNTS = ("retrieved", "injected", "declined", "unknown_fact", "skipped")
 
 
-class GroundingError(ValueError):
+class GroundingError(UsageError, ValueError):
     """The dataset cannot be grounded: no knowledge base, or no dataset folder."""
 
 
@@ -183,9 +191,6 @@ def _seed_fact(db_path: Path, number: int, lang: str) -> Fact | None:
 
 
 def _knowledge_hash(db_path: Path) -> str:
-    from data.knowledge import knowledge_hash
-    from data.store import Store
-
     with Store(db_path) as store:
         return knowledge_hash(store)
 
@@ -213,3 +218,54 @@ def _write_folder(out_folder: Path, contents: dict[str, bytes], manifest: dict) 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# --- python -m training ground [DATASET] -----------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training ground", description=(
+        "rewrite a built dataset with the prompts as served (retrieved facts included)"))
+    _configure_ground(parser)
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _ground(args)
+
+
+def tokenizer_for(serving: InferenceSettings):
+    """The serving model's tokenizer: prompts are bounded in its tokens, as when serving."""
+    return load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)[1]
+
+
+def open_index(serving: InferenceSettings):
+    return FactIndex(serving.database_file, serving.retrieval_min_score)
+
+
+@guarded
+def _ground(args: argparse.Namespace) -> int:
+    serving = InferenceSettings.load()
+    folder = Path(args.dataset) if args.dataset else latest_dataset()
+    index = open_index(serving)
+    try:
+        result = ground_dataset(folder, Path(args.out) if args.out else None, index, serving,
+                                tokenizer_for(serving))
+    except GroundingError as error:
+        report(str(error))
+        return EXIT_USAGE
+    finally:
+        index.close()
+    if args.events:  # for the pipeline, which runs this as a child
+        print(json.dumps({"event": "grounded", "path": str(result.path), "content_hash": result.content_hash,
+                          "counts": result.manifest["counts"]}), flush=True)
+        return 0
+    counts = result.manifest["counts"]
+    splits = result.manifest["splits"]
+    print(f"{result.path}\n  {splits['train']['count']} train / {splits['valid']['count']} valid / "
+          f"{splits['test']['count']} test; fact retrieved {counts['retrieved']}, injected "
+          f"{counts['injected']}, declined {counts['declined']}, unknown fact {counts['unknown_fact']}, "
+          f"skipped {counts['skipped']}; content {result.content_hash[:12]}")
+    return 0
+
+
+def _configure_ground(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", nargs="?", help="a `python -m data build` folder (default: the latest)")
+    parser.add_argument("--out", help="where to write (default: next to it, named after it and the facts)")
+    parser.add_argument("--events", action="store_true", help="print the result as one JSON line (for the pipeline)")

@@ -1,10 +1,6 @@
-"""Adapter lifecycle commands: promote, rollback, adapters, gate, pipeline.
+"""The MLX-free commands: `python -m training promote|rollback|adapters|pipeline|status`.
 
-`COMMANDS[name](argv) -> exit code` for `training/cli.py` to dispatch to; until it does, run them as
-`python -m training.lifecycle_cli COMMAND ...` (the pipeline starts its gate child that way).
-Exit codes: 0 done (a rejected candidate too: the report says so), 1 failure (training or the gate
-crashed), 2 expected errors (unknown version, corrupt adapter, bad settings, pipeline busy), each
-as one line on stderr without a traceback.
+Each takes its argv and returns the exit code (training/errors.py); training/cli.py dispatches to them.
 """
 
 from __future__ import annotations
@@ -12,24 +8,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
-from collections.abc import Callable
 
-from inference.adapters import AdapterError
-from inference.modelstore import ModelNotFound
-from inference.settings import InferenceSettings, SettingsError
+from inference.settings import InferenceSettings
 
-from .gate import GateError, describe, gate_version
-from .lifecycle_settings import LifecycleSettings
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, guarded, parse, report
+from ..runs import all_runs, is_resumable, pid_alive
 from .pipeline import run_pipeline
-from .registry import PRODUCTION, REJECTED, AdapterVersion, Registry, RegistryError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXPECTED = (AdapterError, RegistryError, GateError, SettingsError, ModelNotFound)
+from .registry import PRODUCTION, REJECTED, AdapterVersion, Registry
+from .settings import LifecycleSettings
 
 
-def _registry() -> Registry:
+def open_registry() -> Registry:
     return Registry(InferenceSettings.load().farense_home, keep=LifecycleSettings.load().keep_adapters)
 
 
@@ -48,32 +38,9 @@ def _add_who(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument("--reason", default=f"manual {action}", help="why, for history.jsonl")
 
 
-# --- commands: each takes parsed args and returns an exit code ---------------------------------
-
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Expected errors become one stderr line and exit 2; anything else exit 1, still one line."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except EXPECTED as error:
-            print(f"training: error: {_one_line(error)}", file=sys.stderr)
-            return EXIT_USAGE
-        except Exception as error:
-            logging.getLogger("training").debug("command failed", exc_info=True)
-            print(f"training: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
-            return EXIT_FAILED
-
-    return run
-
-
-def _one_line(error: BaseException) -> str:
-    return str(error).replace(":\n", ": ").replace("\n", "; ")
-
-
-@_guarded
+@guarded
 def _promote(args: argparse.Namespace) -> int:
-    registry = _registry()
+    registry = open_registry()
     before = registry.production()
     entry = registry.get(args.version)
     if entry.status == REJECTED:
@@ -83,9 +50,9 @@ def _promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def _rollback(args: argparse.Namespace) -> int:
-    registry = _registry()
+    registry = open_registry()
     before = registry.production()
     now = registry.rollback(by=_who(args), reason=args.reason)
     print(f"rolled back {before.version if before else '?'}: now serving "
@@ -93,9 +60,9 @@ def _rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def _adapters(args: argparse.Namespace) -> int:
-    registry = _registry()
+    registry = open_registry()
     versions = registry.versions()
     if args.json:
         production = registry.production()
@@ -117,14 +84,7 @@ def _adapters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
-def _gate(args: argparse.Namespace) -> int:
-    report = gate_version(_registry(), args.version)
-    print(json.dumps(report, indent=2, default=str) if args.json else describe(report))
-    return EXIT_OK
-
-
-@_guarded
+@guarded
 def _pipeline(args: argparse.Namespace) -> int:
     def show(event: dict) -> None:
         print(json.dumps(event, default=str), flush=True)
@@ -133,7 +93,7 @@ def _pipeline(args: argparse.Namespace) -> int:
     result = run_pipeline(trigger=args.trigger, requested_by=_who(args), on_progress=show if args.events else None,
                           skip_if_unchanged=args.skip_if_unchanged, train_args=train_args)
     if result.outcome == "busy":
-        print(f"training: error: {result.message}", file=sys.stderr)
+        report(result.message)
         return EXIT_USAGE
     if args.events:
         show({"event": "result", **result.to_dict()})
@@ -162,23 +122,75 @@ def _pct(value) -> str:
     return f"{value:>8.1%}" if isinstance(value, (int, float)) else f"{'-':>8}"
 
 
-# --- wiring ------------------------------------------------------------------------------------
+# --- status: the newest training runs ------------------------------------------------------------
 
-def _configure_version(parser: argparse.ArgumentParser) -> None:
+def run_summaries(limit: int = 10) -> list[dict]:
+    """Newest runs first: status.json plus whether the process is alive and the run resumable."""
+    home = InferenceSettings.load().farense_home
+    rows = []
+    for run in all_runs(home)[:limit]:
+        status = run.status()
+        rows.append(status | {"run_id": run.id, "run_dir": str(run.dir),
+                              "alive": status.get("state") == "running" and pid_alive(status.get("pid")),
+                              "resumable": is_resumable(run),
+                              "checkpoints": sorted(p.name for p in run.checkpoints.glob("step-*")),
+                              "best_adapter": str(run.best) if run.best.is_dir() else None,
+                              "final_adapter": str(run.final) if run.final.is_dir() else None})
+    return rows
+
+
+@guarded
+def _status(args: argparse.Namespace) -> int:
+    rows = run_summaries(args.limit)
+    if args.json:
+        print(json.dumps({"runs": rows}, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no training runs yet")
+    for row in rows:
+        state = row.get("state", "?") + ("" if row["alive"] or row.get("state") != "running" else " (process gone)")
+        losses = " ".join(f"{k.split('_')[0]} {row[k]:.4f}" for k in ("initial_val_loss", "best_val_loss",
+                                                                       "final_val_loss") if row.get(k) is not None)
+        print(f"{row['run_id']}  {state:<24} step {row.get('step', '?')}/{row.get('total', '?')}  {losses}")
+        if row.get("reason"):
+            print(f"    {row['reason']}")
+    return 0
+
+
+# --- argv -> exit code, for training/cli.py ------------------------------------------------------
+
+def _parser(name: str, help_text: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"python -m training {name}", description=help_text)
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("version", help="e.g. v0003 (or just 3)")
 
 
-def _configure_promote(parser: argparse.ArgumentParser) -> None:
-    _configure_version(parser)
+def promote(argv: list[str]) -> int:
+    parser = _parser("promote", "put a registered adapter version into production (files are verified first)")
+    _add_version(parser)
     _add_who(parser, "promotion")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _promote(args)
 
 
-def _configure_gate(parser: argparse.ArgumentParser) -> None:
-    _configure_version(parser)
-    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+def rollback(argv: list[str]) -> int:
+    parser = _parser("rollback", "go back to the previous production adapter (or the base model)")
+    _add_who(parser, "rollback")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _rollback(args)
 
 
-def _configure_pipeline(parser: argparse.ArgumentParser) -> None:
+def adapters(argv: list[str]) -> int:
+    parser = _parser("adapters", "list registered adapter versions; * marks production")
+    parser.add_argument("--json", action="store_true")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _adapters(args)
+
+
+def pipeline(argv: list[str]) -> int:
+    parser = _parser("pipeline", "build the dataset, train, gate, and promote or reject, once")
     parser.add_argument("--events", action="store_true", help="print progress as JSON lines on stdout")
     parser.add_argument("--trigger", default="manual", help="recorded with the result (default: manual)")
     parser.add_argument("--by", help="who asked (default: your user name)")
@@ -186,44 +198,13 @@ def _configure_pipeline(parser: argparse.ArgumentParser) -> None:
                         help="do nothing when production was trained on the same data")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after --: extra `training run` flags, e.g. -- --iters 50")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _pipeline(args)
 
 
-# name -> (help, configure(parser), handler(args) -> exit code); training/cli.py's register() fits these.
-SUBCOMMANDS: dict[str, tuple[str, Callable, Callable]] = {
-    "promote": ("put a registered adapter version into production (files are verified first)",
-                _configure_promote, _promote),
-    "rollback": ("go back to the previous production adapter (or the base model)",
-                 lambda parser: _add_who(parser, "rollback"), _rollback),
-    "adapters": ("list registered adapter versions; * marks production",
-                 lambda parser: parser.add_argument("--json", action="store_true"), _adapters),
-    "gate": ("compare a version with production on validation loss and eval questions",
-             _configure_gate, _gate),
-    "pipeline": ("build the dataset, train, gate, and promote or reject, once", _configure_pipeline, _pipeline),
-}
-
-
-def _command(name: str) -> Callable[[list[str]], int]:
-    help_text, configure, handler = SUBCOMMANDS[name]
-
-    def run(argv: list[str]) -> int:
-        parser = argparse.ArgumentParser(prog=f"python -m training {name}", description=help_text)
-        configure(parser)
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exit:  # --help, or a usage error argparse already explained
-            return exit.code if isinstance(exit.code, int) else EXIT_USAGE
-        return handler(args)
-
-    return run
-
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {name: _command(name) for name in SUBCOMMANDS}
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: python -m training.lifecycle_cli {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    sys.exit(COMMANDS[sys.argv[1]](sys.argv[2:]))
+def status(argv: list[str]) -> int:
+    parser = _parser("status", "show the latest training runs")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--limit", type=int, default=10, help="how many runs, newest first")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _status(args)

@@ -3,7 +3,7 @@
     dataset (data.builder) → ground (child process, when GROUNDING is on) → train (child process)
     → register candidate → gate (child process) → promote + on_promoted(version), or reject
 
-Grounding rewrites the built dataset with the prompts as served (training/grounding.py), so the
+Grounding rewrites the built dataset with the prompts as served (training/evaluation/grounding.py), so the
 adapter trains on the retrieved facts it will be shown, and the gate judges it the same way.
 
 Training and the gate run in child processes, so a crash, an OOM kill or an MLX abort there ends
@@ -39,15 +39,16 @@ from data.settings import DataSettings
 from inference.adapters import AdapterError
 from inference.settings import InferenceSettings, SettingsError
 
-from .gate import criterion_line
-from .lifecycle_settings import LifecycleSettings
+from ..errors import EXIT_USAGE
+from ..files import write_atomic
+from ..runs import all_runs, is_resumable, pid_alive
 from .registry import REJECTED, Registry, RegistryError
-from .runs import all_runs, is_resumable, pid_alive, write_atomic
+from .report import criterion_line
+from .settings import LifecycleSettings
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE, RUNNING_FILE, LAST_FILE = "pipeline.lock", "pipeline_running.json", "pipeline_last.json"
-EXIT_USAGE = 2  # the trainer's exit code for bad settings, a changed fingerprint, nothing to resume
 TAIL_LINES = 20
 CHILD_STOP_SECONDS = 120  # SIGTERM lets a training child finish its step and write a checkpoint
 TRAINED = ("finished", "early_stopped")
@@ -157,7 +158,7 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
                               run_dir=run_dir)
 
     progress.stage("gate", version=candidate.version)
-    gated = _child(["training.lifecycle_cli", "gate", candidate.version], progress)
+    gated = _child(["training", "gate", candidate.version], progress)
     report = registry.get(candidate.version).gate  # the gate child records its report there
     if gated.returncode != 0 or not report:
         return PipelineResult("failed", candidate.version, run_dir=run_dir,

@@ -25,17 +25,16 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.adapters import (CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError, LoraSpec, check_fits,
+from inference.adapters import (CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError, check_fits,
                                 production_pointer_path, read_adapter)
 
-from .lora import fsync_dir_files, fsync_path
-from .runs import write_atomic
+from ..errors import UsageError
+from ..files import fsync_dir_files, fsync_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
-class RegistryError(ValueError):
+class RegistryError(UsageError, ValueError):
     """The registry cannot do what was asked: unknown version, nothing to roll back to, ..."""
 
 
@@ -348,21 +347,20 @@ class Registry:
         return pointer
 
     def _check_fits(self, adapter: Adapter) -> None:
+        from inference.lora_shapes import expected_lora_shapes  # MLX, on a thread of its own
+
         check_fits(adapter, expected_lora_shapes(self._model_folder(), adapter.spec))
 
     def _model_folder(self) -> Path:
+        from inference.lora_shapes import local_model_folder
+
         if self._base_model is None:
             from inference.modelstore import resolve_model
             from inference.settings import InferenceSettings
 
             serving = InferenceSettings.load()
             self._base_model = resolve_model(serving.model_path, serving.models_root)
-        folder = Path(self._base_model)
-        if not folder.is_dir():  # a hub id: mlx-lm's local cache
-            from mlx_lm.utils import hf_repo_to_path
-
-            folder = hf_repo_to_path(str(self._base_model))
-        return folder
+        return local_model_folder(self._base_model)
 
     @contextmanager
     def _locked(self):
@@ -375,48 +373,6 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def expected_lora_shapes(model_folder: Path, spec: LoraSpec) -> dict[str, tuple[int, ...]]:
-    """The LoRA tensors `spec` creates on the base model, from a lazily built copy (no weights read).
-
-    MLX work runs on a throwaway thread that clears its streams at the end: callers may be bot
-    threads, and a thread that ran MLX ops without clearing them makes MLX abort at exit.
-    """
-    result: list = []
-
-    def work() -> None:
-        import mlx.core as mx
-
-        try:
-            from mlx.utils import tree_flatten
-            from mlx_lm.tuner.utils import linear_to_lora_layers
-            from mlx_lm.utils import load_model
-
-            model, _ = load_model(Path(model_folder), lazy=True)
-            if spec.num_layers > len(model.layers):
-                raise AdapterError(f"the adapter wants LoRA on {spec.num_layers} layers, the base model "
-                                   f"{Path(model_folder).name} has {len(model.layers)}")
-            parameters = {"rank": spec.rank, "scale": spec.scale, "dropout": spec.dropout}
-            if spec.keys:
-                parameters["keys"] = list(spec.keys)
-            linear_to_lora_layers(model, spec.num_layers, parameters)
-            result.append({name: tuple(value.shape) for name, value in tree_flatten(model.parameters())
-                           if name.endswith((".lora_a", ".lora_b"))})
-        except BaseException as error:
-            result.append(error)
-        finally:
-            mx.clear_streams()
-
-    thread = threading.Thread(target=work, name="lora-shapes")
-    thread.start()
-    thread.join()
-    if isinstance(result[0], AdapterError):
-        raise result[0]
-    if isinstance(result[0], BaseException):
-        raise AdapterError(f"cannot check the adapter against {model_folder}: "
-                           f"{type(result[0]).__name__}: {result[0]}") from result[0]
-    return result[0]
 
 
 def _history_line(pointer: dict) -> dict:

@@ -15,9 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 
 from inference.prompts import with_system
+
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ PAD_MULTIPLE = 8  # batch widths are rounded up to this: few distinct shapes for
 PREFIX_KEY_TOKENS = 16  # examples that start with the same tokens are batched together (batch_groups)
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError, ValueError):
     """The dataset folder or a split is missing or has no usable example."""
 
 
@@ -164,7 +167,6 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 
     Width and target count are rounded up to PAD_MULTIPLE so a compiled step sees few shapes.
     """
-    import mlx.core as mx
 
     width = _round_up(max(len(e) for e in examples) - 1)
     tokens = np.full((len(examples), width + 1), pad_id, np.int32)

@@ -18,7 +18,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .lora import CONFIG_FILE, fsync_dir_files, replace_dir
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map_with_path
+
+from ..errors import UsageError
+from ..files import fsync_dir_files, replace_dir
+from .lora import CONFIG_FILE, adapter_weights
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +33,11 @@ STATE = "state.json"
 INDEX = "index.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError, RuntimeError):
     """No checkpoint can be used (none, or all corrupt)."""
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(UsageError, ValueError):
     """The run was started with other settings, data or base model; resuming would mix them."""
 
 
@@ -88,11 +93,6 @@ def differences(saved: dict, current: dict) -> list[str]:
 def save(root: Path, model, optimizer, progress: Progress, fingerprint_: dict, adapter_config: dict,
          keep: int) -> Path:
     """Write checkpoints/step-NNNNNNN atomically, then prune to the newest `keep`."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from .lora import adapter_weights
-
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{progress.step:07d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
@@ -147,8 +147,6 @@ def verify(folder: Path) -> str | None:
 
 def load_latest(root: Path, current: dict) -> Loaded:
     """The newest checkpoint that verifies; refuses when it belongs to other settings/data/model."""
-    import mlx.core as mx
-
     found = checkpoints(root)
     if not found:
         raise CheckpointError(f"no checkpoint in {root}; start a new run instead of resuming")
@@ -178,11 +176,6 @@ def load_latest(root: Path, current: dict) -> Loaded:
 def restore(loaded: Loaded, model, optimizer) -> None:
     """Put the saved weights and optimizer state back; shapes and names must match. (MLX's RNG
     needs no saving: the loop reseeds it from (seed, step) before every step.)"""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_map_with_path
-
-    from .lora import adapter_weights
-
     expected = adapter_weights(model)
     if set(expected) != set(loaded.adapters) or any(
             expected[k].shape != loaded.adapters[k].shape for k in expected):

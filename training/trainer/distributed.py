@@ -32,16 +32,19 @@ import logging
 import os
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 import numpy as np
 
+from ..errors import EXIT_USAGE, exit_code
 from .batching import Batch, Example, _round_up, collate
-from .checkpoint import CheckpointError, Progress
+from .checkpoint import CheckpointError, Progress, differences
 from .checkpoint import restore as restore_checkpoint
+from .loop import validation_loss, validation_sums
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +69,17 @@ def under_launcher() -> bool:
     return any(name in os.environ for name in LAUNCHER_VARS)
 
 
-def world() -> Distributed | None:
-    """The group when this process is one of several ranks, else None. A plain `python -m training run`
-    never touches mx.distributed; under a launcher, failing to join the group is an error (not a
-    silent single-process run that would write the same run folder as rank 0)."""
+def world() -> Distributed | OneRank:
+    """The group when this process is one of several ranks, else rank 0 of 1. A plain
+    `python -m training run` never touches mx.distributed; under a launcher, failing to join the group
+    is an error (not a silent single-process run that would write the same run folder as rank 0)."""
     if not under_launcher():
-        return None
-    import mlx.core as mx
-
+        return OneRank()
     backend = _backend()
     if backend == "ring" and not Path(os.environ["MLX_HOSTFILE"]).read_text().strip():
-        return None  # `mlx.launch -n 1`: one host, no ring
+        return OneRank()  # `mlx.launch -n 1`: one host, no ring
     group = mx.distributed.init(strict=backend != "any", backend=backend)
-    return Distributed(group) if group.size() > 1 else None
+    return Distributed(group) if group.size() > 1 else OneRank()
 
 
 def _backend() -> str:
@@ -103,98 +104,15 @@ class Shard:
     cells: int  # padded positions over all ranks' rows
 
 
-class Distributed:
-    def __init__(self, group):
-        self.group, self.rank, self.size = group, group.rank(), group.size()
+class _World:
+    """What the training flow asks of its ranks; `OneRank` and `Distributed` answer it."""
+
+    rank: int
+    size: int
 
     @property
     def lead(self) -> bool:
         return self.rank == 0
-
-    def describe(self) -> dict:
-        return {"world_size": self.size, "backend": _backend()}
-
-    # --- collectives: every rank calls them in the same order, and evaluates each at once (a lazy
-    # graph could skip one on some rank: zeros_like(x) does not wait for x) ------------------------
-
-    def _sum(self, array):
-        import mlx.core as mx
-
-        total = mx.distributed.all_sum(array, group=self.group, stream=mx.cpu)
-        mx.eval(total)
-        return total
-
-    def from_lead(self, array):
-        """Rank 0's array on every rank (the others add zeros, which is exact)."""
-        import mlx.core as mx
-
-        return self._sum(array if self.lead else mx.zeros_like(array))
-
-    def share(self, value):
-        """Rank 0's JSON-able value on every rank (the others pass None)."""
-        import mlx.core as mx
-
-        data = json.dumps(value).encode() if self.lead else b""
-        size = int(self.from_lead(mx.array([len(data)], mx.int32)).item())
-        buffer = np.frombuffer(data, np.uint8) if self.lead else np.zeros(size, np.uint8)
-        return json.loads(bytes(np.array(self.from_lead(mx.array(buffer)))))
-
-    def exchange(self, value) -> list:
-        """Every rank's JSON-able value, in rank order, on every rank."""
-        import mlx.core as mx
-
-        data = np.frombuffer(json.dumps(value).encode(), np.uint8)
-        width = int(mx.distributed.all_max(mx.array([data.size], mx.int32), group=self.group, stream=mx.cpu).item())
-        row = np.zeros(width, np.uint8)
-        row[: data.size] = data
-        rows = np.array(mx.distributed.all_gather(mx.array(row)[None], group=self.group, stream=mx.cpu))
-        return [json.loads(bytes(r).rstrip(b"\0")) for r in rows]
-
-    def settle(self, error: BaseException | None, value=None) -> list:
-        """Every rank reports how its part went. All well: every rank's value. Else every rank stops:
-        rank 0 raises its own error or a RankFailed naming the first failed rank; others Abandoned."""
-        from .cli import exit_code
-
-        mine = {"value": value} if error is None else {"error": str(error), "exit_code": exit_code(error)}
-        everyone = self.exchange(mine)
-        failed = [(rank, report) for rank, report in enumerate(everyone) if "error" in report]
-        if not failed:
-            return [report["value"] for report in everyone]
-        if self.lead and error is not None:
-            raise error
-        rank, report = failed[0]
-        if self.lead:
-            raise RankFailed(f"rank {rank}: {report['error']}", report["exit_code"])
-        raise Abandoned(f"rank {rank} failed: {report['error']}")
-
-    def check_same_inputs(self, fingerprints: list[dict]) -> None:
-        """Every rank must train on rank 0's inputs (settings, data, base model and its dtype)."""
-        from .checkpoint import differences
-
-        for rank, fingerprint in enumerate(fingerprints[1:], 1):
-            changed = differences(fingerprints[0], fingerprint)
-            if changed:
-                message = (f"rank {rank} has other inputs than rank 0 ({'; '.join(changed)}); every host "
-                           "needs the same base model (MODEL_PATH) and dtype")
-                if self.lead:
-                    raise RankFailed(message, 2)
-                raise Abandoned(message)
-
-    def sum_tree(self, tree):
-        """The ranks' sum of a tree of arrays, with one all_sum over all of them concatenated."""
-        import mlx.core as mx
-        from mlx.utils import tree_flatten, tree_map_with_path
-
-        leaves = tree_flatten(tree)
-        flat = mx.distributed.all_sum(mx.concatenate([v.reshape(-1).astype(mx.float32) for _, v in leaves]),
-                                      group=self.group)
-        summed, offset = {}, 0
-        for name, value in leaves:
-            summed[name] = flat[offset: offset + value.size].reshape(value.shape).astype(value.dtype)
-            offset += value.size
-        return tree_map_with_path(lambda path, _: summed[path], tree)
-
-    # --- the loop's distributed pieces ---------------------------------------------------------
 
     def shard(self, examples: list[Example], groups: list[list[int]], pad_id: int) -> list[Shard]:
         """This rank's rows of every global micro-batch, with the whole micro-batch's counts."""
@@ -209,58 +127,137 @@ class Distributed:
                 cells=sum(len(p) * _round_up(max(len(examples[i]) for i in p) - 1) for p in parts if p)))
         return shards
 
-    def make_step(self, model, optimizer, loss, *, accumulation: int, grad_clip: float, compiled: bool):
-        """(forward, apply). forward adds this rank's gradients of its rows to `previous` (loss over the
-        global target count `total`); apply sums them over the ranks, averages over the micro-batches,
-        clips and updates: the single-process step, split over the ranks."""
-        import mlx.core as mx
-        import mlx.nn as nn
-        import mlx.optimizers as optim
-        from mlx.utils import tree_map
+    def check_same_inputs(self, fingerprints: list[dict]) -> None:
+        """Every rank must train on rank 0's inputs (settings, data, base model and its dtype)."""
+        for rank, fingerprint in enumerate(fingerprints[1:], 1):
+            changed = differences(fingerprints[0], fingerprint)
+            if changed:
+                message = (f"rank {rank} has other inputs than rank 0 ({'; '.join(changed)}); every host "
+                           "needs the same base model (MODEL_PATH) and dtype")
+                if self.lead:
+                    raise RankFailed(message, EXIT_USAGE)
+                raise Abandoned(message)
 
-        loss_and_grad = nn.value_and_grad(model, loss)
 
-        def forward(inputs, positions, labels, weights, total, previous, shared=0):
-            (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights, total, shared)
-            if previous is not None:
-                grads = tree_map(lambda a, b: a + b, grads, previous)
-            return value, tokens, grads
+class OneRank(_World):
+    """A plain `python -m training run`: rank 0 of 1. Every collective is the identity, so the one
+    training flow runs unchanged, bit for bit what a single process computed before there were ranks."""
 
-        def update(grads):
-            grads = self.sum_tree(grads)
-            if accumulation > 1:
-                grads = tree_map(lambda g: g / accumulation, grads)
-            if grad_clip > 0:
-                grads, _ = optim.clip_grad_norm(grads, grad_clip)
-            optimizer.update(model, grads)
-            return optimizer.step
+    rank, size = 0, 1
 
-        if compiled:
-            state = [model.state, optimizer.state, mx.random.state]
-            forward = partial(mx.compile, inputs=state, outputs=state)(forward)
-            update = partial(mx.compile, inputs=state, outputs=state)(update)
+    def world_fields(self) -> dict:
+        return {}
 
-        def apply(grads):
-            if grads is None:  # none of this step's rows were on this rank: it adds zeros
-                grads = tree_map(mx.zeros_like, model.trainable_parameters())
-            update(grads)
+    def control(self, stop):
+        return nullcontext()  # stop requests come as signals only
 
-        return forward, apply
+    def settle(self, error: BaseException | None, value=None) -> list:
+        if error is not None:
+            raise error
+        return [value]
 
-    def step_end(self, loss_sum: float, stop) -> tuple[float, str | None]:
-        """The global loss sum of the step, and the stop every rank acts on (None: go on)."""
-        import mlx.core as mx
+    def share(self, make):
+        return make()
 
+    def sum_tree(self, tree):
+        return tree
+
+    def step_end(self, loss_sum: float, stop) -> float:
+        return loss_sum
+
+    def stopping(self, stop) -> str | None:
+        return stop.signal
+
+    def validation_loss(self, model, batches: list[Batch]) -> float:
+        return validation_loss(model, batches)
+
+    def restore(self, resume, model, optimizer) -> Progress | None:
+        if resume is None:
+            return None
+        restore_checkpoint(resume, model, optimizer)
+        return resume.progress
+
+
+class Distributed(_World):
+    """N ranks on an mx.distributed group (N > 1)."""
+
+    def __init__(self, group):
+        self.group, self.rank, self.size = group, group.rank(), group.size()
+        self._agreed: str | None = None
+
+    def world_fields(self) -> dict:
+        """What config.json and status.json record of a data-parallel run."""
+        return {"distributed": {"world_size": self.size, "backend": _backend()}}
+
+    # --- collectives: every rank calls them in the same order, and evaluates each at once (a lazy
+    # graph could skip one on some rank: zeros_like(x) does not wait for x) ------------------------
+
+    def _sum(self, array):
+        total = mx.distributed.all_sum(array, group=self.group, stream=mx.cpu)
+        mx.eval(total)
+        return total
+
+    def from_lead(self, array):
+        """Rank 0's array on every rank (the others add zeros, which is exact)."""
+        return self._sum(array if self.lead else mx.zeros_like(array))
+
+    def share(self, make):
+        """Rank 0's `make()` (JSON-able) on every rank; the others do not call it."""
+        data = json.dumps(make()).encode() if self.lead else b""
+        size = int(self.from_lead(mx.array([len(data)], mx.int32)).item())
+        buffer = np.frombuffer(data, np.uint8) if self.lead else np.zeros(size, np.uint8)
+        return json.loads(bytes(np.array(self.from_lead(mx.array(buffer)))))
+
+    def exchange(self, value) -> list:
+        """Every rank's JSON-able value, in rank order, on every rank."""
+        data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+        width = int(mx.distributed.all_max(mx.array([data.size], mx.int32), group=self.group, stream=mx.cpu).item())
+        row = np.zeros(width, np.uint8)
+        row[: data.size] = data
+        rows = np.array(mx.distributed.all_gather(mx.array(row)[None], group=self.group, stream=mx.cpu))
+        return [json.loads(bytes(r).rstrip(b"\0")) for r in rows]
+
+    def settle(self, error: BaseException | None, value=None) -> list:
+        """Every rank reports how its part went. All well: every rank's value. Else every rank stops:
+        rank 0 raises its own error or a RankFailed naming the first failed rank; others Abandoned."""
+        mine = {"value": value} if error is None else {"error": str(error), "exit_code": exit_code(error)}
+        everyone = self.exchange(mine)
+        failed = [(rank, report) for rank, report in enumerate(everyone) if "error" in report]
+        if not failed:
+            return [report["value"] for report in everyone]
+        if self.lead and error is not None:
+            raise error
+        rank, report = failed[0]
+        if self.lead:
+            raise RankFailed(f"rank {rank}: {report['error']}", report["exit_code"])
+        raise Abandoned(f"rank {rank} failed: {report['error']}")
+
+    def sum_tree(self, tree):
+        """The ranks' sum of a tree of arrays, with one all_sum over all of them concatenated."""
+        leaves = tree_flatten(tree)
+        flat = mx.distributed.all_sum(mx.concatenate([v.reshape(-1).astype(mx.float32) for _, v in leaves]),
+                                      group=self.group)
+        summed, offset = {}, 0
+        for name, value in leaves:
+            summed[name] = flat[offset: offset + value.size].reshape(value.shape).astype(value.dtype)
+            offset += value.size
+        return tree_map_with_path(lambda path, _: summed[path], tree)
+
+    # --- the loop's distributed pieces ---------------------------------------------------------
+
+    def step_end(self, loss_sum: float, stop) -> float:
+        """The global loss sum of the step; also agrees on the stop every rank acts on (`stopping`)."""
         local = stop.signal
         total, stopping = self._sum(mx.array([loss_sum, 1.0 if local else 0.0], mx.float64)).tolist()
-        return total, (local or "another rank's stop request") if stopping else None
+        self._agreed = (local or "another rank's stop request") if stopping else None
+        return total
+
+    def stopping(self, stop) -> str | None:
+        """The stop agreed at the end of the step: ranks act on it, never on a late one."""
+        return self._agreed
 
     def validation_loss(self, model, batches: list[Batch]) -> float:
         """Token-weighted mean over all `batches`, each evaluated on one rank (round-robin)."""
-        import mlx.core as mx
-
-        from .loop import validation_sums
-
         total, count = validation_sums(model, batches[self.rank:: self.size])
         sums = self._sum(mx.stack([total, count]))
         return self.from_lead(sums[0] / sums[1]).item()  # rank 0's number: decisions must agree
@@ -268,9 +265,6 @@ class Distributed:
     def restore(self, resume, model, optimizer) -> Progress | None:
         """Rank 0 restores its checkpoint (`resume`); every rank gets its weights, optimizer state and
         Progress. None (on every rank) when rank 0 starts afresh."""
-        import mlx.core as mx
-        from mlx.utils import tree_flatten, tree_map
-
         error = None
         if self.lead and resume is not None:
             try:

@@ -1,7 +1,11 @@
-"""One training run from settings to adapters: dataset → model + LoRA → memory plan → run folder → loop.
+"""`python -m training run`: one training run from settings to adapters: dataset → model + LoRA →
+memory plan → run folder → loop, the same flow on one rank or N (distributed.py).
 
-On several ranks (distributed.py), rank 0 does what touches FARENSE_HOME and picks run, settings and
-dataset for all; every rank loads the model, and a failure on any rank stops them all.
+Rank 0 does what touches FARENSE_HOME and picks run, settings and dataset for all; every rank loads
+the model, and a failure on any rank stops them all (on one rank: it is raised). `--local-ranks N |
+--hostfile FILE` (or TRAIN_DISTRIBUTED) runs the same command on N ranks through mlx.launch
+(launcher.py) and exits with rank 0's code; the other ranks stay quiet and exit 0 when another
+rank's failure stops them. Exit codes: training/errors.py.
 
 Also the recipe for a run's frozen validation batches, so the adapter gate scores a candidate and the
 production adapter on exactly the batches the run validated on.
@@ -9,27 +13,35 @@ production adapter on exactly the batches the run validated on.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
+
+from inference.loading import ModelLoadError, load_base
 from inference.settings import InferenceSettings
 
-from . import checkpoint, memory
+from ..errors import INPUT_ERRORS, UsageError, exit_code, one_line, parse, report
+from ..runs import FAILED, RUNNING, Run, RunBusy, find_run, is_resumable, new_run, training_lock
+from ..settings import FINGERPRINTED, TrainingSettings
+from . import checkpoint, distributed, memory
 from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
-from .distributed import Distributed
+from .distributed import Abandoned, Distributed, OneRank, RankFailed
+from .launcher import relaunch
 from .lora import apply_lora, use_grad_checkpoint
 from .loop import Outcome, StopFlag, train
-from .runs import FAILED, RUNNING, Reporter, Run, find_run, is_resumable, new_run, training_lock
-from .settings import FINGERPRINTED, TrainingSettings
+from .reporting import BarAwareHandler, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +49,7 @@ log = logging.getLogger(__name__)
 SHARED_SERVING = {"system_prompt", "device", "cpu_dtype"}
 
 
-class NothingToResume(ValueError):
+class NothingToResume(UsageError, ValueError):
     """--resume named no run, or a run that is finished or still running."""
 
 
@@ -71,7 +83,7 @@ def open_dataset(path: Path) -> Dataset:
     return Dataset(path, train, valid, manifest, content_hash)
 
 
-def _latest_dataset() -> Path:
+def latest_dataset() -> Path:
     """TRAIN_DATASET unset: the newest dataset `python -m data build` wrote."""
     from data.builder import latest_dataset
     from data.settings import DataSettings
@@ -93,22 +105,53 @@ def run_valid_batches(run_dir: Path, tokenizer) -> list:
 
 
 def launch(settings: TrainingSettings, serving: InferenceSettings, *, resume: bool, run_id: str | None,
-           reporter: Reporter, dist: Distributed | None = None) -> tuple[Run | None, Outcome]:
+           reporter: Reporter, dist: OneRank | Distributed | None = None) -> tuple[Run | None, Outcome]:
     """Start a new run or resume one; returns when it finished, stopped early or was cancelled.
 
-    With `dist` this process is one rank of a data-parallel run (see distributed.py); ranks other
-    than 0 return no Run: they write nothing.
+    `dist`: this process's rank (default: rank 0 of 1). Rank 0 takes the lock and picks run, settings
+    and dataset; every rank loads the model; any rank's failure stops all of them (rank 0 reports it).
+    Ranks other than 0 return no Run: they write nothing.
     """
-    home, stop = serving.farense_home, StopFlag()
+    dist = dist or OneRank()
+    stop = StopFlag()
     reporter.stop = stop
-    if dist is not None:
-        return _launch_rank(settings, serving, resume=resume, run_id=run_id, reporter=reporter, stop=stop,
-                            dist=dist)
-    with training_lock(home), _stop_on_signals(stop):
-        run, recorded, settings, model_path = _choose_run(home, settings, serving, resume, run_id)
-        dataset = open_dataset(settings.dataset or _latest_dataset())
-        parts = _load(settings, serving, model_path, dataset, run, recorded, resume=resume)
-        return _train(parts, parts.plan, settings, serving, model_path, dataset, run, reporter, stop, None)
+    with ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))
+        stack.enter_context(dist.control(stop))
+        run = recorded = dataset = choice = error = None
+        model_path = serving.model_path
+        if dist.lead:
+            try:
+                stack.enter_context(training_lock(serving.farense_home))
+                run, recorded, settings, model_path = _choose_run(serving.farense_home, settings, serving,
+                                                                  resume, run_id)
+                dataset = open_dataset(settings.dataset or latest_dataset())
+                choice = {"settings": settings.model_dump(mode="json"), "model_path": model_path,
+                          "serving": serving.model_dump(mode="json", include=SHARED_SERVING)}
+            except Exception as problem:
+                error = problem
+        choice = dist.settle(error, choice)[0]
+        files = dist.share(lambda: {p.name: base64.b64encode(p.read_bytes()).decode() for p in
+                                    (dataset.train, dataset.valid, dataset.path / "manifest.json") if p.is_file()})
+        if not dist.lead:  # rank 0's settings, base model name and dataset files
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farense-rank-")))
+            for name, data in files.items():
+                (folder / name).write_bytes(base64.b64decode(data))
+            dataset = open_dataset(folder)
+            settings = TrainingSettings.load(**choice["settings"])
+            serving = serving.model_copy(update=choice["serving"])
+            model_path = choice["model_path"]
+        parts = error = None
+        try:
+            parts = _load(settings, serving, model_path, dataset, run, recorded, resume=run is not None,
+                          plan=dist.lead)
+        except Exception as problem:
+            error = problem
+        reports = dist.settle(error, parts and {"fingerprint": parts.fingerprint,
+                                                "plan": parts.plan.as_dict() if parts.plan else None})
+        dist.check_same_inputs([report["fingerprint"] for report in reports])
+        plan = memory.MemoryPlan(**reports[0]["plan"])  # rank 0's plan
+        return _train(parts, plan, settings, serving, model_path, dataset, run, reporter, stop, dist)
 
 
 @dataclass
@@ -146,10 +189,6 @@ def _choose_run(home: Path, settings: TrainingSettings, serving: InferenceSettin
 def _load(settings: TrainingSettings, serving: InferenceSettings, model_path: str, dataset: Dataset,
           run: Run | None, recorded: dict | None, *, resume: bool, plan: bool = True) -> _Parts:
     """Base model + LoRA, fingerprint, the checkpoint to resume from, train examples, memory plan."""
-    import mlx.core as mx
-
-    from inference.loading import load_base
-
     budget = settings.memory_budget_gb or memory.default_budget_gb()
     model, tokenizer, info = load_base(model_path, serving.models_root, serving.device, serving.cpu_dtype)
     mx.random.seed(settings.seed)
@@ -166,8 +205,8 @@ def _load(settings: TrainingSettings, serving: InferenceSettings, model_path: st
 
 def _train(parts: _Parts, plan: memory.MemoryPlan, settings: TrainingSettings, serving: InferenceSettings,
            model_path: str, dataset: Dataset, run: Run | None, reporter: Reporter, stop: StopFlag,
-           dist: Distributed | None) -> tuple[Run | None, Outcome]:
-    lead = dist is None or dist.lead
+           dist: OneRank | Distributed) -> tuple[Run | None, Outcome]:
+    lead = dist.lead
     model, tokenizer, info, loaded = parts.model, parts.tokenizer, parts.info, parts.loaded
     examples = truncate(parts.examples, plan.max_seq_length)
     valid = frozen_valid_batches(tokenizer, dataset.valid, serving.system_prompt, plan.batch_size,
@@ -175,7 +214,7 @@ def _train(parts: _Parts, plan: memory.MemoryPlan, settings: TrainingSettings, s
     if plan.grad_checkpoint:
         use_grad_checkpoint(model)
     memory.apply_limits(plan, info.device)
-    world = {} if dist is None else {"distributed": dist.describe()}
+    world = dist.world_fields()
 
     if lead:
         if run is None:
@@ -215,50 +254,6 @@ def _train(parts: _Parts, plan: memory.MemoryPlan, settings: TrainingSettings, s
                   **results, best_adapter=str(run.best) if run.best.is_dir() else None,
                   final_adapter=str(run.final) if run.final.is_dir() else None)
     return run, outcome
-
-
-def _launch_rank(settings: TrainingSettings, serving: InferenceSettings, *, resume: bool, run_id: str | None,
-                 reporter: Reporter, stop: StopFlag, dist: Distributed) -> tuple[Run | None, Outcome]:
-    """One rank of a data-parallel run. Rank 0 takes the lock and picks run, settings and dataset;
-    every rank loads the model; any rank's failure stops all of them (rank 0 reports it)."""
-    with ExitStack() as stack:
-        stack.enter_context(_stop_on_signals(stop))
-        stack.enter_context(dist.control(stop))
-        run = recorded = dataset = choice = error = None
-        model_path = serving.model_path
-        if dist.lead:
-            try:
-                stack.enter_context(training_lock(serving.farense_home))
-                run, recorded, settings, model_path = _choose_run(serving.farense_home, settings, serving,
-                                                                  resume, run_id)
-                dataset = open_dataset(settings.dataset or _latest_dataset())
-                choice = {"settings": settings.model_dump(mode="json"), "model_path": model_path,
-                          "serving": serving.model_dump(mode="json", include=SHARED_SERVING)}
-            except Exception as problem:
-                error = problem
-        choice = dist.settle(error, choice)[0]
-        files = dist.share({p.name: base64.b64encode(p.read_bytes()).decode() for p in
-                            (dataset.train, dataset.valid, dataset.path / "manifest.json") if p.is_file()}
-                           if dist.lead else None)
-        if not dist.lead:  # rank 0's settings, base model name and dataset files
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farense-rank-")))
-            for name, data in files.items():
-                (folder / name).write_bytes(base64.b64decode(data))
-            dataset = open_dataset(folder)
-            settings = TrainingSettings.load(**choice["settings"])
-            serving = serving.model_copy(update=choice["serving"])
-            model_path = choice["model_path"]
-        parts = error = None
-        try:
-            parts = _load(settings, serving, model_path, dataset, run, recorded, resume=run is not None,
-                          plan=dist.lead)
-        except Exception as problem:
-            error = problem
-        reports = dist.settle(error, parts and {"fingerprint": parts.fingerprint,
-                                                "plan": parts.plan.as_dict() if parts.plan else None})
-        dist.check_same_inputs([report["fingerprint"] for report in reports])
-        plan = memory.MemoryPlan(**reports[0]["plan"])
-        return _train(parts, plan, settings, serving, model_path, dataset, run, reporter, stop, dist)
 
 
 def _plan_memory(settings: TrainingSettings, model, longest: int, budget: float,
@@ -313,3 +308,95 @@ def _stop_on_signals(stop: StopFlag):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --- python -m training run ----------------------------------------------------------------------
+
+# Expected errors: one line, no traceback. Bad input exits 2 (errors.py); these others exit 1.
+FAILURES = (RunBusy, ModelLoadError, RankFailed)  # RankFailed carries the failed rank's own code
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training run",
+                                     description="train a LoRA adapter (new run, or --resume an interrupted one)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_ID",
+                        help="continue RUN_ID, or without an id the newest interrupted run")
+    parser.add_argument("--events", action="store_true",
+                        help="print one JSON progress event per line on stdout (for a parent process)")
+    for name, field in TrainingSettings.model_fields.items():  # every TRAIN_X is also --x
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", metavar="VALUE",
+                            help=f"{field.description or ''} (TRAIN_{name.upper()}, default {field.default})")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--local-ranks", metavar="N", help="data-parallel on N local processes through mlx.launch "
+                       "(ring backend on 127.0.0.1); same as --distributed N")
+    where.add_argument("--hostfile", metavar="FILE", help="data-parallel on the hosts of an mlx.launch JSON "
+                       "hostfile; same as --distributed FILE")
+    args = parse(parser, argv)
+    return args if isinstance(args, int) else _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    reporter = Reporter(args.events)
+    BarAwareHandler.install(reporter)
+    flags = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
+    flags["distributed"] = args.local_ranks or args.hostfile or flags["distributed"]
+    try:
+        settings = TrainingSettings.load(**flags)
+        serving = InferenceSettings.load()
+        dist = distributed.world()
+        if dist.size == 1 and settings.distributed and not distributed.under_launcher():
+            return relaunch(settings.distributed, _rank_argv(args, flags), events=args.events)
+        if not dist.lead:
+            reporter = _quiet_rank(dist.rank)
+        run, outcome = launch(settings, serving, resume=args.resume is not None, run_id=args.resume or None,
+                              reporter=reporter, dist=dist)
+    except Abandoned as error:  # rank 0 reports the failure and sets the exit code
+        log.warning("%s", error)
+        return 0
+    except (*INPUT_ERRORS, *FAILURES) as error:
+        return _fail(error, reporter)
+    except Exception as error:  # a bug: keep the traceback in the log, still tell the parent
+        log.exception("training failed")
+        return _fail(RuntimeError(f"{type(error).__name__}: {error}"), reporter)
+    if run is None:  # a rank other than 0: rank 0 has the run and says how it ended
+        return 0
+    reporter.clear()
+    print(f"run {run.id}: {outcome.state} at step {outcome.step} ({outcome.reason}); adapters in "
+          f"{run.dir / 'adapters'}", file=sys.stderr)
+    return 0
+
+
+def _fail(error: BaseException, reporter: Reporter) -> int:
+    """One line on stderr (and an "error" event); the exit code says whose fault it was."""
+    code = exit_code(error)
+    message = one_line(error)
+    reporter.clear()
+    reporter.emit("error", message=message, exit_code=code)
+    report(message)
+    return code
+
+
+def _rank_argv(args: argparse.Namespace, flags: dict) -> list[str]:
+    """The command line of every rank: this one, minus the distribution, plus --events for the launcher."""
+    argv = ["-v", "run"] if logging.getLogger().isEnabledFor(logging.DEBUG) else ["run"]
+    if args.resume is not None:
+        argv += ["--resume", *([args.resume] if args.resume else [])]
+    for name, value in flags.items():
+        if value is not None and name != "distributed":
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return [*argv, "--events"]
+
+
+def _quiet_rank(rank: int) -> Reporter:
+    """Ranks other than 0: no events, warnings only, tagged with the rank; stdout (the launcher's
+    channel for rank 0's events) goes to stderr."""
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+                                               "%H:%M:%S"))
+    logging.getLogger().setLevel(logging.WARNING)
+    reporter = Reporter(False)
+    reporter.bar = False
+    BarAwareHandler.reporter = reporter
+    return reporter

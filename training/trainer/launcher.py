@@ -30,11 +30,10 @@ from pathlib import Path
 
 from inference.settings import SettingsError
 
-from .runs import Reporter
+from ..errors import EXIT_FAILED
+from .reporting import Reporter
 
 log = logging.getLogger(__name__)
-
-EXIT_FAILED = 1
 
 
 def relaunch(spec: str, rank_argv: list[str], *, events: bool) -> int:
@@ -99,7 +98,7 @@ def forwarded_env() -> list[str]:
     from inference.backend import BackendSettings
     from inference.settings import InferenceSettings
 
-    from .settings import TrainingSettings
+    from ..settings import TrainingSettings
 
     names = {f"TRAIN_{name}".upper() for name in TrainingSettings.model_fields} - {"TRAIN_DISTRIBUTED"}
     names |= {name.upper() for cls in (InferenceSettings, DataSettings, BackendSettings) for name in cls.model_fields}

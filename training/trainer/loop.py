@@ -13,16 +13,21 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_map
 
+from ..runs import CANCELLED, EARLY_STOPPED, FINISHED, RUNNING, Run
+from ..settings import TrainingSettings
 from . import checkpoint
-from .batching import Batch, Example, batch_groups, collate, padding_fraction
+from .batching import Batch, Example, batch_groups, padding_fraction
 from .checkpoint import Loaded, Progress
 from .lora import save_adapter
 from .memory import MemoryPlan, peak_gb
 from .prefix import can_share, shared_forward
-from .runs import CANCELLED, EARLY_STOPPED, FINISHED, RUNNING, Reporter, Run
-from .settings import TrainingSettings
+from .reporting import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,6 @@ def make_loss(model):
     `shared` leading columns, equal in every row (the batch's `Batch.shared`), run once for the whole
     batch (prefix.py) when the architecture allows it.
     """
-    import mlx.core as mx
-    import mlx.nn as nn
 
     split = split_head(model)
     share = split is not None and can_share(model, split[0])
@@ -85,8 +88,6 @@ def make_loss(model):
 
 def split_head(model):
     """(backbone, head) if `model(x) == head(backbone(x))`, checked on a probe; else None."""
-    import mlx.core as mx
-
     backbone = getattr(model, "model", None)
     head = getattr(model, "lm_head", None)
     if head is None and backbone is not None and hasattr(getattr(backbone, "embed_tokens", None), "as_linear"):
@@ -113,8 +114,6 @@ def validation_loss(model, batches: list[Batch]) -> float:
 
 def validation_sums(model, batches: list[Batch]):
     """(Σ loss × targets, Σ targets) over `batches`, as MLX scalars (ranks add theirs up)."""
-    import mlx.core as mx
-
     loss = make_loss(model)
     was_training = model.training
     model.eval()
@@ -127,42 +126,48 @@ def validation_sums(model, batches: list[Batch]):
     return total, count
 
 
-def make_step(model, optimizer, loss, *, accumulation: int, grad_clip: float, compiled: bool):
-    """forward + backward, adding to `previous` grads; on `update` apply the averaged, clipped grads.
+def make_step(model, optimizer, loss, *, accumulation: int, grad_clip: float, compiled: bool, dist):
+    """(forward, apply), the same on one rank or N.
+
+    forward adds the gradients of this rank's rows of a micro-batch to `previous` (the loss summed over
+    them, divided by `total`, the whole micro-batch's target count); apply sums them over the ranks
+    (`dist.sum_tree`, the identity on one), averages over the micro-batches, clips and updates.
 
     Compiled (with model, optimizer and RNG state as its state) on Metal, where fusing kernels pays.
     On CPU it does not: every new batch shape costs a ~8 s trace for no measurable gain per step.
     """
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-    from mlx.utils import tree_map
-
     loss_and_grad = nn.value_and_grad(model, loss)
 
-    def step(inputs, positions, labels, weights, previous, update, shared=0):
-        (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights, None, shared)
+    def forward(inputs, positions, labels, weights, total, previous, shared=0):
+        (value, tokens), grads = loss_and_grad(model, inputs, positions, labels, weights, total, shared)
         if previous is not None:
             grads = tree_map(lambda a, b: a + b, grads, previous)
-        if update:
-            if accumulation > 1:
-                grads = tree_map(lambda g: g / accumulation, grads)
-            if grad_clip > 0:
-                grads, _ = optim.clip_grad_norm(grads, grad_clip)
-            optimizer.update(model, grads)
-            grads = None
         return value, tokens, grads
 
-    if not compiled:
-        return step
-    state = [model.state, optimizer.state, mx.random.state]
-    return partial(mx.compile, inputs=state, outputs=state)(step)
+    def update(grads):
+        grads = dist.sum_tree(grads)
+        if accumulation > 1:
+            grads = tree_map(lambda g: g / accumulation, grads)
+        if grad_clip > 0:
+            grads, _ = optim.clip_grad_norm(grads, grad_clip)
+        optimizer.update(model, grads)
+        return optimizer.step
+
+    if compiled:
+        state = [model.state, optimizer.state, mx.random.state]
+        forward = partial(mx.compile, inputs=state, outputs=state)(forward)
+        update = partial(mx.compile, inputs=state, outputs=state)(update)
+
+    def apply(grads):
+        if grads is None:  # none of this step's rows were on this rank: it adds zeros
+            grads = tree_map(mx.zeros_like, model.trainable_parameters())
+        update(grads)
+
+    return forward, apply
 
 
 def make_optimizer(settings: TrainingSettings):
     """AdamW with linear warmup then cosine decay to lr × min_lr_ratio at the last step."""
-    import mlx.optimizers as optim
-
     lr, warmup = settings.learning_rate, min(settings.warmup_steps, settings.iters - 1)
     cosine = optim.cosine_decay(lr, max(1, settings.iters - warmup), lr * settings.min_lr_ratio)
     schedule = cosine if warmup < 1 else optim.join_schedules(
@@ -173,18 +178,13 @@ def make_optimizer(settings: TrainingSettings):
 def train(model, examples: list[Example], valid: list[Batch], *, settings: TrainingSettings,
           plan: MemoryPlan, pad_id: int, run: Run, reporter: Reporter, fingerprint: dict,
           adapter_config: dict, resume: Loaded | None, stop: StopFlag, compiled: bool = False,
-          dist=None) -> Outcome:
-    """With `dist` (a `training.distributed.Distributed`), every rank runs this loop in lockstep on its
-    share of each global micro-batch (see distributed.py); only the lead (rank 0) writes files."""
-    import mlx.core as mx
-
-    lead = dist is None or dist.lead
-    # Data: length-sorted micro-batches of alike-starting examples, built once; only their order changes per epoch.
-    groups = batch_groups(examples, plan.batch_size)
-    if dist is None:
-        batches = [collate([examples[i] for i in group], pad_id) for group in groups]
-    else:  # the same global micro-batches; this rank collates only its rows of each
-        batches = dist.shard(examples, groups, pad_id)
+          dist) -> Outcome:
+    """Every rank (`dist`: distributed.py's OneRank or Distributed) runs this loop in lockstep on its
+    share of each global micro-batch; only the lead (rank 0) writes files."""
+    lead = dist.lead
+    # Data: length-sorted micro-batches of alike-starting examples, built once; only their order changes
+    # per epoch. Every rank cuts the same global micro-batches and collates only its rows of each.
+    batches = dist.shard(examples, batch_groups(examples, plan.batch_size), pad_id)
     log.info("%d train batches of ≤%d (padding %.1f%%), %d frozen valid batches (padding %.1f%%)",
              len(batches), plan.batch_size, 100 * padding_fraction(batches), len(valid),
              100 * padding_fraction(valid))
@@ -192,13 +192,7 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
     optimizer = make_optimizer(settings)
     optimizer.init(model.trainable_parameters())
     rng = np.random.default_rng(settings.seed)
-    if dist is not None:  # rank 0 restores its checkpoint, every rank gets the same state
-        progress = dist.restore(resume, model, optimizer)
-    elif resume is not None:
-        checkpoint.restore(resume, model, optimizer)
-        progress = resume.progress
-    else:
-        progress = None
+    progress = dist.restore(resume, model, optimizer)  # rank 0's checkpoint, the same state on every rank
     resumed = progress is not None
     if not resumed:
         progress = Progress()
@@ -216,16 +210,12 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         progress.position += 1
         return batches[progress.order[progress.position - 1]]
 
-    if dist is None:
-        step_fn = make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
-                            grad_clip=settings.grad_clip, compiled=compiled)
-    else:
-        forward, apply = dist.make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
-                                        grad_clip=settings.grad_clip, compiled=compiled)
+    forward, apply = make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
+                               grad_clip=settings.grad_clip, compiled=compiled, dist=dist)
     accumulation = plan.grad_accumulation
 
     def measure() -> float:
-        return validation_loss(model, valid) if dist is None else dist.validation_loss(model, valid)
+        return dist.validation_loss(model, valid)
 
     def record(record: dict) -> None:
         progress.metrics.append(record)
@@ -270,31 +260,21 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
     while progress.step < settings.iters:
         tic = time.perf_counter()
         # dropout noise: a function of the step (and of the rank: each sees other rows)
-        mx.random.seed(settings.seed * 1_000_003 + progress.step + (dist.rank * 1_000_000_007 if dist else 0))
+        mx.random.seed(settings.seed * 1_000_003 + progress.step + dist.rank * 1_000_000_007)
         grads, loss_sum, tokens, cells, targets = None, 0.0, 0, 0, 0
-        if dist is None:
-            for micro in range(accumulation):
-                batch = next_batch()
-                loss, count, grads = step_fn(batch.inputs, batch.positions, batch.labels, batch.weights, grads,
-                                             micro == accumulation - 1, batch.shared)
-                mx.eval(model.parameters(), optimizer.state, mx.random.state, loss, count, grads)
-                loss_sum += loss.item() * count.item()
-                targets += int(count.item())
-                tokens, cells = tokens + batch.tokens, cells + batch.cells
-        else:  # this rank's rows of each micro-batch, then one all_sum of the gradients
-            for _ in range(accumulation):
-                shard = next_batch()
-                if shard.batch is not None:
-                    b = shard.batch
-                    loss, _, grads = forward(b.inputs, b.positions, b.labels, b.weights,
-                                             mx.array(shard.total, mx.float32), grads, b.shared)
-                    mx.eval(loss, grads)
-                    loss_sum += loss.item() * shard.total
-                targets += shard.total
-                tokens, cells = tokens + shard.tokens, cells + shard.cells
-            apply(grads)
-            mx.eval(model.parameters(), optimizer.state, mx.random.state)
-            loss_sum, agreed = dist.step_end(loss_sum, stop)  # every rank: the same loss, the same stop
+        for _ in range(accumulation):  # this rank's rows of each micro-batch, then one sum over the ranks
+            shard = next_batch()
+            if shard.batch is not None:
+                b = shard.batch
+                loss, _, grads = forward(b.inputs, b.positions, b.labels, b.weights,
+                                         mx.array(shard.total, mx.float32), grads, b.shared)
+                mx.eval(loss, grads)
+                loss_sum += loss.item() * shard.total
+            targets += shard.total
+            tokens, cells = tokens + shard.tokens, cells + shard.cells
+        apply(grads)
+        mx.eval(model.parameters(), optimizer.state, mx.random.state)
+        loss_sum = dist.step_end(loss_sum, stop)  # every rank: the same loss
         progress.step += 1
         progress.trained_tokens += targets
         step, seconds = progress.step, time.perf_counter() - tic
@@ -317,7 +297,7 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
                           f"{settings.patience} evaluation(s); best {progress.best_val_loss:.4f} "
                           f"at step {progress.best_step}")
                 break
-        halt = stop.signal if dist is None else agreed  # ranks act on the agreed stop, never a late one
+        halt = dist.stopping(stop)  # ranks act on the stop agreed at the step's end, never a late one
         if step < settings.iters and (step % settings.checkpoint_every == 0 or halt) and lead:
             path = checkpoint.save(run.checkpoints, model, optimizer, progress, fingerprint,
                                    adapter_config, settings.keep_checkpoints)

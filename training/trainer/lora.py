@@ -7,10 +7,16 @@ and `mlx_lm.generate --adapter-path` all load the same folder.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from ..files import fsync_dir_files, replace_dir
 
 ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -22,9 +28,6 @@ def apply_lora(model, num_layers: int, rank: int, scale: float, dropout: float) 
     Returns the adapter_config.json content. The LoRA keys are written out explicitly so the
     adapter means the same thing whatever mlx-lm's default becomes.
     """
-    import mlx.nn as nn
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
     num_layers = min(num_layers, len(model.layers))
     keys = sorted(name for name, module in model.layers[-1].named_modules()
                   if isinstance(module, (nn.Linear, nn.QuantizedLinear)))
@@ -40,8 +43,6 @@ def use_grad_checkpoint(model) -> None:
     mlx-lm patches the block *class*, which would leak into every model in the process; here each
     block instance gets its own subclass, so parameter names (and adapters) are unchanged.
     """
-    import mlx.core as mx
-
     for block in model.layers:
         base = type(block)
         if getattr(base, "_checkpointed", False):
@@ -58,15 +59,11 @@ def use_grad_checkpoint(model) -> None:
 
 
 def adapter_weights(model) -> dict:
-    from mlx.utils import tree_flatten
-
     return dict(tree_flatten(model.trainable_parameters()))
 
 
 def save_adapter(model, folder: Path, config: dict) -> Path:
     """Write adapters.safetensors + adapter_config.json, replacing `folder` atomically."""
-    import mlx.core as mx
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a save that was killed
@@ -80,32 +77,3 @@ def save_adapter(model, folder: Path, config: dict) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
-
-
-def fsync_dir_files(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fsync_path(folder)
-
-
-def fsync_path(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Swap a finished staging folder into place; a reader never sees a half-written target."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-    os.rename(staging, target)
-    fsync_path(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from ..errors import UsageError
+
 log = logging.getLogger(__name__)
 
 GB = 1024**3
@@ -19,7 +24,7 @@ SAFETY = 1.25  # multiply the activation estimate: allocator fragmentation, temp
 MIN_SEQ = 64
 
 
-class MemoryBudgetError(RuntimeError):
+class MemoryBudgetError(UsageError, RuntimeError):
     """Even the smallest configuration does not fit the budget."""
 
 
@@ -52,8 +57,6 @@ class MemoryPlan:
 
 def model_shape(model, lora_layers: int) -> ModelShape:
     """Read the sizes the estimate needs from a loaded mlx-lm model (after LoRA is applied)."""
-    from mlx.utils import tree_flatten
-
     args = getattr(model, "args", None)
     params = tree_flatten(model.parameters())
     hidden = _arg(args, "hidden_size", "dim", "d_model") or params[0][1].shape[-1]
@@ -142,8 +145,6 @@ def _why(wanted, micro, longest, length, checkpoint, setting, need, budget) -> s
 
 def apply_limits(plan_: MemoryPlan, device: str) -> None:
     """On Metal, cap MLX's allocations at the budget and wire what the GPU may keep resident."""
-    import mlx.core as mx
-
     if device != "gpu" or not mx.metal.is_available():
         return
     budget = int(plan_.budget_gb * GB)
@@ -157,6 +158,4 @@ def apply_limits(plan_: MemoryPlan, device: str) -> None:
 
 
 def peak_gb() -> float:
-    import mlx.core as mx
-
     return mx.get_peak_memory() / GB

@@ -9,6 +9,9 @@ the rest of every row against them, broadcast: the same loss and gradients up to
 
 from __future__ import annotations
 
+import mlx.core as mx
+from mlx_lm.models.cache import create_attention_mask
+
 
 class SharedPrefixCache:
     """One layer's keys/values of the shared prefix (1 row); the suffix pass attends to them broadcast.
@@ -22,8 +25,6 @@ class SharedPrefixCache:
         self.offset = 0
 
     def update_and_fetch(self, keys, values):
-        import mlx.core as mx
-
         if self.keys is None:  # the prefix pass
             self.keys, self.values, self.offset = keys, values, keys.shape[2]
             return keys, values
@@ -36,8 +37,6 @@ class SharedPrefixCache:
                 mx.concatenate([wide(self.values), values], axis=2))
 
     def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None):
-        from mlx_lm.models.cache import create_attention_mask
-
         return create_attention_mask(n, self.offset, return_array, window_size)
 
 
@@ -53,8 +52,6 @@ def can_share(model, backbone) -> bool:
     """Whether `shared_forward` gives the plain forward's numbers on this architecture (checked on a
     probe). Not with gradient checkpointing: a checkpointed block would not pass gradients back to the
     prefix keys it reads from the cache."""
-    import mlx.core as mx
-
     if any(getattr(type(block), "_checkpointed", False) for block in getattr(backbone, "layers", [])):
         return False
     was_training = model.training
