@@ -38,7 +38,7 @@ LABEL = "pt.farense.bot"  # launchd label
 LOCK_FILE = "bot.lock"
 SERVICE_LOG = "service.log"
 RESTART_DELAY_S = 30
-STOP_TIMEOUT_S = 180  # training children get 120 s to checkpoint (training/pipeline.py)
+STOP_TIMEOUT_S = 180  # training children get 120 s to checkpoint (training/lifecycle/pipeline.py)
 
 
 class ServiceError(RuntimeError):

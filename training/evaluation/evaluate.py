@@ -1,4 +1,4 @@
-"""Answering held-out questions as served, and the four-configuration evaluation (issue 11).
+"""Answering held-out questions as served, and the four-configuration evaluation.
 
 `served_answers` is how the gate and `python -m training evaluate` answer a question: the prompt
 comes from inference.grounding.build_grounded (retrieved facts in the system prompt) exactly as the

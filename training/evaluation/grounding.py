@@ -5,7 +5,7 @@ the adapter must learn on those prompts: to read the facts it is shown, pick the
 and say it does not know when none does. `ground_dataset` rewrites a `python -m data build` folder
 into a sibling folder whose lines carry the grounded messages and the target answer.
 
-Decisions (issue 11):
+Decisions:
 (a) A seed QA pair whose own fact (its seed `fact` number, carried by data/builder.py) was not
     retrieved gets it anyway: it replaces the lowest-ranked retrieved fact (or joins them when fewer
     than RETRIEVAL_TOP_K came back, or is the only fact when none did), at a position drawn from a

@@ -1,7 +1,7 @@
 """Data-parallel LoRA training on MLX's own distributed backend (`mx.distributed`), one process per rank.
 
 `mlx.launch` starts `python -m training run` on every rank (a ring over TCP or Thunderbolt, MPI, or
-NCCL on CUDA); `training/launcher.py` does that for `--local-ranks N` / `--hostfile FILE`.
+NCCL on CUDA); `launcher.py` does that for `--local-ranks N` / `--hostfile FILE`.
 
 Global batch semantics. The ranks cut the same length-sorted global micro-batches as a single
 process with the same plan; rank r takes rows r, r+N, r+2N… of each (similar lengths on every rank)
@@ -23,6 +23,9 @@ another number of ranks (same numbers up to float rounding; bit for bit with the
 Stopping: mlx.launch copies its stdin to every rank. A line `stop REASON` finishes the step and
 checkpoints (like SIGTERM), `kill` ends the rank at once; rank 0 takes the end of its stdin (the
 launcher is gone) as a stop. SIGHUP (an ssh session gone) stops like SIGTERM.
+
+A plain run is `OneRank`: rank 0 of 1, whose collectives are identities, so the loop and the launch
+flow have one code path for one rank or N and never touch mx.distributed on one.
 """
 
 from __future__ import annotations
