@@ -244,7 +244,7 @@ def main() -> None:
     print(f"model {engine.info.model_id} on {engine.info.device} ({engine.info.dtype}, {engine.info.blas}); "
           f"{args.users} users × {args.questions} questions, each asked when the previous answer arrived; "
           f"max_tokens {args.max_tokens}")
-    store = Store(DataSettings.load().database_file)
+    store = Store(DataSettings.load().home.database)
     server = BotApiServer(TOKEN).start()
     results = {}
     try:

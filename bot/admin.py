@@ -151,7 +151,7 @@ def _short(text: str, width: int = FACT_CHARS) -> str:
 
 def registry(app: Services) -> Registry:
     """The registry, checking adapters against the model actually served."""
-    return Registry(app.home, base_model=app.engine.info.path)
+    return Registry(app.home.root, base_model=app.engine.info.path)
 
 
 def _production(app: Services) -> str:
@@ -173,7 +173,7 @@ def _numbers(values: dict) -> str:
 
 
 def _last_training(app: Services) -> str:
-    state = pipeline_state(app.home)
+    state = pipeline_state(app.home.root)
     running = (f"running now (stage {state.get('stage')}, since {state.get('since')}); "
                if state.get("running") else "")
     last = state.get("last")

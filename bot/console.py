@@ -150,7 +150,7 @@ class Console:
         run = latest_run(self.app.home)
         png = await asyncio.to_thread(loss_plot, run) if run is not None else None
         if png is not None:
-            path = self.app.home / "status-loss.png"
+            path = self.app.home.loss_plot
             path.write_bytes(png)
             self.say(f"Loss plot of run {run.name}: {path}")
 

@@ -12,10 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from common.home import Home
 from data.settings import DataSettings
 from data.store import Store
 from inference.engine import Engine
@@ -46,15 +46,15 @@ class Services:
         data_settings = data_settings or DataSettings.load()
         # One index for every chat, over the store's own database (DATABASE_PATH): an admin's
         # correction is retrieved by the next question. GROUNDING is the engine's setting.
-        index = (FactIndex(data_settings.database_file, engine.settings.retrieval_min_score)
+        index = (FactIndex(data_settings.home.database, engine.settings.retrieval_min_score)
                  if engine.settings.grounding else None)
         return cls(settings=settings, data_settings=data_settings, engine=engine, store=store,
                    conversations=Conversations(engine, store, settings, index),
                    retrainer=Retrainer(engine, train_args=train_args))
 
     @property
-    def home(self) -> Path:
-        return self.engine.settings.farense_home
+    def home(self) -> Home:
+        return self.engine.settings.home
 
     def now(self) -> datetime:
         return self.clock() if self.clock else datetime.now(self.settings.zone)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .adapters import Adapter, AdapterError, production_pointer_path, read_adapter, read_production
+from .adapters import Adapter, AdapterError, read_adapter, read_production
 from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
 from .loading import ModelInfo, load_base
 from .prompts import render_prompt
@@ -213,7 +213,7 @@ class Engine:
     # ----- worker thread ----------------------------------------------------------------------
     def _pointer_stamp(self) -> tuple[int, int] | None:
         try:
-            stat = production_pointer_path(self.settings.farense_home).stat()
+            stat = self.settings.home.production_pointer.stat()
         except FileNotFoundError:
             return None
         return stat.st_mtime_ns, stat.st_ino

@@ -148,7 +148,7 @@ def start_bot(tiny_model_dir, isolated_env, monkeypatch):
         settings = BotSettings.load(**options)
         engine = Engine(InferenceSettings.load(temperature=0.0, max_tokens=max_tokens))
         data_settings = DataSettings.load()
-        store = Store(data_settings.database_file)
+        store = Store(data_settings.home.database)
         application = build_application(settings, engine, store, data_settings=data_settings,
                                         train_args=train_args)
         bot = RunningBot(server, application, engine, store)

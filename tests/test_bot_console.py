@@ -93,7 +93,7 @@ def test_console_cites_sources_declines_and_admins_the_knowledge_base(tiny_model
     from inference.settings import InferenceSettings
 
     engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)), adapter=None)
-    store = Store(DataSettings.load().database_file)
+    store = Store(DataSettings.load().home.database)
     engine.stream = restate_the_first_fact
 
     def run(script: str) -> str:

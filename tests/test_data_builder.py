@@ -178,7 +178,7 @@ def test_nothing_to_build_is_an_error(tmp_path):
 
 def test_store_from_settings_is_used_when_none_is_given(tmp_path):
     settings = make_settings(tmp_path, write_seed(tmp_path / "seed", seed_pairs(3)))
-    with Store(settings.database_file) as store:
+    with Store(settings.home.database) as store:
         message = store.log_message(USER, USER, "From the configured DB?", "Yes.", **META)
         store.set_feedback(message, USER, 1)
     assert build_dataset(settings).manifest["sources"]["feedback"] == 1
@@ -195,18 +195,18 @@ def test_a_failed_build_leaves_no_partial_folder_and_keeps_latest(tmp_path, monk
             raise OSError(28, "No space left on device")
         Path(path).write_bytes(data)
 
-    monkeypatch.setattr(builder, "_write_synced", fail_on_second_file)
+    monkeypatch.setattr(builder, "write_synced", fail_on_second_file)
     with pytest.raises(OSError, match="No space left"):
         build_dataset(make_settings(tmp_path, write_seed(tmp_path / "more", seed_pairs(25))))
-    assert [p.name for p in settings.datasets_root.iterdir() if p.is_dir()] == [good.path.name]
+    assert [p.name for p in settings.home.datasets.iterdir() if p.is_dir()] == [good.path.name]
     assert latest_dataset(settings) == good.path
 
 
 def test_latest_dataset_tolerates_missing_and_broken_pointers(tmp_path):
     settings = make_settings(tmp_path, tmp_path)
     assert latest_dataset(settings) is None
-    settings.datasets_root.mkdir(parents=True)
-    pointer = settings.datasets_root / "latest"
+    settings.home.datasets.mkdir(parents=True)
+    pointer = settings.home.datasets / "latest"
     for content in ("{not json", '{"dataset": "../../etc"}', '{"dataset": "gone"}', "[]"):
         pointer.write_text(content)
         assert latest_dataset(settings) is None

@@ -12,7 +12,8 @@ import pytest
 
 from inference.gguf import GGUFError, convert_gguf
 from inference.modelstore import DEFAULT_MODEL_NAME, ModelNotFound, ensure_converted, resolve_model
-from inference.settings import InferenceSettings, SettingsError
+from common.settings import SettingsError
+from inference.settings import InferenceSettings
 
 from .models import make_adapter
 

@@ -14,7 +14,7 @@ from telegram.error import InvalidToken
 
 from bot.settings import BotSettings
 from inference.adapters import read_production
-from inference.settings import SettingsError
+from common.settings import SettingsError
 from training.registry import Registry
 
 from .botapi import BotApiServer

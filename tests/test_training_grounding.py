@@ -29,7 +29,7 @@ HASSAN = "Who was Hassan Nader?"
 @pytest.fixture
 def knowledge(isolated_env) -> Path:
     """The configured database with the seeded knowledge base (every Store open seeds it)."""
-    path = DataSettings.load().database_file
+    path = DataSettings.load().home.database
     Store(path).close()
     return path
 
@@ -111,7 +111,7 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
 
 def _fact_text(db: Path, number: int) -> str:
     with Store(db) as store:
-        return store._read("SELECT text FROM facts WHERE fact = ? AND lang = 'en'", (number,))[0][0]
+        return store.read("SELECT text FROM facts WHERE fact = ? AND lang = 'en'", (number,))[0][0]
 
 
 def test_pipeline_grounds_before_training_and_the_gate_answers_from_retrieved_facts(
