@@ -21,7 +21,7 @@ from inference.modelstore import ModelNotFound
 from inference.settings import InferenceSettings
 
 from .logs import add_update_context, log_context, setup_logging
-from .service import hold_running_lock
+from .os_service import hold_running_lock
 from .settings import BotSettings
 
 EXIT_SETUP = 2

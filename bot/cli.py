@@ -24,7 +24,7 @@ from inference.modelstore import DEFAULT_MODEL_NAME
 from inference.settings import InferenceSettings
 
 from .doctor import repair_registry, run_doctor
-from .service import ServiceError, ServiceSpec, control, install, status, uninstall
+from .os_service import ServiceError, ServiceSpec, control, install, status, uninstall
 
 EXIT_SETUP = 2
 

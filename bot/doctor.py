@@ -26,7 +26,7 @@ from inference.modelstore import DEFAULT_GGUF_NAME, DEFAULT_MODEL_NAME
 from inference.settings import InferenceSettings
 
 from .handlers.errors import redact
-from .service import bot_running
+from .os_service import bot_running
 from .settings import BotSettings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"

@@ -1,15 +1,13 @@
 """Everything the handlers share, built once: settings, engine, store, conversations, training.
 
-Both transports (Telegram and the console) hold one Services; the nightly scheduler lives here
-so it runs on whichever event loop serves the bot.
+Both transports (Telegram and the console) hold one Services; the nightly schedule that runs on
+their event loop is defined in bot/scheduler.py and kept here only to be shut down with the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,10 +20,8 @@ from inference.engine import Engine
 from inference.grounding import FactIndex
 
 from .conversation import Conversations
-from .retraining import NIGHTLY_JOB_ID, Retrainer, RetrainOutcome, nightly_retrain
+from .retraining import Retrainer
 from .settings import BotSettings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +33,7 @@ class Services:
     conversations: Conversations
     retrainer: Retrainer
     started: float = field(default_factory=time.time)
-    scheduler: AsyncIOScheduler | None = None
+    scheduler: AsyncIOScheduler | None = None  # bot/scheduler.py start_nightly
     clock: Callable[[], datetime] | None = None  # tests inject the night; None = now, local time
 
     @classmethod
@@ -58,24 +54,6 @@ class Services:
 
     def now(self) -> datetime:
         return self.clock() if self.clock else datetime.now(self.settings.zone)
-
-    def start_scheduler(self, notify: Callable[[str], Awaitable[None]]) -> None:
-        """Nightly retraining on the running loop; `notify` tells the admins how it went."""
-        async def nightly() -> RetrainOutcome | None:
-            return await nightly_retrain(self.retrainer, self.store, self.now(), notify)
-
-        scheduler = AsyncIOScheduler(timezone=self.settings.zone, event_loop=asyncio.get_running_loop())
-        scheduler.add_job(nightly, self.settings.cron_trigger(), id=NIGHTLY_JOB_ID,
-                          name="nightly retraining", replace_existing=True, coalesce=True,
-                          max_instances=1, misfire_grace_time=self.settings.retrain_misfire_grace_s)
-        scheduler.start()
-        self.scheduler = scheduler
-        log.info("nightly retraining scheduled (%s, %s); next run %s", self.settings.retrain_cron,
-                 self.settings.retrain_timezone, self.next_nightly())
-
-    def next_nightly(self) -> datetime | None:
-        job = self.scheduler.get_job(NIGHTLY_JOB_ID) if self.scheduler else None
-        return job.next_run_time if job else None
 
     def close(self) -> None:
         """Stop the scheduler and the answer threads; the engine and store belong to the caller."""

@@ -23,7 +23,7 @@ from typing import Iterator
 
 from .adapters import Adapter, AdapterError, read_adapter, read_production
 from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
-from .loading import ModelInfo, load_base
+from .loading import load_base
 from .prompts import render_prompt
 from .sampling import make_sampler
 from .settings import InferenceSettings

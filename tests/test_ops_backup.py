@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import service
+from bot import os_service
 from bot.retraining import Retrainer, nightly_retrain
 from common.home import Home
 from data import backup
@@ -166,14 +166,14 @@ def test_restore_refuses_while_the_bot_a_pipeline_or_training_holds_its_lock(iso
     fill(isolated_env)
     archive = create_backup(isolated_env / "farense.db", isolated_env / "adapters", tmp_path / "backups").path
     home = Home(isolated_env, backups_dir=tmp_path / "backups")
-    running = service.hold_running_lock(isolated_env)
+    running = os_service.hold_running_lock(isolated_env)
     try:
-        assert service.bot_running(isolated_env)
+        assert os_service.bot_running(isolated_env)
         with pytest.raises(BackupError, match="the bot is running"):
             restore_backup(archive, home)
     finally:
         running.close()
-    assert not service.bot_running(isolated_env)
+    assert not os_service.bot_running(isolated_env)
     with pipeline._pipeline_lock(isolated_env, trigger="nightly", requested_by="test") as holder:
         assert holder is None
         with pytest.raises(BackupError, match="a retraining pipeline is running"):
