@@ -13,7 +13,7 @@ from data.knowledge import list_facts
 from training.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
-from .conftest import BOT_ADMIN, BOT_TOKEN
+from .helpers import BOT_ADMIN, BOT_TOKEN
 from .models import make_adapter
 
 USER = 4242

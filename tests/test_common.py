@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import BotSettings
-from common.files import (LockBusy, acquire_lock, file_lock, is_locked, replace_dir, sha256_file,
-                          write_atomic)
+from common.files import LockBusy, acquire_lock, file_lock, is_locked, replace_dir, sha256_file, write_atomic
 from common.home import Home
 from data.settings import DataSettings
 from inference.settings import InferenceSettings

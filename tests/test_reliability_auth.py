@@ -18,9 +18,8 @@ from common.settings import SettingsError
 from training.registry import Registry
 
 from .botapi import BotApiServer
-from .conftest import BOT_ADMIN, BOT_TOKEN
+from .helpers import BOT_ADMIN, BOT_TOKEN
 from .models import make_adapter
-from .test_reliability_load import roomy_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("roomy_server")  # bursts of requests need a listen backlog
 

@@ -1,4 +1,4 @@
-"""Training on prompts as served (issue 11): grounding a built dataset, the pipeline grounding before
+"""Training on prompts as served: grounding a built dataset, the pipeline grounding before
 it trains, the gate answering from retrieved facts, and the four-configuration evaluation."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from training.grounding import default_out_folder, ground_dataset
 from training.pipeline import run_pipeline
 from training.registry import Registry
 
+from .helpers import TRAIN_ARGS, lifecycle_env, write_seed
 from .models import make_adapter
-from .test_lifecycle_gate import TRAIN_ARGS, lifecycle_env, write_seed
 
 HASSAN = "Who was Hassan Nader?"
 
