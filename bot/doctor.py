@@ -152,7 +152,7 @@ class Doctor:
     def model(self) -> Check:
         if self.inference is None:
             return Check("model", SKIP, "settings invalid")
-        wanted, root = self.inference.model_path, self.inference.models_root
+        wanted, root = self.inference.model_path, self.inference.home.models
         if not wanted:
             folder = root / DEFAULT_MODEL_NAME
             if (folder / "config.json").is_file():
@@ -232,7 +232,7 @@ class Doctor:
 
         settings = TrainingSettings.load()
         budget = settings.memory_budget_gb or memory.default_budget_gb()  # before loading, like training
-        model, _, info = load_base(str(self.model_folder), self.inference.models_root, self.inference.device,
+        model, _, info = load_base(str(self.model_folder), self.inference.home.models, self.inference.device,
                                    self.inference.cpu_dtype)
         apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout)
         shape = memory.model_shape(model, settings.lora_layers)

@@ -15,11 +15,11 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from common.settings import SettingsError
+
 from .backup import BackupError, create_backup, describe, list_backups, read_manifest, restore_backup
 from .builder import MANIFEST, SPLITS, BuildError, build_dataset, latest_dataset
 from .knowledge_cli import add_knowledge_parser, run_knowledge
-from common.settings import SettingsError
-
 from .settings import DataSettings
 from .store import Store, StoreError
 

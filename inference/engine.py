@@ -293,7 +293,7 @@ class Engine:
         try:
             settings = self.settings
             self.model, self.tokenizer, self.info = load_base(
-                settings.model_path, settings.models_root, settings.device, settings.cpu_dtype)
+                settings.model_path, settings.home.models, settings.device, settings.cpu_dtype)
             from mlx_lm.generate import generation_stream as stream
 
             self._lanes: list[_Lane] = []  # the last one serves new requests, the others drain

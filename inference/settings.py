@@ -1,6 +1,7 @@
-"""Settings of the inference package, read from the environment and `.env`.
+"""Settings of the inference package, read from the environment and `.env` (common/settings.py).
 
-Every package has its own settings class; none reads `os.environ` directly.
+Every package has its own settings class on the one base; none reads `os.environ` directly. Paths
+under FARENSE_HOME (models, database, production pointer) come from `settings.home`.
 """
 
 from __future__ import annotations
