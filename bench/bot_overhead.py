@@ -31,7 +31,6 @@ import contextvars
 import os
 import queue
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -194,7 +193,7 @@ def run(label: str, engine, store, server, args) -> dict:
     from bot.app import build_application
     from bot.settings import BotSettings
     from data.settings import DataSettings
-    from tests.conftest import RunningBot
+    from tests.helpers import RunningBot
 
     settings = BotSettings.load(telegram_bot_token=TOKEN, telegram_base_url=server.base_url,
                                 admin_user_ids=(1,), rate_limit_per_minute=1000)
@@ -244,7 +243,7 @@ def main() -> None:
     print(f"model {engine.info.model_id} on {engine.info.device} ({engine.info.dtype}, {engine.info.blas}); "
           f"{args.users} users × {args.questions} questions, each asked when the previous answer arrived; "
           f"max_tokens {args.max_tokens}")
-    store = Store(DataSettings.load().database_file)
+    store = Store(DataSettings.load().home.database)
     server = BotApiServer(TOKEN).start()
     results = {}
     try:

@@ -37,7 +37,7 @@ from inference.settings import InferenceSettings
 import mlx.core as mx
 from mlx_lm.generate import stream_generate
 s = InferenceSettings.load()
-model, tok, info = load_base(s.model_path, s.models_root, "cpu", s.cpu_dtype)
+model, tok, info = load_base(s.model_path, s.home.models, "cpu", s.cpu_dtype)
 prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me the history of SC Farense, the football club of Faro, in detail. " * 6}], add_generation_prompt=True)
 for _ in stream_generate(model, tok, prompt, max_tokens=4): pass  # warm-up
 last = None
@@ -61,7 +61,7 @@ from training.settings import TrainingSettings
 import mlx.core as mx
 dataset, batch_size, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 s, t = InferenceSettings.load(), TrainingSettings.load()
-model, tok, info = load_base(s.model_path, s.models_root, "cpu", s.cpu_dtype)
+model, tok, info = load_base(s.model_path, s.home.models, "cpu", s.cpu_dtype)
 mx.random.seed(0)
 apply_lora(model, t.lora_layers, t.lora_rank, t.lora_scale, t.lora_dropout)
 examples = load_examples(dataset / "train.jsonl", tok, s.system_prompt, t.max_seq_length)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.home import Home, default_root
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {  # name: (extra `python -m training run` flags, extra environment)
     "1 process": ([], {}),
@@ -59,7 +61,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="farense-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "PIPELINE_", "OPENBLAS_"))}
     env |= {"FARENSE_HOME": str(home), "MODEL_PATH": args.model}
-    env.setdefault("MODELS_DIR", str(Path.home() / ".farense" / "models"))  # reuse the converted model
+    env.setdefault("MODELS_DIR", str(Home(default_root()).models))  # reuse the converted model
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     try:
         subprocess.run([sys.executable, "-m", "data", "build"], env=env, cwd=REPO, check=True, capture_output=True)

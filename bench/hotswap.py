@@ -117,7 +117,7 @@ def main() -> None:
     from training.lifecycle.registry import Registry
 
     settings = InferenceSettings.load()
-    model_dir = Path(resolve_model(settings.model_path, settings.models_root))
+    model_dir = Path(resolve_model(settings.model_path, settings.home.models))
     registry = Registry(home, base_model=model_dir)
     versions = [registry.add_candidate(make_adapter(model_dir, home / "incoming" / f"a{i}", rank=8, num_layers=16,
                                                     seed=i + 1)).version for i in range(args.swaps + 1)]

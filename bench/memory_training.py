@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.home import Home, default_root
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="farense-bench-memory-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "PIPELINE_"))}
     env |= {"FARENSE_HOME": str(home), "MODEL_PATH": args.model}
-    env.setdefault("MODELS_DIR", str(Path.home() / ".farense" / "models"))  # reuse a converted model
+    env.setdefault("MODELS_DIR", str(Home(default_root()).models))  # reuse a converted model
     rows = []
     try:
         dataset = longest_dataset(home, 8 * args.steps)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.home import Home  # noqa: E402
 from data.seed import load_eval, load_ood  # noqa: E402
 from data.settings import PACKAGE_SEED_DIR  # noqa: E402
 from data.store import Store  # noqa: E402
@@ -169,7 +170,7 @@ def main() -> int:
     args = parser.parse_args()
     dev, held_out = dev_questions(), held_out_questions()
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "farense.db"
+        path = Home(Path(folder)).database
         Store(path).close()
         new = FactIndex(path, grounding.DEFAULT_MIN_SCORE)
         if args.sweep:

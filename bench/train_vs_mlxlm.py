@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.home import Home, default_root
+
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("ours", "mlx-lm")
 TOKENS_DEFINITION = ("trained tokens = assistant (target) tokens of each batch's examples, padding excluded; "
@@ -95,7 +97,7 @@ def train_mlx_lm(args) -> dict:
     from training.trainer.batching import served_messages
 
     serving = InferenceSettings.load()
-    model, tokenizer, _ = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)
+    model, tokenizer, _ = load_base(serving.model_path, serving.home.models, serving.device, serving.cpu_dtype)
 
     def split(name: str):  # the same token sequences our trainer builds: serving system prompt included
         lines = (Path(args.dataset) / f"{name}.jsonl").read_text().splitlines()
@@ -203,7 +205,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="farense-bench-train-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "PIPELINE_"))}
     env |= {"FARENSE_HOME": str(home), "MODEL_PATH": args.model}
-    env.setdefault("MODELS_DIR", str(Path.home() / ".farense" / "models"))  # reuse a converted model
+    env.setdefault("MODELS_DIR", str(Home(default_root()).models))  # reuse a converted model
     results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     try:
         args.dataset = build_dataset(home)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from common.settings import SettingsError
 from data.backup import BackupError, backup_before_upgrade
 from data.settings import DataSettings
-from data.settings import SettingsError as DataSettingsError
 from data.store import Store, StoreError
 from inference.adapters import AdapterError
 from inference.engine import Engine
 from inference.loading import ModelLoadError
 from inference.modelstore import ModelNotFound
-from inference.settings import InferenceSettings, SettingsError
+from inference.settings import InferenceSettings
 
 from .logs import add_update_context, log_context, setup_logging
-from .service import hold_running_lock
+from .os_service import hold_running_lock
 from .settings import BotSettings
 
 EXIT_SETUP = 2
@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         inference_settings = InferenceSettings.load()
         data_settings = DataSettings.load()
         settings = BotSettings.load()
-    except (SettingsError, DataSettingsError) as error:
+    except SettingsError as error:
         return _fail(str(error))
     console = settings.telegram_bot_token is None
-    setup_logging(inference_settings.farense_home, settings, console=console)
+    setup_logging(settings.home, settings, console=console)
     try:
         backup_before_upgrade(data_settings)  # the Store migrates an older schema at open
-        store = Store(data_settings.database_file)
+        store = Store(data_settings.home.database)
     except (StoreError, BackupError, OSError) as error:
         return _fail(str(error))
     try:

@@ -22,6 +22,7 @@ from inference.engine import Engine
 
 from .handlers import admin, commands, questions
 from .handlers.errors import on_error
+from .scheduler import start_nightly
 from .services import Services
 from .settings import BotSettings
 from .texts import ADMIN_COMMANDS, PUBLIC_COMMANDS
@@ -47,7 +48,7 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
         .base_url(settings.telegram_base_url)
         .rate_limiter(AIORateLimiter(max_retries=MAX_RETRIES))
         .concurrent_updates(True)  # commands stay responsive while answers are generated
-        .job_queue(None)  # nightly retraining has its own scheduler (Services.start_scheduler)
+        .job_queue(None)  # nightly retraining has its own scheduler (bot/scheduler.py)
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()
@@ -71,9 +72,9 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
 
 
 async def _post_init(application: Application) -> None:
-    app: Services = application.bot_data["services"]
-    await register_commands(application.bot, app.settings.admin_user_ids)
-    app.start_scheduler(functools.partial(notify_admins, application.bot, app.settings.admin_user_ids))
+    services: Services = application.bot_data["services"]
+    await register_commands(application.bot, services.settings.admin_user_ids)
+    start_nightly(services, functools.partial(notify_admins, application.bot, services.settings.admin_user_ids))
 
 
 async def _post_shutdown(application: Application) -> None:

@@ -16,16 +16,15 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from common.settings import SettingsError
 from data.backup import schema_version
 from data.migrations import MIGRATIONS
 from data.settings import DataSettings
-from data.settings import SettingsError as DataSettingsError
-from inference.adapters import production_pointer_path
 from inference.modelstore import DEFAULT_MODEL_NAME
-from inference.settings import InferenceSettings, SettingsError
+from inference.settings import InferenceSettings
 
 from .doctor import repair_registry, run_doctor
-from .service import ServiceError, ServiceSpec, control, install, status, uninstall
+from .os_service import ServiceError, ServiceSpec, control, install, status, uninstall
 
 EXIT_SETUP = 2
 
@@ -57,7 +56,7 @@ def main(argv: list[str]) -> int:
             return run_doctor(args.timeout)
         if args.command == "service":
             return _service(args)
-    except (SettingsError, DataSettingsError, ServiceError, OSError) as error:
+    except (SettingsError, ServiceError, OSError) as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_SETUP
@@ -97,17 +96,17 @@ def version_lines() -> list[str]:
              + ", ".join(f"{name} {value}" for name, value in versions.items()) + ")"]
     try:
         data, inference = DataSettings.load(), InferenceSettings.load()
-    except (SettingsError, DataSettingsError) as error:
+    except SettingsError as error:
         return lines + [f"settings invalid: {error}"]
     try:
-        on_disk = schema_version(data.database_file)
-        found = f"v{on_disk} in {data.database_file}" if on_disk is not None else "no database yet"
+        on_disk = schema_version(data.home.database)
+        found = f"v{on_disk} in {data.home.database}" if on_disk is not None else "no database yet"
     except sqlite3.Error as error:
-        found = f"{data.database_file} unreadable ({error})"
+        found = f"{data.home.database} unreadable ({error})"
     lines.append(f"database schema: v{len(MIGRATIONS)} in this code, {found}")
     lines.append(f"model: {inference.model_path or f'embedded {DEFAULT_MODEL_NAME}'}")
     try:
-        pointer = json.loads(production_pointer_path(inference.farense_home).read_text())
+        pointer = json.loads(inference.home.production_pointer.read_text())
         adapter = pointer.get("version") or "none (base model)"
     except FileNotFoundError:
         adapter = "none (base model)"

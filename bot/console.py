@@ -13,10 +13,11 @@ import sys
 import time
 from typing import TextIO
 
-from . import admin
+from . import admin_ops
 from .conversation import Answer, Asker
 from .plot import latest_run, loss_plot
 from .retraining import BUSY, ProgressText
+from .scheduler import start_nightly
 from .services import Services
 from .texts import deleted_summary, text
 
@@ -34,10 +35,10 @@ COMMANDS = """Console commands:
 
 
 class Console:
-    def __init__(self, app: Services, out: TextIO = sys.stdout):
-        self.app = app
+    def __init__(self, services: Services, out: TextIO = sys.stdout):
+        self.services = services
         self.out = out
-        user = app.settings.console_user_id
+        user = services.settings.console_user_id
         self.asker = Asker(chat_id=user, user_id=user, name="console")
         self.last: Answer | None = None
 
@@ -46,9 +47,9 @@ class Console:
         self.out.flush()
 
     async def run(self, source: TextIO = sys.stdin) -> None:
-        self.say(f"Farense bot — model {self.app.engine.model_id}, adapter "
-                 f"{self.app.engine.adapter_version or 'none'}. Ask about SC Farense; /help for commands.")
-        self.app.start_scheduler(self.notify)
+        self.say(f"Farense bot — model {self.services.engine.model_id}, adapter "
+                 f"{self.services.engine.adapter_version or 'none'}. Ask about SC Farense; /help for commands.")
+        start_nightly(self.services, self.notify)
         echo = not source.isatty()  # piped input: show it, so the output reads as a transcript
         while True:
             self.say("you> ", end="")
@@ -70,7 +71,7 @@ class Console:
         self.say(f"\n[admin] {message}")
 
     async def ask(self, question: str) -> None:
-        settings = self.app.settings
+        settings = self.services.settings
         if len(question) > settings.max_question_chars:
             self.say(text("too_long", "en", length=len(question), limit=settings.max_question_chars))
             return
@@ -83,7 +84,7 @@ class Console:
 
         self.say("bot> ", end="")
         try:
-            answer = await self.app.conversations.ask(self.asker, question, show)
+            answer = await self.services.conversations.ask(self.asker, question, show)
         except Exception:
             log.exception("answering failed")
             self.say(text("failed", "en"))
@@ -109,12 +110,12 @@ class Console:
         self.say(text("help", "en") + "\n\n" + COMMANDS)
 
     async def do_reset(self, _: str) -> None:
-        self.app.conversations.reset(self.asker.chat_id)
+        self.services.conversations.reset(self.asker.chat_id)
         self.say(text("reset", "en"))
 
     async def do_forget(self, _: str) -> None:
-        counts = await asyncio.to_thread(self.app.store.forget_user, self.asker.user_id)
-        self.app.conversations.forget_user(self.asker.user_id)
+        counts = await asyncio.to_thread(self.services.store.forget_user, self.asker.user_id)
+        self.services.conversations.forget_user(self.asker.user_id)
         self.last = None
         summary = deleted_summary(counts, "en")
         self.say(text("forgot", "en", details=summary) if summary else text("forgot_nothing", "en"))
@@ -129,33 +130,33 @@ class Console:
         if self.last is None:
             self.say("Nothing to rate yet — ask a question first.")
             return
-        await asyncio.to_thread(self.app.store.set_feedback, self.last.message_id, self.asker.user_id, value)
+        await asyncio.to_thread(self.services.store.set_feedback, self.last.message_id, self.asker.user_id, value)
         self.say(text("vote_thanks", "en"))
 
     async def do_correct(self, fix: str) -> None:
         if self.last is None or not fix:
             self.say("Usage: /correct <the right answer>, after an answer.")
             return
-        self.say(await asyncio.to_thread(admin.correct, self.app, self.last.message_id,
+        self.say(await asyncio.to_thread(admin_ops.correct, self.services, self.last.message_id,
                                          self.asker.user_id, fix))
 
     async def do_facts(self, query: str) -> None:
-        self.say(await asyncio.to_thread(admin.facts_text, self.app, query))
+        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query))
 
     async def do_fact_remove(self, argument: str) -> None:
-        self.say(await asyncio.to_thread(admin.remove_fact_text, self.app, argument, self.asker.user_id))
+        self.say(await asyncio.to_thread(admin_ops.remove_fact_text, self.services, argument, self.asker.user_id))
 
     async def do_status(self, _: str) -> None:
-        self.say(await asyncio.to_thread(admin.status_text, self.app))
-        run = latest_run(self.app.home)
+        self.say(await asyncio.to_thread(admin_ops.status_text, self.services))
+        run = latest_run(self.services.home)
         png = await asyncio.to_thread(loss_plot, run) if run is not None else None
         if png is not None:
-            path = self.app.home / "status-loss.png"
+            path = self.services.home.loss_plot
             path.write_bytes(png)
             self.say(f"Loss plot of run {run.name}: {path}")
 
     async def do_retrain(self, _: str) -> None:
-        if self.app.retrainer.running:
+        if self.services.retrainer.running:
             self.say(BUSY)
             return
         progress = ProgressText("Retraining…")
@@ -168,16 +169,16 @@ class Console:
                 self.say("  " + " | ".join(progress.render().splitlines()[1:]))
 
         self.say(progress.title)
-        result = await self.app.retrainer.run(trigger="console", requested_by=str(self.asker.user_id),
+        result = await self.services.retrainer.run(trigger="console", requested_by=str(self.asker.user_id),
                                               on_progress=on_progress)
         self.say(f"Retraining: {result.outcome}\n{result.message}")
 
     async def do_rollback(self, _: str) -> None:
-        self.say(await asyncio.to_thread(admin.rollback, self.app, self.asker.user_id))
+        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id))
 
 
-async def run_console(app: Services, source: TextIO = sys.stdin) -> None:
+async def run_console(services: Services, source: TextIO = sys.stdin) -> None:
     try:
-        await Console(app).run(source)
+        await Console(services).run(source)
     finally:
-        await asyncio.to_thread(app.close)
+        await asyncio.to_thread(services.close)

@@ -16,19 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from common.settings import SettingsError
 from data.backup import list_backups
 from data.migrations import MIGRATIONS
 from data.settings import DataSettings
-from data.settings import SettingsError as DataSettingsError
 from inference.adapters import AdapterError
 from inference.backend import BackendSettings, blas_in_use
 from inference.modelstore import DEFAULT_GGUF_NAME, DEFAULT_MODEL_NAME
-from inference.settings import InferenceSettings, SettingsError, explain
+from inference.settings import InferenceSettings
 
 from .handlers.errors import redact
-from .service import bot_running
+from .os_service import bot_running
 from .settings import BotSettings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
@@ -77,8 +75,8 @@ class Doctor:
                        LifecycleSettings.load, _backend_settings):
             try:
                 value = loader()
-            except (SettingsError, DataSettingsError) as error:
-                problems += [line for line in str(error).splitlines() if line != "invalid settings:"]
+            except SettingsError as error:
+                problems += error.problems
                 continue
             if isinstance(value, InferenceSettings):
                 self.inference = value
@@ -154,7 +152,7 @@ class Doctor:
     def model(self) -> Check:
         if self.inference is None:
             return Check("model", SKIP, "settings invalid")
-        wanted, root = self.inference.model_path, self.inference.models_root
+        wanted, root = self.inference.model_path, self.inference.home.models
         if not wanted:
             folder = root / DEFAULT_MODEL_NAME
             if (folder / "config.json").is_file():
@@ -234,7 +232,7 @@ class Doctor:
 
         settings = TrainingSettings.load()
         budget = settings.memory_budget_gb or memory.default_budget_gb()  # before loading, like training
-        model, _, info = load_base(str(self.model_folder), self.inference.models_root, self.inference.device,
+        model, _, info = load_base(str(self.model_folder), self.inference.home.models, self.inference.device,
                                    self.inference.cpu_dtype)
         apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout)
         shape = memory.model_shape(model, settings.lora_layers)
@@ -258,7 +256,7 @@ class Doctor:
     def database(self) -> Check:
         if self.data is None:
             return Check("database", SKIP, "settings invalid")
-        path = self.data.database_file
+        path = self.data.home.database
         if not path.is_file():
             return Check("database", OK, f"{path} not created yet (the first start creates it)")
         restore = "restore the latest backup: python -m data backups, then python -m data restore <archive>"
@@ -333,13 +331,13 @@ class Doctor:
     def backups(self) -> Check:
         if self.data is None:
             return Check("backups", SKIP, "settings invalid")
-        archives = list_backups(self.data.backups_root)
+        archives = list_backups(self.data.home.backups)
         if not archives:
-            return Check("backups", WARN, f"none in {self.data.backups_root}",
+            return Check("backups", WARN, f"none in {self.data.home.backups}",
                          "python -m data backup now; the bot makes one every night before retraining")
         newest = archives[-1]
         age = (time.time() - newest.stat().st_mtime) / 86400
-        detail = f"{len(archives)} in {self.data.backups_root}, newest {newest.name} ({age:.1f} days old)"
+        detail = f"{len(archives)} in {self.data.home.backups}, newest {newest.name} ({age:.1f} days old)"
         if age > 2:
             return Check("backups", WARN, detail, "is the bot running? (nightly backups) — python -m data backup")
         return Check("backups", OK, detail)
@@ -347,10 +345,10 @@ class Doctor:
     # -- helpers --------------------------------------------------------------------------------
 
     def _last_night(self) -> str | None:
-        if self.data is None or not self.data.database_file.is_file():
+        if self.data is None or not self.data.home.database.is_file():
             return None
         try:
-            db = sqlite3.connect(f"{self.data.database_file.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+            db = sqlite3.connect(f"{self.data.home.database.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
             try:
                 row = db.execute("SELECT MAX(period_key) FROM job_runs WHERE name = 'nightly-retrain'").fetchone()
             finally:
@@ -384,10 +382,7 @@ def repair_registry() -> list[str]:
 
 
 def _backend_settings() -> BackendSettings:
-    try:
-        return BackendSettings()
-    except ValidationError as error:
-        raise explain(error, BackendSettings) from None
+    return BackendSettings.load()
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
+from common.home import Home
 from data.privacy import scrub
 
 from .settings import BotSettings
@@ -35,10 +36,6 @@ HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s%(where)s: %(message)s"
 
 _chat: ContextVar[int | None] = ContextVar("log_chat", default=None)
 _run: ContextVar[str | None] = ContextVar("log_run", default=None)
-
-
-def logs_dir(home: Path) -> Path:
-    return Path(home) / "logs"
 
 
 @contextmanager
@@ -141,7 +138,7 @@ class HumanLines(logging.Formatter):
         return super().format(record)
 
 
-def setup_logging(home: Path, settings: BotSettings, *, console: bool) -> Path | None:
+def setup_logging(home: Home, settings: BotSettings, *, console: bool) -> Path | None:
     """File log (JSON lines, rotated) plus stderr; returns the log file, None if it cannot be written.
 
     stderr: LOG_STDERR_LEVEL, WARNING in console mode (the chat is on the terminal). The service
@@ -158,7 +155,7 @@ def setup_logging(home: Path, settings: BotSettings, *, console: bool) -> Path |
     stderr.addFilter(redacting)
     root.addHandler(stderr)
     levels = [stderr.level]
-    path = logs_dir(home) / LOG_FILE
+    path = home.logs / LOG_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         file = logging.handlers.RotatingFileHandler(path, maxBytes=int(settings.log_max_mb * 1024 * 1024),

@@ -11,12 +11,14 @@ import json
 import logging
 from pathlib import Path
 
+from common.home import Home
+
 log = logging.getLogger(__name__)
 
 
-def latest_run(home: Path) -> Path | None:
+def latest_run(home: Home) -> Path | None:
     """The newest run folder with metrics (run ids start with their creation time)."""
-    root = Path(home) / "runs"
+    root = home.runs
     if not root.is_dir():
         return None
     runs = sorted((p for p in root.iterdir() if (p / "metrics.jsonl").is_file()), reverse=True)

@@ -1,4 +1,4 @@
-"""Settings of the bot package, read from the environment and `.env` (see inference/settings.py).
+"""Settings of the bot package, read from the environment and `.env` (common/settings.py).
 
 The token is a SecretStr so it never appears in a repr, a log line or an error message.
 """
@@ -9,15 +9,13 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
-from inference.settings import explain
+from common.settings import HomeSettings
 
 
-class BotSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
+class BotSettings(HomeSettings):
     telegram_bot_token: SecretStr | None = Field(default=None, description="Empty = console mode")
     telegram_base_url: str = "https://api.telegram.org/bot"
     admin_user_ids: Annotated[tuple[int, ...], NoDecode] = ()
@@ -87,11 +85,3 @@ class BotSettings(BaseSettings):
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_user_ids
-
-    @classmethod
-    def load(cls, **overrides) -> "BotSettings":
-        try:
-            return cls(**overrides)
-        except ValidationError as error:
-            raise explain(error, cls) from None
-

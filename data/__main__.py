@@ -15,10 +15,12 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from common.settings import SettingsError
+
 from .backup import BackupError, create_backup, describe, list_backups, read_manifest, restore_backup
 from .builder import MANIFEST, SPLITS, BuildError, build_dataset, latest_dataset
 from .knowledge_cli import add_knowledge_parser, run_knowledge
-from .settings import DataSettings, SettingsError
+from .settings import DataSettings
 from .store import Store, StoreError
 
 EXIT_USAGE_OR_SETUP = 2
@@ -49,14 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("backup", "restore", "backups"):
             run_backup_command(args, settings)
         elif args.command == "knowledge":
-            with Store(settings.database_file) as store:
+            with Store(settings.home.database) as store:
                 return run_knowledge(store, args)
         else:
             report = collect_stats(settings)
             print(json.dumps(report, indent=2) if args.json else format_stats(report))
     except (SettingsError, StoreError, BuildError, BackupError, sqlite3.Error, OSError,
             json.JSONDecodeError, ValueError) as error:
-        for line in str(error).splitlines() or [type(error).__name__]:
+        lines = error.problems if isinstance(error, SettingsError) else str(error).splitlines()
+        for line in lines or [type(error).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE_OR_SETUP
     return 0
@@ -64,19 +67,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_backup_command(args: argparse.Namespace, settings: DataSettings) -> None:
     if args.command == "backup":
-        made = create_backup(settings.database_file, settings.adapters_dir, args.out or settings.backups_root)
+        home = settings.home
+        made = create_backup(home.database, home.adapters, args.out or home.backups)
         print(f"backup: {made.path}")
         print(f"  {describe(made.manifest)}; {len(made.manifest['files'])} files checksummed")
     elif args.command == "restore":
-        restored = restore_backup(args.archive, database=settings.database_file, adapters=settings.adapters_dir,
-                                  home=settings.farense_home, backups_dir=settings.backups_root)
+        restored = restore_backup(args.archive, settings.home)
         print(f"verified and restored {args.archive} (made {restored.manifest['created_at']})")
         print(f"  {describe(restored.manifest)}")
         if restored.replaced is not None:
             print(f"  the state it replaced is saved in {restored.replaced.path}")
     else:
-        archives = list_backups(settings.backups_root)
-        print(f"{settings.backups_root}: {len(archives) or 'no'} backup archive(s)")
+        archives = list_backups(settings.home.backups)
+        print(f"{settings.home.backups}: {len(archives) or 'no'} backup archive(s)")
         for archive in archives:
             try:
                 summary = describe(read_manifest(archive))
@@ -103,9 +106,9 @@ def print_build(manifest: dict, folder: Path) -> None:
 
 def collect_stats(settings: DataSettings) -> dict:
     """Counts of the store (None if no database yet) and of the latest dataset (None if none)."""
-    counts = None
-    if settings.database_file.exists():
-        with Store(settings.database_file) as store:
+    counts, database = None, settings.home.database
+    if database.exists():
+        with Store(database, readonly=True) as store:
             counts = store.counts()
     dataset = None
     folder = latest_dataset(settings)
@@ -114,7 +117,7 @@ def collect_stats(settings: DataSettings) -> dict:
         dataset = {"path": str(folder), "created_at": manifest["created_at"],
                    "content_hash": manifest["content_hash"], "sources": manifest["sources"],
                    "splits": {name: manifest["splits"][name]["count"] for name in SPLITS}}
-    return {"database": str(settings.database_file), "store": counts, "latest_dataset": dataset}
+    return {"database": str(database), "store": counts, "latest_dataset": dataset}
 
 
 def format_stats(report: dict) -> str:

@@ -14,8 +14,6 @@ replace as a `pre-restore` backup, and only then swaps the files in.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -24,31 +22,28 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
-import time
 import zlib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from common.files import LockBusy, file_lock, fsync_dir, replace_dir, sha256_file
+from common.home import DATABASE_NAME, LOCK_NAME, PRODUCTION_POINTER, Home
+from common.settings import SettingsError
+
 from .migrations import MIGRATIONS
-from .settings import DataSettings, SettingsError
+from .settings import DataSettings
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-MANIFEST, DATABASE, ADAPTERS = "manifest.json", "farense.db", "adapters"
+MANIFEST, DATABASE, ADAPTERS = "manifest.json", DATABASE_NAME, "adapters"  # names inside an archive
 PREFIX = "farense-backup-"
 NAME = re.compile(r"^farense-backup-\d{8}-\d{6}(?:\.\d+)?-(?P<label>[a-z][a-z0-9-]*)\.tar\.gz$")
 LOCK_WAIT_S = 60
-# Lock files (relative to FARENSE_HOME) that a live process holds; the names come from
-# bot/service.py, training/pipeline.py, training/runs.py and training/registry.py (a test checks).
-LIVE_LOCKS = {"bot.lock": "the bot is running",
-              "pipeline.lock": "a retraining pipeline is running",
-              "runs/.lock": "a training run is in progress",
-              "adapters/.lock": "the adapter registry is being changed"}
 # What a killed registry change leaves behind (training/registry.py `_recover`): not state.
-_DEBRIS = (".lock", ".incoming-", ".trash-", ".production.json.")
+_DEBRIS = (LOCK_NAME, ".incoming-", ".trash-", f".{PRODUCTION_POINTER}.")
 
 
 class BackupError(RuntimeError):
@@ -82,7 +77,7 @@ def create_backup(database: Path, adapters: Path, backups_dir: Path, *, label: s
         if database.is_file():
             manifest["schema_version"], manifest["counts"] = _copy_database(database, staging / DATABASE)
         if adapters.is_dir():
-            with _locked(adapters / ".lock", wait=LOCK_WAIT_S) if lock_registry else ExitStack():
+            with _locked(adapters / LOCK_NAME, wait=LOCK_WAIT_S) if lock_registry else ExitStack():
                 _copy_adapters(adapters, staging / ADAPTERS)
             manifest["production"] = _pointer(staging / ADAPTERS).get("version")
         manifest["files"] = {rel: _describe(staging / rel) for rel in _files(staging)}
@@ -125,22 +120,21 @@ def verify_backup(archive: Path, into: Path) -> dict:
     return manifest
 
 
-def restore_backup(archive: Path, *, database: Path, adapters: Path, home: Path,
-                   backups_dir: Path) -> Restored:
+def restore_backup(archive: Path, home: Home) -> Restored:
     """Replace the database and the adapter folder with the archive's, once it has been verified."""
-    database, adapters, home = Path(database), Path(adapters), Path(home)
-    home.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=home))
+    database, adapters = home.database, home.adapters
+    home.root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=home.root))
     try:
         manifest = verify_backup(archive, staging)
         with ExitStack() as locks:
-            for name, holder in LIVE_LOCKS.items():
-                if (home / name).parent.is_dir():
-                    locks.enter_context(_locked(home / name, wait=0, busy=f"{holder} ({home / name}); "
+            for lock, holder in home.live_locks().items():
+                if lock.parent.is_dir():
+                    locks.enter_context(_locked(lock, wait=0, busy=f"{holder} ({lock}); "
                                                 "stop it first (python -m bot service stop)"))
             replaced = None
             if database.is_file() or adapters.is_dir():
-                replaced = create_backup(database, adapters, backups_dir, label="pre-restore",
+                replaced = create_backup(database, adapters, home.backups, label="pre-restore",
                                          lock_registry=False)
             _swap_database(staging / DATABASE, database)
             _swap_adapters(staging / ADAPTERS, adapters, manifest)
@@ -249,7 +243,7 @@ def _write_archive(staging: Path, manifest: dict, backups_dir: Path, label: str)
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, archive)
-    _fsync_dir(backups_dir)
+    fsync_dir(backups_dir)
     return archive
 
 
@@ -309,24 +303,24 @@ def _swap_database(restored: Path, database: Path) -> None:
     database.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(restored, database.with_name(f".{database.name}.restoring"))
     os.replace(database.with_name(f".{database.name}.restoring"), database)
-    _fsync_dir(database.parent)
+    fsync_dir(database.parent)
 
 
 def _swap_adapters(restored: Path, adapters: Path, manifest: dict) -> None:
     """Rename the restored registry into place; production.json's folder follows a moved home."""
-    pointer_file = restored / "production.json"
+    pointer_file = restored / PRODUCTION_POINTER
     pointer = _pointer(restored)
     old_root = Path(manifest["source"]["adapters"])
     if pointer.get("path") and Path(pointer["path"]).parent == old_root and old_root != adapters:
         pointer["path"] = str(adapters / Path(pointer["path"]).name)
         pointer_file.write_text(json.dumps(pointer, indent=2), encoding="utf-8")
-    aside = adapters.with_name(f".{adapters.name}.replaced-{os.getpid()}")
-    if adapters.exists():
-        os.rename(adapters, aside)
     if restored.is_dir():
-        shutil.move(restored, adapters)
-    _fsync_dir(adapters.parent)
-    shutil.rmtree(aside, ignore_errors=True)
+        replace_dir(restored, adapters)
+    elif adapters.exists():  # the backup had no registry: none after the restore either
+        aside = adapters.with_name(f".{adapters.name}.replaced-{os.getpid()}")
+        os.rename(adapters, aside)
+        fsync_dir(adapters.parent)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 # -- small helpers --------------------------------------------------------------------------
@@ -334,27 +328,17 @@ def _swap_adapters(restored: Path, adapters: Path, manifest: dict) -> None:
 @contextmanager
 def _locked(path: Path, *, wait: float, busy: str = ""):
     """Hold the fcntl lock of `path` (the kind the bot and training take); BackupError if busy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise BackupError(f"refusing: {busy}" if busy else f"{path} stayed locked "
-                                      f"for {wait:.0f} s (a registry change running?); try again") from None
-                time.sleep(0.2)
-        try:
+    try:
+        with file_lock(path, timeout=wait):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except LockBusy:
+        raise BackupError(f"refusing: {busy}" if busy else f"{path} stayed locked "
+                          f"for {wait:.0f} s (a registry change running?); try again") from None
 
 
 def _pointer(adapters: Path) -> dict:
     try:
-        pointer = json.loads((adapters / "production.json").read_text(encoding="utf-8"))
+        pointer = json.loads((adapters / PRODUCTION_POINTER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return pointer if isinstance(pointer, dict) else {}
@@ -367,19 +351,7 @@ def _files(root: Path) -> list[str]:
 
 
 def _describe(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _now() -> str:
@@ -396,8 +368,9 @@ def scheduled_backup(database: Path, *, label: str = "nightly") -> str:
     previous night's backup does not already hold)."""
     try:
         settings = DataSettings.load(database_path=database)
-        backup = create_backup(settings.database_file, settings.adapters_dir, settings.backups_root,
-                               label=label, keep=settings.backup_keep)
+        home = settings.home
+        backup = create_backup(home.database, home.adapters, home.backups, label=label,
+                               keep=settings.backup_keep)
     except (SettingsError, BackupError, OSError, sqlite3.Error) as error:
         log.error("%s backup failed: %s", label, error)
         return f"Backup failed: {error}"
@@ -406,12 +379,12 @@ def scheduled_backup(database: Path, *, label: str = "nightly") -> str:
 
 def backup_before_upgrade(settings: DataSettings) -> Backup | None:
     """A backup of a database whose schema is about to be migrated (the Store does it at open)."""
-    version = schema_version(settings.database_file)
+    home = settings.home
+    version = schema_version(home.database)
     if not version or version >= len(MIGRATIONS):
         return None
     log.info("schema %d -> %d: backing up first", version, len(MIGRATIONS))
-    return create_backup(settings.database_file, settings.adapters_dir, settings.backups_root,
-                         label=f"pre-upgrade-v{version}")
+    return create_backup(home.database, home.adapters, home.backups, label=f"pre-upgrade-v{version}")
 
 
 def describe(manifest: dict) -> str:

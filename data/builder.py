@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from common.files import fsync_dir, write_atomic, write_synced
+from common.home import LATEST_DATASET
 
 from .jsonl import Problem, field_problem, read_jsonl, report
 from .knowledge import knowledge_hash
@@ -33,7 +35,6 @@ SOURCES = ("seed", "feedback", "correction", "extra")
 # Which copy of an exact duplicate is kept (and counted): the most trusted source.
 PRIORITY = ("correction", "seed", "feedback", "extra")
 SPLITS = ("train", "valid", "test")
-LATEST_POINTER = "latest"
 MANIFEST = "manifest.json"
 MIN_EXAMPLES_FOR_VALID = 10
 
@@ -82,8 +83,8 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
     if store is not None:
         curated, opted_out, scrubbed = _curated(store, problems)
         knowledge = knowledge_hash(store)
-    elif settings.database_file.exists():
-        with Store(settings.database_file) as own_store:
+    elif settings.home.database.exists():
+        with Store(settings.home.database) as own_store:
             curated, opted_out, scrubbed = _curated(own_store, problems)
             knowledge = knowledge_hash(own_store)
     else:
@@ -107,12 +108,12 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
         "settings": {"valid_fraction": settings.valid_fraction,
                      "test_fraction": settings.test_fraction, "split_salt": settings.split_salt},
     }
-    return _write(settings.datasets_root, splits, manifest)
+    return _write(settings.home.datasets, splits, manifest)
 
 
 def latest_dataset(settings: DataSettings) -> Path | None:
     """The newest complete dataset folder, or None if nothing was built yet."""
-    pointer = settings.datasets_root / LATEST_POINTER
+    pointer = settings.home.latest_dataset
     try:
         name = json.loads(pointer.read_text(encoding="utf-8"))["dataset"]
     except FileNotFoundError:
@@ -120,7 +121,7 @@ def latest_dataset(settings: DataSettings) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("ignoring unreadable dataset pointer %s: %s", pointer, error)
         return None
-    folder = settings.datasets_root / str(name)
+    folder = settings.home.datasets / str(name)
     if Path(str(name)).name != name or not (folder / MANIFEST).is_file():
         log.warning("dataset pointer %s names a missing dataset %r", pointer, name)
         return None
@@ -257,17 +258,17 @@ def _write(datasets_dir: Path, splits: dict[str, list[Example]], manifest: dict)
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the dataset from a trainer run as another user
         for name, data in contents.items():
-            _write_synced(staging / f"{name}.jsonl", data)
-        _write_synced(staging / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
-        _fsync_dir(staging)
+            write_synced(staging / f"{name}.jsonl", data)
+        write_synced(staging / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        fsync_dir(staging)
         folder = _rename_unique(staging, datasets_dir, f"{created:%Y%m%dT%H%M%SZ}-{content_hash[:12]}")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(datasets_dir)
+    fsync_dir(datasets_dir)
     pointer = {"dataset": folder.name, "content_hash": content_hash,
                "created_at": manifest["created_at"]}
-    _replace_atomically(datasets_dir / LATEST_POINTER, json.dumps(pointer).encode())
+    write_atomic(datasets_dir / LATEST_DATASET, json.dumps(pointer))  # readers: the old one or the new
     return BuildResult(folder, manifest)
 
 
@@ -294,32 +295,3 @@ def _chat_line(example: Example) -> str:
     elif example.source in ("feedback", "correction"):
         record["source"] = example.source
     return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a torn one."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(descriptor)
-    try:
-        _write_synced(Path(temporary), data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -2,7 +2,8 @@
 
 Facts live in the store's `facts` table (schema in migrations.py); an FTS5 index kept by triggers
 makes every add, amendment or removal searchable as soon as it commits. The seed facts are files in
-data/knowledge/ (one JSON object per line), imported idempotently whenever a store opens, so a fresh
+data/knowledge/ (one JSON object per line), imported idempotently whenever a store opens read-write
+(`Store.seed_knowledge`, right after the migrations), so a fresh
 machine answers from day one. An admin's amendment or removal of a seed fact is never undone by a
 later import. Retrieval for answering lives in inference/grounding.py, which reads this schema.
 """
@@ -118,7 +119,7 @@ def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
                 changed += 1
         return changed
 
-    return store._write(work)
+    return store.write(work)
 
 
 def add_fact(store: Store, text: str, lang: str, source: str = ADMIN_SOURCE, url: str | None = None,
@@ -129,7 +130,7 @@ def add_fact(store: Store, text: str, lang: str, source: str = ADMIN_SOURCE, url
     if reason:
         raise ValueError(reason)
     now = _now()
-    cursor = store._write(lambda db: db.execute(
+    cursor = store.write(lambda db: db.execute(
         "INSERT INTO facts (lang, text, source, url, origin, author_id, created_at, updated_at)"
         " VALUES (?, ?, ?, ?, 'admin', ?, ?, ?)", (lang, text, source, url, author_id, now, now)))
     return int(cursor.lastrowid)
@@ -145,7 +146,7 @@ def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
     reason = _fact_problem(text, current.lang)
     if reason:
         raise ValueError(reason)
-    store._write(lambda db: db.execute(
+    store.write(lambda db: db.execute(
         "UPDATE facts SET text = ?, source = ?, url = ?, author_id = ?, updated_at = ?"
         " WHERE id = ? AND removed_at IS NULL", (text, _clean(source) or ADMIN_SOURCE, url,
                                                 author_id, _now(), fact_id)))
@@ -154,14 +155,14 @@ def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
 def remove_fact(store: Store, fact_id: int, author_id: int | None) -> bool:
     """Take a fact out of retrieval (kept for the record); False if there was no live fact."""
     now = _now()
-    cursor = store._write(lambda db: db.execute(
+    cursor = store.write(lambda db: db.execute(
         "UPDATE facts SET removed_at = ?, updated_at = ?, author_id = ?"
         " WHERE id = ? AND removed_at IS NULL", (now, now, author_id, fact_id)))
     return cursor.rowcount == 1
 
 
 def get_fact(store: Store, fact_id: int) -> FactRow | None:
-    rows = store._read(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,))
+    rows = store.read(f"SELECT {_COLUMNS} FROM facts WHERE id = ?", (fact_id,))
     return FactRow(*rows[0]) if rows else None
 
 
@@ -171,13 +172,13 @@ def list_facts(store: Store, query: str | None = None, limit: int = 20,
     live = "" if include_removed else " AND facts.removed_at IS NULL"
     words = _WORDS.findall(strip_accents(query or "").lower())[:32]
     if query is None or not query.strip():
-        rows = store._read(f"SELECT {_COLUMNS} FROM facts WHERE 1{live}"
+        rows = store.read(f"SELECT {_COLUMNS} FROM facts WHERE 1{live}"
                            " ORDER BY facts.updated_at DESC, facts.id DESC LIMIT ?", (limit,))
     elif not words:
         return []
     else:
         match = " ".join(f'"{word}"' for word in words)  # every word, as an admin expects
-        rows = store._read(
+        rows = store.read(
             f"SELECT {_COLUMNS} FROM facts_fts JOIN facts ON facts.id = facts_fts.rowid"
             f" WHERE facts_fts MATCH ?{live} ORDER BY bm25(facts_fts) LIMIT ?", (match, limit))
     return [FactRow(*row) for row in rows]
@@ -185,14 +186,14 @@ def list_facts(store: Store, query: str | None = None, limit: int = 20,
 
 def knowledge_hash(store: Store) -> str:
     """sha256 over the live facts' content (not their ids), so equal knowledge hashes equally."""
-    rows = store._read("SELECT lang, text, source, url FROM facts WHERE removed_at IS NULL")
+    rows = store.read("SELECT lang, text, source, url FROM facts WHERE removed_at IS NULL")
     lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def knowledge_stats(store: Store) -> dict:
     """Counts of live facts per origin and language, and of removed ones, with the hash."""
-    rows = store._read("SELECT origin, lang, removed_at IS NOT NULL, COUNT(*) FROM facts"
+    rows = store.read("SELECT origin, lang, removed_at IS NOT NULL, COUNT(*) FROM facts"
                        " GROUP BY 1, 2, 3")
     live = {f"{origin}/{lang}": count for origin, lang, removed, count in rows if not removed}
     return {"live": sum(live.values()), "by_origin_lang": dict(sorted(live.items())),

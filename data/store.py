@@ -4,6 +4,11 @@ WAL lets readers and one writer work at once; `synchronous=FULL` makes every com
 survive a crash or power cut; writes take the lock up front (`BEGIN IMMEDIATE`) and are retried
 while another writer holds it, so concurrent writers queue instead of failing. Each thread gets its
 own connection, because a sqlite3 connection must not be used by two threads at once.
+
+Opening a store takes two steps: the migrations bring the schema up to date, then the seed facts
+of the knowledge base are imported (idempotent; data/knowledge.py), so any entry point that opens
+the store has the facts. `Store(path, readonly=True)` does neither and never writes: it refuses a
+missing database or one whose schema is not this code's.
 """
 
 from __future__ import annotations
@@ -112,16 +117,20 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 class Store:
     """Thread-safe access to the conversation database; open once, share, `close()` at the end."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(self._migrate)
-            seed_knowledge(self)  # a fresh machine knows the seed facts from its first start
+            if readonly:
+                self._check_schema()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.write(self._migrate)
+                self.seed_knowledge()  # a fresh machine knows the seed facts from its first start
         except (OSError, sqlite3.DatabaseError) as error:
             self.close()
             raise StoreError(f"cannot open database {self.path}: {error}") from None
@@ -135,6 +144,11 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def seed_knowledge(self) -> int:
+        """Import the knowledge base's seed facts (after the migrations: they need its tables);
+        returns how many rows were added or updated."""
+        return seed_knowledge(self)
+
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""
         with self._lock:
@@ -147,14 +161,14 @@ class Store:
 
     def upsert_user(self, user_id: int, name: str | None, language: str | None) -> None:
         now = _now()
-        self._write(lambda db: db.execute(
+        self.write(lambda db: db.execute(
             "INSERT INTO users (id, name, language, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET name = excluded.name, language = excluded.language,"
             " updated_at = excluded.updated_at", (user_id, name, language, now, now)))
 
     def upsert_chat(self, chat_id: int, kind: str, title: str | None) -> None:
         now = _now()
-        self._write(lambda db: db.execute(
+        self.write(lambda db: db.execute(
             "INSERT INTO chats (id, type, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET type = excluded.type, title = excluded.title,"
             " updated_at = excluded.updated_at", (chat_id, kind, title, now, now)))
@@ -180,21 +194,21 @@ class Store:
                  latency_s, prompt_tokens, completion_tokens))
             return int(cursor.lastrowid)
 
-        return self._write(work)
+        return self.write(work)
 
     def attach_telegram_id(self, message_id: int, telegram_message_id: int) -> bool:
         """Link a logged message to the Telegram message that carried the answer."""
-        cursor = self._write(lambda db: db.execute(
+        cursor = self.write(lambda db: db.execute(
             "UPDATE messages SET telegram_message_id = ? WHERE id = ?",
             (telegram_message_id, message_id)))
         return cursor.rowcount == 1
 
     def message(self, message_id: int) -> LoggedMessage | None:
-        rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
+        rows = self.read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
         return self._first_message(rows)
 
     def message_by_telegram_id(self, chat_id: int, telegram_message_id: int) -> LoggedMessage | None:
-        rows = self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?"
+        rows = self.read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?"
                           " AND telegram_message_id = ? ORDER BY id DESC LIMIT 1",
                           (chat_id, telegram_message_id))
         return self._first_message(rows)
@@ -219,7 +233,7 @@ class Store:
                        (message_id, user_id, value, _now()))
             return True
 
-        return self._write(work)
+        return self.write(work)
 
     def add_correction(self, message_id: int, admin_id: int, text: str) -> int:
         """Store an admin's better answer; the latest correction of a message is the one trained on."""
@@ -237,7 +251,7 @@ class Store:
                                 " VALUES (?, ?, ?, ?)", (message_id, admin_id, text, _now()))
             return int(cursor.lastrowid)
 
-        return self._write(work)
+        return self.write(work)
 
     def forget_user(self, user_id: int) -> dict[str, int]:
         """Delete everything about a user in one transaction; returns rows deleted per kind."""
@@ -251,37 +265,37 @@ class Store:
                      " AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = chats.id)",
             "users": "DELETE FROM users WHERE id = :user",
         }
-        return self._write(lambda db: {kind: db.execute(sql, {"user": user_id}).rowcount
+        return self.write(lambda db: {kind: db.execute(sql, {"user": user_id}).rowcount
                                        for kind, sql in statements.items()})
 
     def set_opt_out(self, user_id: int, opted_out: bool) -> None:
         """Keep (or stop keeping) a user's conversations out of training; remembered per user."""
         now = _now()
-        self._write(lambda db: db.execute(
+        self.write(lambda db: db.execute(
             "INSERT INTO users (id, opted_out, created_at, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(id) DO UPDATE SET opted_out = excluded.opted_out,"
             " updated_at = excluded.updated_at", (user_id, int(opted_out), now, now)))
 
     def is_opted_out(self, user_id: int) -> bool:
-        rows = self._read("SELECT opted_out FROM users WHERE id = ?", (user_id,))
+        rows = self.read("SELECT opted_out FROM users WHERE id = ?", (user_id,))
         return bool(rows and rows[0][0])
 
     # -- jobs, audit, reporting -------------------------------------------------------------
 
     def claim_job(self, name: str, period_key: str) -> bool:
         """True for exactly one caller per (job, period), across threads and processes."""
-        cursor = self._write(lambda db: db.execute(
+        cursor = self.write(lambda db: db.execute(
             "INSERT OR IGNORE INTO job_runs (name, period_key, started_at) VALUES (?, ?, ?)",
             (name, period_key, _now())))
         return cursor.rowcount == 1
 
     def log_admin_event(self, user_id: int, command: str, allowed: bool) -> None:
-        self._write(lambda db: db.execute(
+        self.write(lambda db: db.execute(
             "INSERT INTO admin_events (user_id, command, allowed, created_at) VALUES (?, ?, ?, ?)",
             (user_id, command, int(allowed), _now())))
 
     def counts(self) -> dict[str, int]:
-        row = self._read("""SELECT
+        row = self.read("""SELECT
             (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM chats),
             (SELECT COUNT(*) FROM messages),
             (SELECT COUNT(*) FROM feedback WHERE value = 1),
@@ -295,9 +309,9 @@ class Store:
     def thumbs_down_since(self, since: datetime) -> tuple[int, LoggedMessage | None]:
         """Answers rated 👎 since `since`, and the latest of them: what fans dislike, for /status."""
         after = since.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-        count = self._read("SELECT COUNT(DISTINCT message_id) FROM feedback"
+        count = self.read("SELECT COUNT(DISTINCT message_id) FROM feedback"
                            " WHERE value = -1 AND created_at >= ?", (after,))[0][0]
-        rows = self._read(f"SELECT {', '.join('m.' + name for name in _MESSAGE_COLUMNS.split(', '))}"
+        rows = self.read(f"SELECT {', '.join('m.' + name for name in _MESSAGE_COLUMNS.split(', '))}"
                           " FROM feedback f JOIN messages m ON m.id = f.message_id"
                           " WHERE f.value = -1 AND f.created_at >= ?"
                           " ORDER BY f.created_at DESC, f.rowid DESC LIMIT 1", (after,))
@@ -305,7 +319,7 @@ class Store:
 
     def curated_examples(self, problems: list[Problem] | None = None) -> list[CuratedExample]:
         """Vouched-for pairs for training, never from opted-out users; bad rows go to `problems`."""
-        rows = self._read(f"SELECT message_id, question, answer, source, created_at, lang"
+        rows = self.read(f"SELECT message_id, question, answer, source, created_at, lang"
                           f" FROM ({_CANDIDATES}) ORDER BY message_id", {"opted_out": 0})
         examples = []
         for row in rows:
@@ -318,7 +332,7 @@ class Store:
 
     def withheld_opted_out(self) -> int:
         """How many vouched-for pairs are kept out of training because their asker opted out."""
-        return self._read(f"SELECT COUNT(*) FROM ({_CANDIDATES})", {"opted_out": 1})[0][0]
+        return self.read(f"SELECT COUNT(*) FROM ({_CANDIDATES})", {"opted_out": 1})[0][0]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -356,6 +370,18 @@ class Store:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
 
+    def _check_schema(self) -> None:
+        """A read-only store needs the schema this code knows: it cannot migrate."""
+        if not self.path.is_file():
+            raise StoreError(f"no database at {self.path}")
+        version = self.read("PRAGMA user_version")[0][0]
+        if version != len(MIGRATIONS):
+            raise StoreError(f"database {self.path} has schema version {version}, this code knows"
+                             f" {len(MIGRATIONS)}; open it read-write once (e.g. start the bot) to migrate"
+                             if version < len(MIGRATIONS) else
+                             f"database {self.path} has schema version {version}, newer than the"
+                             f" {len(MIGRATIONS)} this code knows; upgrade the code")
+
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"store {self.path} is closed")
@@ -365,18 +391,24 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StoreError(f"store {self.path} is closed")
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+            target = f"{self.path.resolve().as_uri()}?mode=ro" if self.readonly else str(self.path)
+            connection = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=self.readonly,
                                          isolation_level=None, check_same_thread=False)
             self._connections.append(connection)
         connection.text_factory = _decode_text
         self._local.connection = connection
-        self._retrying(lambda: connection.execute("PRAGMA journal_mode = WAL"))
+        if not self.readonly:  # setting it writes the database header; a read-only store follows it
+            self._retrying(lambda: connection.execute("PRAGMA journal_mode = WAL"))
         for pragma in ("synchronous = FULL", "foreign_keys = ON", f"busy_timeout = {BUSY_TIMEOUT_MS}"):
             connection.execute(f"PRAGMA {pragma}")
         return connection
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one write transaction, taking the lock first so it cannot deadlock."""
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` in one write transaction, taking the lock first so it cannot
+        deadlock; retried while another writer holds the database. Returns what `work` returns."""
+        if self.readonly:
+            raise StoreError(f"store {self.path} is open read-only")
+
         def attempt() -> T:
             db = self._connection()
             try:
@@ -391,7 +423,8 @@ class Store:
 
         return self._retrying(attempt)
 
-    def _read(self, sql: str, params: tuple | dict = ()) -> list:
+    def read(self, sql: str, params: tuple | dict = ()) -> list:
+        """The rows of one query (retried while the database is busy)."""
         return self._retrying(lambda: self._connection().execute(sql, params).fetchall())
 
     def _retrying(self, operation: Callable[[], T]) -> T:

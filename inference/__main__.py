@@ -1,4 +1,9 @@
-"""`python -m inference "prompt"`: one JSON object on stdout, logs on stderr, non-zero exit on error."""
+"""`python -m inference "prompt"`: one JSON object on stdout, logs on stderr, non-zero exit on error.
+
+Grounded answers need the knowledge base. On a fresh FARENSE_HOME nothing has opened the store yet,
+so this entry point has it opened (which migrates it and imports the seed facts) by running
+`python -m data knowledge stats` in a child process: inference imports nothing of data's.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,13 @@ import argparse
 import contextlib
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+log = logging.getLogger("inference")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = _answer(args)
     except Exception as error:  # every failure becomes a JSON error, the traceback goes to the log
-        logging.getLogger("inference").debug("failed", exc_info=True)
+        log.debug("failed", exc_info=True)
         print(json.dumps({"prompt": args.prompt, "status": "error",
                           "error": f"{type(error).__name__}: {error}"}, ensure_ascii=False))
         return 1
@@ -54,7 +63,9 @@ def _answer(args) -> dict:
         read_adapter(args.adapter)  # fail before spending seconds on loading the model
     adapter = None if args.no_adapter else (args.adapter or "auto")
     messages = [{"role": "user", "content": args.prompt}]
-    index = FactIndex(settings.database_file, settings.retrieval_min_score) if settings.grounding else None
+    index = FactIndex(settings.home.database, settings.retrieval_min_score) if settings.grounding else None
+    if index is not None and not settings.home.database.exists():
+        open_store(settings.home.database)
     grounding = build_grounded(messages, index, settings)
     result = {"prompt": args.prompt, "grounding": settings.grounding, "lang": grounding.lang}
     if grounding.decline is not None:  # nothing relevant is known: say so without loading a model
@@ -90,6 +101,16 @@ def _answer(args) -> dict:
         "finish_reason": generation.finish_reason,
         "generation_seconds": round(generation.seconds, 3),
     }
+
+
+def open_store(database: Path) -> None:
+    """Have the data package open the store (migrations, then the seed facts), in a child process."""
+    log.info("no knowledge base at %s yet: opening the store (python -m data knowledge stats)", database)
+    result = subprocess.run([sys.executable, "-m", "data", "knowledge", "stats"], capture_output=True,
+                            text=True, env={**os.environ, "DATABASE_PATH": str(database)}, timeout=300)
+    if result.returncode != 0:  # answered as before: ungrounded, with FactIndex's warning
+        log.warning("could not open the store: %s", result.stderr.strip() or f"exit {result.returncode}")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.home import Home
+
 WEIGHTS_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
 _MAX_HEADER = 100 * 1024 * 1024
@@ -124,12 +126,13 @@ def check_fits(adapter: Adapter, expected: dict[str, tuple[int, ...]]) -> None:
 
 
 def production_pointer_path(farense_home: Path) -> Path:
-    return Path(farense_home) / "adapters" / "production.json"
+    """`Home.production_pointer`; kept for training/registry.py until it is ported to Home."""
+    return Home(farense_home).production_pointer
 
 
 def read_production(farense_home: Path) -> tuple[str, Path] | None:
     """(version, folder) of the adapter in production, or None when the bare base model serves."""
-    pointer = production_pointer_path(farense_home)
+    pointer = Home(farense_home).production_pointer
     try:
         record = json.loads(pointer.read_text())
     except FileNotFoundError:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,7 @@ _OPENBLAS_CANDIDATES = (
 )
 
 
-class BackendSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
+class BackendSettings(Settings):
     blas_path: str = Field(
         default="", description="Optimized BLAS to preload on CPU (Linux); empty = search, 'none' = MLX's own"
     )

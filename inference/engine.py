@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .adapters import Adapter, AdapterError, production_pointer_path, read_adapter, read_production
+from .adapters import Adapter, AdapterError, read_adapter, read_production
 from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
-from .loading import ModelInfo, load_base
+from .loading import load_base
 from .prompts import render_prompt
 from .sampling import make_sampler
 from .settings import InferenceSettings
@@ -213,7 +213,7 @@ class Engine:
     # ----- worker thread ----------------------------------------------------------------------
     def _pointer_stamp(self) -> tuple[int, int] | None:
         try:
-            stat = production_pointer_path(self.settings.farense_home).stat()
+            stat = self.settings.home.production_pointer.stat()
         except FileNotFoundError:
             return None
         return stat.st_mtime_ns, stat.st_ino
@@ -293,7 +293,7 @@ class Engine:
         try:
             settings = self.settings
             self.model, self.tokenizer, self.info = load_base(
-                settings.model_path, settings.models_root, settings.device, settings.cpu_dtype)
+                settings.model_path, settings.home.models, settings.device, settings.cpu_dtype)
             from mlx_lm.generate import generation_stream as stream
 
             self._lanes: list[_Lane] = []  # the last one serves new requests, the others drain

@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from common.files import fsync_tree
+
 from .gguf import convert_gguf_isolated
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def ensure_converted(gguf: Path, target: Path) -> Path:
         log.info("converting %s into an mlx-lm model at %s", gguf, target)
         convert_gguf_isolated(gguf, staging)
         staging.chmod(0o755)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         try:
             os.rename(staging, target)
         except OSError:
@@ -112,9 +114,3 @@ def _default_gguf(downloads: Path) -> Path:
 def _folder_name(gguf: Path) -> str:
     stat = gguf.stat()
     return f"{gguf.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}"
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())

@@ -1,6 +1,7 @@
-"""Settings of the inference package, read from the environment and `.env`.
+"""Settings of the inference package, read from the environment and `.env` (common/settings.py).
 
-Every package has its own settings class; none reads `os.environ` directly.
+Every package has its own settings class on the one base; none reads `os.environ` directly. Paths
+under FARENSE_HOME (models, database, production pointer) come from `settings.home`.
 """
 
 from __future__ import annotations
@@ -8,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+
+from common.settings import HomeSettings, SettingsError, explain
+
+__all__ = ["InferenceSettings", "SettingsError", "explain"]  # the last two: training's, until it is ported
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant for fans of SC Farense, the football club of Faro, Portugal. "
@@ -22,36 +26,7 @@ DEFAULT_SYSTEM_PROMPT = (
 RETRIEVAL_MIN_SCORE = 0.5
 
 
-class SettingsError(ValueError):
-    """A setting has an invalid value; the message names it in one line per problem."""
-
-
-def explain(error: ValidationError, settings_class: type[BaseSettings]) -> SettingsError:
-    """Turn pydantic's report into one clear line per setting, named as in the environment."""
-    prefix = settings_class.model_config.get("env_prefix", "")
-    lines = []
-    for problem in error.errors():
-        message = problem["msg"].removeprefix("Value error, ")
-        if not problem["loc"]:  # a whole-model check names its settings itself
-            lines.append(message)
-            continue
-        name = (prefix + str(problem["loc"][0])).upper()
-        named = message if message.startswith(name) else f"{name}: {message}"
-        lines.append(f"{named} (got {problem.get('input')!r})")
-    return SettingsError("invalid settings:\n" + "\n".join(lines))
-
-
-def default_home() -> Path:
-    return Path.home() / ".farense"
-
-
-class InferenceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    farense_home: Path = Field(default_factory=default_home)
-    models_dir: Path | None = Field(
-        default=None, description="Converted-model cache; empty = $FARENSE_HOME/models"
-    )
+class InferenceSettings(HomeSettings):
     model_path: str = Field(
         default="", description="Empty = embedded SmolLM2; else a model folder, a .gguf or a hub id"
     )
@@ -75,25 +50,12 @@ class InferenceSettings(BaseSettings):
     grounding_context_tokens: int = Field(
         default=256, ge=16, le=4096, description="Token budget of the facts block in the prompt"
     )
-    database_path: Path | None = Field(default=None, description="Empty = $FARENSE_HOME/farense.db")
-
-    @field_validator("farense_home", "models_dir", "database_path", mode="after")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
-
+    # Kept for training/ until it is ported to `settings.home` (the lead's change):
     @property
     def models_root(self) -> Path:
-        return self.models_dir or self.farense_home / "models"
+        return self.home.models
 
     @property
     def database_file(self) -> Path:
         """The store the knowledge base lives in: the same DATABASE_PATH the data package reads."""
-        return self.database_path or self.farense_home / "farense.db"
-
-    @classmethod
-    def load(cls, **overrides) -> "InferenceSettings":
-        try:
-            return cls(**overrides)
-        except ValidationError as error:
-            raise explain(error, cls) from None
+        return self.home.database

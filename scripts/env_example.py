@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO))
 from pydantic_core import PydanticUndefined  # noqa: E402
 
 from bot.settings import BotSettings  # noqa: E402
+from common.settings import HomeSettings  # noqa: E402
 from data.settings import DataSettings  # noqa: E402
 from inference.backend import BackendSettings  # noqa: E402
 from inference.settings import InferenceSettings  # noqa: E402
@@ -22,6 +23,7 @@ from training.lifecycle.settings import LifecycleSettings  # noqa: E402
 from training.settings import TrainingSettings  # noqa: E402
 
 SECTIONS = [
+    ("Where the state lives, for every package (common/settings.py, paths: common/home.py)", HomeSettings),
     ("Telegram bot (bot/settings.py)", BotSettings),
     ("Model and generation (inference/settings.py)", InferenceSettings),
     ("CPU BLAS (inference/backend.py)", BackendSettings),
@@ -62,7 +64,7 @@ def render() -> str:
         for name, field in cls.model_fields.items():
             env = (field.validation_alias if isinstance(field.validation_alias, str) else prefix + name).upper()
             if env in seen:
-                continue  # FARENSE_HOME is read by several packages; documented once
+                continue  # FARENSE_HOME and the other HomeSettings are read by several packages; documented once
             seen.add(env)
             if field.description:
                 lines.append(f"# {field.description}")

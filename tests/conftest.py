@@ -1,19 +1,62 @@
-"""Shared fixtures: the real default model (fetched and converted once per machine) and a tiny llama."""
+"""Shared fixtures: the real default model (fetched and converted once per machine), a tiny llama,
+an isolated environment for every test, training datasets, and the bot on the loopback Bot API.
+
+Helpers that are not fixtures live in helpers.py and models.py; test modules import those, never
+each other.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
+from pydantic_settings import BaseSettings
 
 import inference  # noqa: F401  (preloads the optimized BLAS before anything imports mlx)
 from inference.modelstore import ensure_default_model
 
+from .helpers import BOT_ADMIN, BOT_TOKEN, RunningBot, write_dataset
 from .models import make_tiny_model
 
 # Converted models survive between runs: fetching and converting SmolLM2 takes ~15 s.
 MODELS_CACHE = Path(os.environ.get("FARENSE_TEST_MODELS", Path.home() / ".cache" / "farense-tests" / "models"))
+REPO = Path(__file__).resolve().parents[1]
+OUR_PACKAGES = ("bot", "common", "data", "inference", "training")
+SETTINGS_CLASS = re.compile(r"^class \w+\(\w*Settings\):", re.MULTILINE)
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable a settings class of ours reads, found from the classes themselves:
+    the modules that define one are imported, then every subclass of BaseSettings in our packages."""
+    for package in OUR_PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            if SETTINGS_CLASS.search(path.read_text(encoding="utf-8")):
+                importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
+    found, classes = set(), [BaseSettings]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if cls.__module__.split(".")[0] in OUR_PACKAGES:
+            prefix = cls.model_config.get("env_prefix", "")
+            found |= {f"{prefix}{name}".upper() for name in cls.model_fields}
+    return found
+
+
+SETTINGS_VARIABLES = settings_variables()
+
+
+def pytest_collection_modifyitems(items):
+    """The `model` marker goes on every test that runs the real SmolLM2 itself (asks for
+    `default_model_dir`), so `-m "not model"` leaves them out. (The tiny llama is built from its
+    tokenizer, so the model is still fetched once for the tests that use that.)"""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and "default_model_dir" in inspect.signature(function).parameters:
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
@@ -34,90 +77,63 @@ def tiny_model_dir(tmp_path_factory, default_model_dir: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch, models_root):
-    """Every test gets its own FARENSE_HOME and cwd, so no developer `.env` or state leaks in."""
+    """Every test gets its own FARENSE_HOME and cwd, and none of the developer's settings (from the
+    environment or a `.env`), so no state leaks in."""
     home = tmp_path / "farense-home"
     home.mkdir()
-    for name in list(os.environ):
-        if name.startswith(("TELEGRAM_", "ADMIN_", "MODEL_", "ADAPTER_", "TRAIN_", "BOT_")):
-            monkeypatch.delenv(name)
+    for name in SETTINGS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FARENSE_HOME", str(home))
     monkeypatch.setenv("MODELS_DIR", str(models_root))
     monkeypatch.chdir(tmp_path)
     return home
 
 
+# --- the knowledge base ---------------------------------------------------------------------------
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    """A fresh store: opening it creates the schema and imports the seed facts."""
+    from data.store import Store
+
+    path = tmp_path / "farense.db"
+    Store(path).close()
+    return path
+
+
+@pytest.fixture
+def index(db_path):
+    """Retrieval over `db_path`'s facts."""
+    from inference.grounding import FactIndex
+
+    opened = FactIndex(db_path)
+    yield opened
+    opened.close()
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return write_dataset(tmp_path / "dataset")
+
+
+@pytest.fixture
+def tiny_env(monkeypatch, tiny_model_dir) -> dict:
+    """MODEL_PATH = the tiny llama, for in-process runs and for `python -m training` children."""
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
+    return dict(os.environ)
+
+
 # --- the Telegram bot, end to end: the real Application polling the loopback Bot API -------------
 
-BOT_TOKEN = "123456:FARENSE-bot-test-token"
-BOT_ADMIN = 5001
+@pytest.fixture
+def roomy_server(monkeypatch):
+    """socketserver listens with a backlog of 5: a burst of concurrent requests beyond it is reset
+    (httpx.ReadError), which Telegram's servers never do. Widen it before the server starts."""
+    from .botapi import transport
 
-
-class RunningBot:
-    """The bot's Application on its own event loop thread, as in production; tests stay synchronous."""
-
-    def __init__(self, server, application, engine, store):
-        import asyncio
-        import threading
-
-        self.server, self.application, self.engine, self.store = server, application, engine, store
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="bot-loop")
-        self._thread.start()
-
-    @property
-    def services(self):
-        return self.application.bot_data["services"]
-
-    def run(self, coroutine, timeout: float = 60):
-        """Run a coroutine on the bot's loop and wait for its result."""
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def ask(self, chat_id: int, user_id: int, text: str, timeout: float = 30, **kwargs):
-        """Send a message and wait for the bot's final answer (the one with the 👍/👎 buttons)."""
-        since = len(self.server.calls())
-        self.server.push_message(chat_id, user_id, text, **kwargs)
-        final = self.server.wait_for(lambda c: c.ok and c.params.get("chat_id") == chat_id
-                                     and "reply_markup" in c.params, timeout, since)
-        self.settle()
-        return final
-
-    def settle(self, timeout: float = 300) -> None:
-        """Wait until every update pushed so far has been fetched and handled completely."""
-        state = self.server.state
-        with state.cond:  # fetched updates are confirmed (dropped) by the poll that follows them
-            if not state.cond.wait_for(lambda: not state.updates, timeout):
-                raise TimeoutError("the bot did not fetch its updates")
-        self.run(self.application.update_queue.join(), timeout)
-
-    async def _start(self):
-        app = self.application
-        await app.initialize()
-        await app.post_init(app)
-        await app.start()
-        await app.updater.start_polling(poll_interval=0, timeout=1)
-
-    def start(self) -> "RunningBot":
-        self.run(self._start())
-        return self
-
-    async def _stop(self):
-        app = self.application
-        if app.updater.running:
-            await app.updater.stop()
-        if app.running:
-            await app.stop()
-        await app.shutdown()
-        await app.post_shutdown(app)
-
-    def stop(self):
-        try:
-            self.run(self._stop())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=30)
-            self.loop.close()
+    monkeypatch.setattr(transport.HttpServer, "request_queue_size", 1024)
 
 
 @pytest.fixture
@@ -148,7 +164,7 @@ def start_bot(tiny_model_dir, isolated_env, monkeypatch):
         settings = BotSettings.load(**options)
         engine = Engine(InferenceSettings.load(temperature=0.0, max_tokens=max_tokens))
         data_settings = DataSettings.load()
-        store = Store(data_settings.database_file)
+        store = Store(data_settings.home.database)
         application = build_application(settings, engine, store, data_settings=data_settings,
                                         train_args=train_args)
         bot = RunningBot(server, application, engine, store)

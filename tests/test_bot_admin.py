@@ -13,7 +13,7 @@ from data.knowledge import list_facts
 from training.lifecycle.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
-from .conftest import BOT_ADMIN, BOT_TOKEN
+from .helpers import BOT_ADMIN, BOT_TOKEN
 from .models import make_adapter
 
 USER = 4242
@@ -90,7 +90,7 @@ def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(
     final = edits[-1].params["text"]
     outcome = final.removeprefix("Retraining: ").split("\n")[0]
     assert outcome in ("promoted", "rejected"), final  # the tiny model trains; the gate decides
-    production = Registry(bot.services.home).production()
+    production = Registry(bot.services.home.root).production()
     if outcome == "promoted":
         assert production is not None and bot.engine.adapter_version == production.version
         assert f"Promoted {production.version}" in final

@@ -6,7 +6,7 @@ import json
 
 from inference.adapters import production_pointer_path
 
-from .conftest import BOT_ADMIN
+from .helpers import BOT_ADMIN
 from .models import make_adapter
 
 USER = 4242  # a private chat's id is its user's id
@@ -203,7 +203,7 @@ def test_edited_messages_and_channel_posts_are_ignored(start_bot):
 def test_model_failure_apologises_and_logs_the_traceback_without_the_token(start_bot, caplog):
     from inference.engine import GenerationError
 
-    from .conftest import BOT_TOKEN
+    from .helpers import BOT_TOKEN
 
     caplog.set_level("DEBUG")
     bot = start_bot()

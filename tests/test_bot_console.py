@@ -49,7 +49,7 @@ def test_with_a_token_it_long_polls_telegram_and_stops_cleanly_on_sigterm(tiny_m
     import signal
 
     from .botapi import BotApiServer
-    from .conftest import BOT_TOKEN
+    from .helpers import BOT_TOKEN
 
     with BotApiServer(BOT_TOKEN) as server:
         env = os.environ | {"MODEL_PATH": str(tiny_model_dir), "MAX_TOKENS": "8", "TEMPERATURE": "0",
@@ -93,18 +93,18 @@ def test_console_cites_sources_declines_and_admins_the_knowledge_base(tiny_model
     from inference.settings import InferenceSettings
 
     engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)), adapter=None)
-    store = Store(DataSettings.load().database_file)
+    store = Store(DataSettings.load().home.database)
     engine.stream = restate_the_first_fact
 
     def run(script: str) -> str:
         out = io.StringIO()
-        app = Services.create(BotSettings.load(), engine, store)
+        services = Services.create(BotSettings.load(), engine, store)
 
         async def session():
             try:
-                await Console(app, out).run(io.StringIO(script))
+                await Console(services, out).run(io.StringIO(script))
             finally:
-                await asyncio.to_thread(app.close)
+                await asyncio.to_thread(services.close)
 
         asyncio.run(session())
         return out.getvalue()

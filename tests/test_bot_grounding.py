@@ -11,7 +11,7 @@ from data.knowledge import ADMIN_SOURCE, get_fact, list_facts
 from inference.engine import Chunk, Generation
 from inference.grounding import DECLINE
 
-from .conftest import BOT_ADMIN
+from .helpers import BOT_ADMIN
 
 USER = 4242
 OTHER = 4343

@@ -14,7 +14,8 @@ from bot.retraining import ProgressText
 from bot.settings import BotSettings
 from bot.splitting import split_text, utf16_len
 from bot.texts import language
-from inference.settings import SettingsError
+from common.home import Home
+from common.settings import SettingsError
 
 words = st.text(st.sampled_from("abcdefghij ⚽🦁é\n.!?,"), min_size=1, max_size=60)
 
@@ -106,7 +107,7 @@ def test_language_is_portuguese_for_any_pt_code():
 
 
 def test_loss_plot_reads_both_metric_formats_and_skips_bad_lines(tmp_path):
-    assert latest_run(tmp_path) is None
+    assert latest_run(Home(tmp_path)) is None
     old, new = tmp_path / "runs" / "20250101-000000-aaaa", tmp_path / "runs" / "20250102-000000-bbbb"
     for run in (old, new):
         run.mkdir(parents=True)
@@ -114,6 +115,6 @@ def test_loss_plot_reads_both_metric_formats_and_skips_bad_lines(tmp_path):
              {"kind": "eval", "step": 2, "val_loss": 2.7}, "not json", {"kind": "train"}]
     (new / "metrics.jsonl").write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines))
     (old / "metrics.jsonl").write_text("")
-    assert latest_run(tmp_path) == new
+    assert latest_run(Home(tmp_path)) == new
     assert read_losses(new) == ([(1, 3.0), (2, 2.5)], [(2, 2.8), (2, 2.7)])
     assert loss_plot(new).startswith(b"\x89PNG") and loss_plot(old) is None

@@ -14,22 +14,10 @@ from data.builder import BuildError, build_dataset, latest_dataset, split_of
 from data.settings import DataSettings
 from data.store import Store
 
+from .helpers import seed_pairs, write_qa_seed
+
 USER, OTHER, OPTED_OUT, ADMIN = 1, 2, 3, 99
 META = dict(model_id="m", adapter_version=None, latency_s=0.1, prompt_tokens=1, completion_tokens=1)
-
-
-def seed_pairs(count: int, start: int = 0) -> list[dict]:
-    return [{"id": f"f{i:03d}-en-1", "fact": i, "lang": "en",
-             "question": f"Question {i} about SC Farense?", "answer": f"Answer {i}."}
-            for i in range(start, start + count)]
-
-
-def write_seed(folder: Path, pairs: list[dict], files: int = 1) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for number in range(files):
-        lines = [json.dumps(pair) + "\n" for pair in pairs[number::files]]
-        (folder / f"qa-{number:02d}.jsonl").write_text("".join(lines))
-    return folder
 
 
 def make_settings(tmp_path: Path, seed: Path, **overrides) -> DataSettings:
@@ -50,7 +38,7 @@ def everything(folder: Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def test_full_build_from_seed_store_and_extra_files(tmp_path):
-    seed = write_seed(tmp_path / "seed", seed_pairs(30))
+    seed = write_qa_seed(tmp_path / "seed", seed_pairs(30))
     (seed / "qa-99.jsonl").write_text('{"id": "x", "fact": 1}\n')  # a broken seed line
     store = Store(tmp_path / "farense.db")
     liked = store.log_message(USER, USER, "Who is the captain?", "Call him on 912 345 678.", **META)
@@ -111,7 +99,7 @@ def test_corrections_supersede_other_answers_and_duplicates_collapse(tmp_path):
          "answer": "  answer 1. "},  # same as f001 once normalised
         {"id": "old", "fact": 1, "lang": "pt", "question": "Quem é o treinador?", "answer": "O antigo."},
     ]
-    seed = write_seed(tmp_path / "seed", pairs)
+    seed = write_qa_seed(tmp_path / "seed", pairs)
     store = Store(tmp_path / "farense.db")
     for number, fix in enumerate(["O primeiro.", "O novo treinador."]):
         message = store.log_message(USER, USER, "Quem e o TREINADOR?", f"answer {number}", **META)
@@ -129,10 +117,10 @@ def test_corrections_supersede_other_answers_and_duplicates_collapse(tmp_path):
 
 def test_same_inputs_in_another_order_give_identical_files(tmp_path):
     pairs = seed_pairs(60)
-    first = build_dataset(make_settings(tmp_path, write_seed(tmp_path / "a", pairs)))
+    first = build_dataset(make_settings(tmp_path, write_qa_seed(tmp_path / "a", pairs)))
     shuffled = pairs[:]
     random.Random(4).shuffle(shuffled)
-    second = build_dataset(make_settings(tmp_path, write_seed(tmp_path / "b", shuffled, files=3)))
+    second = build_dataset(make_settings(tmp_path, write_qa_seed(tmp_path / "b", shuffled, files=3)))
     assert first.path != second.path
     assert first.content_hash == second.content_hash
     for name in builder.SPLITS:
@@ -141,8 +129,8 @@ def test_same_inputs_in_another_order_give_identical_files(tmp_path):
 
 
 def test_adding_examples_never_moves_existing_ones_between_splits(tmp_path):
-    before = build_dataset(make_settings(tmp_path, write_seed(tmp_path / "a", seed_pairs(80))))
-    after = build_dataset(make_settings(tmp_path, write_seed(tmp_path / "b", seed_pairs(120))))
+    before = build_dataset(make_settings(tmp_path, write_qa_seed(tmp_path / "a", seed_pairs(80))))
+    after = build_dataset(make_settings(tmp_path, write_qa_seed(tmp_path / "b", seed_pairs(120))))
     split_before = {pair: name for name, pairs in everything(before.path).items() for pair in pairs}
     split_after = {pair: name for name, pairs in everything(after.path).items() for pair in pairs}
     assert all(split_after[pair] == name for pair, name in split_before.items())
@@ -156,7 +144,7 @@ def test_valid_is_never_empty_from_ten_examples(tmp_path):
     salt = next(f"s{n}" for n in range(10_000) if all(
         split_of(pair["question"], make_settings(tmp_path, tmp_path, split_salt=f"s{n}")) != "valid"
         for pair in pairs))
-    settings = make_settings(tmp_path, write_seed(tmp_path / "seed", pairs), split_salt=salt)
+    settings = make_settings(tmp_path, write_qa_seed(tmp_path / "seed", pairs), split_salt=salt)
     splits = everything(build_dataset(settings).path)
     assert len(splits["valid"]) == 1
     assert not set(splits["valid"]) & set(splits["train"])
@@ -177,15 +165,15 @@ def test_nothing_to_build_is_an_error(tmp_path):
 
 
 def test_store_from_settings_is_used_when_none_is_given(tmp_path):
-    settings = make_settings(tmp_path, write_seed(tmp_path / "seed", seed_pairs(3)))
-    with Store(settings.database_file) as store:
+    settings = make_settings(tmp_path, write_qa_seed(tmp_path / "seed", seed_pairs(3)))
+    with Store(settings.home.database) as store:
         message = store.log_message(USER, USER, "From the configured DB?", "Yes.", **META)
         store.set_feedback(message, USER, 1)
     assert build_dataset(settings).manifest["sources"]["feedback"] == 1
 
 
 def test_a_failed_build_leaves_no_partial_folder_and_keeps_latest(tmp_path, monkeypatch):
-    settings = make_settings(tmp_path, write_seed(tmp_path / "seed", seed_pairs(20)))
+    settings = make_settings(tmp_path, write_qa_seed(tmp_path / "seed", seed_pairs(20)))
     good = build_dataset(settings)
     calls = []
 
@@ -195,18 +183,18 @@ def test_a_failed_build_leaves_no_partial_folder_and_keeps_latest(tmp_path, monk
             raise OSError(28, "No space left on device")
         Path(path).write_bytes(data)
 
-    monkeypatch.setattr(builder, "_write_synced", fail_on_second_file)
+    monkeypatch.setattr(builder, "write_synced", fail_on_second_file)
     with pytest.raises(OSError, match="No space left"):
-        build_dataset(make_settings(tmp_path, write_seed(tmp_path / "more", seed_pairs(25))))
-    assert [p.name for p in settings.datasets_root.iterdir() if p.is_dir()] == [good.path.name]
+        build_dataset(make_settings(tmp_path, write_qa_seed(tmp_path / "more", seed_pairs(25))))
+    assert [p.name for p in settings.home.datasets.iterdir() if p.is_dir()] == [good.path.name]
     assert latest_dataset(settings) == good.path
 
 
 def test_latest_dataset_tolerates_missing_and_broken_pointers(tmp_path):
     settings = make_settings(tmp_path, tmp_path)
     assert latest_dataset(settings) is None
-    settings.datasets_root.mkdir(parents=True)
-    pointer = settings.datasets_root / "latest"
+    settings.home.datasets.mkdir(parents=True)
+    pointer = settings.home.datasets / "latest"
     for content in ("{not json", '{"dataset": "../../etc"}', '{"dataset": "gone"}', "[]"):
         pointer.write_text(content)
         assert latest_dataset(settings) is None

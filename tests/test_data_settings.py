@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from data.settings import PACKAGE_SEED_DIR, DataSettings, SettingsError
+from common.settings import SettingsError
+from data.settings import PACKAGE_SEED_DIR, DataSettings
 
-DATA_VARIABLES = ("DATABASE_PATH", "DATASETS_DIR", "SEED_DIR", "VALID_FRACTION", "TEST_FRACTION",
+DATA_VARIABLES = ("DATABASE_PATH", "DATASETS_DIR", "BACKUPS_DIR", "MODELS_DIR", "SEED_DIR", "VALID_FRACTION", "TEST_FRACTION",
                   "SPLIT_SALT")
 
 
@@ -23,8 +24,8 @@ def clean_data_env(monkeypatch, tmp_path):
 def test_paths_follow_farense_home(tmp_path):
     settings = DataSettings.load()
     assert settings.farense_home == tmp_path / "home"
-    assert settings.database_file == tmp_path / "home" / "farense.db"
-    assert settings.datasets_root == tmp_path / "home" / "datasets"
+    assert settings.home.database == tmp_path / "home" / "farense.db"
+    assert settings.home.datasets == tmp_path / "home" / "datasets"
     assert settings.seed_dir == PACKAGE_SEED_DIR
     assert PACKAGE_SEED_DIR.parent == Path(__file__).resolve().parent.parent / "data"
     assert (settings.valid_fraction, settings.test_fraction, settings.split_salt) == (0.1, 0.1, "farense")
@@ -34,7 +35,7 @@ def test_environment_and_dotenv_override_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("DATABASE_PATH", "~/elsewhere/x.db")
     (tmp_path / ".env").write_text("VALID_FRACTION=0.25\nSPLIT_SALT=pepper\nUNRELATED=1\n")
     settings = DataSettings.load()
-    assert settings.database_file == Path.home() / "elsewhere" / "x.db"
+    assert settings.home.database == Path.home() / "elsewhere" / "x.db"
     assert settings.valid_fraction == 0.25
     assert settings.split_salt == "pepper"
 
@@ -42,7 +43,7 @@ def test_environment_and_dotenv_override_defaults(monkeypatch, tmp_path):
 def test_overrides_win_over_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DATASETS_DIR", str(tmp_path / "from-env"))
     settings = DataSettings.load(datasets_dir=tmp_path / "explicit")
-    assert settings.datasets_root == tmp_path / "explicit"
+    assert settings.home.datasets == tmp_path / "explicit"
 
 
 def test_one_line_per_bad_setting_naming_the_variable(monkeypatch):
@@ -52,6 +53,7 @@ def test_one_line_per_bad_setting_naming_the_variable(monkeypatch):
         DataSettings.load()
     lines = str(caught.value).splitlines()
     assert lines == [
+        "invalid settings:",
         "VALID_FRACTION: Input should be less than or equal to 0.5 (got '2')",
         "TEST_FRACTION: Input should be a valid number, unable to parse string as a number (got 'abc')",
     ]
@@ -64,5 +66,5 @@ def test_fractions_must_leave_room_for_training():
 
 
 def test_valid_fraction_cannot_be_zero():
-    with pytest.raises(SettingsError, match="^VALID_FRACTION: Input should be greater than 0"):
+    with pytest.raises(SettingsError, match="\nVALID_FRACTION: Input should be greater than 0"):
         DataSettings.load(valid_fraction=0)

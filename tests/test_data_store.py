@@ -199,6 +199,31 @@ def test_new_migrations_run_once_on_an_existing_database(tmp_path, monkeypatch):
     raw.close()
 
 
+def test_a_read_only_open_writes_nothing(tmp_path):
+    path = tmp_path / "farense.db"
+    with pytest.raises(StoreError, match="no database"):
+        Store(path, readonly=True)
+    assert not path.exists()  # not even an empty file
+    with Store(path) as writer:
+        ask(writer, USER_A, "kept?")
+        facts = writer.read("SELECT COUNT(*) FROM facts")[0][0]
+    before = path.read_bytes()
+    with Store(path, readonly=True) as reader:
+        assert reader.counts()["messages"] == 1
+        assert reader.read("SELECT COUNT(*) FROM facts")[0][0] == facts > 0  # seeded by the read-write open
+        with pytest.raises(StoreError, match="read-only"):
+            ask(reader, USER_A, "refused")
+    assert path.read_bytes() == before  # (SQLite's -shm/-wal beside it are how WAL readers share)
+
+
+def test_a_read_only_open_refuses_a_schema_it_would_have_to_migrate(tmp_path, monkeypatch):
+    path = tmp_path / "farense.db"
+    Store(path).close()
+    monkeypatch.setattr("data.store.MIGRATIONS", [*migrations.MIGRATIONS, ("SELECT 1",)])
+    with pytest.raises(StoreError, match="open it read-write once"):
+        Store(path, readonly=True)
+
+
 def test_a_database_newer_than_the_code_is_refused(tmp_path):
     path = tmp_path / "future.db"
     raw = sqlite3.connect(path)

@@ -15,20 +15,6 @@ from inference.grounding import (DECLINE, Fact, FactIndex, approximate_tokens, b
 from inference.settings import InferenceSettings
 
 
-@pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "farense.db"
-    Store(path).close()  # opening the store creates the schema and imports the seed facts
-    return path
-
-
-@pytest.fixture
-def index(db_path):
-    opened = FactIndex(db_path)
-    yield opened
-    opened.close()
-
-
 def ask(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import SettingsError
 from inference.gguf import GGUFError, convert_gguf
 from inference.modelstore import DEFAULT_MODEL_NAME, ModelNotFound, ensure_converted, resolve_model
-from inference.settings import InferenceSettings, SettingsError
+from inference.settings import InferenceSettings
 
 from .models import make_adapter
 
@@ -35,9 +36,18 @@ def test_cli_answers_with_json(tiny_model_dir):
     assert "BLAS" in err  # the log line naming BLAS and dtype goes to stderr
 
 
+def test_cli_on_a_fresh_home_opens_the_store_and_answers_from_the_facts(tiny_model_dir, isolated_env):
+    assert not (isolated_env / "farense.db").exists()
+    code, out, _ = run_cli("When was Farense founded?", "--max-tokens", "3", MODEL_PATH=str(tiny_model_dir))
+    assert code == 0 and out["status"] == "ok" and out["facts"]  # grounded, not answered blind
+    assert (isolated_env / "farense.db").is_file()
+
+
 def test_cli_uses_given_adapter(tiny_model_dir, tmp_path):
     adapter = make_adapter(tiny_model_dir, tmp_path / "a1")
-    code, out, _ = run_cli("Olá", "--max-tokens", "3", "--adapter", str(adapter), MODEL_PATH=str(tiny_model_dir))
+    # In the domain: on a home with the knowledge base, "Olá" is declined without the model.
+    code, out, _ = run_cli("Quando foi fundado o Farense?", "--max-tokens", "3", "--adapter", str(adapter),
+                           MODEL_PATH=str(tiny_model_dir))
     assert code == 0 and out["adapter"] == "a1"
 
 
@@ -48,8 +58,8 @@ def test_cli_uses_given_adapter(tiny_model_dir, tmp_path):
 ])
 def test_cli_errors_are_json(tiny_model_dir, args, env, message):
     env = {"MODEL_PATH": str(tiny_model_dir), **env}
-    code, out, _ = run_cli("Olá", *args, **env)
-    assert code == 1 and out["status"] == "error" and out["prompt"] == "Olá"
+    code, out, _ = run_cli("Quando foi fundado o Farense?", *args, **env)
+    assert code == 1 and out["status"] == "error" and out["prompt"] == "Quando foi fundado o Farense?"
     assert message in out["error"] and "Traceback" not in out["error"]
 
 

@@ -146,7 +146,7 @@ def test_an_existing_database_gains_the_knowledge_base(tmp_path):
     with Store(path) as store:
         assert store.message(1).question == "Olá?"
         assert knowledge_stats(store)["live"] == 230
-        assert store._read("PRAGMA user_version")[0][0] == len(MIGRATIONS)
+        assert store.read("PRAGMA user_version")[0][0] == len(MIGRATIONS)
 
 
 def test_the_dataset_manifest_records_the_knowledge_hash(store):

@@ -1,7 +1,5 @@
 """The promotion gate on the tiny llama: a trained candidate beats the base model, a noisy one and a
 NaN one are rejected with every criterion reported; plus the eval subset and the repetition check.
-
-Also home of the helpers the other lifecycle tests share (a small seed, fast training flags).
 """
 
 from __future__ import annotations
@@ -19,44 +17,10 @@ from data.settings import PACKAGE_SEED_DIR
 from training.evaluation.gate import degenerate, gate_items, gate_version
 from training.lifecycle.registry import REJECTED, Registry
 
+from .helpers import SYSTEM_PROMPT, TRAIN_ARGS, lifecycle_env, write_seed
 from .models import make_adapter
 
-SYSTEM_PROMPT = "You answer questions about SC Farense."
-# Fast on the tiny llama: ~0.3 s a step; 30 steps take val loss from ~11.2 to ~10.6.
-TRAIN_ARGS = ["--iters", "30", "--batch-size", "4", "--learning-rate", "2e-3", "--warmup-steps", "2",
-              "--eval-every", "10", "--val-batches", "4"]
 CRITERIA = {"val_loss", "accuracy", "adapter_loads", "finite_val_loss", "degenerate_answers"}
-
-
-def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False,
-               garble_answers: bool = False) -> Path:
-    """A small seed cut from the real one (66 pairs, 22 eval items); optionally with every answer
-    moved to another question, or spelled backwards — data that teaches nothing true."""
-    folder.mkdir(parents=True, exist_ok=True)
-    qa = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("qa-*.jsonl"))
-          for line in path.read_text().splitlines()]
-    qa = [pair for pair in qa if pair["fact"] in facts]
-    if shuffle_answers:
-        answers = [pair["answer"] for pair in qa]
-        qa = [pair | {"answer": answers[(i * 7 + 3) % len(answers)]} for i, pair in enumerate(qa)]
-    if garble_answers:  # a tiny random model learns word statistics, not facts: this it notices
-        qa = [pair | {"answer": pair["answer"][::-1]} for pair in qa]
-    items = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("eval-*.jsonl"))
-             for line in path.read_text().splitlines()]
-    (folder / "qa-test.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in qa))
-    (folder / "eval-test.jsonl").write_text(
-        "".join(json.dumps(item) + "\n" for item in items if item["fact"] in facts))
-    return folder
-
-
-def lifecycle_env(monkeypatch, tiny_model_dir: Path, seed: Path) -> None:
-    """Serve and train the tiny llama with a short prompt, and keep the gate small."""
-    for name, value in {"MODEL_PATH": str(tiny_model_dir), "SYSTEM_PROMPT": SYSTEM_PROMPT,
-                        "SEED_DIR": str(seed), "GATE_EVAL_LIMIT": "4", "GATE_MAX_TOKENS": "16",
-                        "GATE_MIN_IMPROVEMENT": "0.005", "GATE_ALLOWED_ACCURACY_DROP": "0",
-                        "GATE_MAX_REGRESSION": "0",
-                        "GATE_MAX_DEGENERATE": "0.1", "KEEP_ADAPTERS": "10", "PIPELINE_TRAIN_ARGS": ""}.items():
-        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from training import runs
 from training.lifecycle.pipeline import LOCK_FILE, RUNNING_FILE, pipeline_state, run_pipeline
 from training.lifecycle.registry import REJECTED, Registry
 
+from .helpers import TRAIN_ARGS, lifecycle_env, write_seed
 from .models import make_adapter
-from .test_lifecycle_gate import TRAIN_ARGS, lifecycle_env, write_seed
 
 FAIL_FAST = ["--iters", "0"]  # refused by the trainer's settings: the child exits 2 at once
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import service
+from bot import os_service
 from bot.retraining import Retrainer, nightly_retrain
+from common.home import Home
 from data import backup
 from data.backup import BackupError, create_backup, list_backups, restore_backup, verify_backup
 from data.settings import DataSettings
@@ -97,8 +98,7 @@ def test_a_restore_into_another_home_points_production_at_the_restored_folder(is
     promote_adapter(isolated_env, tiny_model_dir, tmp_path)
     archive = create_backup(isolated_env / "farense.db", isolated_env / "adapters", tmp_path / "backups").path
     other = tmp_path / "new-machine"
-    result = restore_backup(archive, database=other / "farense.db", adapters=other / "adapters", home=other,
-                            backups_dir=other / "backups")
+    result = restore_backup(archive, Home(other))
     assert result.replaced is None  # nothing was there to save first
     version, folder = read_production(other)
     assert version == "v0002" and folder == other / "adapters" / "v0002"
@@ -112,8 +112,7 @@ def test_restore_saves_what_it_replaces_and_returns_to_the_backup(isolated_env, 
         store.log_message(4242, 4242, "Later", "Later answer", model_id="tiny", adapter_version=None,
                           latency_s=0.1, prompt_tokens=1, completion_tokens=1)
         assert store.counts()["messages"] == 10
-    result = restore_backup(archive, database=isolated_env / "farense.db", adapters=isolated_env / "adapters",
-                            home=isolated_env, backups_dir=isolated_env / "backups")
+    result = restore_backup(archive, Home(isolated_env))
     with Store(isolated_env / "farense.db") as store:
         assert store.counts()["messages"] == 9
     assert result.replaced.manifest["counts"]["messages"] == 10  # the newer state is not lost
@@ -153,8 +152,7 @@ def test_a_damaged_archive_is_refused_and_nothing_is_replaced(damage, message, i
         store.log_message(1, 1, "q", "a", model_id=None, adapter_version=None, latency_s=None,
                           prompt_tokens=None, completion_tokens=None)
     with pytest.raises(BackupError, match=message):
-        restore_backup(bad, database=isolated_env / "farense.db", adapters=isolated_env / "adapters",
-                       home=isolated_env, backups_dir=isolated_env / "backups")
+        restore_backup(bad, Home(isolated_env))
     with Store(isolated_env / "farense.db") as store:
         assert store.counts()["messages"] == 10  # untouched, including what came after the backup
     assert read_production(isolated_env)[0] == "v0002"
@@ -168,32 +166,31 @@ def test_a_damaged_archive_is_refused_and_nothing_is_replaced(damage, message, i
 def test_restore_refuses_while_the_bot_a_pipeline_or_training_holds_its_lock(isolated_env, tmp_path):
     fill(isolated_env)
     archive = create_backup(isolated_env / "farense.db", isolated_env / "adapters", tmp_path / "backups").path
-    kwargs = dict(database=isolated_env / "farense.db", adapters=isolated_env / "adapters", home=isolated_env,
-                  backups_dir=tmp_path / "backups")
-    running = service.hold_running_lock(isolated_env)
+    home = Home(isolated_env, backups_dir=tmp_path / "backups")
+    running = os_service.hold_running_lock(isolated_env)
     try:
-        assert service.bot_running(isolated_env)
+        assert os_service.bot_running(isolated_env)
         with pytest.raises(BackupError, match="the bot is running"):
-            restore_backup(archive, **kwargs)
+            restore_backup(archive, home)
     finally:
         running.close()
-    assert not service.bot_running(isolated_env)
+    assert not os_service.bot_running(isolated_env)
     with pipeline._pipeline_lock(isolated_env, trigger="nightly", requested_by="test") as holder:
         assert holder is None
         with pytest.raises(BackupError, match="a retraining pipeline is running"):
-            restore_backup(archive, **kwargs)
+            restore_backup(archive, home)
     with runs.training_lock(isolated_env):
         with pytest.raises(BackupError, match="a training run is in progress"):
-            restore_backup(archive, **kwargs)
-    assert restore_backup(archive, **kwargs).manifest["counts"]["messages"] == 9  # all free again
+            restore_backup(archive, home)
+    assert restore_backup(archive, home).manifest["counts"]["messages"] == 9  # all free again
 
 
-def test_the_lock_names_backup_checks_are_the_ones_the_bot_and_training_take(isolated_env):
-    home = isolated_env
-    assert set(backup.LIVE_LOCKS) == {
-        service.LOCK_FILE, pipeline.LOCK_FILE, str((runs.runs_root(home) / ".lock").relative_to(home)),
-        str((Registry(home).root / ".lock").relative_to(home))}
-    assert DataSettings.load().adapters_dir == Registry(home).root
+def test_the_locks_backup_checks_are_the_ones_the_bot_and_training_take(isolated_env):
+    home = Home(isolated_env)
+    assert set(home.live_locks()) == {
+        home.bot_lock, isolated_env / pipeline.LOCK_FILE, runs.runs_root(isolated_env) / ".lock",
+        Registry(isolated_env).root / ".lock"}
+    assert DataSettings.load().home.adapters == Registry(isolated_env).root
 
 
 def test_a_backup_taken_while_the_bot_writes_is_consistent(isolated_env, tmp_path):

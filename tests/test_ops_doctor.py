@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.doctor import FAIL, OK, SKIP, WARN, Doctor, run_doctor
-from bot.service import hold_running_lock
+from bot.os_service import hold_running_lock
 from data.backup import create_backup
 from data.store import Store
 from training.lifecycle.registry import Registry

@@ -18,6 +18,7 @@ import pytest
 
 from bot.logs import LOG_FILE, log_context, setup_logging
 from bot.settings import BotSettings
+from common.home import Home
 
 from .botapi import BotApiServer
 
@@ -46,7 +47,7 @@ def events(path) -> list[dict]:
 
 
 def test_one_json_line_per_event_with_chat_and_run_and_no_secrets(isolated_env, root_logging, capfd):
-    path = setup_logging(isolated_env, BotSettings.load(telegram_bot_token=TOKEN), console=False)
+    path = setup_logging(Home(isolated_env), BotSettings.load(telegram_bot_token=TOKEN), console=False)
     assert path == isolated_env / "logs" / LOG_FILE
     log = logging.getLogger("bot.conversation")
     with log_context(chat=-1001234567890, run="nightly-20250501-030000"):
@@ -88,7 +89,7 @@ def test_one_json_line_per_event_with_chat_and_run_and_no_secrets(isolated_env, 
 
 def test_the_log_rotates_at_its_size_cap(isolated_env, root_logging):
     settings = BotSettings.load(log_max_mb=0.002, log_backups=2, log_stderr_level="ERROR")  # ~2 KB per file
-    path = setup_logging(isolated_env, settings, console=False)
+    path = setup_logging(Home(isolated_env), settings, console=False)
     for number in range(200):
         logging.getLogger("bot.test").info("event %d %s", number, "x" * 40)
     events(path)
@@ -133,7 +134,7 @@ def test_a_retraining_tags_its_lines_with_its_run_id(isolated_env, root_logging,
     from inference.settings import InferenceSettings
 
     monkeypatch.setenv("GATE_EVAL_LIMIT", "1")  # below its minimum: the pipeline fails at once, nothing trains
-    path = setup_logging(isolated_env, BotSettings.load(log_stderr_level="ERROR"), console=False)
+    path = setup_logging(Home(isolated_env), BotSettings.load(log_stderr_level="ERROR"), console=False)
     engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)))
     try:
         result = asyncio.run(Retrainer(engine).run(trigger="admin", requested_by="5001"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.service import LABEL, NAME, ServiceSpec, bot_running, hold_running_lock, render_launchd, render_systemd
+from bot.os_service import LABEL, NAME, ServiceSpec, bot_running, hold_running_lock, render_launchd, render_systemd
 
 # Every key the unit may use, per section, and how often; anything else is a mistake.
 UNIT_KEYS = {

@@ -14,13 +14,12 @@ from telegram.error import InvalidToken
 
 from bot.settings import BotSettings
 from inference.adapters import read_production
-from inference.settings import SettingsError
+from common.settings import SettingsError
 from training.lifecycle.registry import Registry
 
 from .botapi import BotApiServer
-from .conftest import BOT_ADMIN, BOT_TOKEN
+from .helpers import BOT_ADMIN, BOT_TOKEN
 from .models import make_adapter
-from .test_reliability_load import roomy_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("roomy_server")  # bursts of requests need a listen backlog
 

@@ -25,11 +25,8 @@ from training.trainer import checkpoint
 from training.lifecycle.pipeline import run_pipeline
 from training.lifecycle.registry import Registry
 
-from .conftest import BOT_ADMIN
+from .helpers import BOT_ADMIN, lifecycle_env, train_here, write_dataset, write_seed
 from .models import make_adapter
-from .test_reliability_load import roomy_server  # noqa: F401  (fixture)
-from .test_lifecycle_gate import lifecycle_env, write_seed
-from .test_training_support import train_here, write_dataset
 
 pytestmark = pytest.mark.usefixtures("roomy_server")  # bursts of requests need a listen backlog
 
@@ -268,8 +265,8 @@ def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, i
     (b'{"messages": "Q?"}', "'messages' should be a list of objects"),
 ])
 def test_malformed_jsonl_lines_are_reported_with_their_place_and_the_rest_is_built(line, reason, tmp_path):
-    from .test_data_builder import seed_pairs
-    from .test_data_builder import write_seed as write_qa
+    from .helpers import seed_pairs
+    from .helpers import write_qa_seed as write_qa
 
     extra = tmp_path / "extra.jsonl"
     good = [json.dumps({"question": f"Extra {n}?", "answer": f"Answer {n}."}).encode() for n in range(3)]

@@ -29,9 +29,8 @@ from training.trainer import checkpoint
 from training.lifecycle.pipeline import LOCK_FILE, pipeline_state, run_pipeline
 from training.lifecycle.registry import PRODUCTION, Registry
 
+from .helpers import clean_env, command, events, lifecycle_env, metrics, write_dataset, write_seed
 from .models import make_adapter
-from .test_lifecycle_gate import lifecycle_env, write_seed
-from .test_training_support import clean_env, command, events, metrics, write_dataset
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "20260401"))
 FAIL_FAST = ["--iters", "0"]  # refused by the trainer's settings: the child exits 2 at once

@@ -26,8 +26,7 @@ from data.store import MAX_CORRECTION_CHARS
 from data.text import normalise
 from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, read_adapter
 
-from .conftest import BOT_ADMIN
-from .test_reliability_load import roomy_server  # noqa: F401  (fixture)
+from .helpers import BOT_ADMIN
 
 EXAMPLES = {"message text": 150, "callback data": 150, "command arguments": 100, "dataset builder": 80,
             "adapter files": 300}
@@ -260,8 +259,8 @@ INVALID = st.one_of(
 
 
 def test_fuzz_dataset_builder(tmp_path):
-    from .test_data_builder import seed_pairs
-    from .test_data_builder import write_seed as write_qa
+    from .helpers import seed_pairs
+    from .helpers import write_qa_seed as write_qa
 
     seed = write_qa(tmp_path / "seed", seed_pairs(4))
     runs = itertools.count(1)

@@ -25,15 +25,6 @@ QUESTIONS = ("Quando foi fundado o Farense?", "Who is Farense's greatest idol?",
 
 
 @pytest.fixture
-def roomy_server(monkeypatch):
-    """socketserver listens with a backlog of 5: a burst of concurrent requests beyond it is reset
-    (httpx.ReadError), which Telegram's servers never do. Widen it before the server starts."""
-    from .botapi import transport
-
-    monkeypatch.setattr(transport.HttpServer, "request_queue_size", 1024)
-
-
-@pytest.fixture
 def load_bot(roomy_server, start_bot):
     """The bot as in production (1 s between streamed drafts), short answers, no rate limit in the way."""
     return lambda: start_bot(max_tokens=8, stream_edit_interval=1.0, rate_limit_per_minute=1000)

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.settings import BotSettings
+from common.settings import SettingsError
 from data.settings import DataSettings
-from data.settings import SettingsError as DataSettingsError
-from inference.settings import InferenceSettings, SettingsError
+from inference.settings import InferenceSettings
 from training.lifecycle.settings import LifecycleSettings
 from training.settings import TrainingSettings
 
@@ -40,7 +40,7 @@ def load_with(name: str, cls: type, value: str) -> bool:
     try:
         cls.load()
         return True
-    except (SettingsError, DataSettingsError) as error:
+    except SettingsError as error:
         lines = [line for line in str(error).splitlines() if line != "invalid settings:"]
         assert len(lines) == 1, lines  # one line per bad setting...
         assert name in lines[0], lines  # ...naming it as it is spelled in the environment

@@ -19,20 +19,6 @@ from inference.settings import InferenceSettings
 
 
 @pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "farense.db"
-    Store(path).close()
-    return path
-
-
-@pytest.fixture
-def index(db_path):
-    opened = FactIndex(db_path)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
 def settings(db_path):
     return InferenceSettings(database_path=db_path)
 

@@ -11,7 +11,7 @@ import pytest
 from training.trainer.batching import (DatasetError, collate, encode, frozen_valid_batches, length_batches,
                                load_examples, padding_fraction)
 
-from .test_training_support import chat, write_dataset, write_jsonl
+from .helpers import chat, write_dataset, write_jsonl
 
 SYSTEM = "You answer questions about SC Farense."
 

@@ -11,7 +11,7 @@ import pytest
 from training.trainer import checkpoint
 from training.trainer.checkpoint import CheckpointError
 
-from .test_training_support import adapter, cli, dataset, mark, tiny_env, train_here  # noqa: F401 (fixtures)
+from .helpers import adapter, cli, mark, train_here
 
 CONFIG = {"iters": 9, "batch_size": 4, "eval_every": 3, "checkpoint_every": 3, "learning_rate": 1e-3,
           "warmup_steps": 2}

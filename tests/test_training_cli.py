@@ -8,7 +8,7 @@ import pytest
 
 from training.trainer.memory import GB, MemoryBudgetError, ModelShape, estimate_bytes, plan
 
-from .test_training_support import cli, dataset, tiny_env, train_here  # noqa: F401 (fixtures)
+from .helpers import cli, train_here
 
 SMOLLM2 = ModelShape(weight_bytes=int(0.54 * GB), lora_params=1_302_528, layers=30, lora_layers=16, hidden=576,
                      intermediate=1536, heads=9, vocab=49152, dtype_bytes=4)

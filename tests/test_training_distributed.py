@@ -20,8 +20,7 @@ import pytest
 
 from training.runs import pid_alive
 
-from .test_training_support import (adapter, clean_env, cli, command, events, metrics, tiny_env,  # noqa: F401
-                                    write_dataset)
+from .helpers import adapter, clean_env, cli, command, events, metrics, write_dataset
 
 ITERS = 12
 # Batches of 3 rows split 2 + 1 over the ranks (the last, of 2 rows, 1 + 1): uneven shares, so the
@@ -155,7 +154,7 @@ def test_the_pipeline_trains_on_two_ranks_when_train_distributed_is_set(tiny_mod
                                                                          tmp_path):
     from training.lifecycle.pipeline import run_pipeline
 
-    from .test_lifecycle_gate import lifecycle_env, write_seed
+    from .helpers import lifecycle_env, write_seed
 
     lifecycle_env(monkeypatch, tiny_model_dir, write_seed(tmp_path / "seed"))
     monkeypatch.setenv("TRAIN_DISTRIBUTED", "2")  # the ranks inherit it too: they must not relaunch

@@ -1,4 +1,4 @@
-"""Training on prompts as served (issue 11): grounding a built dataset, the pipeline grounding before
+"""Training on prompts as served: grounding a built dataset, the pipeline grounding before
 it trains, the gate answering from retrieved facts, and the four-configuration evaluation."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from training.evaluation.grounding import default_out_folder, ground_dataset
 from training.lifecycle.pipeline import run_pipeline
 from training.lifecycle.registry import Registry
 
+from .helpers import TRAIN_ARGS, lifecycle_env, write_seed
 from .models import make_adapter
-from .test_lifecycle_gate import TRAIN_ARGS, lifecycle_env, write_seed
 
 HASSAN = "Who was Hassan Nader?"
 
@@ -29,7 +29,7 @@ HASSAN = "Who was Hassan Nader?"
 @pytest.fixture
 def knowledge(isolated_env) -> Path:
     """The configured database with the seeded knowledge base (every Store open seeds it)."""
-    path = DataSettings.load().database_file
+    path = DataSettings.load().home.database
     Store(path).close()
     return path
 
@@ -111,7 +111,7 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
 
 def _fact_text(db: Path, number: int) -> str:
     with Store(db) as store:
-        return store._read("SELECT text FROM facts WHERE fact = ? AND lang = 'en'", (number,))[0][0]
+        return store.read("SELECT text FROM facts WHERE fact = ? AND lang = 'en'", (number,))[0][0]
 
 
 def test_pipeline_grounds_before_training_and_the_gate_answers_from_retrieved_facts(

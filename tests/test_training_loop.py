@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from .test_training_support import adapter, dataset, metrics, tiny_env, train_here  # noqa: F401 (fixtures)
+from .helpers import adapter, metrics, train_here
 
 SYSTEM = "You answer questions about SC Farense."
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .test_training_support import dataset  # noqa: F401 (fixture)
-
 SYSTEM = "You answer questions about SC Farense, the football club of Faro."
 
 
@@ -60,8 +58,8 @@ def test_loss_and_gradients_with_the_shared_prefix_equal_the_plain_ones(dataset,
     from mlx.utils import tree_flatten
 
     from training.trainer.batching import collate, load_examples
-    from training.trainer.lora import use_grad_checkpoint
     from training.trainer.loop import make_loss
+    from training.trainer.lora import use_grad_checkpoint
 
     model, tokenizer = _lora_model(tiny_model_dir)
     if checkpointed:  # the shared pass is not used then (see prefix.can_share): same numbers anyway

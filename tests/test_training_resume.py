@@ -10,8 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from .test_training_support import (adapter, clean_env, cli, command, events, metrics, tiny_env,  # noqa: F401
-                                    write_dataset)
+from .helpers import adapter, clean_env, cli, command, events, metrics, write_dataset
 
 ITERS = 16
 CONFIG = ("--iters", ITERS, "--batch-size", 4, "--eval-every", 4, "--learning-rate", "1e-3",

@@ -9,7 +9,7 @@ from ..services import Services
 from ..texts import language
 
 
-def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
+def services_of(context: ContextTypes.DEFAULT_TYPE) -> Services:
     return context.application.bot_data["services"]
 
 

@@ -13,12 +13,12 @@ from telegram import Message, Update
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
-from .. import admin
+from .. import admin_ops
 from ..plot import latest_run, loss_plot
 from ..retraining import BUSY, ProgressText
 from ..splitting import split_text
 from ..texts import text
-from . import services, user_language
+from . import services_of, user_language
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ def admin_only(handler):
     """Refuse non-admins politely; record who tried what in the store and the log."""
     @functools.wraps(handler)
     async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        app, user = services(context), update.effective_user
+        services, user = services_of(context), update.effective_user
         command = handler.__name__
-        allowed = app.settings.is_admin(user.id)
-        await asyncio.to_thread(app.store.log_admin_event, user.id, command, allowed)
+        allowed = services.settings.is_admin(user.id)
+        await asyncio.to_thread(services.store.log_admin_event, user.id, command, allowed)
         if not allowed:
             log.warning("refused /%s to user %s (not an admin)", command, user.id)
             await update.message.reply_text(text("not_admin", user_language(update)))
@@ -45,9 +45,9 @@ def admin_only(handler):
 
 @admin_only
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    app = services(context)
-    await update.message.reply_text(await asyncio.to_thread(admin.status_text, app))
-    run = latest_run(app.home)
+    services = services_of(context)
+    await update.message.reply_text(await asyncio.to_thread(admin_ops.status_text, services))
+    run = latest_run(services.home)
     png = await asyncio.to_thread(loss_plot, run) if run is not None else None
     if png is not None:
         await update.message.reply_photo(png, caption=f"Loss of training run {run.name}")
@@ -55,13 +55,13 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    app = services(context)
-    if app.retrainer.running:
+    services = services_of(context)
+    if services.retrainer.running:
         await update.message.reply_text(BUSY)
         return
     progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
     loop = asyncio.get_running_loop()
-    result = await app.retrainer.run(
+    result = await services.retrainer.run(
         trigger="admin", requested_by=str(update.effective_user.id),
         on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event))
     await progress.finish(f"Retraining: {result.outcome}\n{result.message}")
@@ -69,32 +69,32 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    app = services(context)
-    await update.message.reply_text(await asyncio.to_thread(admin.rollback, app, update.effective_user.id))
+    services = services_of(context)
+    await update.message.reply_text(await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id))
 
 
 @admin_only
 async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Reply to one of the bot's answers with `/correct <better answer>`."""
-    app, message = services(context), update.message
+    services, message = services_of(context), update.message
     command_and_fix = message.text.split(maxsplit=1)
     fix = command_and_fix[1].strip() if len(command_and_fix) > 1 else ""
     target = message.reply_to_message
     logged = None
     if target is not None and fix:
-        logged = await asyncio.to_thread(app.store.message_by_telegram_id, message.chat_id,
+        logged = await asyncio.to_thread(services.store.message_by_telegram_id, message.chat_id,
                                          target.message_id)
     if logged is None:
         await message.reply_text(text("correct_usage", user_language(update)))
         return
-    await message.reply_text(await asyncio.to_thread(admin.correct, app, logged.id,
+    await message.reply_text(await asyncio.to_thread(admin_ops.correct, services, logged.id,
                                                      update.effective_user.id, fix))
 
 
 @admin_only
 async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it."""
-    report = await asyncio.to_thread(admin.facts_text, services(context), _argument(update.message))
+    report = await asyncio.to_thread(admin_ops.facts_text, services_of(context), _argument(update.message))
     for part in split_text(report):
         await update.message.reply_text(part)
 
@@ -103,7 +103,7 @@ async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def fact_remove(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/fact_remove <id>` takes a fact out of the answers."""
     await update.message.reply_text(await asyncio.to_thread(
-        admin.remove_fact_text, services(context), _argument(update.message), update.effective_user.id))
+        admin_ops.remove_fact_text, services_of(context), _argument(update.message), update.effective_user.id))
 
 
 def _argument(message: Message) -> str:

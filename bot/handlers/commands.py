@@ -9,7 +9,7 @@ from telegram import Update
 from telegram.ext import ContextTypes
 
 from ..texts import deleted_summary, text
-from . import services, user_language
+from . import services_of, user_language
 
 log = logging.getLogger(__name__)
 
@@ -17,20 +17,20 @@ log = logging.getLogger(__name__)
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     lang = user_language(update)
     user = update.effective_user
-    admin = services(context).settings.is_admin(user.id if user else None)
+    admin = services_of(context).settings.is_admin(user.id if user else None)
     await update.message.reply_text(text("help", lang) + ("\n\n" + text("admin_help", lang) if admin else ""))
 
 
 async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    services(context).conversations.reset(update.effective_chat.id)
+    services_of(context).conversations.reset(update.effective_chat.id)
     await update.message.reply_text(text("reset", user_language(update)))
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Delete at once (a right the user exercises, no confirmation step) and say what went."""
-    app, user = services(context), update.effective_user
-    counts = await asyncio.to_thread(app.store.forget_user, user.id)
-    app.conversations.forget_user(user.id)
+    services, user = services_of(context), update.effective_user
+    counts = await asyncio.to_thread(services.store.forget_user, user.id)
+    services.conversations.forget_user(user.id)
     log.info("forgot user %s: %s", user.id, counts)
     lang = user_language(update)
     summary = deleted_summary(counts, lang)
@@ -39,10 +39,10 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def opt_out(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await asyncio.to_thread(services(context).store.set_opt_out, update.effective_user.id, True)
+    await asyncio.to_thread(services_of(context).store.set_opt_out, update.effective_user.id, True)
     await update.message.reply_text(text("optout", user_language(update)))
 
 
 async def opt_in(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await asyncio.to_thread(services(context).store.set_opt_out, update.effective_user.id, False)
+    await asyncio.to_thread(services_of(context).store.set_opt_out, update.effective_user.id, False)
     await update.message.reply_text(text("optin", user_language(update)))

@@ -15,22 +15,6 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "<token>") if secret else text
 
 
-class RedactToken(logging.Filter):
-    """For log handlers: PTB's own messages can quote the token (InvalidToken at start-up does)."""
-
-    def __init__(self, secret: str):
-        super().__init__()
-        self.secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.secret and self.secret in message:
-            record.msg, record.args = redact(message, self.secret), None
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secret)
-        return True
-
-
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     error = context.error
     details = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -13,7 +13,7 @@ from telegram.ext import ContextTypes
 from ..conversation import Answer, Asker
 from ..delivery import StreamingReply, feedback_buttons, typing
 from ..texts import text
-from . import services, user_language
+from . import services_of, user_language
 
 log = logging.getLogger(__name__)
 
@@ -38,37 +38,37 @@ async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     message, user = update.message, update.effective_user
     if not addressed(message, context.bot):
         return
-    lang, app = user_language(update), services(context)
+    lang, services = user_language(update), services_of(context)
     question = re.sub(rf"@{re.escape(context.bot.username)}\b", "", message.text, flags=re.I).strip()
     if not question:
         await message.reply_text(text("help", lang))
         return
-    if len(question) > app.settings.max_question_chars:
+    if len(question) > services.settings.max_question_chars:
         await message.reply_text(text("too_long", lang, length=len(question),
-                                      limit=app.settings.max_question_chars))
+                                      limit=services.settings.max_question_chars))
         return
-    allowed, tell = app.conversations.rate_limiter.check(user.id)
+    allowed, tell = services.conversations.rate_limiter.check(user.id)
     if not allowed:
         log.info("rate limit: user %s asked more than %d questions in a minute", user.id,
-                 app.settings.rate_limit_per_minute)
+                 services.settings.rate_limit_per_minute)
         if tell:
             await message.reply_text(text("rate_limited", lang))
         return
     asker = Asker(chat_id=message.chat_id, user_id=user.id, name=user.full_name,
                   language=user.language_code, chat_type=message.chat.type,
                   chat_title=message.chat.title)
-    reply = StreamingReply(context.bot, message, app.settings.stream_edit_interval)
+    reply = StreamingReply(context.bot, message, services.settings.stream_edit_interval)
     delivering: list[Answer] = []
 
     async def deliver(answer: Answer) -> None:
         delivering.append(answer)
         sent = await reply.finish(answer.reply or text("empty_answer", lang),
                                   feedback_buttons(answer.message_id))
-        await asyncio.to_thread(app.store.attach_telegram_id, answer.message_id, sent.message_id)
+        await asyncio.to_thread(services.store.attach_telegram_id, answer.message_id, sent.message_id)
 
     try:  # no await before ask(): it is what keeps a chat's questions (and answers) in order
-        await app.conversations.ask(asker, question, reply.partial,
-                                    busy=lambda: typing(context.bot, message.chat_id), deliver=deliver)
+        await services.conversations.ask(asker, question, reply.partial,
+                                         busy=lambda: typing(context.bot, message.chat_id), deliver=deliver)
     except Exception:
         if delivering:  # answered and logged, but Telegram refused it: for the error handler
             raise
@@ -88,7 +88,7 @@ async def on_feedback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await query.answer()
         return
     _, message_id, vote = query.data.split(":")
-    recorded = await asyncio.to_thread(services(context).store.set_feedback, int(message_id),
+    recorded = await asyncio.to_thread(services_of(context).store.set_feedback, int(message_id),
                                        query.from_user.id, 1 if vote == "up" else -1)
     if not recorded:
         log.info("refused a vote by user %s on message %s", query.from_user.id, message_id)

@@ -21,7 +21,6 @@ and doctor tell from it whether a bot is up.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import os
 import plistlib
@@ -30,12 +29,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import IO
+
+from common.files import acquire_lock, is_locked
+from common.home import Home
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 NAME = "farense-bot"  # systemd unit farense-bot.service
 LABEL = "pt.farense.bot"  # launchd label
-LOCK_FILE = "bot.lock"
 SERVICE_LOG = "service.log"
 RESTART_DELAY_S = 30
 STOP_TIMEOUT_S = 180  # training children get 120 s to checkpoint (training/lifecycle/pipeline.py)
@@ -65,7 +66,7 @@ class ServiceSpec:
 
     @property
     def logs(self) -> Path:
-        return self.home / "logs"
+        return Home(self.home).logs
 
     @property
     def environment(self) -> dict[str, str]:
@@ -204,35 +205,22 @@ def status(spec: ServiceSpec) -> list[str]:
             lines += [line for line in _capture(["launchctl", "print", _target(spec)])
                       if line.strip().startswith(("state =", "pid =", "last exit code =", "runs ="))]
     lines.append("bot: " + ("running (holds " if bot_running(spec.home) else "not running (")
-                 + f"{spec.home / LOCK_FILE})")
+                 + f"{Home(spec.home).bot_lock})")
     lines.append(f"logs: {spec.logs / 'bot.log'} (JSON lines), {spec.logs / SERVICE_LOG} (stdout/stderr)")
     return lines
 
 
 # -- the running bot's lock -------------------------------------------------------------------
 
-def hold_running_lock(home: Path) -> TextIO:
+def hold_running_lock(home: Path) -> IO[str]:
     """A shared lock on $FARENSE_HOME/bot.lock, held until the returned file is closed (or the
     process dies: the kernel drops it). Shared, so two bots (say a console next to the service)
     do not stop each other; `bot_running` and restore want it exclusively, so they see both."""
-    path = Path(home) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a")
-    fcntl.flock(handle, fcntl.LOCK_SH)
-    return handle
+    return acquire_lock(Home(home).bot_lock, shared=True)
 
 
 def bot_running(home: Path) -> bool:
-    path = Path(home) / LOCK_FILE
-    if not path.exists():
-        return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+    return is_locked(Home(home).bot_lock)
 
 
 # -- helpers ----------------------------------------------------------------------------------

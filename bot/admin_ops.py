@@ -24,6 +24,7 @@ from training.lifecycle.registry import Registry
 
 from .plot import latest_run
 from .retraining import duration
+from .scheduler import next_nightly
 from .services import Services
 from .texts import language
 
@@ -35,91 +36,91 @@ THUMBS_DOWN_DAYS = 7
 FACT_ID = re.compile(r"#?([0-9]{1,18})")
 
 
-def status_text(app: Services) -> str:
+def status_text(services: Services) -> str:
     """The /status report: model and adapter, training, data, memory, uptime, queue."""
-    engine = app.engine
+    engine = services.engine
     lines = [f"Model: {engine.model_id}",
              f"Adapter served: {engine.adapter_version or 'none (base model)'}",
-             f"Adapter in production: {_production(app)}",
-             f"Last training: {_last_training(app)}",
-             f"Next nightly training: {_next_nightly(app)}",
-             f"Conversations: {_counts(app.store)}",
-             f"Thumbs down ({THUMBS_DOWN_DAYS} days): {_thumbs_down(app)}",
-             f"Knowledge base: {_knowledge(app)}",
-             f"Dataset: {_dataset(app)}",
+             f"Adapter in production: {_production(services)}",
+             f"Last training: {_last_training(services)}",
+             f"Next nightly training: {_next_nightly(services)}",
+             f"Conversations: {_counts(services.store)}",
+             f"Thumbs down ({THUMBS_DOWN_DAYS} days): {_thumbs_down(services)}",
+             f"Knowledge base: {_knowledge(services)}",
+             f"Dataset: {_dataset(services)}",
              f"Memory: {_memory()}",
-             f"Uptime: {duration(time.time() - app.started)}",
+             f"Uptime: {duration(time.time() - services.started)}",
              f"Queue: {engine.queue_length()} waiting for the model"
-             + ("; a training run is in progress" if app.retrainer.running else "")]
-    if latest_run(app.home) is None:
+             + ("; a training run is in progress" if services.retrainer.running else "")]
+    if latest_run(services.home) is None:
         lines.append("Loss plot: no training run yet.")
     return "\n".join(lines)
 
 
-def rollback(app: Services, admin_id: int) -> str:
+def rollback(services: Services, admin_id: int) -> str:
     """Put the previous adapter back in production and serve it now."""
     try:
-        registry(app).rollback(by=str(admin_id), reason="/rollback")
+        registry(services).rollback(by=str(admin_id), reason="/rollback")
     except Exception as error:  # nothing to roll back to, or a registry problem: tell the admin
         log.warning("rollback by %s failed: %s", admin_id, error)
         return f"Rollback failed: {error}"
-    app.engine.refresh_production()
-    return f"Rolled back. Now serving: {app.engine.adapter_version or 'the base model (no adapter)'}"
+    services.engine.refresh_production()
+    return f"Rolled back. Now serving: {services.engine.adapter_version or 'the base model (no adapter)'}"
 
 
-def correct(app: Services, message_id: int, admin_id: int, fix: str) -> str:
+def correct(services: Services, message_id: int, admin_id: int, fix: str) -> str:
     """Keep an admin's better answer for training, and teach it to the knowledge base at once."""
     try:
-        app.store.add_correction(message_id, admin_id, fix)
+        services.store.add_correction(message_id, admin_id, fix)
     except ValueError as error:
         return f"Correction not saved: {error}"
     saved = "Correction saved — it will be used in the next training run."
-    logged = app.store.message(message_id)
-    return saved if logged is None else f"{saved}\n{_learn(app, logged, admin_id, fix.strip())}"
+    logged = services.store.message(message_id)
+    return saved if logged is None else f"{saved}\n{_learn(services, logged, admin_id, fix.strip())}"
 
 
-def _learn(app: Services, logged: LoggedMessage, admin_id: int, fix: str) -> str:
+def _learn(services: Services, logged: LoggedMessage, admin_id: int, fix: str) -> str:
     """Amend the fact the answer used if it used exactly one, else add the fix as a new fact in
     the question's language; then make sure the same question retrieves it."""
-    conversations = app.conversations
+    conversations = services.conversations
     used = conversations.facts_used_by(logged.question, logged.answer)
     try:
         if len(used) == 1:
             fact_id, done = used[0].id, "amended"
-            amend_fact(app.store, fact_id, fix, admin_id)
+            amend_fact(services.store, fact_id, fix, admin_id)
         else:
             lang = detect_language(logged.question, default=language(logged.lang))
-            fact_id, done = add_fact(app.store, fix, lang, author_id=admin_id), "added"
+            fact_id, done = add_fact(services.store, fix, lang, author_id=admin_id), "added"
         if conversations.index is None:
             return f"Fact #{fact_id} {done} in the knowledge base (grounding is off: answers do not use it)."
-        led = not _retrieves(app, logged.question, fact_id)
+        led = not _retrieves(services, logged.question, fact_id)
         if led:  # the fix alone is not found by the question (too few of its words): lead with them
-            amend_fact(app.store, fact_id, f"{logged.question.strip()} {fix}", admin_id)
+            amend_fact(services.store, fact_id, f"{logged.question.strip()} {fix}", admin_id)
     except ValueError as error:
         return f"Not put in the knowledge base: {error}"
     log.info("admin %s %s fact %s from a correction of message %s", admin_id, done, fact_id, logged.id)
-    found = _retrieves(app, logged.question, fact_id)
+    found = _retrieves(services, logged.question, fact_id)
     return (f"Fact #{fact_id} {done} in the knowledge base"
             + (", led by the question so that it finds it" if led else "") + " — "
             + ("the next answer to that question uses it." if found
                else "but that question still does not retrieve it; /facts shows it."))
 
 
-def _retrieves(app: Services, question: str, fact_id: int) -> bool:
-    return fact_id in [fact.id for fact in app.conversations.ground(question).facts]
+def _retrieves(services: Services, question: str, fact_id: int) -> bool:
+    return fact_id in [fact.id for fact in services.conversations.ground(question).facts]
 
 
-def facts_text(app: Services, query: str) -> str:
+def facts_text(services: Services, query: str) -> str:
     """/facts: the newest facts, or those holding every word of `query`, one line each."""
     query = query.strip()
-    rows = list_facts(app.store, query or None, limit=FACTS_SHOWN)
+    rows = list_facts(services.store, query or None, limit=FACTS_SHOWN)
     if query:
         if not rows:
             return f"No fact holds all of: {query}"
         more = f" (the best {FACTS_SHOWN})" if len(rows) == FACTS_SHOWN else ""
         header = f"Facts with {query}{more}:"
     else:
-        stats = knowledge_stats(app.store)
+        stats = knowledge_stats(services.store)
         if not rows:
             return "The knowledge base is empty."
         header = (f"Newest of {stats['live']} facts (/facts <words> searches,"
@@ -127,14 +128,14 @@ def facts_text(app: Services, query: str) -> str:
     return "\n".join([header, *(_fact_line(row) for row in rows)])
 
 
-def remove_fact_text(app: Services, argument: str, admin_id: int) -> str:
+def remove_fact_text(services: Services, argument: str, admin_id: int) -> str:
     """/fact_remove <id>: take a fact out of retrieval (kept in the database for the record)."""
     match = FACT_ID.fullmatch(argument.strip())
     if match is None:
         return "Usage: /fact_remove <id> — the number /facts shows after #."
     fact_id = int(match.group(1))
-    row = get_fact(app.store, fact_id)
-    if not remove_fact(app.store, fact_id, admin_id):
+    row = get_fact(services.store, fact_id)
+    if not remove_fact(services.store, fact_id, admin_id):
         return f"There is no fact #{fact_id} to remove (see /facts)."
     log.info("admin %s removed fact %s", admin_id, fact_id)
     return f"Removed fact #{fact_id}: {_short(row.text) if row else ''}"
@@ -149,14 +150,14 @@ def _short(text: str, width: int = FACT_CHARS) -> str:
     return textwrap.shorten(text, width, placeholder=" …")
 
 
-def registry(app: Services) -> Registry:
+def registry(services: Services) -> Registry:
     """The registry, checking adapters against the model actually served."""
-    return Registry(app.home, base_model=app.engine.info.path)
+    return Registry(services.home.root, base_model=services.engine.info.path)
 
 
-def _production(app: Services) -> str:
+def _production(services: Services) -> str:
     try:
-        current = registry(app).production()
+        current = registry(services).production()
     except Exception as error:  # a broken pointer is worth reporting, not crashing /status
         return f"unreadable ({error})"
     if current is None:
@@ -172,8 +173,8 @@ def _numbers(values: dict) -> str:
     return ", ".join(shown)
 
 
-def _last_training(app: Services) -> str:
-    state = pipeline_state(app.home)
+def _last_training(services: Services) -> str:
+    state = pipeline_state(services.home.root)
     running = (f"running now (stage {state.get('stage')}, since {state.get('since')}); "
                if state.get("running") else "")
     last = state.get("last")
@@ -185,11 +186,11 @@ def _last_training(app: Services) -> str:
             f"{last.get('finished_at')})" + (f" — {summary[0]}" if summary else ""))
 
 
-def _next_nightly(app: Services) -> str:
-    when = app.next_nightly()
+def _next_nightly(services: Services) -> str:
+    when = next_nightly(services)
     if when is None:
         return "not scheduled"
-    return f"{when:%Y-%m-%d %H:%M %Z} (cron '{app.settings.retrain_cron}', {app.settings.retrain_timezone})"
+    return f"{when:%Y-%m-%d %H:%M %Z} (cron '{services.settings.retrain_cron}', {services.settings.retrain_timezone})"
 
 
 def _counts(store: Store) -> str:
@@ -199,22 +200,22 @@ def _counts(store: Store) -> str:
             f"chats {c['chats']}")
 
 
-def _thumbs_down(app: Services) -> str:
-    count, latest = app.store.thumbs_down_since(app.now() - timedelta(days=THUMBS_DOWN_DAYS))
+def _thumbs_down(services: Services) -> str:
+    count, latest = services.store.thumbs_down_since(services.now() - timedelta(days=THUMBS_DOWN_DAYS))
     if latest is None:
         return f"{count}"
     return f'{count} — latest: "{_short(latest.question, 80)}" → "{_short(latest.answer, 120)}"'
 
 
-def _knowledge(app: Services) -> str:
-    stats = knowledge_stats(app.store)
+def _knowledge(services: Services) -> str:
+    stats = knowledge_stats(services.store)
     admin = sum(count for key, count in stats["by_origin_lang"].items() if key.startswith("admin/"))
-    grounding = "on" if app.conversations.index is not None else "off (GROUNDING=false)"
+    grounding = "on" if services.conversations.index is not None else "off (GROUNDING=false)"
     return f"{stats['live']} facts ({admin} from admins, {stats['removed']} removed); grounding {grounding}"
 
 
-def _dataset(app: Services) -> str:
-    folder = latest_dataset(app.data_settings)
+def _dataset(services: Services) -> str:
+    folder = latest_dataset(services.data_settings)
     if folder is None:
         return "none built yet"
     try:

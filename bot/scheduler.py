@@ -1,0 +1,43 @@
+"""The nightly retraining schedule: RETRAIN_CRON in RETRAIN_TIMEZONE, on the event loop that serves
+the bot (Telegram or the console), so it runs wherever the bot runs.
+
+A missed night (the bot was down at 03:00) still runs when the bot comes back within
+RETRAIN_MISFIRE_GRACE_S; runs never overlap; the store's job claim keeps a night from running twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from .retraining import NIGHTLY_JOB_ID, RetrainOutcome, nightly_retrain
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+
+def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) -> None:
+    """Schedule nightly retraining on the running loop; `notify` tells the admins how it went.
+    The scheduler is kept in `services.scheduler`; `Services.close` shuts it down."""
+    settings = services.settings
+
+    async def nightly() -> RetrainOutcome | None:
+        return await nightly_retrain(services.retrainer, services.store, services.now(), notify)
+
+    scheduler = AsyncIOScheduler(timezone=settings.zone, event_loop=asyncio.get_running_loop())
+    scheduler.add_job(nightly, settings.cron_trigger(), id=NIGHTLY_JOB_ID,
+                      name="nightly retraining", replace_existing=True, coalesce=True,
+                      max_instances=1, misfire_grace_time=settings.retrain_misfire_grace_s)
+    scheduler.start()
+    services.scheduler = scheduler
+    log.info("nightly retraining scheduled (%s, %s); next run %s", settings.retrain_cron,
+             settings.retrain_timezone, next_nightly(services))
+
+
+def next_nightly(services: Services) -> datetime | None:
+    job = services.scheduler.get_job(NIGHTLY_JOB_ID) if services.scheduler else None
+    return job.next_run_time if job else None
