@@ -53,7 +53,6 @@ class OODItem:
     id: str
     lang: str
     question: str
-    decline_markers: tuple[str, ...]
     expected: str = "decline"
     file: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
@@ -120,18 +119,15 @@ def load_eval(seed_dir: Path, problems: list[Problem]) -> list[EvalItem]:
 def load_ood(seed_dir: Path, problems: list[Problem]) -> list[OODItem]:
     items = []
     for path, line, record in _records(seed_dir, OOD_FILE, problems):
-        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str,
-                                        "decline_markers": list}) or _lang_problem(record)
-        markers = record.get("decline_markers")
+        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str}) \
+            or _lang_problem(record)
         if reason is None and record["expected"] != "decline":
             reason = f"'expected' should be 'decline', got {record['expected']!r}"
-        if reason is None and not (markers and _all_text(markers)):
-            reason = "'decline_markers' should be a non-empty list of non-empty strings"
         if reason:
             report(problems, path, line, reason)
             continue
-        items.append(OODItem(record["id"], record["lang"], record["question"], tuple(markers),
-                             record["expected"], str(path), line))
+        items.append(OODItem(record["id"], record["lang"], record["question"], record["expected"],
+                             str(path), line))
     return items
 
 

@@ -32,10 +32,9 @@ def good_seed(folder: Path) -> Path:
           {"id": "e001-pt", "fact": 1, "lang": "pt", "question": "Em que ano nasceu o Farense?",
            "key_facts": [["1910"], ["abril", "april"]]})
     write(folder / "out_of_domain.jsonl",
-          {"id": "ood-en-1", "lang": "en", "question": "Bake me a cake recipe", "expected": "decline",
-           "decline_markers": ["only about", "farense"]},
+          {"id": "ood-en-1", "lang": "en", "question": "Bake me a cake recipe", "expected": "decline"},
           {"id": "ood-pt-1", "lang": "pt", "question": "Qual é a capital de França?",
-           "expected": "decline", "decline_markers": ["só sei"]})
+           "expected": "decline"})
     return folder
 
 
@@ -49,7 +48,7 @@ def test_a_good_seed_loads_without_problems(tmp_path):
     assert seed.eval[1] == EvalItem("e001-pt", 1, "pt", "Em que ano nasceu o Farense?",
                                     (("1910",), ("abril", "april")))
     assert seed.qa[0].file.endswith("qa-01.jsonl") and seed.qa[0].line == 1
-    assert seed.ood[1].decline_markers == ("só sei",)
+    assert seed.ood[1].question == "Qual é a capital de França?"
 
 
 def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path):
@@ -91,7 +90,7 @@ def test_cross_file_rules(tmp_path):
            "key_facts": [["nine"]]})
     write(folder / "out_of_domain.jsonl",
           {"id": "ood-en-1", "lang": "en", "question": "Quando foi fundádo o SC Farense?",
-           "expected": "decline", "decline_markers": ["only"]})
+           "expected": "decline"})
     reasons = [p.reason for p in load_seed(folder).problems]
     assert "id 'f001-en-1' already used at " + str(folder / "qa-01.jsonl") + ":1" in reasons
     assert any(r.startswith("question of 'e001-en' duplicates 'f002-en-1'") for r in reasons)
