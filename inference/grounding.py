@@ -39,11 +39,17 @@ RELATIVE_MIN_SCORE = 0.7
 PT_MARKERS = frozenset("""
 o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
 quando onde como foi e sao esta nao ja tem seu sua ele ela qual anos epoca clube treinador jogou
-ganhou quantos quantas golos marcou jogador equipa
+ganhou quantos quantas golos marcou jogador equipa ola tudo bem obrigado obrigada sim porque eu
+voce tu isso isto aqui muito mais meu minha fundado fundou nasceu alcunha cores hino
+adeptos treinou taca campeao subiu desceu divisao jogo jogos contra vitoria derrota eram
+sabes diz conta fala quero saber depois antes entao tambem
 """.split())
 EN_MARKERS = frozenset("""
 the who what when where which how is was were did does of in and to for with by from club coach
-season won many much played scored goals player team stadium cup first did year
+season won many much played scored goals player team stadium cup first did year hello hi thanks
+thank yes you your he she they his her it about tell me know founded born nickname colours colors
+anthem fans coached league promoted relegated lost game games against victory defeat have has
+are do then after before also want
 """.split())
 _WORDS = re.compile(r"\w+")
 _PT_LETTERS = re.compile(r"[ãõçâêôàÃÕÇÂÊÔÀ]")
@@ -261,7 +267,7 @@ def grounded_messages(messages: list[dict], facts: list[Fact], lang: str) -> lis
 
 def build_grounded(messages: list[dict], index: FactIndex | None, settings,
                    count_tokens: Callable[[str], int] = approximate_tokens,
-                   previous_question: str | None = None) -> Grounding:
+                   previous_question: str | None = None, default_lang: str = "en") -> Grounding:
     """The one prompt constructor for serving, the CLI, training data and the gate.
 
     `settings` needs grounding, retrieval_top_k, retrieval_min_score and grounding_context_tokens
@@ -272,10 +278,13 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
     together with `previous_question` (the user's last one). A short question with a word of its
     own is not: "Qual é o hino?" after a question about the UEFA Cup finds nothing on the anthem,
     and is declined rather than answered with the cup facts.
+
+    The answer's language is the question's; when the question does not tell ("Hassan?"),
+    `default_lang` (the user's own language, e.g. their Telegram client's).
     """
     question = next((str(message.get("content", "")) for message in reversed(messages)
                      if message.get("role") == "user"), "")
-    lang = detect_language(question)
+    lang = detect_language(question, default_lang if default_lang in INSTRUCTIONS else "en")
     if not settings.grounding or index is None or not index.available():
         return Grounding(list(messages), [], lang, None)
     found = index.search(question, k=settings.retrieval_top_k, lang=lang,
