@@ -49,7 +49,7 @@ the who what when where which how is was were did does of in and to for with by 
 season won many much played scored goals player team stadium cup first did year hello hi thanks
 thank yes you your he she they his her it about tell me know founded born nickname colours colors
 anthem fans coached league promoted relegated lost game games against victory defeat have has
-are do then after before also want
+are then after before also want
 """.split())
 _WORDS = re.compile(r"\w+")
 _PT_LETTERS = re.compile(r"[ãõçâêôàÃÕÇÂÊÔÀ]")
