@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data.seed import EvalItem, QAPair, SeedError, load_seed
+from data.seed import EvalItem, QAPair, SeedError, load_conversations, load_eval, load_seed
 
 
 def write(path: Path, *records: object) -> Path:
@@ -104,3 +104,31 @@ def test_missing_files_are_problems(tmp_path):
     folder.mkdir()
     reasons = {p.reason for p in load_seed(folder).problems}
     assert {"no qa-*.jsonl file", "no eval-*.jsonl file", "no out_of_domain.jsonl file"} <= reasons
+
+
+def test_dev_items_and_conversations_load_per_split(tmp_path):
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    write(folder / "dev.jsonl",
+          {"id": "d002-en", "fact": 2, "facts": [2, 5], "lang": "en", "question": "Farense born when?",
+           "key_facts": [["1910"]]},
+          {"id": "d003-en", "fact": 3, "facts": [], "lang": "en", "question": "Nickname?",
+           "key_facts": [["lions"]]})
+    write(folder / "multiturn.jsonl",
+          {"id": "mt-01", "split": "dev", "lang": "pt", "turns": [
+              {"question": "Quem foi Hassan Nader?", "expected": "answer", "key_facts": [["marroquino"]]},
+              {"question": "E o tempo amanhã?", "expected": "decline"}]},
+          {"id": "mt-02", "split": "heldout", "lang": "en", "turns": [
+              {"question": "Who founded Farense?", "expected": "answer", "key_facts": [["lot"]]}]},
+          {"id": "mt-03", "split": "dev", "lang": "en", "turns": [
+              {"question": "And then?", "expected": "answer"}]})
+    problems = []
+    (item,) = load_eval(folder, problems, split="dev")
+    assert item.facts == (2, 5) and item.key_facts == (("1910",),)
+    (conversation,) = load_conversations(folder, problems, split="dev")
+    assert conversation.id == "mt-01" and [t.expected for t in conversation.turns] == ["answer", "decline"]
+    assert conversation.turns[0].key_facts == (("marroquino",),)
+    assert [load.id for load in load_conversations(folder, [], split="heldout")] == ["mt-02"]
+    assert [(p.line, p.reason) for p in problems] == [
+        (2, "'facts' should be a non-empty list of fact numbers"),
+        (3, "turn 1: an answer turn needs 'key_facts' (lists of phrasings)")]
