@@ -1,12 +1,14 @@
 """The transport-independent answer pipeline shared by Telegram and the console.
 
-Per chat: recent turns (bounded by CONTEXT_TURNS and the CONTEXT_TOKENS prompt budget) and a lock,
-so one chat's questions are answered in order with each other's context. Each question first
-retrieves facts from the knowledge base (inference/grounding.py, the same prompt construction as
-training and the gate): with none relevant the bot declines without the model, otherwise the
-facts lead the prompt and the reply names the source of the fact the answer used. Retrieval and
-generation run on worker threads (generation pumps the engine's blocking stream into the event
-loop); the loop only awaits.
+Per chat: the last question answered (what a follow-up such as "E quando?" leans on) and a lock,
+so one chat's questions are answered in order. Each question first retrieves facts from the
+knowledge base (inference/grounding.py, the same prompt construction as training and the gate):
+with none relevant the bot declines without the model; otherwise the model answers from the facts,
+never seeing its earlier answers (a small model copies them), and the faithfulness guard
+(inference/faithfulness.py) checks the answer's names and numbers against the facts before it is
+sent: an unsupported answer is regenerated greedily, or replaced by the best fact itself. The reply
+names the source of the fact the answer used. Retrieval and generation run on worker threads
+(generation pumps the engine's blocking stream into the event loop); the loop only awaits.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from data.store import Store
 from inference.engine import Chunk, Engine, Generation
+from inference.faithfulness import KEPT, guard
 from inference.grounding import Fact, FactIndex, Grounding, build_grounded, cite, used_facts
 
 from .settings import BotSettings
+from .texts import language as language_of
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,7 @@ class Asker:
 @dataclass(frozen=True)
 class Turn:
     user_id: int
-    question: str
-    answer: str
+    question: str  # answered from facts: a follow-up is searched and asked together with it
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Answer:
     generation: Generation | None  # None when declined: the model was not asked
     citation: str = ""  # "Source: name — link" of the facts the answer used, "" if none
     facts: tuple[Fact, ...] = ()  # the facts the prompt held, best first
+    guard: str = KEPT  # what the faithfulness guard did: kept, regenerated, or fact (the best fact sent)
 
     @property
     def declined(self) -> bool:
@@ -73,7 +77,7 @@ class Answer:
 
 @dataclass
 class _Chat:
-    turns: deque
+    previous: Turn | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -129,56 +133,43 @@ class Conversations:
         self._chats.pop(chat_id, None)
 
     def forget_user(self, user_id: int) -> None:
-        """Drop a user's turns from every chat's context (after /forget)."""
+        """Drop a user's question from every chat's context (after /forget)."""
         for chat in self._chats.values():
-            kept = [turn for turn in chat.turns if turn.user_id != user_id]
-            chat.turns.clear()
-            chat.turns.extend(kept)
+            if chat.previous is not None and chat.previous.user_id == user_id:
+                chat.previous = None
         self.rate_limiter.forget(user_id)
         self._known_users.pop(user_id, None)
         self._known_chats.pop(user_id, None)  # the private chat's row was deleted too
 
     def history(self, chat_id: int) -> list[Turn]:
         chat = self._chats.get(chat_id)
-        return list(chat.turns) if chat else []
+        return [chat.previous] if chat and chat.previous else []
 
-    def build_messages(self, turns: list[Turn], question: str, system: dict | None = None) -> list[dict]:
-        """The question plus as many recent turns as fit the token budget, oldest first, behind
-        the `system` message (the grounded one with its facts) if given."""
-        lead = [system] if system is not None else []
-        messages = [{"role": "user", "content": question}]
-        for turn in reversed(turns[-self.settings.context_turns:] if self.settings.context_turns else []):
-            candidate = [{"role": "user", "content": turn.question},
-                         {"role": "assistant", "content": turn.answer}, *messages]
-            if len(self.engine.prompt_tokens(lead + candidate)) > self.settings.context_tokens:
-                break
-            messages = candidate
-        return lead + messages
-
-    def ground(self, question: str, previous_question: str | None = None) -> Grounding:
-        """The facts for a question and the system message holding them (blocking: SQLite).
+    def ground(self, question: str, previous_question: str | None = None,
+               language: str | None = None) -> Grounding:
+        """The facts for a question and the prompt holding them (blocking: SQLite).
 
         Retrieval looks at the question alone, as training and the gate do, except that a
-        follow-up with no word of its own ("E depois?") is searched with `previous_question`;
-        GROUNDING=false or no knowledge base leaves the prompt ungrounded, never declined.
+        follow-up is searched and asked with `previous_question`; GROUNDING=false or no knowledge
+        base leaves the prompt ungrounded, never declined. `language` (the user's Telegram
+        language) decides the answer's language when the question does not tell.
         """
         return build_grounded([{"role": "user", "content": question}], self.index, self.engine.settings,
-                              self._count_tokens, previous_question)
+                              self._count_tokens, previous_question, default_lang=language_of(language))
 
     def facts_used_by(self, question: str, answer: str) -> list[Fact]:
         """The facts a logged answer drew on, found again as when it was answered (for /correct)."""
         grounding = self.ground(question)
         return used_facts(answer, grounding.facts, question) if grounding.decline is None else []
 
-    def prepare(self, turns: list[Turn], question: str) -> Grounding:
-        """The grounded prompt: facts first, then as many recent turns as fit (blocking)."""
-        recent = turns[-self.settings.context_turns:] if self.settings.context_turns else []
-        grounding = self.ground(question, recent[-1].question if recent else None)
-        if grounding.decline is not None:
-            return grounding
-        first = grounding.messages[0]
-        return replace(grounding, messages=self.build_messages(
-            turns, question, first if first.get("role") == "system" else None))
+    def check(self, grounding: Grounding, question: str, text: str, key: str) -> tuple[str, str, str]:
+        """(answer to send, its source line, guard verdict): the faithfulness guard, then the
+        citation of the facts the sent answer used (blocking: may regenerate)."""
+        checked = guard(text, [fact.text for fact in grounding.facts], question,
+                        lambda: self.engine.generate(grounding.messages, key=key, temperature=0.0).text.strip())
+        if checked.verdict != KEPT:
+            log.info("faithfulness guard: %s (unsupported %s)", checked.verdict, list(checked.unsupported))
+        return checked.text, cite(checked.text, grounding.facts, grounding.lang, question), checked.verdict
 
     def _count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer.encode(text))
@@ -198,14 +189,17 @@ class Conversations:
         async with chat.lock, self._turns, (busy() if busy is not None else contextlib.nullcontext()):
             await self._register(asker)
             started = time.perf_counter()
-            grounding = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.prepare, list(chat.turns), question)
+            loop = asyncio.get_running_loop()
+            previous = chat.previous.question if chat.previous else None
+            grounding = await loop.run_in_executor(self._pool, self.ground, question, previous, asker.language)
+            verdict = KEPT
             if grounding.decline is not None:  # nothing relevant is known: say so, do not invent
                 generation, text, citation, used = None, grounding.decline, "", []
             else:
                 generation = await self._generate(asker, grounding.messages, on_partial)
-                text = generation.text.strip()
-                citation = cite(text, grounding.facts, grounding.lang, question)
+                asked = grounding.messages[-1]["content"]
+                text, citation, verdict = await loop.run_in_executor(
+                    self._pool, self.check, grounding, asked, generation.text.strip(), f"chat:{asker.chat_id}")
                 used = [fact.id for fact in used_facts(text, grounding.facts, question)]
             latency = time.perf_counter() - started
             message_id = await asyncio.to_thread(
@@ -215,17 +209,17 @@ class Conversations:
                 latency_s=round(latency, 3), prompt_tokens=generation.prompt_tokens if generation else None,
                 completion_tokens=generation.completion_tokens if generation else None,
                 lang=asker.language)
-            if text and generation is not None:  # a decline teaches the next turn nothing
-                chat.turns.append(Turn(asker.user_id, question, text))
+            if text and generation is not None:  # a decline is nothing to follow up on
+                chat.previous = Turn(asker.user_id, question)
             if generation is None:
                 log.info("answered chat %s (message %s): declined, no relevant fact, %.3fs", asker.chat_id,
                          message_id, latency)
             else:
                 log.info("answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens, facts %s,"
-                         " used %s)", asker.chat_id, message_id, generation.adapter, latency,
+                         " used %s, guard %s)", asker.chat_id, message_id, generation.adapter, latency,
                          generation.prompt_tokens, generation.completion_tokens,
-                         [fact.id for fact in grounding.facts], used)
-            answer = Answer(text, message_id, generation, citation, tuple(grounding.facts))
+                         [fact.id for fact in grounding.facts], used, verdict)
+            answer = Answer(text, message_id, generation, citation, tuple(grounding.facts), verdict)
             if deliver is not None:
                 await deliver(answer)
             return answer
@@ -269,7 +263,7 @@ class Conversations:
     def _chat(self, chat_id: int) -> _Chat:
         chat = self._chats.get(chat_id)
         if chat is None:
-            chat = self._chats[chat_id] = _Chat(deque(maxlen=max(1, self.settings.context_turns)))
+            chat = self._chats[chat_id] = _Chat()
             while len(self._chats) > MAX_CHATS:
                 self._chats.popitem(last=False)
         self._chats.move_to_end(chat_id)

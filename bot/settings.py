@@ -25,8 +25,6 @@ class BotSettings(HomeSettings):
                                          description="How late a missed nightly run may still start")
     rate_limit_per_minute: int = Field(default=10, ge=1, description="Questions per user per minute")
     max_question_chars: int = Field(default=1000, ge=1)
-    context_tokens: int = Field(default=1024, ge=64, description="Prompt budget incl. recent turns")
-    context_turns: int = Field(default=6, ge=0, description="Recent question/answer pairs kept per chat")
     stream_edit_interval: float = Field(default=1.0, ge=0.0,
                                         description="Seconds between streamed drafts/edits; Telegram wants >= 1")
     console_user_id: int = Field(default=1, description="The local user of console mode (an admin)")

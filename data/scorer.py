@@ -1,8 +1,11 @@
 """Scoring a model on the seed's held-out questions and out-of-domain probes.
 
-An answer is right when it states every key fact (each fact may be phrased several ways); the
-comparison ignores case, accents, dash styles and thousands separators, so "14 000" and "14,000"
-or "Sao Luis" and "São Luís" count the same. Out-of-domain probes pass when the model declines.
+Every in-domain answer is right (it states every key fact; each may be phrased several ways),
+declined (it says it does not know), or wrong: it asserts something else, which is worse than a
+decline. The comparison ignores case, accents, dash styles and thousands separators, so "14 000"
+and "14,000" or "Sao Luis" and "São Luís" count the same. Out-of-domain probes pass when the answer
+declines. One decline rule serves both: the phrases below, in either language (a reply mentioning
+Farense is not a decline by itself).
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from .seed import LANGS, EvalItem, OODItem, load_eval, load_ood
 from .settings import DataSettings
 from .text import normalise
 
-__all__ = ["normalise", "evaluate", "EvalReport", "ItemResult", "OODResult", "contains"]
+__all__ = ["normalise", "evaluate", "EvalReport", "ItemResult", "OODResult", "contains", "is_decline"]
+
+RIGHT, DECLINED, WRONG = "right", "declined", "wrong"
+VERDICTS = (RIGHT, DECLINED, WRONG)
+# How the bot and its model say they do not know (the bot's own declines included), normalised.
+DECLINE_PHRASES = (
+    "only know about", "i only know", "don't know", "do not know", "found nothing", "no information",
+    "not sure", "can't answer", "cannot answer", "can't help", "cannot help", "i'm sorry", "sorry,",
+    "so sei", "nao sei", "nao encontrei", "nao tenho informac", "nao tenho essa informac",
+    "nao consigo responder", "nao posso responder", "desculpa", "lamento",
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,11 @@ class ItemResult:
     answer: str
     passed: bool
     matched_groups: tuple[bool, ...]
+    declined: bool = False  # not right, and the answer says it does not know
+
+    @property
+    def verdict(self) -> str:
+        return RIGHT if self.passed else DECLINED if self.declined else WRONG
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,15 @@ class EvalReport:
         return {lang: _mean([item.passed for item in self.items if item.lang == lang])
                 for lang in LANGS}
 
+    def verdicts(self, lang: str | None = None) -> dict[str, float | None]:
+        """Shares of right, declined and wrong answers (in `lang`, or all)."""
+        chosen = [item.verdict for item in self.items if lang is None or item.lang == lang]
+        return {verdict: _mean([found == verdict for found in chosen]) for verdict in VERDICTS}
+
+    @property
+    def wrong_rate(self) -> float | None:
+        return self.verdicts()[WRONG]
+
     @property
     def key_fact_recall(self) -> float | None:
         """Partial credit: the share of all key-fact groups that answers stated."""
@@ -65,6 +92,8 @@ class EvalReport:
         return {
             "accuracy": self.accuracy,
             "accuracy_by_lang": self.accuracy_by_lang,
+            "verdicts": self.verdicts(),
+            "verdicts_by_lang": {lang: self.verdicts(lang) for lang in LANGS},
             "key_fact_recall": self.key_fact_recall,
             "ood_decline_rate": self.ood_decline_rate,
             "counts": {"items": len(self.items), "ood": len(self.ood)},
@@ -74,7 +103,9 @@ class EvalReport:
 
     def summary(self) -> str:
         by_lang = ", ".join(f"{lang} {_percent(value)}" for lang, value in self.accuracy_by_lang.items())
-        return (f"accuracy {_percent(self.accuracy)} ({by_lang}) | key facts"
+        shares = self.verdicts()
+        return (f"accuracy {_percent(self.accuracy)} ({by_lang}) | declined {_percent(shares[DECLINED])}"
+                f" | wrong {_percent(shares[WRONG])} | key facts"
                 f" {_percent(self.key_fact_recall)} | out-of-domain declined"
                 f" {_percent(self.ood_decline_rate)} | {len(self.items)} items, {len(self.ood)} ood")
 
@@ -86,6 +117,12 @@ def contains(answer: str, phrase: str) -> bool:
     alone: "7" is not found in "1970", nor "1910" in "19100".
     """
     return _phrase_pattern(normalise(phrase)).search(normalise(answer)) is not None
+
+
+def is_decline(answer: str) -> bool:
+    """Whether an answer says it does not know (in English or Portuguese)."""
+    text = normalise(answer)
+    return any(phrase in text for phrase in DECLINE_PHRASES)
 
 
 def evaluate(generate: Callable[[str, str], str], items: Sequence[EvalItem] | None = None,
@@ -105,12 +142,13 @@ def evaluate(generate: Callable[[str, str], str], items: Sequence[EvalItem] | No
         answer = generate(item.question, item.lang)
         groups = tuple(any(contains(answer, alternative) for alternative in group)
                        for group in item.key_facts)
-        results.append(ItemResult(item.id, item.lang, item.question, answer, all(groups), groups))
+        passed = all(groups)
+        results.append(ItemResult(item.id, item.lang, item.question, answer, passed, groups,
+                                  not passed and is_decline(answer)))
     ood_results = []
     for probe in chosen_ood:
         answer = generate(probe.question, probe.lang)
-        declined = any(contains(answer, marker) for marker in probe.decline_markers)
-        ood_results.append(OODResult(probe.id, probe.lang, probe.question, answer, declined))
+        ood_results.append(OODResult(probe.id, probe.lang, probe.question, answer, is_decline(answer)))
     return EvalReport(tuple(results), tuple(ood_results))
 
 

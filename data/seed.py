@@ -1,6 +1,7 @@
-"""The hand-written seed: training pairs, evaluation items and out-of-domain probes.
+"""The hand-written seed: training pairs, evaluation items, out-of-domain probes, conversations.
 
-They are loaded line by line with their place kept, so a mistake in a seed file is reported as
+Evaluation comes in two splits: "dev", to tune on, and "heldout", looked at once per design. They
+are loaded line by line with their place kept, so a mistake in a seed file is reported as
 `file:line: reason` and the cross-file rules (no eval question leaking into training, every
 evaluated fact taught) can point at both ends of the clash.
 """
@@ -18,7 +19,12 @@ LANGS = ("en", "pt")
 QA_GLOB = "qa-*.jsonl"
 EVAL_GLOB = "eval-*.jsonl"
 OOD_FILE = "out_of_domain.jsonl"
+# split -> (in-domain items, out-of-domain probes)
+EVAL_FILES = {"heldout": (EVAL_GLOB, OOD_FILE), "dev": ("dev.jsonl", "ood_dev.jsonl")}
+SPLITS = tuple(EVAL_FILES)
+CONVERSATIONS_FILE = "multiturn.jsonl"
 QA_KINDS = ("qa", "decline")
+ANSWER, DECLINE = "answer", "decline"
 
 
 class SeedError(ValueError):
@@ -46,6 +52,24 @@ class EvalItem:
     key_facts: tuple[tuple[str, ...], ...]
     file: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
+    facts: tuple[int, ...] = field(default=(), compare=False)  # every fact that answers it
+
+
+@dataclass(frozen=True)
+class ConversationTurn:
+    question: str
+    expected: str  # ANSWER or DECLINE
+    key_facts: tuple[tuple[str, ...], ...] = ()  # what a right answer states (ANSWER turns)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    split: str
+    lang: str
+    turns: tuple[ConversationTurn, ...]
+    file: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,7 +77,6 @@ class OODItem:
     id: str
     lang: str
     question: str
-    decline_markers: tuple[str, ...]
     expected: str = "decline"
     file: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
@@ -100,38 +123,69 @@ def load_qa(seed_dir: Path, problems: list[Problem]) -> list[QAPair]:
     return pairs
 
 
-def load_eval(seed_dir: Path, problems: list[Problem]) -> list[EvalItem]:
+def load_eval(seed_dir: Path, problems: list[Problem], split: str = "heldout") -> list[EvalItem]:
     items = []
-    for path, line, record in _records(seed_dir, EVAL_GLOB, problems):
+    for path, line, record in _records(seed_dir, EVAL_FILES[split][0], problems):
         reason = field_problem(record, {"id": str, "fact": int, "lang": str, "question": str,
                                         "key_facts": list}) or _lang_problem(record)
         groups = record.get("key_facts")
         if reason is None and not _is_groups(groups):
             reason = "'key_facts' should be a non-empty list of non-empty lists of non-empty strings"
+        facts = record.get("facts", [record.get("fact")])
+        if reason is None and not (isinstance(facts, list) and facts and all(isinstance(n, int) for n in facts)):
+            reason = "'facts' should be a non-empty list of fact numbers"
         if reason:
             report(problems, path, line, reason)
             continue
         key_facts = tuple(tuple(alternatives) for alternatives in groups)
         items.append(EvalItem(record["id"], record["fact"], record["lang"], record["question"],
-                              key_facts, str(path), line))
+                              key_facts, str(path), line, tuple(facts)))
     return items
 
 
-def load_ood(seed_dir: Path, problems: list[Problem]) -> list[OODItem]:
-    items = []
-    for path, line, record in _records(seed_dir, OOD_FILE, problems):
-        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str,
-                                        "decline_markers": list}) or _lang_problem(record)
-        markers = record.get("decline_markers")
-        if reason is None and record["expected"] != "decline":
-            reason = f"'expected' should be 'decline', got {record['expected']!r}"
-        if reason is None and not (markers and _all_text(markers)):
-            reason = "'decline_markers' should be a non-empty list of non-empty strings"
+def load_conversations(seed_dir: Path, problems: list[Problem], split: str = "heldout") -> list[Conversation]:
+    """The multi-turn set's conversations of one split."""
+    conversations = []
+    for path, line, record in _records(seed_dir, CONVERSATIONS_FILE, problems):
+        reason = field_problem(record, {"id": str, "split": str, "lang": str, "turns": list}) \
+            or _lang_problem(record)
+        turns = []
+        for number, turn in enumerate(record.get("turns") or [], 1):
+            if reason is not None:
+                break
+            if not isinstance(turn, dict) or not isinstance(turn.get("question"), str) \
+                    or turn.get("expected") not in (ANSWER, DECLINE):
+                reason = f"turn {number}: needs a 'question' and 'expected' {ANSWER!r} or {DECLINE!r}"
+            elif turn["expected"] == ANSWER and not _is_groups(turn.get("key_facts")):
+                reason = f"turn {number}: an answer turn needs 'key_facts' (lists of phrasings)"
+            else:
+                turns.append(ConversationTurn(turn["question"], turn["expected"],
+                                              tuple(tuple(group) for group in turn.get("key_facts") or ())))
+        if reason is None and record["split"] not in SPLITS:
+            reason = f"'split' should be one of {', '.join(SPLITS)}, got {record['split']!r}"
+        if reason is None and not turns:
+            reason = "'turns' should hold at least one turn"
         if reason:
             report(problems, path, line, reason)
             continue
-        items.append(OODItem(record["id"], record["lang"], record["question"], tuple(markers),
-                             record["expected"], str(path), line))
+        if record["split"] == split:
+            conversations.append(Conversation(record["id"], record["split"], record["lang"], tuple(turns),
+                                              str(path), line))
+    return conversations
+
+
+def load_ood(seed_dir: Path, problems: list[Problem], split: str = "heldout") -> list[OODItem]:
+    items = []
+    for path, line, record in _records(seed_dir, EVAL_FILES[split][1], problems):
+        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str}) \
+            or _lang_problem(record)
+        if reason is None and record["expected"] != "decline":
+            reason = f"'expected' should be 'decline', got {record['expected']!r}"
+        if reason:
+            report(problems, path, line, reason)
+            continue
+        items.append(OODItem(record["id"], record["lang"], record["question"], record["expected"],
+                             str(path), line))
     return items
 
 

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def _answer(args) -> dict:
     from .adapters import read_adapter
     from .engine import Engine
+    from .faithfulness import guard
     from .grounding import FactIndex, build_grounded, cite, used_facts
     from .settings import InferenceSettings
 
@@ -78,11 +79,14 @@ def _answer(args) -> dict:
                                        lambda text: len(engine.tokenizer.encode(text)))
         generation = engine.generate(grounding.messages, max_tokens=args.max_tokens,
                                      temperature=args.temperature)
+        checked = guard(generation.text.strip(), [fact.text for fact in grounding.facts], args.prompt,
+                        lambda: engine.generate(grounding.messages, max_tokens=args.max_tokens,
+                                                temperature=0.0).text.strip())
     finally:
         engine.close()
         if index is not None:
             index.close()
-    answer = generation.text.strip()
+    answer = checked.text
     used = used_facts(answer, grounding.facts, args.prompt)
     return {
         **result,
@@ -99,6 +103,8 @@ def _answer(args) -> dict:
         "tokens": generation.completion_tokens,
         "prompt_tokens": generation.prompt_tokens,
         "finish_reason": generation.finish_reason,
+        "guard": checked.verdict,
+        "unsupported": list(checked.unsupported),
         "generation_seconds": round(generation.seconds, 3),
     }
 

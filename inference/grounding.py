@@ -39,11 +39,21 @@ RELATIVE_MIN_SCORE = 0.7
 PT_MARKERS = frozenset("""
 o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
 quando onde como foi e sao esta nao ja tem seu sua ele ela qual anos epoca clube treinador jogou
-ganhou quantos quantas golos marcou jogador equipa
+ganhou quantos quantas golos marcou jogador equipa ola tudo bem obrigado obrigada sim porque eu
+voce tu isso isto aqui muito mais meu minha fundado fundou nasceu alcunha cores hino
+adeptos treinou taca campeao subiu desceu divisao jogo jogos contra vitoria derrota eram
+sabes diz conta fala quero saber depois antes entao tambem
 """.split())
 EN_MARKERS = frozenset("""
 the who what when where which how is was were did does of in and to for with by from club coach
-season won many much played scored goals player team stadium cup first did year
+season won many much played scored goals player team stadium cup first did year hello hi thanks
+thank yes you your he she they his her it about tell me know founded born nickname colours colors
+anthem fans coached league promoted relegated lost game games against victory defeat have has
+are then after before also want
+""".split())
+# Pronouns by which a question points back at the previous one's subject.
+REFERRING_WORDS = frozenset("""
+he him his she her they them their ele ela eles elas dele dela deles delas lhe lhes
 """.split())
 _WORDS = re.compile(r"\w+")
 _PT_LETTERS = re.compile(r"[ãõçâêôàÃÕÇÂÊÔÀ]")
@@ -261,31 +271,41 @@ def grounded_messages(messages: list[dict], facts: list[Fact], lang: str) -> lis
 
 def build_grounded(messages: list[dict], index: FactIndex | None, settings,
                    count_tokens: Callable[[str], int] = approximate_tokens,
-                   previous_question: str | None = None) -> Grounding:
+                   previous_question: str | None = None, default_lang: str = "en") -> Grounding:
     """The one prompt constructor for serving, the CLI, training data and the gate.
 
     `settings` needs grounding, retrieval_top_k, retrieval_min_score and grounding_context_tokens
     (InferenceSettings has them). With grounding off, or no knowledge base at all, the messages
     pass unchanged; with one that holds nothing relevant, `decline` is set.
 
-    A follow-up with no telling word of its own ("E depois?", "And then?", "E ele?") is searched
-    together with `previous_question` (the user's last one). A short question with a word of its
-    own is not: "Qual é o hino?" after a question about the UEFA Cup finds nothing on the anthem,
-    and is declined rather than answered with the cup facts.
+    A follow-up ("E depois?", "And then?", "How many goals did he score?": no telling word of its
+    own, or a pronoun pointing back) is searched together with `previous_question` (the user's
+    last one), and the model reads both questions; it never sees earlier answers, which a small
+    model copies. A short question with a word of its own is not a follow-up: "Qual é o hino?"
+    after a question about the UEFA Cup finds nothing on the anthem, and is declined rather than
+    answered with the cup facts.
+
+    The answer's language is the question's; when the question does not tell ("Hassan?"),
+    `default_lang` (the user's own language, e.g. their Telegram client's).
     """
     question = next((str(message.get("content", "")) for message in reversed(messages)
                      if message.get("role") == "user"), "")
-    lang = detect_language(question)
+    lang = detect_language(question, default_lang if default_lang in INSTRUCTIONS else "en")
     if not settings.grounding or index is None or not index.available():
         return Grounding(list(messages), [], lang, None)
+    if previous_question and is_follow_up(question, lang):
+        question = f"{previous_question.strip()}\n{question}"
+        messages = [*messages[:-1], {"role": "user", "content": question}]
     found = index.search(question, k=settings.retrieval_top_k, lang=lang,
                          min_score=settings.retrieval_min_score)
-    if not found and previous_question and not search_terms(question, lang):
-        found = index.search(f"{previous_question}\n{question}", k=settings.retrieval_top_k,
-                             lang=lang, min_score=settings.retrieval_min_score)
     facts = fit_budget(found, lang, settings.grounding_context_tokens, count_tokens)
     return Grounding(grounded_messages(messages, facts, lang), facts, lang,
                      None if facts else DECLINE[lang])
+
+
+def is_follow_up(question: str, lang: str) -> bool:
+    """Whether a question leans on the one before: no telling word of its own, or a pronoun."""
+    return not search_terms(question, lang) or not REFERRING_WORDS.isdisjoint(words(question))
 
 
 def used_facts(answer: str, facts: list[Fact], question: str = "") -> list[Fact]:

@@ -61,7 +61,7 @@ def test_a_grounded_answer_carries_its_source_on_the_last_line(start_bot):
     assert final.params["link_preview_options"] == {"is_disabled": True}  # no Wikipedia card
     row = logged(bot, USER, final)
     assert row.answer == LYON  # the model's words are logged (and trained on), not the source line
-    assert bot.services.conversations.history(USER)[-1].answer == LYON
+    assert bot.services.conversations.history(USER)[-1].question == UEFA
 
     # A Portuguese question gets the Portuguese version of the fact and a Portuguese source line.
     final = bot.ask(USER, USER, "Quem eliminou o Farense da Taça UEFA?")
@@ -95,8 +95,25 @@ def test_a_follow_up_is_grounded_on_the_previous_question_and_an_unrelated_one_d
     bot.ask(USER, USER, UEFA, language_code="en")
     follow_up = bot.ask(USER, USER, "And then?", language_code="en")  # no word of its own to search
     assert follow_up.params["text"].startswith(LYON) and "Lyonnais" in prompts[1][0]["content"]
+    # The model reads the previous question with the follow-up, never its own earlier answer.
+    assert [m["role"] for m in prompts[1]] == ["system", "user"]
+    assert prompts[1][1]["content"] == f"{UEFA}\nAnd then?"
     weather = bot.ask(USER, USER, "What about the weather tomorrow?", language_code="en")
     assert weather.params["text"] == DECLINE["en"] and len(prompts) == 2
+
+
+def test_an_answer_with_unsupported_names_is_regenerated_then_replaced_by_the_fact(start_bot):
+    bot = start_bot()
+    prompts = record_prompts(bot, "Benfica knocked Farense out in 1994.")  # invented, every time
+    final = bot.ask(USER, USER, UEFA, language_code="en")
+    assert len(prompts) == 2  # the answer, then one greedy retry
+    answer, source = final.params["text"].rsplit("\n", 1)
+    assert "Olympique Lyonnais" in answer and "Benfica" not in answer and source.startswith("Source: ")
+    assert logged(bot, USER, final).answer == answer  # what the fan read is what is logged
+
+    prompts = record_prompts(bot, LYON)  # a supported answer goes out as generated, once
+    assert bot.ask(USER, USER, UEFA, language_code="en").params["text"].startswith(LYON)
+    assert len(prompts) == 1
 
 
 def test_a_correction_adds_a_fact_the_next_question_retrieves(start_bot):

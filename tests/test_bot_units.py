@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.conversation import Conversations, RateLimiter, Turn
+from bot.conversation import RateLimiter
 from bot.plot import latest_run, loss_plot, read_losses
 from bot.retraining import ProgressText
 from bot.settings import BotSettings
@@ -66,29 +66,6 @@ def test_rate_limiter_window_is_per_user_and_tells_once():
     assert limiter.check(2) == (True, False)
     now[0] = 60.0
     assert limiter.check(1) == (True, False)
-
-
-def test_context_keeps_recent_turns_within_the_token_budget(tiny_model_dir):
-    from inference.engine import Engine
-    from inference.settings import InferenceSettings
-
-    engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)), adapter=None)
-    try:
-        turns = [Turn(1, f"Pergunta número {i} sobre o Farense?", "Resposta " * 20) for i in range(10)]
-        roomy = Conversations(engine, store=None, settings=BotSettings(context_turns=3, context_tokens=4096))
-        messages = roomy.build_messages(turns, "E agora?")
-        assert [m["content"] for m in messages[::2]] == [t.question for t in turns[-3:]] + ["E agora?"]
-        assert [m["role"] for m in messages] == ["user", "assistant"] * 3 + ["user"]
-
-        one_turn = len(engine.prompt_tokens(messages[-3:]))  # the last turn and the question
-        tight = Conversations(engine, store=None,
-                              settings=BotSettings(context_turns=10, context_tokens=one_turn + 10))
-        messages = tight.build_messages(turns, "E agora?")
-        assert len(messages) == 3 and messages[0]["content"] == turns[-1].question
-        assert Conversations(engine, None, BotSettings(context_turns=0)).build_messages(turns, "?") == [
-            {"role": "user", "content": "?"}]
-    finally:
-        engine.close()
 
 
 def test_progress_text_follows_stages_steps_and_evaluations():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data.scorer import EvalReport, contains, evaluate, normalise
+from data.scorer import EvalReport, contains, evaluate, is_decline, normalise
 from data.seed import EvalItem, OODItem
 
 
@@ -51,8 +51,8 @@ ITEMS = [
     item("e002-pt", "pt", ["14000"]),
 ]
 OOD = [
-    OODItem("ood-en-1", "en", "Best pizza in Rome?", ("only answer questions about", "sorry")),
-    OODItem("ood-pt-1", "pt", "Receita de bacalhau?", ("só posso responder",)),
+    OODItem("ood-en-1", "en", "Best pizza in Rome?"),
+    OODItem("ood-pt-1", "pt", "Receita de bacalhau?"),
 ]
 ANSWERS = {
     "question e001-en?": "SC Farense was founded on April 1, 1910.",
@@ -82,7 +82,8 @@ def test_per_item_results_and_aggregates():
     assert report.key_fact_recall == 5 / 6
     assert [r.declined for r in report.ood] == [True, False]
     assert report.ood_decline_rate == 0.5
-    assert report.summary() == ("accuracy 75.0% (en 100.0%, pt 50.0%) | key facts 83.3% |"
+    assert report.summary() == ("accuracy 75.0% (en 100.0%, pt 50.0%) | declined 0.0% | wrong 25.0% |"
+                                " key facts 83.3% |"
                                 " out-of-domain declined 50.0% | 4 items, 2 ood")
 
 
@@ -118,8 +119,29 @@ def test_seed_items_are_used_by_default(tmp_path, monkeypatch):
     (seed / "eval-01.jsonl").write_text(json.dumps(
         {"id": "e001-en", "fact": 1, "lang": "en", "question": "When?", "key_facts": [["1910"]]}) + "\n")
     (seed / "out_of_domain.jsonl").write_text(json.dumps(
-        {"id": "ood-en-1", "lang": "en", "question": "Weather?", "expected": "decline",
-         "decline_markers": ["sorry"]}) + "\n")
+        {"id": "ood-en-1", "lang": "en", "question": "Weather?", "expected": "decline"}) + "\n")
     monkeypatch.setenv("SEED_DIR", str(seed))
     report = evaluate(lambda question, lang: "Sorry, 1910.")
     assert (report.accuracy, report.ood_decline_rate) == (1.0, 1.0)
+
+
+def test_every_answer_is_right_declined_or_wrong():
+    items = [item("e001-en", "en", ["1910"]), item("e001-pt", "pt", ["1910"]),
+             item("e002-en", "en", ["sao luis"]), item("e002-pt", "pt", ["14000"])]
+    answers = {"question e001-en?": "Founded in 1910.",
+               "question e001-pt?": "Desculpa, só sei sobre o SC Farense e não encontrei nada sobre isso.",
+               "question e002-en?": "Farense plays at the Estádio Algarve.",  # asserts the wrong ground
+               "question e002-pt?": "Não sei quantos lugares tem."}
+    report = evaluate(lambda question, _lang: answers[question], items, [])
+    assert [r.verdict for r in report.items] == ["right", "declined", "wrong", "declined"]
+    assert report.verdicts() == {"right": 0.25, "declined": 0.5, "wrong": 0.25}
+    assert report.verdicts("en") == {"right": 0.5, "declined": 0.0, "wrong": 0.5}
+    assert report.wrong_rate == 0.25
+
+
+def test_a_reply_naming_farense_is_not_a_decline():
+    probes = [OODItem("ood-en-1", "en", "Who won the 2022 World Cup?")]
+    report = evaluate(lambda question, _lang: "Farense won the 2022 World Cup.", [], probes)
+    assert report.ood_decline_rate == 0.0
+    assert is_decline("Sorry, I only know about SC Farense, and I found nothing on that.")
+    assert is_decline("Desculpa, só sei sobre o SC Farense e não encontrei nada sobre isso.")

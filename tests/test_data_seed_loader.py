@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data.seed import EvalItem, QAPair, SeedError, load_seed
+from data.seed import EvalItem, QAPair, SeedError, load_conversations, load_eval, load_seed
 
 
 def write(path: Path, *records: object) -> Path:
@@ -32,10 +32,9 @@ def good_seed(folder: Path) -> Path:
           {"id": "e001-pt", "fact": 1, "lang": "pt", "question": "Em que ano nasceu o Farense?",
            "key_facts": [["1910"], ["abril", "april"]]})
     write(folder / "out_of_domain.jsonl",
-          {"id": "ood-en-1", "lang": "en", "question": "Bake me a cake recipe", "expected": "decline",
-           "decline_markers": ["only about", "farense"]},
+          {"id": "ood-en-1", "lang": "en", "question": "Bake me a cake recipe", "expected": "decline"},
           {"id": "ood-pt-1", "lang": "pt", "question": "Qual é a capital de França?",
-           "expected": "decline", "decline_markers": ["só sei"]})
+           "expected": "decline"})
     return folder
 
 
@@ -49,7 +48,7 @@ def test_a_good_seed_loads_without_problems(tmp_path):
     assert seed.eval[1] == EvalItem("e001-pt", 1, "pt", "Em que ano nasceu o Farense?",
                                     (("1910",), ("abril", "april")))
     assert seed.qa[0].file.endswith("qa-01.jsonl") and seed.qa[0].line == 1
-    assert seed.ood[1].decline_markers == ("só sei",)
+    assert seed.ood[1].question == "Qual é a capital de França?"
 
 
 def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path):
@@ -91,7 +90,7 @@ def test_cross_file_rules(tmp_path):
            "key_facts": [["nine"]]})
     write(folder / "out_of_domain.jsonl",
           {"id": "ood-en-1", "lang": "en", "question": "Quando foi fundádo o SC Farense?",
-           "expected": "decline", "decline_markers": ["only"]})
+           "expected": "decline"})
     reasons = [p.reason for p in load_seed(folder).problems]
     assert "id 'f001-en-1' already used at " + str(folder / "qa-01.jsonl") + ":1" in reasons
     assert any(r.startswith("question of 'e001-en' duplicates 'f002-en-1'") for r in reasons)
@@ -105,3 +104,31 @@ def test_missing_files_are_problems(tmp_path):
     folder.mkdir()
     reasons = {p.reason for p in load_seed(folder).problems}
     assert {"no qa-*.jsonl file", "no eval-*.jsonl file", "no out_of_domain.jsonl file"} <= reasons
+
+
+def test_dev_items_and_conversations_load_per_split(tmp_path):
+    folder = tmp_path / "seed"
+    folder.mkdir()
+    write(folder / "dev.jsonl",
+          {"id": "d002-en", "fact": 2, "facts": [2, 5], "lang": "en", "question": "Farense born when?",
+           "key_facts": [["1910"]]},
+          {"id": "d003-en", "fact": 3, "facts": [], "lang": "en", "question": "Nickname?",
+           "key_facts": [["lions"]]})
+    write(folder / "multiturn.jsonl",
+          {"id": "mt-01", "split": "dev", "lang": "pt", "turns": [
+              {"question": "Quem foi Hassan Nader?", "expected": "answer", "key_facts": [["marroquino"]]},
+              {"question": "E o tempo amanhã?", "expected": "decline"}]},
+          {"id": "mt-02", "split": "heldout", "lang": "en", "turns": [
+              {"question": "Who founded Farense?", "expected": "answer", "key_facts": [["lot"]]}]},
+          {"id": "mt-03", "split": "dev", "lang": "en", "turns": [
+              {"question": "And then?", "expected": "answer"}]})
+    problems = []
+    (item,) = load_eval(folder, problems, split="dev")
+    assert item.facts == (2, 5) and item.key_facts == (("1910",),)
+    (conversation,) = load_conversations(folder, problems, split="dev")
+    assert conversation.id == "mt-01" and [t.expected for t in conversation.turns] == ["answer", "decline"]
+    assert conversation.turns[0].key_facts == (("marroquino",),)
+    assert [load.id for load in load_conversations(folder, [], split="heldout")] == ["mt-02"]
+    assert [(p.line, p.reason) for p in problems] == [
+        (2, "'facts' should be a non-empty list of fact numbers"),
+        (3, "turn 1: an answer turn needs 'key_facts' (lists of phrasings)")]

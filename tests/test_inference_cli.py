@@ -31,7 +31,7 @@ def run_cli(*args: str, **env: str) -> tuple[int, dict, str]:
 def test_cli_answers_with_json(tiny_model_dir):
     code, out, err = run_cli("Quem foi Hassan Nader?", "--max-tokens", "5", MODEL_PATH=str(tiny_model_dir))
     assert code == 0 and out["status"] == "ok"
-    assert set(out) >= {"prompt", "response", "status", "model", "adapter", "tokens", "seconds"}
+    assert set(out) >= {"prompt", "response", "status", "model", "adapter", "tokens", "seconds", "guard"}
     assert out["prompt"] == "Quem foi Hassan Nader?" and out["tokens"] > 0 and out["adapter"] is None
     assert "BLAS" in err  # the log line naming BLAS and dtype goes to stderr
 

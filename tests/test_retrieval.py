@@ -73,6 +73,16 @@ def test_a_follow_up_without_words_of_its_own_is_searched_with_the_previous_ques
     assert result.decline is None and result.facts[0].fact == 80 and result.lang == "pt"
 
 
+def test_a_pronoun_follow_up_is_searched_and_asked_with_the_previous_question(index, settings):
+    previous = "Who was Hassan Nader?"
+    result = grounded(index, settings, "Where is he from?", previous=previous)
+    assert 81 in [fact.fact for fact in result.facts]  # Casablanca: "he" is Hassan Nader
+    assert result.messages[-1] == {"role": "user", "content": f"{previous}\nWhere is he from?"}
+    alone = grounded(index, settings, "Where is Farense from?", previous=previous)
+    assert alone.messages[-1] == {"role": "user", "content": "Where is Farense from?"}
+    assert all(fact.fact not in (80, 81) for fact in alone.facts)
+
+
 def test_an_unrelated_question_mid_conversation_is_still_declined(index, settings):
     for question in ("E o tempo amanhã?", "What about the weather tomorrow?", "Qual é o hino?"):
         result = grounded(index, settings, question, previous="Quem foi Hassan Nader?")

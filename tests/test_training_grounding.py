@@ -162,18 +162,24 @@ def test_served_answers_put_the_retrieved_fact_in_the_prompt_and_decline_without
     index.close()
 
 
-def test_evaluate_prints_the_four_configurations(knowledge, tiny_model_dir, tmp_path, isolated_env):
+def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, tiny_model_dir, tmp_path,
+                                                                     isolated_env):
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
     env = dict(os.environ, MODEL_PATH=str(tiny_model_dir))
     done = subprocess.run([sys.executable, "-m", "training", "evaluate", "--adapter", str(adapter),
                            "--limit", "2", "--max-tokens", "4"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("2 held-out items (1 EN, 1 PT), 12 out-of-domain probes")
-    assert [line.split()[0] for line in lines[3:]] == ["base", "base+retrieval", "adapter", "adapter+retrieval"]
-    assert "acc EN" in lines[1] and "acc PT" in lines[1] and "OOD decl" in lines[1]
-    with_retrieval = lines[4].split()
-    assert with_retrieval[7] != "0.0%"  # out-of-domain questions retrieve nothing: declined
+    assert lines[0].startswith("2 held-out items (1 EN, 1 PT), ")
+    assert [line.split()[0] for line in lines[3:]] == [
+        "base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval", "adapter+retrieval+guard"]
+    assert "EN r/d/w" in lines[1] and "PT r/d/w" in lines[1] and "OOD decl" in lines[1]
+    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    assert rows["base+retrieval"][5] != "0.0%"  # out-of-domain questions retrieve nothing: declined
+    # The tiny random model writes nonsense: the guard replaces it with the best fact, which is right
+    # whenever retrieval found the asked fact; without the guard, nonsense is never right.
+    assert int(rows["base+retrieval+guard"][6]) > 0 and rows["base+retrieval"][6] == "-"
+    assert rows["base+retrieval"][3] == "0.0%"
 
     bad = subprocess.run([sys.executable, "-m", "training", "evaluate", "--configs", "base,magic"],
                          env=env, capture_output=True, text=True)

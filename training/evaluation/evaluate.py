@@ -1,12 +1,16 @@
-"""Answering held-out questions as served, and the four-configuration evaluation.
+"""Answering eval questions as served, and the evaluation table across configurations.
 
 `served_answers` is how the gate and `python -m training evaluate` answer a question: the prompt
 comes from inference.grounding.build_grounded (retrieved facts in the system prompt) exactly as the
 bot builds it, and when grounding declines, the decline text is the answer given (the bot does not
-generate then either). Greedy decoding in batches, with the serving repetition penalty.
+generate then either). Greedy decoding in batches, with the serving repetition penalty; then the
+faithfulness guard, as served (its greedy retry is the greedy answer itself, so it goes straight
+to the best fact).
 
-`evaluate_configs` scores base, base+retrieval, adapter and adapter+retrieval on one loaded base
-model with data.scorer, so the table says what retrieval and the adapter each add.
+`evaluate_configs` scores base and adapter, each alone, with retrieval, and with retrieval and the
+guard, on one loaded base model with data.scorer (right / declined / wrong per language), so the
+table says what retrieval, the guard and the adapter each add. Conversations (the multi-turn set)
+are replayed as the bot serves them: a follow-up is asked with the previous answered question.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlx_lm.generate import batch_generate
 from mlx_lm.sample_utils import make_logits_processors
 
-from data.scorer import EvalReport, evaluate
-from data.seed import EvalItem, OODItem, load_eval, load_ood
+from data.scorer import EvalReport, contains, evaluate, is_decline, normalise
+from data.seed import ANSWER, SPLITS, Conversation, EvalItem, OODItem, load_conversations, load_eval, load_ood
 from data.settings import DataSettings
+from data.store import Store
 from inference.adapters import read_adapter
+from inference.faithfulness import KEPT, guard
 from inference.grounding import FactIndex, build_grounded
 from inference.loading import load_base
 from inference.lora import apply_adapter, remove_adapter
@@ -36,20 +42,27 @@ from ..errors import EXIT_USAGE, guarded, parse, report
 from ..lifecycle.commands import open_registry
 from ..lifecycle.settings import LifecycleSettings
 
-CONFIGS = ("base", "base+retrieval", "adapter", "adapter+retrieval")
+CONFIGS = ("base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval",
+           "adapter+retrieval+guard")
+GUARD_SUFFIX = "+guard"
+MIN_COPY_CHARS = 20  # an earlier answer this long found again inside a later one is a copy
 
 
 @dataclass(frozen=True)
 class Answer:
-    text: str
+    text: str  # as generated, or the decline
     declined: bool  # grounding found nothing: the decline text was given without generating
     facts: tuple[int | None, ...]  # seed numbers of the facts in the prompt
     prompt: list[dict]  # the messages the model saw (or would have)
+    guarded: str = ""  # what the bot sends: `text` after the faithfulness guard
+    guard: str = "kept"  # the guard's verdict (inference.faithfulness)
 
 
 def served_answers(model, tokenizer, questions: Sequence[str], serving: InferenceSettings, index,
-                   *, grounded: bool, max_tokens: int) -> list[Answer]:
-    """Greedy answers to single-turn questions, prompts built as the bot builds them.
+                   *, grounded: bool, max_tokens: int,
+                   previous: Sequence[str | None] | None = None) -> list[Answer]:
+    """Greedy answers to questions, prompts built as the bot builds them (`previous[i]`: the
+    question before questions[i] in its chat, for follow-ups).
 
     `grounded` False (or index None) is the model alone: the configured system prompt, no facts.
     """
@@ -58,8 +71,10 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
     def count_tokens(text: str) -> int:
         return len(tokenizer.encode(text))
 
+    previous = previous or [None] * len(questions)
     groundings = [build_grounded([{"role": "user", "content": question}], index if grounded else None,
-                                 settings, count_tokens) for question in questions]
+                                 settings, count_tokens, before)
+                  for question, before in zip(questions, previous, strict=True)]
     todo = [i for i, grounding in enumerate(groundings) if grounding.decline is None]
     texts: dict[int, str] = {}
     if todo:
@@ -68,18 +83,77 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
                                    logits_processors=make_logits_processors(
                                        repetition_penalty=serving.repetition_penalty)).texts
         texts = dict(zip(todo, generated, strict=True))
-    return [Answer(texts[i] if g.decline is None else g.decline, g.decline is not None,
-                   tuple(fact.fact for fact in g.facts), g.messages) for i, g in enumerate(groundings)]
+    answers = []
+    for i, g in enumerate(groundings):
+        if g.decline is not None:
+            answers.append(Answer(g.decline, True, (), g.messages, g.decline))
+            continue
+        checked = guard(texts[i].strip(), [fact.text for fact in g.facts], g.messages[-1]["content"])
+        answers.append(Answer(texts[i], False, tuple(fact.fact for fact in g.facts), g.messages,
+                              checked.text, checked.verdict))
+    return answers
 
 
-def score(answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem]) -> EvalReport:
-    """data.scorer's report over answers keyed by question."""
-    return evaluate(lambda question, _lang: answers[question].text, list(items), list(ood))
+def score(answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *,
+          guarded: bool = False) -> EvalReport:
+    """data.scorer's report over answers keyed by question (as generated, or as the guard sends them)."""
+    return evaluate(lambda question, _lang: answers[question].guarded if guarded else answers[question].text,
+                    list(items), list(ood))
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    conversation: str
+    question: str
+    expected: str  # ANSWER or DECLINE
+    answer: str  # what the bot sends (after the guard)
+    verdict: str  # right | declined | wrong (a decline turn is right when declined)
+    copied: bool  # repeats an earlier answer of the same conversation
+
+
+def conversation_results(model, tokenizer, conversations: Sequence[Conversation], serving: InferenceSettings,
+                         index, *, max_tokens: int) -> list[TurnResult]:
+    """Every turn of every conversation, answered as the bot answers it.
+
+    The bot lets a follow-up lean on the previous question it answered from facts; what that is
+    depends on retrieval only (a decline needs no model), so every turn's prompt is known up front
+    and the turns are generated in one batch.
+    """
+    questions, previous = [], []
+    for conversation in conversations:
+        before = None
+        for turn in conversation.turns:
+            questions.append(turn.question)
+            previous.append(before)
+            grounding = build_grounded([{"role": "user", "content": turn.question}], index, serving,
+                                       previous_question=before)
+            before = turn.question if grounding.decline is None else before
+    answers = iter(served_answers(model, tokenizer, questions, serving, index, grounded=True,
+                                  max_tokens=max_tokens, previous=previous))
+    results = []
+    for conversation in conversations:
+        earlier: list[str] = []
+        for turn in conversation.turns:
+            text = next(answers).guarded
+            if turn.expected == ANSWER:
+                right = all(any(contains(text, phrase) for phrase in group) for group in turn.key_facts)
+                verdict = "right" if right else "declined" if is_decline(text) else "wrong"
+            else:
+                verdict = "right" if is_decline(text) else "wrong"
+            said = normalise(text)
+            copied = any(said == before or (len(before) >= MIN_COPY_CHARS and before in said)
+                         for before in earlier)
+            earlier.append(said)
+            results.append(TurnResult(conversation.id, turn.question, turn.expected, text, verdict, copied))
+    return results
 
 
 def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequence[EvalItem],
-                     ood: Sequence[OODItem], serving: InferenceSettings, max_tokens: int) -> dict[str, dict]:
-    """{config: {"report": EvalReport, "declined": n, "seconds": s}} on one base-model load."""
+                     ood: Sequence[OODItem], serving: InferenceSettings, max_tokens: int,
+                     conversations: Sequence[Conversation] = ()) -> dict[str, dict]:
+    """{config: {"report": EvalReport, "declined": n, "guard_fired": n, "turns": [TurnResult],
+    "seconds": s}} on one base-model load. A "+guard" configuration scores the answers its
+    retrieval configuration generated, as the guard passes them on: one generation serves both."""
     unknown = [name for name in configs if name not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
@@ -91,42 +165,57 @@ def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequen
     questions = [item.question for item in items] + [probe.question for probe in ood]
     results = {}
     try:
-        for name in configs:
+        for generated in dict.fromkeys(name.removesuffix(GUARD_SUFFIX) for name in configs):
             started = time.perf_counter()
             remove_adapter(model)
-            if name.startswith("adapter"):
+            if generated.startswith("adapter"):
                 apply_adapter(model, read_adapter(adapter, str(adapter)))
             model.eval()
-            answers = served_answers(model, tokenizer, questions, serving, index,
-                                     grounded=name.endswith("retrieval"), max_tokens=max_tokens)
+            grounded = generated.endswith("retrieval")
+            answers = served_answers(model, tokenizer, questions, serving, index, grounded=grounded,
+                                     max_tokens=max_tokens)
+            turns = conversation_results(model, tokenizer, conversations, serving, index,
+                                         max_tokens=max_tokens) if grounded else []
             by_question = dict(zip(questions, answers, strict=True))
-            results[name] = {"report": score(by_question, items, ood),
-                             "declined": sum(answer.declined for answer in answers[: len(items)]),
-                             "seconds": round(time.perf_counter() - started, 1)}
+            seconds = round(time.perf_counter() - started, 1)
+            for guarded in (False, True):
+                name = generated + (GUARD_SUFFIX if guarded else "")
+                if name in configs:
+                    results[name] = {"report": score(by_question, items, ood, guarded=guarded),
+                                     "declined": sum(answer.declined for answer in answers[: len(items)]),
+                                     "guard_fired": sum(answer.guard != KEPT for answer in answers)
+                                     if guarded else None,
+                                     "turns": turns if guarded else [], "seconds": seconds}
     finally:
         remove_adapter(model)
         index.close()
-    return results
+    return {name: results[name] for name in configs}
 
 
 def table(results: dict[str, dict]) -> str:
-    """One row per configuration: accuracy and key-fact recall per language, OOD declines."""
-    header = (f"{'configuration':<20}{'acc EN':>8}{'acc PT':>8}{'acc':>8}{'keys EN':>9}{'keys PT':>9}"
-              f"{'keys':>8}{'OOD decl':>10}{'declined':>10}{'secs':>8}")
+    """One row per configuration: right / declined / wrong per language, out-of-domain declines,
+    how often the guard replaced an answer, and the conversations' turns."""
+    header = (f"{'configuration':<25}{'EN r/d/w':>17}{'PT r/d/w':>17}{'right':>7}{'wrong':>7}{'OOD decl':>9}"
+              f"{'guard':>6}{'turns r/d/w':>18}{'copies':>7}{'secs':>6}")
     rows = [header, "-" * len(header)]
     for name, result in results.items():
         report = result["report"]
-        keys = {lang: _recall(report, lang) for lang in ("en", "pt")}
-        rows.append(f"{name:<20}{_pct(report.accuracy_by_lang.get('en')):>8}"
-                    f"{_pct(report.accuracy_by_lang.get('pt')):>8}{_pct(report.accuracy):>8}"
-                    f"{_pct(keys['en']):>9}{_pct(keys['pt']):>9}{_pct(report.key_fact_recall):>8}"
-                    f"{_pct(report.ood_decline_rate):>10}{result['declined']:>10}{result['seconds']:>8.0f}")
+        turns = result["turns"]
+        rows.append(f"{name:<25}{_shares(report.verdicts('en')):>17}{_shares(report.verdicts('pt')):>17}"
+                    f"{_pct(report.accuracy):>7}{_pct(report.wrong_rate):>7}{_pct(report.ood_decline_rate):>9}"
+                    f"{'-' if result['guard_fired'] is None else result['guard_fired']:>6}"
+                    f"{_turn_shares(turns) if turns else '-':>18}"
+                    f"{sum(turn.copied for turn in turns) if turns else '-':>7}{result['seconds']:>6.0f}")
     return "\n".join(rows)
 
 
-def _recall(report: EvalReport, lang: str) -> float | None:
-    groups = [matched for item in report.items if item.lang == lang for matched in item.matched_groups]
-    return sum(groups) / len(groups) if groups else None
+def _shares(verdicts: dict[str, float | None]) -> str:
+    return "/".join(f"{100 * value:.0f}" if value is not None else "-" for value in verdicts.values())
+
+
+def _turn_shares(turns: list[TurnResult]) -> str:
+    return "/".join(f"{100 * sum(t.verdict == v for t in turns) / len(turns):.0f}"
+                    for v in ("right", "declined", "wrong"))
 
 
 def _pct(value) -> str:
@@ -137,8 +226,8 @@ def _pct(value) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m training evaluate", description=(
-        "held-out accuracy of base, base+retrieval, adapter and adapter+retrieval, EN and PT, plus "
-        "out-of-domain declines"))
+        "right / declined / wrong of base and adapter, alone, with retrieval and with the faithfulness "
+        "guard, EN and PT, plus out-of-domain declines and the multi-turn conversations"))
     _configure_evaluate(parser)
     args = parse(parser, argv)
     return args if isinstance(args, int) else _evaluate(args)
@@ -151,29 +240,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     serving = InferenceSettings.load()
     configs = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else list(CONFIGS)
     adapter = _adapter_folder(args.adapter, open_registry())
-    seed_dir, problems = DataSettings.load().seed_dir, []
-    items, ood = load_eval(seed_dir, problems), load_ood(seed_dir, problems)
+    data_settings = DataSettings.load()
+    Store(data_settings.database_file).close()  # a fresh home gets its knowledge base seeded
+    seed_dir, problems = data_settings.seed_dir, []
+    items, ood = load_eval(seed_dir, problems, args.set), load_ood(seed_dir, problems, args.set)
+    conversations = load_conversations(seed_dir, problems, args.set)
     if args.limit:
         items = gate_items(items, args.limit)
+        conversations = conversations[: max(1, args.limit // 4)]
     if not items:
-        report(f"no held-out eval items in {seed_dir}")
+        report(f"no {args.set} eval items in {seed_dir}")
         return EXIT_USAGE
     if adapter is None:
         configs = [name for name in configs if not name.startswith("adapter")]
         print("note: no adapter given and none in production: base configurations only", file=sys.stderr)
     max_tokens = args.max_tokens or LifecycleSettings.load().gate_max_tokens
     try:
-        results = evaluate_configs(configs, adapter, items, ood, serving, max_tokens)
+        results = evaluate_configs(configs, adapter, items, ood, serving, max_tokens, conversations)
     except ValueError as error:
         report(str(error))
         return EXIT_USAGE
     if args.save:
         Path(args.save).write_text(json.dumps(
-            {name: {"declined": r["declined"], "seconds": r["seconds"], **r["report"].to_dict()}
+            {name: {"declined": r["declined"], "guard_fired": r["guard_fired"], "seconds": r["seconds"],
+                    "turns": [asdict(turn) for turn in r["turns"]], **r["report"].to_dict()}
              for name, r in results.items()}, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(f"{len(items)} held-out items ({sum(i.lang == 'en' for i in items)} EN, "
-          f"{sum(i.lang == 'pt' for i in items)} PT), {len(ood)} out-of-domain probes; adapter "
-          f"{adapter or 'none'}; greedy, {max_tokens} tokens\n{table(results)}")
+    turns = sum(len(conversation.turns) for conversation in conversations)
+    print(f"{len(items)} {args.set} items ({sum(i.lang == 'en' for i in items)} EN, "
+          f"{sum(i.lang == 'pt' for i in items)} PT), {len(ood)} out-of-domain probes, {len(conversations)} "
+          f"conversations ({turns} turns); adapter {adapter or 'none'}; greedy, {max_tokens} tokens\n"
+          f"{table(results)}")
     return 0
 
 
@@ -189,7 +285,9 @@ def _adapter_folder(given: str | None, registry) -> Path | None:
 
 def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="registered version or adapter folder (default: production)")
-    parser.add_argument("--limit", type=int, help="a language-balanced subset of N held-out items")
-    parser.add_argument("--configs", help="comma-separated, default: base,base+retrieval,adapter,adapter+retrieval")
+    parser.add_argument("--set", choices=SPLITS, default="heldout",
+                        help="dev (tune on it) or heldout (look once per design); default heldout")
+    parser.add_argument("--limit", type=int, help="a language-balanced subset of N items (and N/4 conversations)")
+    parser.add_argument("--configs", help=f"comma-separated, default: {','.join(CONFIGS)}")
     parser.add_argument("--max-tokens", type=int, help="answer length cap (default GATE_MAX_TOKENS)")
     parser.add_argument("--save", metavar="FILE", help="also write the full reports, every answer, as JSON")
