@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from data.knowledge import remove_fact
+from data.seed import load_ood
 from data.settings import DataSettings
 from data.store import Store
 from inference.grounding import DECLINE, FactIndex, build_grounded
@@ -169,7 +170,8 @@ def test_evaluate_prints_the_four_configurations(knowledge, tiny_model_dir, tmp_
                            "--limit", "2", "--max-tokens", "4"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("2 held-out items (1 EN, 1 PT), 12 out-of-domain probes")
+    probes = len(load_ood(DataSettings.load().seed_dir, []))
+    assert lines[0].startswith(f"2 held-out items (1 EN, 1 PT), {probes} out-of-domain probes")
     assert [line.split()[0] for line in lines[3:]] == ["base", "base+retrieval", "adapter", "adapter+retrieval"]
     assert "acc EN" in lines[1] and "acc PT" in lines[1] and "OOD decl" in lines[1]
     with_retrieval = lines[4].split()
