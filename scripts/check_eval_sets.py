@@ -6,7 +6,8 @@ For every file that exists it checks: one JSON object per line, ids unique (with
 the files), the language, required fields, that every referenced fact is in the knowledge base
 (so never one of the uncertain facts left out of it), and that every key-fact group is found by
 `data.scorer.contains` in the text of the item's own fact in the item's language, so the fact
-itself, given as an answer, passes. It also reports questions repeated across the files.
+itself, given as an answer, passes, and that no key fact is already in the question (an answer
+that only repeats the question must not pass). It also reports questions repeated across the files.
 Exits 1 when there is any problem.
 """
 
@@ -82,9 +83,13 @@ def check_answer(where: str, record: dict, fact: object, lang: str,
     text = texts.get((own, lang))
     if text is None:
         return
+    question = record.get("question", "")
     for group in groups:
         if not any(contains(text, alternative) for alternative in group):
             problems.append(f"{where}: key-fact group {group} not found in fact {own} ({lang})")
+        echoed = [alternative for alternative in group if contains(question, alternative)]
+        if echoed:
+            problems.append(f"{where}: key fact(s) {echoed} already in the question, an echo would pass")
 
 
 def main(seed_dir: Path) -> int:
