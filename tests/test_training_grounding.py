@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from data.knowledge import remove_fact
+from data.seed import load_ood
 from data.settings import DataSettings
 from data.store import Store
 from inference.grounding import DECLINE, FactIndex, build_grounded
@@ -170,7 +171,8 @@ def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, t
                            "--limit", "2", "--max-tokens", "4"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("2 held-out items (1 EN, 1 PT), ")
+    probes = len(load_ood(DataSettings.load().seed_dir, []))
+    assert lines[0].startswith(f"2 heldout items (1 EN, 1 PT), {probes} out-of-domain probes")
     assert [line.split()[0] for line in lines[3:]] == [
         "base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval", "adapter+retrieval+guard"]
     assert "EN r/d/w" in lines[1] and "PT r/d/w" in lines[1] and "OOD decl" in lines[1]
