@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 PACKAGE_KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 SEED_GLOB = "facts.*.jsonl"
+SYNONYMS_GLOB = "synonyms.*.jsonl"
 LANGS = ("en", "pt")
 MAX_FACT_CHARS = 1000
 ADMIN_SOURCE = "Farense bot admin"
@@ -87,13 +88,66 @@ def load_seed_facts(folder: Path, problems: list[Problem]) -> list[SeedFact]:
     return list(facts.values())
 
 
+def load_synonyms(folder: Path, problems: list[Problem]) -> set[tuple[str, str, str]]:
+    """The retrieval lexicon of every synonyms.*.jsonl in `folder` as (lang, word, means) rows.
+
+    A line is {"lang": "pt", "words": ["nasceu", "criado"], "means": ["fundado"]}: each of `words`
+    (what fans say) stands for each of `means` (what the facts say). Words are single words, stored
+    folded (lower case, no accents), as the retriever compares them.
+    """
+    rows: set[tuple[str, str, str]] = set()
+    for path in sorted(Path(folder).glob(SYNONYMS_GLOB)):
+        for line, record in read_jsonl(path, problems):
+            reason = field_problem(record, {"lang": str, "words": list, "means": list})
+            if reason is None and record["lang"] not in LANGS:
+                reason = f"'lang' should be one of {', '.join(LANGS)}, got {record['lang']!r}"
+            words = [_lexicon_word(word) for word in (record.get("words"), record.get("means"))
+                     for word in (word if isinstance(word, list) else [])]
+            if reason is None and (not record["words"] or not record["means"] or None in words):
+                reason = "'words' and 'means' should be non-empty lists of single words"
+            if reason:
+                report(problems, path, line, reason)
+                continue
+            rows.update((record["lang"], _lexicon_word(word), _lexicon_word(means))
+                        for word in record["words"] for means in record["means"]
+                        if _lexicon_word(word) != _lexicon_word(means))
+    return rows
+
+
+def _lexicon_word(word: object) -> str | None:
+    """The folded form of a single word, None if `word` is not one."""
+    if not isinstance(word, str):
+        return None
+    found = _WORDS.findall(strip_accents(word).casefold().replace("_", " "))
+    return found[0] if len(found) == 1 else None
+
+
+def seed_synonyms(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
+                  problems: list[Problem] | None = None) -> bool:
+    """Make the store's lexicon the files' (when `folder` has any); True if it changed."""
+    if not any(Path(folder).glob(SYNONYMS_GLOB)):
+        return False
+    rows = load_synonyms(folder, problems if problems is not None else [])
+
+    def work(db: sqlite3.Connection) -> bool:
+        if set(db.execute("SELECT lang, word, means FROM synonyms")) == rows:
+            return False
+        db.execute("DELETE FROM synonyms")
+        db.executemany("INSERT INTO synonyms (lang, word, means) VALUES (?, ?, ?)", sorted(rows))
+        return True
+
+    return store._write(work)
+
+
 def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
                    problems: list[Problem] | None = None) -> int:
-    """Bring the seed facts into the store; returns how many rows were added or updated.
+    """Bring the seed facts and the lexicon into the store; returns how many fact rows were added
+    or updated.
 
     Idempotent: unchanged facts are left alone, edited seed files update their facts, and a fact an
     admin amended or removed keeps the admin's version.
     """
+    seed_synonyms(store, folder, problems)
     seed = load_seed_facts(folder, problems if problems is not None else [])
     if not seed:
         return 0
@@ -184,9 +238,12 @@ def list_facts(store: Store, query: str | None = None, limit: int = 20,
 
 
 def knowledge_hash(store: Store) -> str:
-    """sha256 over the live facts' content (not their ids), so equal knowledge hashes equally."""
+    """sha256 over the live facts' content (not their ids) and the lexicon, which decides what is
+    retrieved, so equal knowledge hashes equally."""
     rows = store._read("SELECT lang, text, source, url FROM facts WHERE removed_at IS NULL")
     lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
+    lines += sorted(json.dumps(["synonym", *row], ensure_ascii=False)
+                    for row in store._read("SELECT lang, word, means FROM synonyms"))
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 

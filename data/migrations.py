@@ -107,4 +107,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             text, content='facts', content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
         "INSERT INTO facts_fts (rowid, text) SELECT id, text FROM facts WHERE removed_at IS NULL",
     ),
+    # 4: the retrieval lexicon: words fans use for what the facts say otherwise ("born" for
+    # "founded", "mister" for "treinador"), per language, seeded from data/knowledge/synonyms.*.jsonl
+    # and read by inference/retrieval.py to widen a question's words. Words are stored folded.
+    (
+        """CREATE TABLE synonyms (
+            lang TEXT NOT NULL,
+            word TEXT NOT NULL,
+            means TEXT NOT NULL,
+            PRIMARY KEY (lang, word, means)) WITHOUT ROWID""",
+    ),
 ]

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .retrieval import (GENERIC_TERMS, fold, query_terms, score_candidates, search_terms,
-                        words)
+from .retrieval import (GENERIC_TERMS, Lexicon, fold, lexicon_of, query_terms, score_candidates,
+                        search_terms, words)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,23 @@ def detect_language(text: str, default: str = "en") -> str:
     return "pt" if pt > en else "en"
 
 
+@dataclass(frozen=True)
+class _Knowledge:
+    """The live facts as retrieval sees them, read once per change of the knowledge base.
+
+    A seed fact's EN and PT versions are one document: each indexes the other, so a question
+    finds the fact by words of either version (names, "UEFA", a PT word in an EN question).
+    """
+
+    version: object
+    rows: dict[int, tuple]  # row id -> (id, lang, text, source, url, fact)
+    group_of: dict[int, int]  # row id -> document number (first row's order: earlier facts first)
+    groups: list[list[int]]  # document number -> its row ids
+    texts: list[str]  # document number -> its versions' text
+    average_words: float
+    lexicon: Lexicon
+
+
 class FactIndex:
     """Read-only bm25 search over the knowledge base; safe to share between threads.
 
@@ -104,13 +121,12 @@ class FactIndex:
     committed. A missing database or table gives no facts and one warning, never an exception.
     """
 
-    _CANDIDATES = ("SELECT f.id, f.lang, f.text, f.source, f.url, f.fact"
-                   " FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid"
-                   " WHERE facts_fts MATCH ? AND f.removed_at IS NULL")
-    _VERSION = "SELECT count(*), max(updated_at) FROM facts WHERE removed_at IS NULL"
-    _TEXTS = "SELECT text FROM facts WHERE removed_at IS NULL"
-    _SIBLING = ("SELECT id, lang, text, source, url, fact FROM facts"
-                " WHERE fact = ? AND lang = ? AND origin = 'seed' AND removed_at IS NULL")
+    _MATCH = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
+    _VERSION = ("SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms) FROM facts"
+                " WHERE removed_at IS NULL")
+    _LIVE = ("SELECT id, lang, text, source, url, fact, origin FROM facts WHERE removed_at IS NULL"
+             " ORDER BY id")
+    _LEXICON = "SELECT lang, word, means FROM synonyms"
 
     def __init__(self, db_path: Path, min_score: float = DEFAULT_MIN_SCORE) -> None:
         self.db_path = Path(db_path)
@@ -119,7 +135,7 @@ class FactIndex:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._warned = False
-        self._sizes: tuple[object, int, float] = (None, 0, 1.0)  # (version, live facts, avg words)
+        self._knowledge: _Knowledge | None = None
 
     def search(self, question: str, k: int = 3, lang: str | None = None,
                min_score: float | None = None) -> list[Fact]:
@@ -128,50 +144,71 @@ class FactIndex:
         Relevant: the fact holds at least `min_score` of the question's telling words (coverage,
         idf-weighted, 0..1) or shares two or more of them scoring MIN_EVIDENCE, and scores at
         least RELATIVE_MIN_SCORE of the best relevant fact's bm25. A seed fact exists in EN and
-        PT; whichever version matched, the one in `lang` is returned (stems are in `lang`, else in
-        the language the question seems to be in).
+        PT; both versions are searched as one, and the one in `lang` is returned (stems are in
+        `lang`, else in the language the question seems to be in).
         Fact.score is the bm25 score.
         """
         if not isinstance(question, str) or k < 1:
             return []
         query_lang = lang if lang in ("en", "pt") else detect_language(question)
-        terms = search_terms(question, query_lang)
-        if not terms:
-            return []
         threshold = self.min_score if min_score is None else min_score
         try:
             connection = self._connection()
-            rows = {row[0]: row for row in connection.execute(
-                self._CANDIDATES, (" OR ".join(term.fts() for term in terms),))}
-            live, average = self._size(connection)
-            scored = score_candidates(terms, {key: row[2] for key, row in rows.items()},
-                                      live, average)
-            relevant = [item for item in scored
-                        if item.coverage >= threshold
-                        or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
-            facts: dict[object, Fact] = {}
-            for item in relevant:
-                if item.score < RELATIVE_MIN_SCORE * relevant[0].score:
-                    break
-                row = rows[item.key]
-                fact = Fact(row[0], row[1], row[2], row[3], row[4], item.score, row[5])
-                key = fact.fact if fact.fact is not None else f"id{fact.id}"
-                if key not in facts:
-                    facts[key] = self._in_language(connection, fact, lang)
-                if len(facts) == k:
-                    break
+            known = self._known(connection)
+            terms = search_terms(question, query_lang, known.lexicon)
+            if not terms:
+                return []
+            matched = [row[0] for row in connection.execute(
+                self._MATCH, (" OR ".join(term.fts() for term in terms),))]
         except sqlite3.Error as error:
             self._warn(error)
             return []
-        return list(facts.values())
+        documents = {known.group_of[key] for key in matched if key in known.group_of}
+        scored = score_candidates(terms, {number: known.texts[number] for number in documents},
+                                  len(known.texts), known.average_words)
+        relevant = [item for item in scored
+                    if item.coverage >= threshold
+                    or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
+        facts = []
+        for item in relevant[:k]:
+            if item.score < RELATIVE_MIN_SCORE * relevant[0].score:
+                break
+            facts.append(self._version_in(known, item.key, lang, item.score))
+        return facts
 
-    def _size(self, connection: sqlite3.Connection) -> tuple[int, float]:
-        """Live facts and their average length in words (for bm25), recounted after any write."""
+    def _version_in(self, known: _Knowledge, number: int, lang: str | None, score: float) -> Fact:
+        """Document `number` as a Fact in `lang` when it has that version, else its first one."""
+        ids = known.groups[number]
+        chosen = next((key for key in ids if known.rows[key][1] == lang), ids[0])
+        return Fact(*known.rows[chosen][:5], score, known.rows[chosen][5])
+
+    def _known(self, connection: sqlite3.Connection) -> _Knowledge:
+        """The live facts grouped into documents and the lexicon, re-read after any write."""
         version = connection.execute(self._VERSION).fetchone()
-        if version != self._sizes[0]:
-            lengths = [len(words(row[0])) for row in connection.execute(self._TEXTS)]
-            self._sizes = (version, len(lengths), sum(lengths) / max(len(lengths), 1))
-        return self._sizes[1], self._sizes[2]
+        known = self._knowledge
+        if known is not None and known.version == version:
+            return known
+        rows: dict[int, tuple] = {}
+        group_of: dict[int, int] = {}
+        by_fact: dict[int, int] = {}
+        groups: list[list[int]] = []
+        for row in connection.execute(self._LIVE):
+            rows[row[0]] = row[:6]
+            seed = row[5] if row[6] == "seed" and row[5] is not None else None
+            number = by_fact.get(seed) if seed is not None else None
+            if number is None:
+                number = len(groups)
+                groups.append([])
+                if seed is not None:
+                    by_fact[seed] = number
+            groups[number].append(row[0])
+            group_of[row[0]] = number
+        texts = ["\n".join(rows[key][2] for key in ids) for ids in groups]
+        average = sum(len(words(text)) for text in texts) / max(len(texts), 1)
+        lexicon = lexicon_of(connection.execute(self._LEXICON))
+        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon)
+        self._knowledge = known
+        return known
 
     def available(self) -> bool:
         """Whether the knowledge base exists: without it, answers go ungrounded rather than declined."""
@@ -188,14 +225,6 @@ class FactIndex:
             connections, self._connections = self._connections, []
         for connection in connections:
             connection.close()
-
-    def _in_language(self, connection: sqlite3.Connection, fact: Fact, lang: str | None) -> Fact:
-        if lang is None or fact.lang == lang or fact.fact is None:
-            return fact
-        row = connection.execute(self._SIBLING, (fact.fact, lang)).fetchone()
-        if row is None:
-            return fact
-        return Fact(row[0], row[1], row[2], row[3], row[4], fact.score, row[5])
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)

@@ -70,11 +70,12 @@ class Term:
     word: str  # folded question word
     stem: str  # its Snowball stem in the question's language
     lang: str
+    also: tuple[tuple[str, str], ...] = ()  # (word, stem) the lexicon says the facts use for it
 
     @property
     def prefix(self) -> str:
         """What the stem and the word share ("history" -> "histori": "histor")."""
-        return commonprefix([self.stem, self.word]) or self.word
+        return _prefix(self.word, self.stem)
 
     def fts(self) -> str:
         """Candidates for this term as an FTS5 query atom (quoted: user text is never FTS syntax).
@@ -82,18 +83,39 @@ class Term:
         A prefix query one letter short of `prefix` (a fact's word may be stemmed differently:
         "story"/"stories") over-fetches; `matches` decides. Numbers match whole: "19" is not 1990.
         """
-        if self.word.isdigit():
-            return f'"{self.word}"'
-        return f'"{self.prefix[:max(len(self.prefix) - 1, 2)]}"*'
+        atoms = [_atom(word, stem) for word, stem in ((self.word, self.stem), *self.also)]
+        return atoms[0] if len(atoms) == 1 else f"({' OR '.join(atoms)})"
 
     def matches(self, token: str) -> bool:
-        """A fact's word matches if it is the word, has the same stem, or starts with a prefix of
-        at least MIN_PREFIX letters ("fund" finds "fundadores"; "cor" does not find "Correia")."""
-        if token == self.word or self.word.isdigit() or token[:2] != self.word[:2]:
-            return token == self.word
-        prefix = self.prefix
-        return ((len(prefix) >= MIN_PREFIX and token.startswith(prefix))
-                or stem(token, self.lang) == self.stem)
+        """A fact's word matches if it is the word (or a word the lexicon gives for it), has the
+        same stem, or starts with a prefix of at least MIN_PREFIX letters ("fund" finds
+        "fundadores"; "cor" does not find "Correia")."""
+        return any(_matches(word, stem, self.lang, token)
+                   for word, stem in ((self.word, self.stem), *self.also))
+
+    @property
+    def starts(self) -> set[str]:
+        """The first two letters of every word this term can match."""
+        return {word[:2] for word, _ in ((self.word, self.stem), *self.also)}
+
+
+def _prefix(word: str, stem_: str) -> str:
+    return commonprefix([stem_, word]) or word
+
+
+def _atom(word: str, stem_: str) -> str:
+    if word.isdigit():
+        return f'"{word}"'
+    prefix = _prefix(word, stem_)
+    return f'"{prefix[:max(len(prefix) - 1, 2)]}"*'
+
+
+def _matches(word: str, stem_: str, lang: str, token: str) -> bool:
+    if token == word or word.isdigit() or token[:2] != word[:2]:
+        return token == word
+    prefix = _prefix(word, stem_)
+    return ((len(prefix) >= MIN_PREFIX and token.startswith(prefix))
+            or stem(token, lang) == stem_)
 
 
 def fold(text: str) -> str:
@@ -136,14 +158,33 @@ def stem(word: str, lang: str) -> str:
     return found
 
 
-def search_terms(text: str, lang: str) -> list[Term]:
+Lexicon = dict[tuple[str, str], tuple[str, ...]]  # (lang, stem of a fan's word) -> facts' words
+
+
+def lexicon_of(rows) -> Lexicon:
+    """The lexicon from (lang, word, means) rows, keyed by the stem of the word in its language,
+    so any form of it finds the facts' words ("nasceu", "nascido": "nasc" -> "fundado")."""
+    found: dict[tuple[str, str], dict[str, None]] = {}
+    for lang, word, means in rows:
+        found.setdefault((lang, stem(word, lang)), {})[means] = None
+    return {key: tuple(words) for key, words in found.items()}
+
+
+def search_terms(text: str, lang: str, lexicon: Lexicon | None = None) -> list[Term]:
     """The question's telling words as terms; generic words only if there is nothing else.
 
-    Words are stemmed folded, as the facts' words are, so both sides always agree.
+    Words are stemmed folded, as the facts' words are, so both sides always agree. A word the
+    `lexicon` knows also matches the facts' words for it, as one term: the question asked one thing.
     """
     terms = query_terms(text)
     telling = [term for term in terms if term not in GENERIC_TERMS] or terms
-    return [Term(word, stem(word, lang), lang) for word in telling]
+    found = []
+    for word in telling:
+        stemmed = stem(word, lang)
+        also = (lexicon or {}).get((lang, stemmed), ())
+        found.append(Term(word, stemmed, lang,
+                          tuple((means, stem(means, lang)) for means in also if means != word)))
+    return found
 
 
 _word_cache: dict[str, Counter[str]] = {}
@@ -180,8 +221,8 @@ def score_candidates(terms: list[Term], candidates: dict[int, str], live_facts: 
     for found in tokens.values():
         for token in found:
             by_start.setdefault(token[:2], set()).add(token)
-    matching = [[token for token in by_start.get(term.word[:2], ()) if term.matches(token)]
-                for term in terms]
+    matching = [[token for start in term.starts for token in by_start.get(start, ())
+                 if term.matches(token)] for term in terms]
     counts = {key: [sum(found[token] for token in words_of_term if token in found)
                     for words_of_term in matching] for key, found in tokens.items()}
     df = [sum(1 for per_term in counts.values() if per_term[i]) for i in range(len(terms))]

@@ -58,6 +58,21 @@ def test_who_founded_farense_finds_the_founders_in_either_language(index):
     assert 7 in numbers(index, "Who founded Farense?", "en")
 
 
+@pytest.mark.parametrize("question, lang, fact", [
+    ("When was Farense born?", "en", 2), ("Quando nasceu o Farense?", "pt", 2),
+    ("Who is the boss of Farense's fans' ultras group?", "en", 120),
+    ("Qual foi o guardião nigeriano do Farense?", "pt", 95),
+    ("How many people fit in São Luís?", "en", 20)])
+def test_words_fans_use_find_what_the_facts_say_otherwise(index, question, lang, fact):
+    assert fact in numbers(index, question, lang)
+
+
+def test_a_fact_is_found_by_words_of_its_other_language_version(index):
+    """"playmaker" is only in the EN version of fact 99 (PT: "médio criativo"), and is found."""
+    found = index.search("Quem foi o playmaker do Farense?", lang="pt")
+    assert found[0].fact == 99 and found[0].lang == "pt" and "médio criativo" in found[0].text
+
+
 def test_a_question_with_one_telling_word_is_answered_not_declined(index, settings):
     result = grounded(index, settings, "What are Farense's colours?")
     assert result.decline is None and result.facts[0].fact in (10, 11)
