@@ -84,6 +84,9 @@ def measure(index: FactIndex, settings, questions: list[Question],
     shown = []
     for lang in ("en", "pt"):
         asked = [q for q in questions if q.facts and q.lang == lang]
+        if not asked:
+            row.update({f"{lang} r@1": "-", f"{lang} r@k": "-", f"{lang} declined": "-"})
+            continue
         found = [prompt_facts(index, settings, q.text) for q in asked]
         shown += [len(f) for f in found if f]
         row[f"{lang} r@1"] = sum(bool(f) and f[0] in q.facts for q, f in zip(asked, found)) / max(len(asked), 1)
@@ -92,10 +95,10 @@ def measure(index: FactIndex, settings, questions: list[Question],
         if misses is not None:
             misses += [f"  miss {q.id} {q.lang} {sorted(q.facts)} got {f}: {q.text}"
                        for q, f in zip(asked, found) if not q.facts & set(f)]
-    row["facts/prompt"] = sum(shown) / max(len(shown), 1)
+    row["facts/prompt"] = sum(shown) / len(shown) if shown else "-"
     ood = [q for q in questions if not q.facts]
     rejected = [not prompt_facts(index, settings, q.text) for q in ood]
-    row["ood rejected"] = f"{sum(rejected)}/{len(ood)}"
+    row["ood rejected"] = f"{sum(rejected)}/{len(ood)}" if ood else "-"
     if misses is not None:
         misses += [f"  ood  {q.id} {q.lang} got {prompt_facts(index, settings, q.text)}: {q.text}"
                    for q, ok in zip(ood, rejected) if not ok]
@@ -131,7 +134,8 @@ def sweep(index: FactIndex, settings, dev: list[Question]) -> None:
             r = measure(index, settings.model_copy(update={"retrieval_min_score": coverage}), dev)
             print(f"{coverage:9.2f} {relative:.1f} | {r['en r@1']:.2f} {r['en r@k']:.2f}"
                   f" {r['en declined']:>7} | {r['pt r@1']:.2f} {r['pt r@k']:.2f}"
-                  f" {r['pt declined']:>7} | {r['facts/prompt']:.2f} | {r['ood rejected']}")
+                  f" {r['pt declined']:>7} | {r['facts/prompt']:.2f} | {r['ood rejected']}",
+                  flush=True)
 
 
 def main() -> int:
