@@ -114,11 +114,17 @@ class _Knowledge:
     lexicon: Lexicon
 
 
+class RetrievalError(RuntimeError):
+    """The knowledge base is there but refused our query: a bug here, never the user's text."""
+
+
 class FactIndex:
     """Read-only bm25 search over the knowledge base; safe to share between threads.
 
     Each thread opens its own read-only connection, which sees an admin's change as soon as it is
-    committed. A missing database or table gives no facts and one warning, never an exception.
+    committed. A missing database or table gives no facts and one warning (`available()` says
+    so); a query the knowledge base refuses raises RetrievalError, so a broken query is seen
+    rather than mistaken for "nothing relevant".
     """
 
     _MATCH = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
@@ -155,14 +161,17 @@ class FactIndex:
         try:
             connection = self._connection()
             known = self._known(connection)
-            terms = search_terms(question, query_lang, known.lexicon)
-            if not terms:
-                return []
-            matched = [row[0] for row in connection.execute(
-                self._MATCH, (" OR ".join(term.fts() for term in terms),))]
         except sqlite3.Error as error:
             self._warn(error)
             return []
+        terms = search_terms(question, query_lang, known.lexicon)
+        if not terms:
+            return []
+        query = " OR ".join(term.fts() for term in terms)
+        try:
+            matched = [row[0] for row in connection.execute(self._MATCH, (query,))]
+        except sqlite3.Error as error:
+            raise RetrievalError(f"knowledge base query {query[:200]!r} failed: {error}") from error
         documents = {known.group_of[key] for key in matched if key in known.group_of}
         scored = score_candidates(terms, {number: known.texts[number] for number in documents},
                                   len(known.texts), known.average_words)
@@ -215,7 +224,7 @@ class FactIndex:
         try:
             self._connection().execute("SELECT 1 FROM facts_fts LIMIT 0").fetchall()
         except sqlite3.Error as error:
-            self._local.connection = None  # retry next time: the bot may create it meanwhile
+            self._drop_connection()  # retry next time: the bot may create it meanwhile
             self._warn(error)
             return False
         return True
@@ -224,6 +233,15 @@ class FactIndex:
         with self._lock:
             connections, self._connections = self._connections, []
         for connection in connections:
+            connection.close()
+
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
             connection.close()
 
     def _connection(self) -> sqlite3.Connection:
