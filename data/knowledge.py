@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 PACKAGE_KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 SEED_GLOB = "facts.*.jsonl"
 SYNONYMS_GLOB = "synonyms.*.jsonl"
+OTHER_SUBJECTS_FILE = "other_subjects.jsonl"
 LANGS = ("en", "pt")
 MAX_FACT_CHARS = 1000
 ADMIN_SOURCE = "Farense bot admin"
@@ -139,6 +140,39 @@ def seed_synonyms(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
     return store._write(work)
 
 
+def load_other_subjects(folder: Path, problems: list[Problem]) -> set[str]:
+    """Words naming another club or competition, folded: lines {"words": [...], "what": "..."}."""
+    words: set[str] = set()
+    path = Path(folder) / OTHER_SUBJECTS_FILE
+    for line, record in read_jsonl(path, problems):
+        reason = field_problem(record, {"words": list})
+        found = [_lexicon_word(word) for word in record.get("words") or []]
+        if reason is None and (not found or None in found):
+            reason = "'words' should be a non-empty list of single words"
+        if reason:
+            report(problems, path, line, reason)
+            continue
+        words.update(found)
+    return words
+
+
+def seed_other_subjects(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
+                        problems: list[Problem] | None = None) -> bool:
+    """Make the store's other subjects the file's (when `folder` has it); True if they changed."""
+    if not (Path(folder) / OTHER_SUBJECTS_FILE).is_file():
+        return False
+    words = load_other_subjects(folder, problems if problems is not None else [])
+
+    def work(db: sqlite3.Connection) -> bool:
+        if {row[0] for row in db.execute("SELECT word FROM other_subjects")} == words:
+            return False
+        db.execute("DELETE FROM other_subjects")
+        db.executemany("INSERT INTO other_subjects (word) VALUES (?)", [(w,) for w in sorted(words)])
+        return True
+
+    return store._write(work)
+
+
 def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
                    problems: list[Problem] | None = None) -> int:
     """Bring the seed facts and the lexicon into the store; returns how many fact rows were added
@@ -148,6 +182,7 @@ def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
     admin amended or removed keeps the admin's version.
     """
     seed_synonyms(store, folder, problems)
+    seed_other_subjects(store, folder, problems)
     seed = load_seed_facts(folder, problems if problems is not None else [])
     if not seed:
         return 0
@@ -244,6 +279,8 @@ def knowledge_hash(store: Store) -> str:
     lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
     lines += sorted(json.dumps(["synonym", *row], ensure_ascii=False)
                     for row in store._read("SELECT lang, word, means FROM synonyms"))
+    lines += sorted(json.dumps(["other", *row], ensure_ascii=False)
+                    for row in store._read("SELECT word FROM other_subjects"))
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 

@@ -112,6 +112,7 @@ class _Knowledge:
     texts: list[str]  # document number -> its versions' text
     average_words: float
     lexicon: Lexicon
+    others: frozenset[str]  # words naming another club or competition
 
 
 class RetrievalError(RuntimeError):
@@ -128,11 +129,12 @@ class FactIndex:
     """
 
     _MATCH = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
-    _VERSION = ("SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms) FROM facts"
-                " WHERE removed_at IS NULL")
+    _VERSION = ("SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms),"
+                " (SELECT count(*) FROM other_subjects) FROM facts WHERE removed_at IS NULL")
     _LIVE = ("SELECT id, lang, text, source, url, fact, origin FROM facts WHERE removed_at IS NULL"
              " ORDER BY id")
     _LEXICON = "SELECT lang, word, means FROM synonyms"
+    _OTHERS = "SELECT word FROM other_subjects"
 
     def __init__(self, db_path: Path, min_score: float = DEFAULT_MIN_SCORE) -> None:
         self.db_path = Path(db_path)
@@ -164,7 +166,7 @@ class FactIndex:
         except sqlite3.Error as error:
             self._warn(error)
             return []
-        terms = search_terms(question, query_lang, known.lexicon)
+        terms = search_terms(question, query_lang, known.lexicon, known.others)
         if not terms:
             return []
         query = " OR ".join(term.fts() for term in terms)
@@ -215,7 +217,8 @@ class FactIndex:
         texts = ["\n".join(rows[key][2] for key in ids) for ids in groups]
         average = sum(len(words(text)) for text in texts) / max(len(texts), 1)
         lexicon = lexicon_of(connection.execute(self._LEXICON))
-        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon)
+        others = frozenset(row[0] for row in connection.execute(self._OTHERS))
+        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others)
         self._knowledge = known
         return known
 

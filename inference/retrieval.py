@@ -71,6 +71,7 @@ class Term:
     stem: str  # its Snowball stem in the question's language
     lang: str
     also: tuple[tuple[str, str], ...] = ()  # (word, stem) the lexicon says the facts use for it
+    other: bool = False  # names another club or competition: ranks facts, cannot make one relevant
 
     @property
     def prefix(self) -> str:
@@ -89,7 +90,10 @@ class Term:
     def matches(self, token: str) -> bool:
         """A fact's word matches if it is the word (or a word the lexicon gives for it), has the
         same stem, or starts with a prefix of at least MIN_PREFIX letters ("fund" finds
-        "fundadores"; "cor" does not find "Correia")."""
+        "fundadores"; "cor" does not find "Correia"). A name of another club or competition
+        matches as written ("Champions" is not "champion")."""
+        if self.other:
+            return token == self.word
         return any(_matches(word, stem, self.lang, token)
                    for word, stem in ((self.word, self.stem), *self.also))
 
@@ -170,20 +174,23 @@ def lexicon_of(rows) -> Lexicon:
     return {key: tuple(words) for key, words in found.items()}
 
 
-def search_terms(text: str, lang: str, lexicon: Lexicon | None = None) -> list[Term]:
+def search_terms(text: str, lang: str, lexicon: Lexicon | None = None,
+                 others: frozenset[str] = frozenset()) -> list[Term]:
     """The question's telling words as terms; generic words only if there is nothing else.
 
     Words are stemmed folded, as the facts' words are, so both sides always agree. A word the
     `lexicon` knows also matches the facts' words for it, as one term: the question asked one thing.
+    A word in `others` (another club or competition) is marked `other`, and stays as written.
     """
     terms = query_terms(text)
     telling = [term for term in terms if term not in GENERIC_TERMS] or terms
     found = []
     for word in telling:
         stemmed = stem(word, lang)
-        also = (lexicon or {}).get((lang, stemmed), ())
+        also = () if word in others else (lexicon or {}).get((lang, stemmed), ())
         found.append(Term(word, stemmed, lang,
-                          tuple((means, stem(means, lang)) for means in also if means != word)))
+                          tuple((means, stem(means, lang)) for means in also if means != word),
+                          word in others))
     return found
 
 
@@ -207,6 +214,9 @@ class Scored:
     score: float  # bm25
     coverage: float  # idf-weighted share of the question's terms the fact contains (0..1)
     matched: int  # how many of the question's terms the fact contains
+    # (both count only the question's own terms, and only in a fact that names the other club or
+    # competition the question names, if any: a question about Benfica's stadium is answered by
+    # a fact holding both, never by one about Hassan at Benfica or one about Farense's stadium)
 
 
 def score_candidates(terms: list[Term], candidates: dict[int, str], live_facts: int,
@@ -227,14 +237,21 @@ def score_candidates(terms: list[Term], candidates: dict[int, str], live_facts: 
                     for words_of_term in matching] for key, found in tokens.items()}
     df = [sum(1 for per_term in counts.values() if per_term[i]) for i in range(len(terms))]
     idf = [math.log(1 + (live_facts - n + 0.5) / (n + 0.5)) for n in df]
-    total = sum(idf) or 1.0
+    own = [not term.other for term in terms]
+    total = sum(weight for weight, counted in zip(idf, own) if counted) or 1.0
     average = max(average_words, 1.0)
     scored = []
+    about_others = not all(own)
     for key, per_term in counts.items():
         norm = BM25_K1 * (1 - BM25_B + BM25_B * sum(tokens[key].values()) / average)
         score = sum(weight * tf * (BM25_K1 + 1) / (tf + norm)
                     for weight, tf in zip(idf, per_term) if tf)
-        coverage = sum(weight for weight, tf in zip(idf, per_term) if tf) / total
-        scored.append(Scored(key, score, coverage, sum(1 for tf in per_term if tf)))
+        if about_others and not any(tf for tf, counted in zip(per_term, own) if not counted):
+            scored.append(Scored(key, score, 0.0, 0))
+            continue
+        coverage = sum(weight for weight, tf, counted in zip(idf, per_term, own)
+                       if tf and counted) / total
+        scored.append(Scored(key, score, coverage,
+                             sum(1 for tf, counted in zip(per_term, own) if tf and counted)))
     scored.sort(key=lambda item: (-item.score, item.key))
     return scored

@@ -96,6 +96,21 @@ def test_questions_about_something_else_find_nothing(index, question):
     assert index.search(question) == []
 
 
+@pytest.mark.parametrize("question, lang", [
+    ("Qual é o estádio do Benfica?", "pt"), ("Who is the coach of FC Porto?", "en"),
+    ("Quem é o presidente do Sporting de Braga?", "pt"), ("When was Portimonense founded?", "en")])
+def test_a_question_about_another_club_is_declined_though_facts_name_that_club(index, question, lang):
+    assert index.search(question, lang=lang) == []
+
+
+@pytest.mark.parametrize("question, lang, fact", [
+    ("Did Hassan play for Benfica?", "en", 85), ("Quando é que o Farense venceu o FC Porto?", "pt", 33),
+    ("Who scored Lyon's goal in the first leg?", "en", 70)])
+def test_a_question_about_farense_and_another_club_finds_the_fact_naming_both(index, question,
+                                                                            lang, fact):
+    assert fact in numbers(index, question, lang)
+
+
 def test_a_follow_up_without_words_of_its_own_is_searched_with_the_previous_question(index, settings):
     assert grounded(index, settings, "E depois?").decline == DECLINE["pt"]  # alone: nothing to go on
     result = grounded(index, settings, "E depois?", previous="Quem foi Hassan Nader?")
