@@ -126,16 +126,20 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def sweep(index: FactIndex, settings, dev: list[Question]) -> None:
-    """The coverage floor (RETRIEVAL_MIN_SCORE) and the relative cut over DEV only."""
-    print("min_score rel | EN r@1 r@k declined | PT r@1 r@k declined | facts | OOD rejected")
-    for coverage in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for relative in (0.5, 0.6, 0.7, 0.8):
-            grounding.RELATIVE_MIN_SCORE = relative
-            r = measure(index, settings.model_copy(update={"retrieval_min_score": coverage}), dev)
-            print(f"{coverage:9.2f} {relative:.1f} | {r['en r@1']:.2f} {r['en r@k']:.2f}"
-                  f" {r['en declined']:>7} | {r['pt r@1']:.2f} {r['pt r@k']:.2f}"
-                  f" {r['pt declined']:>7} | {r['facts/prompt']:.2f} | {r['ood rejected']}",
-                  flush=True)
+    """The relevance knobs over DEV only: the coverage floor (RETRIEVAL_MIN_SCORE), the bm25
+    evidence that may stand in for it (MIN_EVIDENCE) and the relative cut (RELATIVE_MIN_SCORE)."""
+    defaults = grounding.MIN_EVIDENCE, grounding.RELATIVE_MIN_SCORE
+    print("min_score evidence rel | EN r@1 r@k declined | PT r@1 r@k declined | facts | OOD rejected")
+    for coverage, evidence, relative in [
+            *((c, e, defaults[1]) for c in (0.4, 0.45, 0.5, 0.55, 0.6)
+              for e in (4.0, 5.0, 6.0, 8.0, float("inf"))),
+            *((settings.retrieval_min_score, defaults[0], r) for r in (0.5, 0.6, 0.8))]:
+        grounding.MIN_EVIDENCE, grounding.RELATIVE_MIN_SCORE = evidence, relative
+        r = measure(index, settings.model_copy(update={"retrieval_min_score": coverage}), dev)
+        print(f"{coverage:9.2f} {evidence:8.1f} {relative:.1f} | {r['en r@1']:.2f} {r['en r@k']:.2f}"
+              f" {r['en declined']:>7} | {r['pt r@1']:.2f} {r['pt r@k']:.2f}"
+              f" {r['pt declined']:>7} | {r['facts/prompt']:.2f} | {r['ood rejected']}", flush=True)
+    grounding.MIN_EVIDENCE, grounding.RELATIVE_MIN_SCORE = defaults
 
 
 def main() -> int:
