@@ -16,10 +16,11 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .retrieval import (GENERIC_TERMS, Lexicon, fold, lexicon_of, query_terms, score_candidates,
-                        search_terms, words)
+from .retrieval import (GENERIC_TERMS, Lexicon, Scored, fact_year, fold, lexicon_of, query_terms,
+                        score_candidates, search_terms, when_asked, words)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ MIN_EVIDENCE = 4.0
 # shows 1.49 facts per held-out question instead of 1.73 (r@3 -0.01), e.g. no Cup-final fact
 # beside the UEFA Cup one, which the adapter copied.
 RELATIVE_MIN_SCORE = 0.7
+# A fact saying one of these is about the present whatever year it names ("today holds 7,000").
+TODAY_WORDS = frozenset({"today", "hoje", "currently", "atualmente"})
 
 PT_MARKERS = frozenset("""
 o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
@@ -113,6 +116,8 @@ class _Knowledge:
     average_words: float
     lexicon: Lexicon
     others: frozenset[str]  # words naming another club or competition
+    years: list[int]  # document number -> the latest year it names (0: none)
+    current: int  # the first year of what "now" means: the latest year named, up to this one, less 1
 
 
 class RetrievalError(RuntimeError):
@@ -166,7 +171,9 @@ class FactIndex:
         except sqlite3.Error as error:
             self._warn(error)
             return []
-        terms = search_terms(question, query_lang, known.lexicon, known.others)
+        when, said = when_asked(question)
+        terms = [term for term in search_terms(question, query_lang, known.lexicon, known.others)
+                 if term.word not in said]
         if not terms:
             return []
         query = " OR ".join(term.fts() for term in terms)
@@ -180,12 +187,36 @@ class FactIndex:
         relevant = [item for item in scored
                     if item.coverage >= threshold
                     or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
+        relevant = self._in_time(known, relevant, when)
         facts = []
         for item in relevant[:k]:
             if item.score < RELATIVE_MIN_SCORE * relevant[0].score:
                 break
             facts.append(self._version_in(known, item.key, lang, item.score))
         return facts
+
+    @staticmethod
+    def _in_time(known: _Knowledge, relevant: list[Scored], when: str | None) -> list[Scored]:
+        """The relevant facts a question set in time can use, most recent first.
+
+        "Now": facts naming a year from `known.current` on or saying "today". "Latest": the
+        matching facts of the latest year they name. The future: none.
+        """
+        if when is None or not relevant:
+            return relevant
+        if when == "future":
+            return []
+        year = known.years
+        if when == "now":
+            relevant = [item for item in relevant
+                        if year[item.key] >= known.current or TODAY_WORDS & set(
+                            words(known.texts[item.key]))]
+        else:
+            latest = max(year[item.key] for item in relevant)
+            relevant = [item for item in relevant if year[item.key] == latest]
+        best = max((item.score for item in relevant), default=0.0)
+        relevant = [item for item in relevant if item.score >= RELATIVE_MIN_SCORE * best]
+        return sorted(relevant, key=lambda item: (-year[item.key], -item.score, item.key))
 
     def _version_in(self, known: _Knowledge, number: int, lang: str | None, score: float) -> Fact:
         """Document `number` as a Fact in `lang` when it has that version, else its first one."""
@@ -218,7 +249,11 @@ class FactIndex:
         average = sum(len(words(text)) for text in texts) / max(len(texts), 1)
         lexicon = lexicon_of(connection.execute(self._LEXICON))
         others = frozenset(row[0] for row in connection.execute(self._OTHERS))
-        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others)
+        years = [fact_year(text) for text in texts]
+        this_year = datetime.now(timezone.utc).year
+        current = max((year for year in years if year <= this_year), default=this_year) - 1
+        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others,
+                           years, current)
         self._knowledge = known
         return known
 

@@ -61,6 +61,20 @@ tivermos tiverem terei tera teremos terao teria teriamos teriam ser ter porque o
 quantos quanta quantas diz diga dizer sabes sabe conta qualquer algum alguma agora ainda fica ficam
 vez muito entao antes podes pode
 """.split())
+# When a question is set in time. "Now" asks about the latest season the facts know; "last time"
+# asks for the most recent of the matching facts; a question about the future ("next game") has
+# no answer in a knowledge base of what happened.
+NOW_WORDS = frozenset("now current currently nowadays today presently agora atual atualmente actual"
+                      " actualmente hoje".split())
+NOW_PAIRS = frozenset({("this", "season"), ("this", "year"), ("last", "year"), ("esta", "epoca"),
+                       ("este", "ano"), ("ano", "passado"), ("epoca", "passada"),
+                       ("last", "season"), ("this", "term")})
+LATEST_PAIRS = frozenset({("last", "time"), ("ultima", "vez"), ("most", "recent"),
+                          ("mais", "recente")})
+LATEST_WORDS = frozenset({"latest", "recently", "recentemente"})
+FUTURE_WORDS = frozenset({"upcoming", "tomorrow", "proximo", "proxima", "proximos", "proximas",
+                          "amanha"})
+_YEAR = re.compile(r"\b(19\d\d|20\d\d)\b")
 _WORDS = re.compile(r"\w+")
 _STEMMERS = {"en": "english", "pt": "portuguese"}
 
@@ -140,6 +154,27 @@ def query_terms(text: str) -> list[str]:
         if word not in STOP_WORDS and (len(word) > 1 or word.isdigit()):
             terms.setdefault(word, None)
     return list(terms)[:MAX_QUERY_TERMS]
+
+
+def when_asked(text: str) -> tuple[str | None, frozenset[str]]:
+    """"now", "latest" or "future" when the question is set in time, else None; with the words
+    that said so, which say nothing about which fact is meant ("time" in "last time")."""
+    folded = words(text)
+    pairs = set(zip(folded, folded[1:]))
+    if FUTURE_WORDS.intersection(folded) or any(
+            first == "next" and second not in STOP_WORDS for first, second in pairs):
+        return "future", frozenset()
+    for when, singles, doubles in (("now", NOW_WORDS, NOW_PAIRS),
+                                   ("latest", LATEST_WORDS, LATEST_PAIRS)):
+        said = singles.intersection(folded).union(*(pairs & doubles))
+        if said:
+            return when, frozenset(said)
+    return None, frozenset()
+
+
+def fact_year(text: str) -> int:
+    """The latest year a fact names (a season "2024/25" counts as 2024), 0 if none."""
+    return max((int(year) for year in _YEAR.findall(text)), default=0)
 
 
 _local = threading.local()  # PyStemmer's stemmers must not be shared between threads

@@ -111,6 +111,22 @@ def test_a_question_about_farense_and_another_club_finds_the_fact_naming_both(in
     assert fact in numbers(index, question, lang)
 
 
+@pytest.mark.parametrize("question, lang, fact", [
+    ("Who is the coach now?", "en", 60), ("Quem é o treinador atual do Farense?", "pt", 60),
+    ("Quando é que o Farense desceu de divisão pela última vez?", "pt", 56),
+    ("When did Farense get relegated last time?", "en", 56)])
+def test_a_question_about_now_or_the_last_time_gets_the_most_recent_fact_first(index, question,
+                                                                               lang, fact):
+    assert numbers(index, question, lang)[0] == fact
+
+
+@pytest.mark.parametrize("question, lang", [
+    ("Who is Farense's captain this season?", "en"), ("When is Farense's next home game?", "en"),
+    ("Quem é o melhor marcador do Farense esta época?", "pt")])
+def test_a_question_about_now_or_the_future_with_only_old_facts_is_declined(index, question, lang):
+    assert index.search(question, lang=lang) == []
+
+
 def test_a_follow_up_without_words_of_its_own_is_searched_with_the_previous_question(index, settings):
     assert grounded(index, settings, "E depois?").decline == DECLINE["pt"]  # alone: nothing to go on
     result = grounded(index, settings, "E depois?", previous="Quem foi Hassan Nader?")
