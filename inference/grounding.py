@@ -24,18 +24,17 @@ from .retrieval import (GENERIC_TERMS, Lexicon, Scored, fact_year, fold, lexicon
 
 log = logging.getLogger(__name__)
 
-# The least idf-weighted share of a question's telling words a fact must hold (retrieval.py):
-# tuned on data/seed/retrieval_dev.jsonl with bench/retrieval.py.
+# The least idf-weighted share of a question's telling words a fact must hold (retrieval.py),
+# tuned on the dev questions with bench/retrieval.py.
 DEFAULT_MIN_SCORE = 0.5
 # ...or, for a long reworded question whose other words no fact holds, this much bm25 from two or
-# more words in common. 7.0 declined 46 of the 230 held-out questions (4.0: 26) for the same dev
-# recall; 4.0 rejects 9 of 15 dev and 9 of 12 held-out out-of-domain questions (7.0: 11 and 9).
+# more words in common.
 MIN_EVIDENCE = 4.0
-# A fact scoring under this share of the best one is a distractor: a small model tends to copy
-# whatever it is shown, so it is left out of the prompt. 0.5-0.7 give the same dev recall; 0.7
-# shows 1.49 facts per held-out question instead of 1.73 (r@3 -0.01), e.g. no Cup-final fact
-# beside the UEFA Cup one, which the adapter copied.
-RELATIVE_MIN_SCORE = 0.7
+# A fact scoring under this share of the best one's bm25, or holding under this share of what the
+# best one holds of the question, is a distractor: a small model tends to copy whatever it is
+# shown, so it is left out of the prompt (a Cup-final fact beside the UEFA Cup one).
+RELATIVE_MIN_SCORE = 0.6
+RELATIVE_MIN_COVERAGE = 0.7
 # A fact saying one of these is about the present whatever year it names ("today holds 7,000").
 TODAY_WORDS = frozenset({"today", "hoje", "currently", "atualmente"})
 
@@ -155,8 +154,9 @@ class FactIndex:
         """The `k` most relevant live facts, each fact once, best first.
 
         Relevant: the fact holds at least `min_score` of the question's telling words (coverage,
-        idf-weighted, 0..1) or shares two or more of them scoring MIN_EVIDENCE, and scores at
-        least RELATIVE_MIN_SCORE of the best relevant fact's bm25. A seed fact exists in EN and
+        idf-weighted, 0..1) or shares two or more of them scoring MIN_EVIDENCE, and is close to
+        the best relevant fact (RELATIVE_MIN_SCORE of its bm25, RELATIVE_MIN_COVERAGE of its
+        coverage); a question set in time keeps the facts of its time (`_in_time`). A seed fact exists in EN and
         PT; both versions are searched as one, and the one in `lang` is returned (stems are in
         `lang`, else in the language the question seems to be in).
         Fact.score is the bm25 score.
@@ -190,7 +190,8 @@ class FactIndex:
         relevant = self._in_time(known, relevant, when)
         facts = []
         for item in relevant[:k]:
-            if item.score < RELATIVE_MIN_SCORE * relevant[0].score:
+            if (item.score < RELATIVE_MIN_SCORE * relevant[0].score
+                    or item.coverage < RELATIVE_MIN_COVERAGE * relevant[0].coverage):
                 break
             facts.append(self._version_in(known, item.key, lang, item.score))
         return facts
