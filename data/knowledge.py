@@ -4,7 +4,10 @@ Facts live in the store's `facts` table (schema in migrations.py); an FTS5 index
 makes every add, amendment or removal searchable as soon as it commits. The seed facts are files in
 data/knowledge/ (one JSON object per line), imported idempotently whenever a store opens, so a fresh
 machine answers from day one. An admin's amendment or removal of a seed fact is never undone by a
-later import. Retrieval for answering lives in inference/grounding.py, which reads this schema.
+later import. The retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the
+facts say otherwise) and other_subjects.jsonl (names of other clubs and competitions), copied into
+their tables at the same time. Retrieval for answering lives in inference/grounding.py, which reads
+this schema.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A 135M model does not know Farense's history, but it can restate a fact it is sh
 answer path (the bot, `python -m inference`, training data, the gate) builds its prompt through
 `build_grounded`, and the adapter is trained and judged on exactly what it sees when serving.
 
-Retrieval is SQLite FTS5 bm25 over the `facts` table the data package owns (schema in
-data/migrations.py), read through read-only connections: this package imports nothing of ours.
+Retrieval is SQLite FTS5 over the `facts` table the data package owns, with its lexicon tables
+`synonyms` and `other_subjects` (schema in data/migrations.py), read through read-only
+connections: this package imports nothing of ours. Scoring is in retrieval.py.
 """
 
 from __future__ import annotations

@@ -1,17 +1,25 @@
-"""Which facts answer a question: Snowball-stemmed terms, bm25 and query-term coverage.
+"""Which facts answer a question: Snowball-stemmed terms, a lexicon, bm25 and query-term coverage.
 
 Why not FTS5's own bm25 with the porter tokenizer: porter is English-only ("fundou" never met
 "fundado"), and an absolute bm25 floor cannot tell "one matching rare word" ("colours") from
 "irrelevant". So each question word is stemmed in the question's language (Snowball EN or PT),
 FTS5 finds candidate facts by prefix, and here a fact's word matches when its stem is the same
-("fundou", "fundado": "fund"). Candidates are scored with bm25 without its length penalty (b=0:
-every fact is one sentence, and FTS5's fixed b=0.75 ranked "Hassan Nader also has Portuguese
-nationality." above the fact saying who he was; ties go to the earlier fact, and the seed facts
-introduce a subject before detailing it). Relevance is coverage, the idf-weighted share of the
-question's telling words a fact holds, or failing that enough bm25 from two or more of them (a
-long question's other words may simply be phrased differently). A word no fact holds ("Braga",
-"paracetamol") weighs the most, so a question about something else is declined even when one of
-its words is common in the knowledge base.
+("fundou", "fundado": "fund"). Fans say things the facts say otherwise ("born" for "founded",
+"mister" for "treinador"): the knowledge base's lexicon (table `synonyms`) lets a question word
+also match the facts' words for it, as one term. A seed fact's EN and PT versions are one document
+(inference/grounding.py), so either version's words find it.
+
+Candidates are scored with bm25 without its length penalty (b=0: every fact is one sentence, and
+FTS5's fixed b=0.75 ranked "Hassan Nader also has Portuguese nationality." above the fact saying
+who he was; ties go to the earlier fact, and the seed facts introduce a subject before detailing
+it). Relevance is coverage, the idf-weighted share of the question's telling words a fact holds,
+or failing that enough bm25 from two or more of them (a long question's other words may simply be
+phrased differently). A word no fact holds ("Braga", "paracetamol") weighs the most, so a question
+about something else is declined even when one of its words is common in the knowledge base. A
+word naming another club or competition (table `other_subjects`: Benfica, Porto...) weighs nothing
+by itself: only a fact naming it too can answer, by the question's other words, so "What is
+Benfica's stadium?" is not answered with Hassan's Benfica years. A question set in time ("now",
+"last time", "next game") is answered from the facts of that time (`when_asked`).
 """
 
 from __future__ import annotations

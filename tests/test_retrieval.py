@@ -165,22 +165,22 @@ def test_the_min_score_setting_is_a_share():
         InferenceSettings(retrieval_min_score=5.0)  # an old bm25 floor is refused, not misread
 
 
-def test_the_dev_questions_are_apart_from_the_held_out_ones_and_answerable():
-    """bench/retrieval.py tunes on data/seed/retrieval_dev.jsonl: it must share no question with the
-    held-out eval and out-of-domain sets, the seed loaders must not pick it up, its facts exist.
+@pytest.mark.parametrize("name", ["retrieval_dev.jsonl", "dev.jsonl", "ood_dev.jsonl"])
+def test_the_dev_questions_are_apart_from_the_held_out_ones_and_answerable(name):
+    """bench/retrieval.py tunes on the dev files: they must share no question with the held-out eval
+    and out-of-domain sets, the seed loaders must not pick them up, their facts exist.
     (Some natural questions are also training questions: the retriever is not trained on them.)"""
     problems: list = []
     known = {fact.fact for fact in load_seed_facts(PACKAGE_KNOWLEDGE_DIR, problems)}
     dev = [json.loads(line) for line in
-           (PACKAGE_SEED_DIR / "retrieval_dev.jsonl").read_text(encoding="utf-8").splitlines()]
+           (PACKAGE_SEED_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()]
     held_out = {item.question for item in [*load_eval(PACKAGE_SEED_DIR, problems),
                                            *load_ood(PACKAGE_SEED_DIR, problems)]}
-    assert not problems and len(dev) >= 55
+    assert not problems and len(dev) >= 40
     assert {record["lang"] for record in dev} == {"en", "pt"}
-    assert all(set(record["facts"]) <= known for record in dev)
-    assert sum(not record["facts"] for record in dev) >= 15
+    assert all(set(record.get("facts", [])) <= known for record in dev)
     questions = {record["question"] for record in dev}
     assert not questions & held_out
     assert len(dev) == len(questions)
-    assert not any(fnmatch("retrieval_dev.jsonl", pattern) for pattern in (QA_GLOB, EVAL_GLOB, OOD_FILE))
+    assert not any(fnmatch(name, pattern) for pattern in (QA_GLOB, EVAL_GLOB, OOD_FILE))
     assert load_qa(PACKAGE_SEED_DIR, problems) and not problems
