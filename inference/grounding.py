@@ -183,7 +183,8 @@ class FactIndex:
         except sqlite3.Error as error:
             raise RetrievalError(f"knowledge base query {query[:200]!r} failed: {error}") from error
         documents = {known.group_of[key] for key in matched if key in known.group_of}
-        scored = score_candidates(terms, {number: known.texts[number] for number in documents},
+        scored = score_candidates(terms, {number: self._texts(known, number, query_lang)
+                                          for number in documents},
                                   len(known.texts), known.average_words)
         relevant = [item for item in scored
                     if item.coverage >= threshold
@@ -219,6 +220,17 @@ class FactIndex:
         best = max((item.score for item in relevant), default=0.0)
         relevant = [item for item in relevant if item.score >= RELATIVE_MIN_SCORE * best]
         return sorted(relevant, key=lambda item: (-year[item.key], -item.score, item.key))
+
+    @staticmethod
+    def _texts(known: _Knowledge, number: int, lang: str) -> tuple[str, str]:
+        """Document `number` as (its version in `lang`, its other version); a fact with one
+        version is all `lang`'s, whatever language it is written in."""
+        ids = known.groups[number]
+        own = [known.rows[key][2] for key in ids if known.rows[key][1] == lang]
+        if not own or len(own) == len(ids):
+            return known.texts[number], ""
+        return "\n".join(own), "\n".join(known.rows[key][2] for key in ids
+                                          if known.rows[key][1] != lang)
 
     def _version_in(self, known: _Knowledge, number: int, lang: str | None, score: float) -> Fact:
         """Document `number` as a Fact in `lang` when it has that version, else its first one."""

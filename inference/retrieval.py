@@ -67,13 +67,13 @@ forem serei sera seremos serao seria seriamos seriam tenho tem temos tem tinha t
 teve tivemos tiveram tivera tiveramos tenha tenhamos tenham tivesse tivessemos tivessem tiver
 tivermos tiverem terei tera teremos terao teria teriamos teriam ser ter porque onde quais quanto
 quantos quanta quantas diz diga dizer sabes sabe conta qualquer algum alguma agora ainda fica ficam
-vez muito entao antes podes pode ano
+vez muito entao antes podes pode ano sempre neste nesta nestes nestas deste desta destes destas
 """.split())
 # When a question is set in time. "Now" asks about the latest season the facts know; "last time"
 # asks for the most recent of the matching facts; a question about the future ("next game") has
 # no answer in a knowledge base of what happened.
-NOW_WORDS = frozenset("now current currently nowadays today presently agora atual atualmente actual"
-                      " actualmente hoje".split())
+NOW_WORDS = frozenset("now current currently nowadays today presently moment agora atual atualmente"
+                      " actual actualmente hoje momento".split())
 NOW_PAIRS = frozenset({("this", "season"), ("this", "year"), ("last", "year"), ("esta", "epoca"),
                        ("este", "ano"), ("ano", "passado"), ("epoca", "passada"),
                        ("last", "season"), ("this", "term")})
@@ -263,22 +263,30 @@ class Scored:
     # a fact holding both, never by one about Hassan at Benfica or one about Farense's stadium)
 
 
-def score_candidates(terms: list[Term], candidates: dict[int, str], live_facts: int,
-                     average_words: float) -> list[Scored]:
-    """bm25 and coverage of each candidate (row id -> text), best first.
+def score_candidates(terms: list[Term], candidates: dict[int, str | tuple[str, str]],
+                     live_facts: int, average_words: float) -> list[Scored]:
+    """bm25 and coverage of each candidate (key -> text), best first.
 
+    A candidate may be (text in the question's language, text in the other one): the other
+    language's words match only as written or as the lexicon writes them (names, "UEFA"), since
+    stems and prefixes are the question language's ("capital" is not "capitão").
     `candidates` must be every live fact matching any term (df is counted over them);
     `live_facts` and `average_words` describe the whole knowledge base.
     """
-    tokens = {key: _cached_words(text) for key, text in candidates.items()}
+    pairs = {key: (text, "") if isinstance(text, str) else text for key, text in candidates.items()}
+    tokens = {key: _cached_words(own) for key, (own, _) in pairs.items()}
+    others = {key: _cached_words(other) for key, (_, other) in pairs.items()}
     by_start: dict[str, set[str]] = {}  # a matching word starts with the term's first two letters
     for found in tokens.values():
         for token in found:
             by_start.setdefault(token[:2], set()).add(token)
     matching = [[token for start in term.starts for token in by_start.get(start, ())
                  if term.matches(token)] for term in terms]
+    exact = [{term.word, *(word for word, _ in term.also)} for term in terms]
     counts = {key: [sum(found[token] for token in words_of_term if token in found)
-                    for words_of_term in matching] for key, found in tokens.items()}
+                    + sum(others[key][word] for word in written if word in others[key])
+                    for words_of_term, written in zip(matching, exact)]
+              for key, found in tokens.items()}
     df = [sum(1 for per_term in counts.values() if per_term[i]) for i in range(len(terms))]
     idf = [math.log(1 + (live_facts - n + 0.5) / (n + 0.5)) for n in df]
     own = [not term.other for term in terms]
@@ -287,7 +295,8 @@ def score_candidates(terms: list[Term], candidates: dict[int, str], live_facts: 
     scored = []
     about_others = not all(own)
     for key, per_term in counts.items():
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * sum(tokens[key].values()) / average)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * (sum(tokens[key].values())
+                                                  + sum(others[key].values())) / average)
         score = sum(weight * tf * (BM25_K1 + 1) / (tf + norm)
                     for weight, tf in zip(idf, per_term) if tf)
         if about_others and not any(tf for tf, counted in zip(per_term, own) if not counted):

@@ -67,6 +67,11 @@ def test_words_fans_use_find_what_the_facts_say_otherwise(index, question, lang,
     assert fact in numbers(index, question, lang)
 
 
+def test_the_other_language_version_matches_words_as_written_not_by_prefix(index):
+    """"capital" must not find "capitão" in the PT version of the fact about Gralho."""
+    assert index.search("What is the capital of France?", lang="en") == []
+
+
 def test_a_fact_is_found_by_words_of_its_other_language_version(index):
     """"playmaker" is only in the EN version of fact 99 (PT: "médio criativo"), and is found."""
     found = index.search("Quem foi o playmaker do Farense?", lang="pt")
