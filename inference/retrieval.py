@@ -30,6 +30,7 @@ import threading
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from os.path import commonprefix
 
 import Stemmer
@@ -126,6 +127,7 @@ class Term:
         return {word[:2] for word, _ in ((self.word, self.stem), *self.also)}
 
 
+@lru_cache(maxsize=65536)
 def _prefix(word: str, stem_: str) -> str:
     return commonprefix([stem_, word]) or word
 
