@@ -367,8 +367,8 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
     (InferenceSettings has them). With grounding off, or no knowledge base at all, the messages
     pass unchanged; with one that holds nothing relevant, `decline` is set.
 
-    A follow-up with no telling word of its own ("E depois?", "And then?", "E ele?") is searched
-    together with `previous_question` (the user's last one). A short question with a word of its
+    A follow-up with no telling word of its own ("E depois?", "And then?", "E ele?", "E agora?")
+    is searched together with `previous_question` (the user's last one). A short question with a word of its
     own is not: "Qual é o hino?" after a question about the UEFA Cup finds nothing on the anthem,
     and is declined rather than answered with the cup facts.
     """
@@ -379,7 +379,9 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
         return Grounding(list(messages), [], lang, None)
     found = index.search(question, k=settings.retrieval_top_k, lang=lang,
                          min_score=settings.retrieval_min_score)
-    if not found and previous_question and not search_terms(question, lang):
+    said = when_asked(question)[1]
+    if not found and previous_question and not [
+            term for term in search_terms(question, lang) if term.word not in said]:
         found = index.search(f"{previous_question}\n{question}", k=settings.retrieval_top_k,
                              lang=lang, min_score=settings.retrieval_min_score)
     facts = fit_budget(found, lang, settings.grounding_context_tokens, count_tokens)

@@ -138,6 +138,11 @@ def test_a_follow_up_without_words_of_its_own_is_searched_with_the_previous_ques
     assert result.decline is None and result.facts[0].fact == 80 and result.lang == "pt"
 
 
+def test_a_follow_up_asking_about_now_is_searched_with_the_previous_question(index, settings):
+    result = grounded(index, settings, "E agora?", previous="Quem treinava o Farense?")
+    assert result.decline is None and result.facts[0].fact == 60
+
+
 def test_an_unrelated_question_mid_conversation_is_still_declined(index, settings):
     for question in ("E o tempo amanhã?", "What about the weather tomorrow?", "Qual é o hino?"):
         result = grounded(index, settings, question, previous="Quem foi Hassan Nader?")
