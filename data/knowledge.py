@@ -5,7 +5,10 @@ makes every add, amendment or removal searchable as soon as it commits. The seed
 data/knowledge/ (one JSON object per line), imported idempotently whenever a store opens read-write
 (`Store.seed_knowledge`, right after the migrations), so a fresh
 machine answers from day one. An admin's amendment or removal of a seed fact is never undone by a
-later import. Retrieval for answering lives in inference/grounding.py, which reads this schema.
+later import. The retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the
+facts say otherwise) and other_subjects.jsonl (names of other clubs and competitions), copied into
+their tables at the same time. Retrieval for answering lives in inference/grounding.py, which reads
+this schema.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
 PACKAGE_KNOWLEDGE_DIR = Path(__file__).resolve().parent / "knowledge"
 SEED_GLOB = "facts.*.jsonl"
+SYNONYMS_GLOB = "synonyms.*.jsonl"
+OTHER_SUBJECTS_FILE = "other_subjects.jsonl"
 LANGS = ("en", "pt")
 MAX_FACT_CHARS = 1000
 ADMIN_SOURCE = "Farense bot admin"
@@ -88,13 +93,100 @@ def load_seed_facts(folder: Path, problems: list[Problem]) -> list[SeedFact]:
     return list(facts.values())
 
 
+def load_synonyms(folder: Path, problems: list[Problem]) -> set[tuple[str, str, str]]:
+    """The retrieval lexicon of every synonyms.*.jsonl in `folder` as (lang, word, means) rows.
+
+    A line is {"lang": "pt", "words": ["nasceu", "criado"], "means": ["fundado"]}: each of `words`
+    (what fans say) stands for each of `means` (what the facts say). Words are single words, stored
+    folded (lower case, no accents), as the retriever compares them.
+    """
+    rows: set[tuple[str, str, str]] = set()
+    for path in sorted(Path(folder).glob(SYNONYMS_GLOB)):
+        for line, record in read_jsonl(path, problems):
+            reason = field_problem(record, {"lang": str, "words": list, "means": list})
+            if reason is None and record["lang"] not in LANGS:
+                reason = f"'lang' should be one of {', '.join(LANGS)}, got {record['lang']!r}"
+            words = [_lexicon_word(word) for word in (record.get("words"), record.get("means"))
+                     for word in (word if isinstance(word, list) else [])]
+            if reason is None and (not record["words"] or not record["means"] or None in words):
+                reason = "'words' and 'means' should be non-empty lists of single words"
+            if reason:
+                report(problems, path, line, reason)
+                continue
+            rows.update((record["lang"], _lexicon_word(word), _lexicon_word(means))
+                        for word in record["words"] for means in record["means"]
+                        if _lexicon_word(word) != _lexicon_word(means))
+    return rows
+
+
+def _lexicon_word(word: object) -> str | None:
+    """The folded form of a single word, None if `word` is not one."""
+    if not isinstance(word, str):
+        return None
+    found = _WORDS.findall(strip_accents(word).casefold().replace("_", " "))
+    return found[0] if len(found) == 1 else None
+
+
+def seed_synonyms(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
+                  problems: list[Problem] | None = None) -> bool:
+    """Make the store's lexicon the files' (when `folder` has any); True if it changed."""
+    if not any(Path(folder).glob(SYNONYMS_GLOB)):
+        return False
+    rows = load_synonyms(folder, problems if problems is not None else [])
+
+    def work(db: sqlite3.Connection) -> bool:
+        if set(db.execute("SELECT lang, word, means FROM synonyms")) == rows:
+            return False
+        db.execute("DELETE FROM synonyms")
+        db.executemany("INSERT INTO synonyms (lang, word, means) VALUES (?, ?, ?)", sorted(rows))
+        return True
+
+    return store.write(work)
+
+
+def load_other_subjects(folder: Path, problems: list[Problem]) -> set[str]:
+    """Words naming another club or competition, folded: lines {"words": [...], "what": "..."}."""
+    words: set[str] = set()
+    path = Path(folder) / OTHER_SUBJECTS_FILE
+    for line, record in read_jsonl(path, problems):
+        reason = field_problem(record, {"words": list})
+        found = [_lexicon_word(word) for word in record.get("words") or []]
+        if reason is None and (not found or None in found):
+            reason = "'words' should be a non-empty list of single words"
+        if reason:
+            report(problems, path, line, reason)
+            continue
+        words.update(found)
+    return words
+
+
+def seed_other_subjects(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
+                        problems: list[Problem] | None = None) -> bool:
+    """Make the store's other subjects the file's (when `folder` has it); True if they changed."""
+    if not (Path(folder) / OTHER_SUBJECTS_FILE).is_file():
+        return False
+    words = load_other_subjects(folder, problems if problems is not None else [])
+
+    def work(db: sqlite3.Connection) -> bool:
+        if {row[0] for row in db.execute("SELECT word FROM other_subjects")} == words:
+            return False
+        db.execute("DELETE FROM other_subjects")
+        db.executemany("INSERT INTO other_subjects (word) VALUES (?)", [(w,) for w in sorted(words)])
+        return True
+
+    return store.write(work)
+
+
 def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
                    problems: list[Problem] | None = None) -> int:
-    """Bring the seed facts into the store; returns how many rows were added or updated.
+    """Bring the seed facts and the lexicon into the store; returns how many fact rows were added
+    or updated.
 
     Idempotent: unchanged facts are left alone, edited seed files update their facts, and a fact an
     admin amended or removed keeps the admin's version.
     """
+    seed_synonyms(store, folder, problems)
+    seed_other_subjects(store, folder, problems)
     seed = load_seed_facts(folder, problems if problems is not None else [])
     if not seed:
         return 0
@@ -185,9 +277,14 @@ def list_facts(store: Store, query: str | None = None, limit: int = 20,
 
 
 def knowledge_hash(store: Store) -> str:
-    """sha256 over the live facts' content (not their ids), so equal knowledge hashes equally."""
+    """sha256 over the live facts' content (not their ids) and the lexicon, which decides what is
+    retrieved, so equal knowledge hashes equally."""
     rows = store.read("SELECT lang, text, source, url FROM facts WHERE removed_at IS NULL")
     lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
+    lines += sorted(json.dumps(["synonym", *row], ensure_ascii=False)
+                    for row in store.read("SELECT lang, word, means FROM synonyms"))
+    lines += sorted(json.dumps(["other", *row], ensure_ascii=False)
+                    for row in store.read("SELECT word FROM other_subjects"))
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 

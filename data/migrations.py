@@ -107,4 +107,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
             text, content='facts', content_rowid='id', tokenize='unicode61 remove_diacritics 2')""",
         "INSERT INTO facts_fts (rowid, text) SELECT id, text FROM facts WHERE removed_at IS NULL",
     ),
+    # 4: the retrieval lexicon, read by inference/retrieval.py and seeded from data/knowledge/:
+    # `synonyms`, words fans use for what the facts say otherwise ("born" for "founded", "mister"
+    # for "treinador"), per language (synonyms.*.jsonl); `other_subjects`, words naming another
+    # club or competition (other_subjects.jsonl), which alone never make a fact relevant.
+    # Words are stored folded.
+    (
+        """CREATE TABLE synonyms (
+            lang TEXT NOT NULL,
+            word TEXT NOT NULL,
+            means TEXT NOT NULL,
+            PRIMARY KEY (lang, word, means)) WITHOUT ROWID""",
+        "CREATE TABLE other_subjects (word TEXT PRIMARY KEY) WITHOUT ROWID",
+    ),
 ]

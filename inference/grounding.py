@@ -4,8 +4,9 @@ A 135M model does not know Farense's history, but it can restate a fact it is sh
 answer path (the bot, `python -m inference`, training data, the gate) builds its prompt through
 `build_grounded`, and the adapter is trained and judged on exactly what it sees when serving.
 
-Retrieval is SQLite FTS5 bm25 over the `facts` table the data package owns (schema in
-data/migrations.py), read through read-only connections: this package imports nothing of ours.
+Retrieval is SQLite FTS5 over the `facts` table the data package owns, with its lexicon tables
+`synonyms` and `other_subjects` (schema in data/migrations.py), read through read-only
+connections: this package imports nothing of ours. Scoring is in retrieval.py.
 """
 
 from __future__ import annotations
@@ -16,25 +17,27 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .retrieval import (GENERIC_TERMS, fold, query_terms, score_candidates, search_terms,
-                        words)
+from .retrieval import (GENERIC_TERMS, Lexicon, Scored, fact_year, fold, lexicon_of, query_terms,
+                        score_candidates, search_terms, when_asked, words)
 
 log = logging.getLogger(__name__)
 
-# The least idf-weighted share of a question's telling words a fact must hold (retrieval.py):
-# tuned on data/seed/retrieval_dev.jsonl with bench/retrieval.py.
+# The least idf-weighted share of a question's telling words a fact must hold (retrieval.py),
+# tuned on the dev questions with bench/retrieval.py.
 DEFAULT_MIN_SCORE = 0.5
 # ...or, for a long reworded question whose other words no fact holds, this much bm25 from two or
-# more words in common. 7.0 declined 46 of the 230 held-out questions (4.0: 26) for the same dev
-# recall; 4.0 rejects 9 of 15 dev and 9 of 12 held-out out-of-domain questions (7.0: 11 and 9).
+# more words in common.
 MIN_EVIDENCE = 4.0
-# A fact scoring under this share of the best one is a distractor: a small model tends to copy
-# whatever it is shown, so it is left out of the prompt. 0.5-0.7 give the same dev recall; 0.7
-# shows 1.49 facts per held-out question instead of 1.73 (r@3 -0.01), e.g. no Cup-final fact
-# beside the UEFA Cup one, which the adapter copied.
-RELATIVE_MIN_SCORE = 0.7
+# A fact scoring under this share of the best one's bm25, or holding under this share of what the
+# best one holds of the question, is a distractor: a small model tends to copy whatever it is
+# shown, so it is left out of the prompt (a Cup-final fact beside the UEFA Cup one).
+RELATIVE_MIN_SCORE = 0.6
+RELATIVE_MIN_COVERAGE = 0.7
+# A fact saying one of these is about the present whatever year it names ("today holds 7,000").
+TODAY_WORDS = frozenset({"today", "hoje", "currently", "atualmente"})
 
 PT_MARKERS = frozenset("""
 o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
@@ -107,20 +110,46 @@ def detect_language(text: str, default: str = "en") -> str:
     return "pt" if pt > en else "en"
 
 
+@dataclass(frozen=True)
+class _Knowledge:
+    """The live facts as retrieval sees them, read once per change of the knowledge base.
+
+    A seed fact's EN and PT versions are one document: each indexes the other, so a question
+    finds the fact by words of either version (names, "UEFA", a PT word in an EN question).
+    """
+
+    version: object
+    rows: dict[int, tuple]  # row id -> (id, lang, text, source, url, fact)
+    group_of: dict[int, int]  # row id -> document number (first row's order: earlier facts first)
+    groups: list[list[int]]  # document number -> its row ids
+    texts: list[str]  # document number -> its versions' text
+    average_words: float
+    lexicon: Lexicon
+    others: frozenset[str]  # words naming another club or competition
+    years: list[int]  # document number -> the latest year it names (0: none)
+    current: int  # the first year of what "now" means: the latest year named, up to this one, less 1
+
+
+class RetrievalError(RuntimeError):
+    """The knowledge base is there but refused our query: a bug here, never the user's text."""
+
+
 class FactIndex:
     """Read-only bm25 search over the knowledge base; safe to share between threads.
 
     Each thread opens its own read-only connection, which sees an admin's change as soon as it is
-    committed. A missing database or table gives no facts and one warning, never an exception.
+    committed. A missing database or table gives no facts and one warning (`available()` says
+    so); a query the knowledge base refuses raises RetrievalError, so a broken query is seen
+    rather than mistaken for "nothing relevant".
     """
 
-    _CANDIDATES = ("SELECT f.id, f.lang, f.text, f.source, f.url, f.fact"
-                   " FROM facts_fts JOIN facts f ON f.id = facts_fts.rowid"
-                   " WHERE facts_fts MATCH ? AND f.removed_at IS NULL")
-    _VERSION = "SELECT count(*), max(updated_at) FROM facts WHERE removed_at IS NULL"
-    _TEXTS = "SELECT text FROM facts WHERE removed_at IS NULL"
-    _SIBLING = ("SELECT id, lang, text, source, url, fact FROM facts"
-                " WHERE fact = ? AND lang = ? AND origin = 'seed' AND removed_at IS NULL")
+    _MATCH = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
+    _VERSION = ("SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms),"
+                " (SELECT count(*) FROM other_subjects) FROM facts WHERE removed_at IS NULL")
+    _LIVE = ("SELECT id, lang, text, source, url, fact, origin FROM facts WHERE removed_at IS NULL"
+             " ORDER BY id")
+    _LEXICON = "SELECT lang, word, means FROM synonyms"
+    _OTHERS = "SELECT word FROM other_subjects"
 
     def __init__(self, db_path: Path, min_score: float = DEFAULT_MIN_SCORE) -> None:
         self.db_path = Path(db_path)
@@ -129,66 +158,135 @@ class FactIndex:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._warned = False
-        self._sizes: tuple[object, int, float] = (None, 0, 1.0)  # (version, live facts, avg words)
+        self._knowledge: _Knowledge | None = None
 
     def search(self, question: str, k: int = 3, lang: str | None = None,
                min_score: float | None = None) -> list[Fact]:
         """The `k` most relevant live facts, each fact once, best first.
 
         Relevant: the fact holds at least `min_score` of the question's telling words (coverage,
-        idf-weighted, 0..1) or shares two or more of them scoring MIN_EVIDENCE, and scores at
-        least RELATIVE_MIN_SCORE of the best relevant fact's bm25. A seed fact exists in EN and
-        PT; whichever version matched, the one in `lang` is returned (stems are in `lang`, else in
-        the language the question seems to be in).
+        idf-weighted, 0..1) or shares two or more of them scoring MIN_EVIDENCE, and is close to
+        the best relevant fact (RELATIVE_MIN_SCORE of its bm25, RELATIVE_MIN_COVERAGE of its
+        coverage); a question set in time keeps the facts of its time (`_in_time`). A seed fact exists in EN and
+        PT; both versions are searched as one, and the one in `lang` is returned (stems are in
+        `lang`, else in the language the question seems to be in).
         Fact.score is the bm25 score.
         """
         if not isinstance(question, str) or k < 1:
             return []
         query_lang = lang if lang in ("en", "pt") else detect_language(question)
-        terms = search_terms(question, query_lang)
-        if not terms:
-            return []
         threshold = self.min_score if min_score is None else min_score
         try:
             connection = self._connection()
-            rows = {row[0]: row for row in connection.execute(
-                self._CANDIDATES, (" OR ".join(term.fts() for term in terms),))}
-            live, average = self._size(connection)
-            scored = score_candidates(terms, {key: row[2] for key, row in rows.items()},
-                                      live, average)
-            relevant = [item for item in scored
-                        if item.coverage >= threshold
-                        or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
-            facts: dict[object, Fact] = {}
-            for item in relevant:
-                if item.score < RELATIVE_MIN_SCORE * relevant[0].score:
-                    break
-                row = rows[item.key]
-                fact = Fact(row[0], row[1], row[2], row[3], row[4], item.score, row[5])
-                key = fact.fact if fact.fact is not None else f"id{fact.id}"
-                if key not in facts:
-                    facts[key] = self._in_language(connection, fact, lang)
-                if len(facts) == k:
-                    break
+            known = self._known(connection)
         except sqlite3.Error as error:
             self._warn(error)
             return []
-        return list(facts.values())
+        when, said = when_asked(question)
+        terms = [term for term in search_terms(question, query_lang, known.lexicon, known.others)
+                 if term.word not in said]
+        if not terms:
+            return []
+        query = " OR ".join(term.fts() for term in terms)
+        try:
+            matched = [row[0] for row in connection.execute(self._MATCH, (query,))]
+        except sqlite3.Error as error:
+            raise RetrievalError(f"knowledge base query {query[:200]!r} failed: {error}") from error
+        documents = {known.group_of[key] for key in matched if key in known.group_of}
+        scored = score_candidates(terms, {number: self._texts(known, number, query_lang)
+                                          for number in documents},
+                                  len(known.texts), known.average_words)
+        relevant = [item for item in scored
+                    if item.coverage >= threshold
+                    or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
+        relevant = self._in_time(known, relevant, when)
+        facts = []
+        for item in relevant[:k]:
+            if (item.score < RELATIVE_MIN_SCORE * relevant[0].score
+                    or item.coverage < RELATIVE_MIN_COVERAGE * relevant[0].coverage):
+                break
+            facts.append(self._version_in(known, item.key, lang, item.score))
+        return facts
 
-    def _size(self, connection: sqlite3.Connection) -> tuple[int, float]:
-        """Live facts and their average length in words (for bm25), recounted after any write."""
+    @staticmethod
+    def _in_time(known: _Knowledge, relevant: list[Scored], when: str | None) -> list[Scored]:
+        """The relevant facts a question set in time can use, most recent first.
+
+        "Now": facts naming a year from `known.current` on or saying "today". "Latest": the
+        matching facts of the latest year they name. The future: none.
+        """
+        if when is None or not relevant:
+            return relevant
+        if when == "future":
+            return []
+        year = known.years
+        if when == "now":
+            relevant = [item for item in relevant
+                        if year[item.key] >= known.current or TODAY_WORDS & set(
+                            words(known.texts[item.key]))]
+        else:
+            latest = max(year[item.key] for item in relevant)
+            relevant = [item for item in relevant if year[item.key] == latest]
+        best = max((item.score for item in relevant), default=0.0)
+        relevant = [item for item in relevant if item.score >= RELATIVE_MIN_SCORE * best]
+        return sorted(relevant, key=lambda item: (-year[item.key], -item.score, item.key))
+
+    @staticmethod
+    def _texts(known: _Knowledge, number: int, lang: str) -> tuple[str, str]:
+        """Document `number` as (its version in `lang`, its other version); a fact with one
+        version is all `lang`'s, whatever language it is written in."""
+        ids = known.groups[number]
+        own = [known.rows[key][2] for key in ids if known.rows[key][1] == lang]
+        if not own or len(own) == len(ids):
+            return known.texts[number], ""
+        return "\n".join(own), "\n".join(known.rows[key][2] for key in ids
+                                          if known.rows[key][1] != lang)
+
+    def _version_in(self, known: _Knowledge, number: int, lang: str | None, score: float) -> Fact:
+        """Document `number` as a Fact in `lang` when it has that version, else its first one."""
+        ids = known.groups[number]
+        chosen = next((key for key in ids if known.rows[key][1] == lang), ids[0])
+        return Fact(*known.rows[chosen][:5], score, known.rows[chosen][5])
+
+    def _known(self, connection: sqlite3.Connection) -> _Knowledge:
+        """The live facts grouped into documents and the lexicon, re-read after any write."""
         version = connection.execute(self._VERSION).fetchone()
-        if version != self._sizes[0]:
-            lengths = [len(words(row[0])) for row in connection.execute(self._TEXTS)]
-            self._sizes = (version, len(lengths), sum(lengths) / max(len(lengths), 1))
-        return self._sizes[1], self._sizes[2]
+        known = self._knowledge
+        if known is not None and known.version == version:
+            return known
+        rows: dict[int, tuple] = {}
+        group_of: dict[int, int] = {}
+        by_fact: dict[int, int] = {}
+        groups: list[list[int]] = []
+        for row in connection.execute(self._LIVE):
+            rows[row[0]] = row[:6]
+            seed = row[5] if row[6] == "seed" and row[5] is not None else None
+            number = by_fact.get(seed) if seed is not None else None
+            if number is None:
+                number = len(groups)
+                groups.append([])
+                if seed is not None:
+                    by_fact[seed] = number
+            groups[number].append(row[0])
+            group_of[row[0]] = number
+        texts = ["\n".join(rows[key][2] for key in ids) for ids in groups]
+        average = sum(len(words(text)) for text in texts) / max(len(texts), 1)
+        lexicon = lexicon_of(connection.execute(self._LEXICON))
+        others = frozenset(row[0] for row in connection.execute(self._OTHERS))
+        years = [fact_year(text) for text in texts]
+        this_year = datetime.now(timezone.utc).year
+        current = max((year for year in years if year <= this_year), default=this_year) - 1
+        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others,
+                           years, current)
+        self._knowledge = known
+        return known
 
     def available(self) -> bool:
         """Whether the knowledge base exists: without it, answers go ungrounded rather than declined."""
         try:
             self._connection().execute("SELECT 1 FROM facts_fts LIMIT 0").fetchall()
         except sqlite3.Error as error:
-            self._local.connection = None  # retry next time: the bot may create it meanwhile
+            self._drop_connection()  # retry next time: the bot may create it meanwhile
             self._warn(error)
             return False
         return True
@@ -199,13 +297,14 @@ class FactIndex:
         for connection in connections:
             connection.close()
 
-    def _in_language(self, connection: sqlite3.Connection, fact: Fact, lang: str | None) -> Fact:
-        if lang is None or fact.lang == lang or fact.fact is None:
-            return fact
-        row = connection.execute(self._SIBLING, (fact.fact, lang)).fetchone()
-        if row is None:
-            return fact
-        return Fact(row[0], row[1], row[2], row[3], row[4], fact.score, row[5])
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+            connection.close()
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -278,8 +377,8 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
     (InferenceSettings has them). With grounding off, or no knowledge base at all, the messages
     pass unchanged; with one that holds nothing relevant, `decline` is set.
 
-    A follow-up ("E depois?", "And then?", "How many goals did he score?": no telling word of its
-    own, or a pronoun pointing back) is searched together with `previous_question` (the user's
+    A follow-up ("E depois?", "E agora?", "How many goals did he score?": no telling word of
+    its own beyond when, or a pronoun pointing back) is searched together with `previous_question` (the user's
     last one), and the model reads both questions; it never sees earlier answers, which a small
     model copies. A short question with a word of its own is not a follow-up: "Qual é o hino?"
     after a question about the UEFA Cup finds nothing on the anthem, and is declined rather than
@@ -305,7 +404,9 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
 
 def is_follow_up(question: str, lang: str) -> bool:
     """Whether a question leans on the one before: no telling word of its own, or a pronoun."""
-    return not search_terms(question, lang) or not REFERRING_WORDS.isdisjoint(words(question))
+    said = when_asked(question)[1]
+    return (not [term for term in search_terms(question, lang) if term.word not in said]
+            or not REFERRING_WORDS.isdisjoint(words(question)))
 
 
 def used_facts(answer: str, facts: list[Fact], question: str = "") -> list[Fact]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 
@@ -10,8 +11,9 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 
 from data.knowledge import add_fact, remove_fact
 from data.store import Store
-from inference.grounding import (DECLINE, Fact, FactIndex, approximate_tokens, build_grounded, cite,
-                                 detect_language, used_facts)
+from inference import retrieval
+from inference.grounding import (DECLINE, Fact, FactIndex, RetrievalError, approximate_tokens,
+                                 build_grounded, cite, detect_language, used_facts)
 from inference.settings import InferenceSettings
 
 
@@ -38,11 +40,34 @@ def test_diacritics_are_folded_both_ways(index):
     assert accented[0].fact == 26
 
 
-@pytest.mark.parametrize("text", [
-    'NEAR(hassan nader)', '"', "hassan*", "AND OR NOT", ")(", "facts_fts:hassan", "^hassan",
-    "\x00hassan", "a" * 100_000, "🦁 " * 500, "hassan" + " OR" * 200, "", "   ", "?!"])
-def test_fts_syntax_and_odd_text_never_raise(index, text):
-    assert isinstance(index.search(text), list)
+# FTS syntax in a question is the user's words, never operators: it finds what the words say.
+@pytest.mark.parametrize("text, first", [
+    ("NEAR(hassan nader)", 80), ("hassan*", 80), ("text:hassan nader", 80), ("^hassan", 80),
+    ("\x00hassan", 80), ('"hassan" OR "nader"', 80), ("hassan" + " OR" * 200, 80),
+    ("Rufai AND NOT goalkeeper", 95), ('"', None), ("AND OR NOT", None), (")(", None),
+    ("a" * 100_000, None), ("🦁 " * 500, None), ("", None), ("   ", None), ("?!", None)])
+def test_fts_syntax_and_odd_text_are_words_not_operators(index, text, first):
+    found = index.search(text, lang="en")
+    assert (found[0].fact if found else None) == first
+
+
+def test_a_query_the_index_refuses_raises_instead_of_finding_nothing(index, monkeypatch):
+    """A bug building the FTS5 query must surface, not read as "nothing relevant" (a decline)."""
+    assert index.search("Who was Hassan Nader?", lang="en")[0].fact == 80
+    monkeypatch.setattr(retrieval, "_atom", lambda word, stem: f'"{word}" AND')
+    with pytest.raises(RetrievalError, match="failed"):
+        index.search("Who was Hassan Nader?", lang="en")
+
+
+def test_a_missing_knowledge_base_warns_once_and_is_reported_unavailable(tmp_path, caplog):
+    missing = FactIndex(tmp_path / "nowhere.db")
+    with caplog.at_level(logging.WARNING, logger="inference.grounding"):
+        assert missing.search("Quem foi Hassan Nader?") == [] == missing.search("Who was Hassan?")
+        assert not missing.available()
+    assert len([record for record in caplog.records if "unavailable" in record.getMessage()]) == 1
+    Store(tmp_path / "nowhere.db").close()  # the bot creates it: the same index finds facts then
+    assert missing.available() and missing.search("Quem foi Hassan Nader?", lang="pt")[0].fact == 80
+    missing.close()
 
 
 PIECES = ["hassan", "Nader", "São", "Luís", "farense", "taça", '"', "*", "NEAR(", ")", "OR", "AND",

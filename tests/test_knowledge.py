@@ -11,7 +11,7 @@ from data.__main__ import main as data_main
 from data.builder import build_dataset
 from data.knowledge import (ADMIN_SOURCE, PACKAGE_KNOWLEDGE_DIR, add_fact, amend_fact, get_fact,
                             knowledge_hash, knowledge_stats, list_facts, load_seed_facts,
-                            remove_fact, seed_knowledge)
+                            remove_fact, seed_knowledge, seed_synonyms)
 from data.migrations import MIGRATIONS
 from data.settings import DataSettings
 from data.store import Store
@@ -169,3 +169,23 @@ def test_cli_adds_searches_removes_and_reports(capsys):
     assert stats["live"] == 230 and stats["removed"] == 1
     assert data_main(["knowledge", "amend", "99999", "text"]) == 2
     assert "error: fact 99999 does not exist" in capsys.readouterr().err
+
+
+def test_the_lexicon_is_seeded_folded_and_follows_its_files(tmp_path, store):
+    rows = store._read("SELECT lang, word, means FROM synonyms")
+    assert ("pt", "nasceu", "fundado") in rows and ("en", "born", "founded") in rows
+    assert all(word == word.lower() and "ã" not in word for _, word, _ in rows)
+    before = knowledge_hash(store)
+    folder = tmp_path / "knowledge"
+    folder.mkdir()
+    (folder / "synonyms.pt.jsonl").write_text(
+        json.dumps({"lang": "pt", "words": ["Guardião"], "means": ["guarda"]}) + "\n"
+        + json.dumps({"lang": "pt", "words": ["dois words"], "means": ["x"]}) + "\n"
+        + json.dumps({"lang": "fr", "words": ["gardien"], "means": ["guarda"]}) + "\n")
+    problems = []
+    assert seed_synonyms(store, folder, problems) is True
+    assert store._read("SELECT lang, word, means FROM synonyms") == [("pt", "guardiao", "guarda")]
+    assert [problem.line for problem in problems] == [2, 3]
+    assert seed_synonyms(store, folder) is False  # unchanged: left alone
+    assert knowledge_hash(store) != before  # what is retrieved changed
+    assert seed_synonyms(store, tmp_path / "nowhere") is False  # no lexicon files: kept as is
