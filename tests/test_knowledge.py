@@ -172,7 +172,7 @@ def test_cli_adds_searches_removes_and_reports(capsys):
 
 
 def test_the_lexicon_is_seeded_folded_and_follows_its_files(tmp_path, store):
-    rows = store._read("SELECT lang, word, means FROM synonyms")
+    rows = store.read("SELECT lang, word, means FROM synonyms")
     assert ("pt", "nasceu", "fundado") in rows and ("en", "born", "founded") in rows
     assert all(word == word.lower() and "ã" not in word for _, word, _ in rows)
     before = knowledge_hash(store)
@@ -184,7 +184,7 @@ def test_the_lexicon_is_seeded_folded_and_follows_its_files(tmp_path, store):
         + json.dumps({"lang": "fr", "words": ["gardien"], "means": ["guarda"]}) + "\n")
     problems = []
     assert seed_synonyms(store, folder, problems) is True
-    assert store._read("SELECT lang, word, means FROM synonyms") == [("pt", "guardiao", "guarda")]
+    assert store.read("SELECT lang, word, means FROM synonyms") == [("pt", "guardiao", "guarda")]
     assert [problem.line for problem in problems] == [2, 3]
     assert seed_synonyms(store, folder) is False  # unchanged: left alone
     assert knowledge_hash(store) != before  # what is retrieved changed

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from data.builder import build_dataset
 from data.settings import DataSettings
+from data.store import Store
 from inference.adapters import AdapterError
 from inference.settings import InferenceSettings, SettingsError
 
@@ -123,7 +124,9 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
             trained = None
     if trained is None:
         progress.stage("dataset")
-        build = build_dataset(DataSettings.load())
+        data_settings = DataSettings.load()
+        Store(data_settings.database_file).close()  # seeds the knowledge base on a fresh home
+        build = build_dataset(data_settings)
         dataset, content_hash = build.path, build.content_hash
         if _grounded_serving():
             progress.stage("ground", dataset=str(build.path))
