@@ -11,9 +11,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from common.settings import HomeSettings, SettingsError, explain
+from common.settings import HomeSettings
 
-__all__ = ["InferenceSettings", "SettingsError", "explain"]  # the last two: training's, until it is ported
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant for fans of SC Farense, the football club of Faro, Portugal. "
@@ -50,12 +49,3 @@ class InferenceSettings(HomeSettings):
     grounding_context_tokens: int = Field(
         default=256, ge=16, le=4096, description="Token budget of the facts block in the prompt"
     )
-    # Kept for training/ until it is ported to `settings.home` (the lead's change):
-    @property
-    def models_root(self) -> Path:
-        return self.home.models
-
-    @property
-    def database_file(self) -> Path:
-        """The store the knowledge base lives in: the same DATABASE_PATH the data package reads."""
-        return self.home.database

@@ -136,6 +136,6 @@ def test_training_does_not_import_bot():
 
 def test_bot_imports_only_the_lifecycle_and_mlx_free_top_level_of_training():
     bot = [m for m in MODULES if _under(m, "bot")]
-    allowed = ("training.lifecycle", "training.errors", "training.runs", "training.files", "training.settings")
+    allowed = ("training.lifecycle", "training.errors", "training.runs", "training.settings")
     assert _violations(bot, lambda n: False,
                        lambda n: _under(n, "training") and n != "training" and not _under(n, allowed)) == []

@@ -14,7 +14,8 @@ import pytest
 
 from inference.adapters import read_production
 from training import runs
-from training.lifecycle.pipeline import LOCK_FILE, RUNNING_FILE, pipeline_state, run_pipeline
+from common.home import Home
+from training.lifecycle.pipeline import pipeline_state, run_pipeline
 from training.lifecycle.registry import REJECTED, Registry
 
 from .helpers import TRAIN_ARGS, lifecycle_env, write_seed
@@ -108,20 +109,20 @@ def test_training_that_cannot_start_fails_with_its_reason(home, tiny_model_dir, 
     assert "Training failed" in result.message and "TRAIN_ITERS" in result.message
     assert "Production unchanged: v0001" in result.message and read_production(home)[0] == "v0001"
     assert pipeline_state(home)["last"]["outcome"] == "failed"
-    assert not (home / RUNNING_FILE).exists()
+    assert not Home(home).pipeline_running.exists()
 
 
 def test_stale_lock_of_a_dead_pipeline_is_taken_over(home, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (home / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "since": "2026-01-01T03:00:00+0000"}))
-    (home / RUNNING_FILE).write_text(json.dumps({"pid": dead.pid, "stage": "train"}))
+    Home(home).pipeline_lock.write_text(json.dumps({"pid": dead.pid, "since": "2026-01-01T03:00:00+0000"}))
+    Home(home).pipeline_running.write_text(json.dumps({"pid": dead.pid, "stage": "train"}))
     assert pipeline_state(home)["running"] is False
     with caplog.at_level(logging.WARNING, logger="training.lifecycle.pipeline"):
         result = run_pipeline(trigger="nightly", requested_by="scheduler", train_args=FAIL_FAST)
     assert result.outcome == "failed"  # it ran (and failed on purpose), it was not "busy"
     assert f"taking over a stale pipeline lock of pid {dead.pid}" in caplog.text
-    assert (home / LOCK_FILE).read_text() == ""  # released cleanly this time
+    assert Home(home).pipeline_lock.read_text() == ""  # released cleanly this time
 
 
 def test_pipeline_started_elsewhere_makes_this_one_busy(home):
@@ -154,7 +155,7 @@ def test_pipeline_going_down_stops_its_child_with_a_checkpoint(home):
     assert not runs.pid_alive(seen["child"])
     run = runs.all_runs(home)[0]
     assert run.status()["state"] == "cancelled" and any(run.checkpoints.glob("step-*"))  # resumable
-    assert pipeline_state(home)["running"] is False and (home / LOCK_FILE).read_text() == ""
+    assert pipeline_state(home)["running"] is False and Home(home).pipeline_lock.read_text() == ""
 
 
 def test_a_stopped_run_is_resumed_once_not_forever(home):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from inference.adapters import AdapterError
 from inference.modelstore import ModelNotFound
-from inference.settings import SettingsError
+from common.settings import SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -13,7 +13,6 @@ the lifecycle (`status`, the pipeline's resume of an interrupted run), so no MLX
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import write_atomic
+from common.files import LockBusy, acquire_lock, write_atomic
+from common.home import Home
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Run:
             return {"run_id": self.id, "state": "unknown"}
 
     def write_json(self, name: str, data: dict) -> None:
-        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str))
+        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str), mode=None)
 
     def set_status(self, state: str, **fields) -> dict:
         """Merge `fields` into status.json and set the state; written atomically."""
@@ -88,18 +88,14 @@ class Run:
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """On resume: metrics.jsonl = what the checkpoint had seen (drops steps that will be redone)."""
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def runs_root(home: Path) -> Path:
-    return Path(home) / "runs"
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records), mode=None)
 
 
 def new_run(home: Path) -> Run:
     """A new run folder; its id is its creation time to the millisecond, so names sort by age."""
     while True:
         now = time.time()
-        run = Run(runs_root(home) / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}")
+        run = Run(Home(home).runs / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}")
         try:
             run.dir.mkdir(parents=True)
         except FileExistsError:
@@ -111,7 +107,7 @@ def new_run(home: Path) -> Run:
 
 def all_runs(home: Path) -> list[Run]:
     """Newest first (run ids start with their creation time)."""
-    root = runs_root(home)
+    root = Home(home).runs
     if not root.is_dir():
         return []
     return [Run(p) for p in sorted(root.iterdir(), reverse=True) if (p / "config.json").is_file()]
@@ -127,7 +123,7 @@ def is_resumable(run: Run) -> bool:
 def find_run(home: Path, run_id: str | None) -> Run | None:
     """The named run, or the newest unfinished run that has a checkpoint."""
     if run_id:
-        run = Run(runs_root(home) / run_id)
+        run = Run(Home(home).runs / run_id)
         return run if (run.dir / "config.json").is_file() else None
     return next((r for r in all_runs(home) if is_resumable(r) and any(r.checkpoints.glob("step-*"))), None)
 
@@ -147,24 +143,21 @@ def pid_alive(pid) -> bool:
 @contextmanager
 def training_lock(home: Path):
     """One training process per FARENSE_HOME: two would fight over memory and run folders."""
-    root = runs_root(home)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise RunBusy(f"another training run is in progress ({handle.read().strip() or 'unknown'})") from None
+    path = Home(home).runs_lock
+    try:
+        handle = acquire_lock(path, timeout=0)
+    except LockBusy:
+        raise RunBusy(f"another training run is in progress ({path.read_text().strip() or 'unknown'})") from None
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        handle.close()  # releases the lock
 
 
 def _now() -> str:

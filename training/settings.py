@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from inference.settings import explain
+from common.settings import Settings
 
 # Settings that change the numbers a run produces. Resuming compares them; the others (how often to
 # save, how much memory there is) may change between a crash and its resume.
@@ -25,7 +25,7 @@ FINGERPRINTED = (
 )
 
 
-class TrainingSettings(BaseSettings):
+class TrainingSettings(Settings):
     model_config = SettingsConfigDict(env_prefix="TRAIN_", env_file=".env", extra="ignore")
 
     dataset: Path | None = Field(
@@ -89,11 +89,8 @@ class TrainingSettings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides) -> "TrainingSettings":
-        """Read the environment; CLI flags come in as overrides. Raises SettingsError."""
-        try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
-        except ValidationError as error:
-            raise explain(error, cls) from None
+        """Read the environment; CLI flags come in as overrides (None: not given). Raises SettingsError."""
+        return super().load(**{k: v for k, v in overrides.items() if v is not None})
 
     def training_values(self) -> dict:
         return {name: getattr(self, name) for name in FINGERPRINTED}

@@ -159,9 +159,9 @@ def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequen
         raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     if adapter is None and any(name.startswith("adapter") for name in configs):
         raise ValueError("the adapter configurations need an adapter: --adapter VERSION|PATH, or a production one")
-    model, tokenizer, _info = load_base(serving.model_path, serving.models_root, serving.device,
+    model, tokenizer, _info = load_base(serving.model_path, serving.home.models, serving.device,
                                         serving.cpu_dtype)
-    index = FactIndex(serving.database_file, serving.retrieval_min_score)
+    index = FactIndex(serving.home.database, serving.retrieval_min_score)
     questions = [item.question for item in items] + [probe.question for probe in ood]
     results = {}
     try:
@@ -241,7 +241,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     configs = [name.strip() for name in args.configs.split(",") if name.strip()] if args.configs else list(CONFIGS)
     adapter = _adapter_folder(args.adapter, open_registry())
     data_settings = DataSettings.load()
-    Store(data_settings.database_file).close()  # a fresh home gets its knowledge base seeded
+    Store(data_settings.home.database).close()  # a fresh home gets its knowledge base seeded
     seed_dir, problems = data_settings.seed_dir, []
     items, ood = load_eval(seed_dir, problems, args.set), load_ood(seed_dir, problems, args.set)
     conversations = load_conversations(seed_dir, problems, args.set)

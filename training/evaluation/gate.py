@@ -115,10 +115,10 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
     """Measure champion then candidate on one loaded base model; returns the report.
     `reference_run`: the champion's training run, whose validation batches both are also measured on."""
     started = time.perf_counter()
-    model, tokenizer, info = load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)
+    model, tokenizer, info = load_base(serving.model_path, serving.home.models, serving.device, serving.cpu_dtype)
     batches = run_valid_batches(run_dir, tokenizer)
     reference = run_valid_batches(reference_run, tokenizer) if reference_run is not None else None
-    index = FactIndex(serving.database_file, serving.retrieval_min_score) if serving.grounding else None
+    index = FactIndex(serving.home.database, serving.retrieval_min_score) if serving.grounding else None
     try:
         champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving, index,
                          reference)

@@ -232,11 +232,11 @@ def main(argv: list[str]) -> int:
 
 def tokenizer_for(serving: InferenceSettings):
     """The serving model's tokenizer: prompts are bounded in its tokens, as when serving."""
-    return load_base(serving.model_path, serving.models_root, serving.device, serving.cpu_dtype)[1]
+    return load_base(serving.model_path, serving.home.models, serving.device, serving.cpu_dtype)[1]
 
 
 def open_index(serving: InferenceSettings):
-    return FactIndex(serving.database_file, serving.retrieval_min_score)
+    return FactIndex(serving.home.database, serving.retrieval_min_score)
 
 
 @guarded

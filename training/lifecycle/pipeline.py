@@ -38,10 +38,12 @@ from data.builder import build_dataset
 from data.settings import DataSettings
 from data.store import Store
 from inference.adapters import AdapterError
-from inference.settings import InferenceSettings, SettingsError
+from common.settings import SettingsError
+from inference.settings import InferenceSettings
 
 from ..errors import EXIT_USAGE
-from ..files import write_atomic
+from common.files import write_atomic
+from common.home import Home
 from ..runs import all_runs, is_resumable, pid_alive
 from .registry import REJECTED, Registry, RegistryError
 from .report import criterion_line
@@ -49,7 +51,6 @@ from .settings import LifecycleSettings
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE, RUNNING_FILE, LAST_FILE = "pipeline.lock", "pipeline_running.json", "pipeline_last.json"
 TAIL_LINES = 20
 CHILD_STOP_SECONDS = 120  # SIGTERM lets a training child finish its step and write a checkpoint
 TRAINED = ("finished", "early_stopped")
@@ -91,8 +92,8 @@ def run_pipeline(*, trigger: str, requested_by: str, on_progress: Callable[[dict
             result = PipelineResult("failed", message=f"Pipeline error: {type(error).__name__}: {error}. "
                                                       "Production unchanged.")
         finally:
-            (home / RUNNING_FILE).unlink(missing_ok=True)
-        write_atomic(home / LAST_FILE, json.dumps(result.to_dict() | {
+            Home(home).pipeline_running.unlink(missing_ok=True)
+        write_atomic(Home(home).pipeline_last, json.dumps(result.to_dict() | {
             "trigger": trigger, "requested_by": requested_by, "started_at": started, "finished_at": _now(),
             "resumed_run": progress.state.get("resumed_run")}, indent=2))
         log.info("pipeline %s: %s", result.outcome, result.message.replace("\n", " | "))
@@ -101,9 +102,9 @@ def run_pipeline(*, trigger: str, requested_by: str, on_progress: Callable[[dict
 
 def pipeline_state(home: Path) -> dict:
     """For /status: is a pipeline running (pid, since, stage, last event), and how did the last end."""
-    running = _read_json(Path(home) / RUNNING_FILE)
+    running = _read_json(Home(home).pipeline_running)
     alive = running is not None and pid_alive(running.get("pid"))
-    return {"running": alive, **(running if alive else {}), "last": _read_json(Path(home) / LAST_FILE)}
+    return {"running": alive, **(running if alive else {}), "last": _read_json(Home(home).pipeline_last)}
 
 
 def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, trigger: str, requested_by: str,
@@ -113,7 +114,7 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
     production = registry.production()
     serving_now = f"Production unchanged: {production.version if production else 'base model'}."
     trained = None
-    interrupted = _interrupted_run(home, _read_json(home / LAST_FILE))
+    interrupted = _interrupted_run(home, _read_json(Home(home).pipeline_last))
     if interrupted is not None:
         progress.update(resumed_run=interrupted.id)
         progress.stage("train", resume=interrupted.id)
@@ -125,7 +126,7 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
     if trained is None:
         progress.stage("dataset")
         data_settings = DataSettings.load()
-        Store(data_settings.database_file).close()  # seeds the knowledge base on a fresh home
+        Store(data_settings.home.database).close()  # seeds the knowledge base on a fresh home
         build = build_dataset(data_settings)
         dataset, content_hash = build.path, build.content_hash
         if _grounded_serving():
@@ -202,7 +203,7 @@ def _grounded_serving() -> bool:
     serving = InferenceSettings.load()
     if not serving.grounding:
         return False
-    index = FactIndex(serving.database_file)
+    index = FactIndex(serving.home.database)
     try:
         return index.available()
     finally:
@@ -289,7 +290,7 @@ class _Progress:
     """The running pipeline's state in pipeline_running.json, and the caller's on_progress."""
 
     def __init__(self, home: Path, state: dict, callback: Callable[[dict], None] | None):
-        self.path, self.state, self.callback = Path(home) / RUNNING_FILE, state | {"stage": "start"}, callback
+        self.path, self.state, self.callback = Home(home).pipeline_running, state | {"stage": "start"}, callback
         self._write()
 
     def stage(self, name: str, **fields) -> None:
@@ -316,7 +317,7 @@ class _Progress:
 def _pipeline_lock(home: Path, **info):
     """Yield None with the lock held, or the holder's record when another pipeline has it."""
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / LOCK_FILE, "a+") as handle:
+    with open(Home(home).pipeline_lock, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -344,7 +345,7 @@ def _pipeline_lock(home: Path, **info):
 
 
 def _describe_holder(home: Path, holder: dict) -> str:
-    running = _read_json(home / RUNNING_FILE) or {}
+    running = _read_json(Home(home).pipeline_running) or {}
     return (f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}, "
             f"stage {running.get('stage', '?')}, {holder.get('trigger', '?')} by {holder.get('requested_by', '?')}")
 

@@ -17,8 +17,6 @@ temp files. Every change (and `repair()`) first finishes that work under the loc
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +32,8 @@ from inference.adapters import (CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError
                                 production_pointer_path, read_adapter)
 
 from ..errors import UsageError
-from ..files import fsync_dir_files, fsync_path, write_atomic
+from common.files import file_lock, fsync_dir, fsync_tree, sha256_file, write_atomic
+from common.home import Home
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ class Registry:
             file = entry.path / name
             if not file.is_file():
                 raise AdapterError(f"{entry.version}: {name} is missing")
-            if _sha256(file) != digest:
+            if sha256_file(file) != digest:
                 raise AdapterError(f"{entry.version}: {name} changed since it was registered "
                                    "(truncated or overwritten?)")
         return entry
@@ -190,14 +189,14 @@ class Registry:
                     "metrics": metrics or {},
                     "adapter": {"num_layers": source.spec.num_layers, "rank": source.spec.rank,
                                 "scale": source.spec.scale},
-                    "files": {file: _sha256(staging / file) for file in ADAPTER_FILES},
+                    "files": {file: sha256_file(staging / file) for file in ADAPTER_FILES},
                     "gate": None,
                 }
                 (staging / VERSION_FILE).write_text(json.dumps(record, indent=2, default=str))
                 staging.chmod(0o755)
-                fsync_dir_files(staging)
+                fsync_tree(staging)
                 os.rename(staging, self.root / name)
-                fsync_path(self.root)
+                fsync_dir(self.root)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -265,7 +264,7 @@ class Registry:
                    "path": str(target.path.resolve()) if target else None,
                    "promoted_at": now, "promoted_by": by, "reason": reason, "previous": previous,
                    "action": action, "from": current}  # enough to redo the history line after a crash
-        _write_durably(production_pointer_path(self.home), json.dumps(pointer, indent=2))
+        write_atomic(production_pointer_path(self.home), json.dumps(pointer, indent=2))
         if current and (self.root / current / VERSION_FILE).is_file():
             self._update(self.get(current), status=RETIRED)
         if target is not None:
@@ -314,7 +313,7 @@ class Registry:
 
     def _update(self, entry: AdapterVersion, **fields) -> None:
         record = entry.record | fields | {"updated_at": _now()}
-        _write_durably(entry.path / VERSION_FILE, json.dumps(record, indent=2, default=str))
+        write_atomic(entry.path / VERSION_FILE, json.dumps(record, indent=2, default=str))
 
     def _prune(self) -> None:
         """Keep the newest `keep` versions, plus production and the previous one whatever their age."""
@@ -359,41 +358,21 @@ class Registry:
             from inference.settings import InferenceSettings
 
             serving = InferenceSettings.load()
-            self._base_model = resolve_model(serving.model_path, serving.models_root)
+            self._base_model = resolve_model(serving.model_path, serving.home.models)
         return local_model_folder(self._base_model)
 
     @contextmanager
     def _locked(self):
         """The registry lock, with whatever a killed holder left undone finished first."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                self._recovered = self._recover()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(Home(self.home).adapters_lock):
+            self._recovered = self._recover()
+            yield
 
 
 def _history_line(pointer: dict) -> dict:
     """The history.jsonl line of the switch that wrote this production pointer."""
     return {"at": pointer.get("promoted_at"), "action": pointer.get("action"), "version": pointer.get("version"),
             "from": pointer.get("from"), "by": pointer.get("promoted_by"), "reason": pointer.get("reason")}
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Temp file + fsync + os.replace + fsync of the folder: readers see old or new, even after a crash."""
-    write_atomic(path, text)
-    os.chmod(path, 0o644)
-    fsync_path(path.parent)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import shlex
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
 
-from inference.settings import explain
+from common.settings import Settings
 
 
-class LifecycleSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
+class LifecycleSettings(Settings):
     keep_adapters: int = Field(
         default=10, ge=1, description="Registry versions kept; production and the previous one always are")
     gate_min_improvement: float = Field(
@@ -46,11 +43,3 @@ class LifecycleSettings(BaseSettings):
     @property
     def train_args(self) -> list[str]:
         return shlex.split(self.pipeline_train_args)
-
-    @classmethod
-    def load(cls, **overrides) -> "LifecycleSettings":
-        """Read the environment; raises inference.settings.SettingsError naming each bad variable."""
-        try:
-            return cls(**overrides)
-        except ValidationError as error:
-            raise explain(error, cls) from None

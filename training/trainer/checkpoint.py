@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 
 from ..errors import UsageError
-from ..files import fsync_dir_files, replace_dir
+from common.files import fsync_tree, replace_dir, sha256_file
 from .lora import CONFIG_FILE, adapter_weights
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def save(root: Path, model, optimizer, progress: Progress, fingerprint_: dict, a
         (staging / STATE).write_text(json.dumps(state))
         files = {p.name: _digest(p) for p in sorted(staging.iterdir())}
         (staging / INDEX).write_text(json.dumps({"step": progress.step, "files": files}, indent=2))
-        fsync_dir_files(staging)
+        fsync_tree(staging)
         replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -190,8 +190,4 @@ def restore(loaded: Loaded, model, optimizer) -> None:
 
 
 def _digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}

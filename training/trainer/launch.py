@@ -190,7 +190,7 @@ def _load(settings: TrainingSettings, serving: InferenceSettings, model_path: st
           run: Run | None, recorded: dict | None, *, resume: bool, plan: bool = True) -> _Parts:
     """Base model + LoRA, fingerprint, the checkpoint to resume from, train examples, memory plan."""
     budget = settings.memory_budget_gb or memory.default_budget_gb()
-    model, tokenizer, info = load_base(model_path, serving.models_root, serving.device, serving.cpu_dtype)
+    model, tokenizer, info = load_base(model_path, serving.home.models, serving.device, serving.cpu_dtype)
     mx.random.seed(settings.seed)
     adapter_config = apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale,
                                 settings.lora_dropout)

@@ -28,7 +28,7 @@ import threading
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from inference.settings import SettingsError
+from common.settings import SettingsError
 
 from ..errors import EXIT_FAILED
 from .reporting import Reporter

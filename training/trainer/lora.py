@@ -16,7 +16,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from ..files import fsync_dir_files, replace_dir
+from common.files import fsync_tree, replace_dir
 
 ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -72,7 +72,7 @@ def save_adapter(model, folder: Path, config: dict) -> Path:
     try:
         mx.save_safetensors(str(staging / ADAPTER_FILE), adapter_weights(model), metadata={"format": "mlx"})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
-        fsync_dir_files(staging)
+        fsync_tree(staging)
         replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
