@@ -36,8 +36,9 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
                          on_promoted=promoted.append, train_args=TRAIN_ARGS)
     assert first.outcome == "promoted" and first.version == "v0001", first.message
     assert promoted == ["v0001"] and read_production(home)[0] == "v0001"
-    assert [e["stage"] for e in events if e["event"] == "stage"] == ["dataset", "train", "register", "gate",
-                                                                     "promote"]
+    # A fresh home: the pipeline opens the store, which seeds the facts, so it trains on grounded prompts.
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["dataset", "ground", "train", "register",
+                                                                     "gate", "promote"]
     assert {"start", "step", "eval", "done"} <= {e["event"] for e in events}
     assert first.message.startswith("Promoted v0001 over base model (nightly, by scheduler).")
     assert "✓ val_loss" in first.message and first.report["accepted"] and first.run_dir.is_dir()
