@@ -17,6 +17,7 @@ import pytest
 
 from bot import os_service
 from bot.retraining import Retrainer, nightly_retrain
+from common.files import is_locked
 from common.home import Home
 from data import backup
 from data.backup import BackupError, create_backup, list_backups, restore_backup, verify_backup
@@ -187,9 +188,14 @@ def test_restore_refuses_while_the_bot_a_pipeline_or_training_holds_its_lock(iso
 
 def test_the_locks_backup_checks_are_the_ones_the_bot_and_training_take(isolated_env):
     home = Home(isolated_env)
-    assert set(home.live_locks()) == {
-        home.bot_lock, isolated_env / pipeline.LOCK_FILE, runs.runs_root(isolated_env) / ".lock",
-        Registry(isolated_env).root / ".lock"}
+    assert set(home.live_locks()) == {home.bot_lock, home.pipeline_lock, home.runs_lock, home.adapters_lock}
+    with runs.training_lock(isolated_env):
+        assert is_locked(home.runs_lock)
+    with Registry(isolated_env)._locked():
+        assert is_locked(home.adapters_lock)
+    with pipeline._pipeline_lock(isolated_env, trigger="test", requested_by="test") as holder:
+        assert holder is None and is_locked(home.pipeline_lock)
+    assert not any(is_locked(path) for path in home.live_locks())
     assert DataSettings.load().home.adapters == Registry(isolated_env).root
 
 

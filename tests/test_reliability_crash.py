@@ -26,7 +26,8 @@ import pytest
 from inference.adapters import read_adapter, read_production
 from training import runs
 from training.trainer import checkpoint
-from training.lifecycle.pipeline import LOCK_FILE, pipeline_state, run_pipeline
+from common.home import Home
+from training.lifecycle.pipeline import pipeline_state, run_pipeline
 from training.lifecycle.registry import PRODUCTION, Registry
 
 from .helpers import clean_env, command, events, lifecycle_env, metrics, write_dataset, write_seed
@@ -57,7 +58,7 @@ if _POINT.startswith("checkpoint:"):
     from training.trainer import checkpoint as _checkpoint
 
     _wanted, _seen = int(_POINT.split(":")[1]), [0]
-    _fsync = _checkpoint.fsync_dir_files
+    _fsync = _checkpoint.fsync_tree
 
     def _fsync_then_maybe_die(folder):
         _seen[0] += 1
@@ -65,7 +66,7 @@ if _POINT.startswith("checkpoint:"):
             _die()
         _fsync(folder)
 
-    _checkpoint.fsync_dir_files = _fsync_then_maybe_die
+    _checkpoint.fsync_tree = _fsync_then_maybe_die
 elif _POINT.startswith(("promote:", "rollback:")):
     import functools
 
@@ -74,7 +75,7 @@ elif _POINT.startswith(("promote:", "rollback:")):
 
     _action, _wanted, _when = _POINT.split(":")
     _wanted, _state = int(_wanted), {"active": False, "writes": 0}
-    _write = _registry._write_durably
+    _write = _registry.write_atomic
 
     def _counted_write(path, text):
         if _state["active"]:
@@ -92,7 +93,7 @@ elif _POINT.startswith(("promote:", "rollback:")):
         _state["active"] = True
         return _original(self, *args, **kwargs)
 
-    _registry._write_durably = _counted_write
+    _registry.write_atomic = _counted_write
     setattr(_registry.Registry, _action, _watched)
 '''
 
@@ -411,7 +412,7 @@ def test_pipeline_killed_in_a_checkpoint_write_then_in_the_promotion_recovers(
     assert read_production(home)[0] == "v0001" and [v.version for v in registry.versions()] == ["v0001"]
     check_runs(home)
     check_registry(home, tiny_model_dir, {"v0001"})
-    assert lock_is_free(home / LOCK_FILE) and pipeline_state(home)["running"] is False
+    assert lock_is_free(Home(home).pipeline_lock) and pipeline_state(home)["running"] is False
 
     # 2. The next pipeline resumes that run from step 4; its own process dies right after moving
     #    the production pointer to the new version, before statuses and history are written.
@@ -430,7 +431,7 @@ def test_pipeline_killed_in_a_checkpoint_write_then_in_the_promotion_recovers(
                                                                         ("promote", "v0002", "v0001")]
     state = pipeline_state(home)
     assert state["running"] is False  # its pid is gone: /status does not claim a run in progress
-    assert lock_is_free(home / LOCK_FILE)
+    assert lock_is_free(Home(home).pipeline_lock)
 
     # 3. No stale lock blocks the next run: it starts (and fails on purpose, fast), it is not "busy".
     third = run_pipeline(trigger="nightly", requested_by="scheduler", train_args=FAIL_FAST)

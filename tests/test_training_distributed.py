@@ -168,7 +168,8 @@ def test_the_pipeline_trains_on_two_ranks_when_train_distributed_is_set(tiny_mod
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["distributed"] == {"world_size": 2, "backend": "ring"}
     assert [e["step"] for e in progress if e.get("event") == "step"] == list(range(1, 7))
-    assert [e["stage"] for e in progress if e.get("event") == "stage"][:4] == ["dataset", "train", "register", "gate"]
+    assert [e["stage"] for e in progress if e.get("event") == "stage"][:5] == ["dataset", "ground", "train", "register",
+                                                                         "gate"]
 
 
 def test_a_failure_on_rank_0_ends_every_rank_with_rank_0s_error_and_exit_code(tiny_env, isolated_env):
