@@ -219,7 +219,7 @@ def test_a_run_whose_checkpoints_are_all_corrupt_is_not_resumed_but_trained_afre
     assert f"cannot resume {interrupted.id}" in caplog.text and "checkpoint" in caplog.text
     assert result.outcome in ("promoted", "rejected"), result.message
     assert result.run_dir != interrupted.dir and runs.Run(result.run_dir).status()["state"] == "finished"
-    assert [e["stage"] for e in events if e["event"] == "stage"][:3] == ["train", "dataset", "train"]
+    assert [e["stage"] for e in events if e["event"] == "stage"][:4] == ["train", "dataset", "ground", "train"]
 
 
 def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, isolated_env, caplog):
