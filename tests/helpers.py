@@ -103,7 +103,7 @@ TRAIN_ARGS = ["--iters", "30", "--batch-size", "4", "--learning-rate", "2e-3", "
 
 def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False,
                garble_answers: bool = False) -> Path:
-    """A small seed cut from the real one (66 pairs, 22 eval items); optionally with every answer
+    """A small seed cut from the real one (66 pairs, 22 held-out and some dev items); optionally with every answer
     moved to another question, or spelled backwards — data that teaches nothing true."""
     folder.mkdir(parents=True, exist_ok=True)
     qa = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("qa-*.jsonl"))
@@ -119,6 +119,8 @@ def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool 
     (folder / "qa-test.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in qa))
     (folder / "eval-test.jsonl").write_text(
         "".join(json.dumps(item) + "\n" for item in items if item["fact"] in facts))
+    dev = [json.loads(line) for line in (PACKAGE_SEED_DIR / "dev.jsonl").read_text().splitlines()]
+    (folder / "dev.jsonl").write_text("".join(json.dumps(item) + "\n" for item in dev if item["fact"] in facts))
     return folder
 
 

@@ -14,13 +14,14 @@ import pytest
 
 from data.seed import load_eval
 from data.settings import PACKAGE_SEED_DIR
-from training.evaluation.gate import degenerate, gate_items, gate_version
+from training.evaluation.gate import _criteria, degenerate, gate_items, gate_version
+from training.lifecycle.settings import LifecycleSettings
 from training.lifecycle.registry import REJECTED, Registry
 
 from .helpers import SYSTEM_PROMPT, TRAIN_ARGS, lifecycle_env, write_seed
 from .models import make_adapter
 
-CRITERIA = {"val_loss", "accuracy", "adapter_loads", "finite_val_loss", "degenerate_answers"}
+CRITERIA = {"val_loss", "accuracy", "wrong_rate", "adapter_loads", "finite_val_loss", "degenerate_answers"}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,27 @@ def add_trained(registry: Registry, run: Path):
     manifest = json.loads((run / "manifest.json").read_text())
     return registry.add_candidate(run / "adapters" / "best", run_dir=run, manifest=manifest,
                                   metrics=json.loads((run / "status.json").read_text()))
+
+
+def measured(accuracy: float, wrong_rate: float) -> dict:
+    return {"val_loss": 1.0, "champion_val_loss": None, "accuracy": accuracy, "wrong_rate": wrong_rate,
+            "error": None, "degenerate_share": 0.0}
+
+
+def test_a_candidate_that_answers_wrong_more_often_is_refused_even_when_it_is_right_more_often(isolated_env):
+    settings = LifecycleSettings.load().model_copy(update={"gate_min_improvement": 0.0})
+    champion = measured(accuracy=0.50, wrong_rate=0.10)  # declines the rest
+    bolder = _criteria(measured(accuracy=0.55, wrong_rate=0.15), champion, settings)
+    assert [row["name"] for row in bolder if not row["passed"]] == ["wrong_rate"]
+    assert all(row["passed"] for row in _criteria(measured(accuracy=0.55, wrong_rate=0.10), champion, settings))
+    tolerant = settings.model_copy(update={"gate_allowed_wrong_rise": 0.05})
+    assert all(row["passed"] for row in _criteria(measured(accuracy=0.55, wrong_rate=0.15), champion, tolerant))
+
+
+def test_gate_asks_dev_questions_not_held_out_ones(registry, trained_run):
+    report = gate_version(registry, add_trained(registry, trained_run).version)
+    dev = {item.id for item in load_eval(Path(os.environ["SEED_DIR"]), [], "dev")}
+    assert report["answers"] and {answer["id"] for answer in report["answers"]} <= dev
 
 
 def test_trained_candidate_passes_then_noisy_candidate_is_rejected(registry, trained_run, tiny_model_dir,

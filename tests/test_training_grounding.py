@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from data.knowledge import remove_fact
-from data.seed import load_ood
+from data.seed import load_ood, load_seed
 from data.settings import DataSettings
 from data.store import Store
-from inference.grounding import DECLINE, FactIndex, build_grounded
+from inference.faithfulness import unsupported
+from inference.grounding import DECLINE, FactIndex, build_grounded, detect_language
 from inference.settings import InferenceSettings
-from training.evaluation.grounding import default_out_folder, ground_dataset
+from training.evaluation.grounding import default_out_folder, ground_dataset, near_miss_chosen
 from training.lifecycle.pipeline import run_pipeline
 from training.lifecycle.registry import Registry
 
@@ -77,8 +78,8 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
 
     first = ground_dataset(dataset, tmp_path / "one", index, serving, tokenizer)
     train = read(first.path)
-    assert len(train) == 4  # the pair about fact 34 (not in the knowledge base) is dropped
-    kept, injected, declined, fed_back = train
+    assert sum(line.get("kind") != "near_miss" for line in train) == 4  # the pair about fact 34 (not in the knowledge base) is dropped
+    kept, injected, declined, fed_back = [line for line in train if line.get("kind") != "near_miss"]
     assert kept["messages"][0]["role"] == "system" and kept["shown_facts"][0] == retrieved[0]
     assert kept["messages"][-1] == {"role": "assistant", "content": "A Moroccan striker."}
     wrong_text = _fact_text(knowledge, wrong)
@@ -89,9 +90,11 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
     assert fed_back["messages"][-1]["content"] == DECLINE["pt"] and fed_back["shown_facts"] == []
     assert fed_back["messages"][0] == build_grounded(fed_back["messages"][1:2], index, serving).messages[0]
     manifest = first.manifest
-    assert manifest["counts"] == {"retrieved": 2, "injected": 1, "declined": 2, "unknown_fact": 1, "skipped": 0}
+    near_misses = manifest["counts"]["near_miss"]  # HASSAN's pairs may get one each (their hash decides)
+    assert manifest["counts"] == {"retrieved": 2, "injected": 1, "declined": 2, "near_miss": near_misses,
+                                  "unknown_fact": 1, "skipped": 0}
     assert manifest["parent"]["content_hash"] == "parent-hash" and len(manifest["knowledge_hash"]) == 64
-    assert manifest["splits"]["train"]["count"] == 4 and manifest["splits"]["valid"]["count"] == 1
+    assert manifest["splits"]["train"]["count"] == 4 + near_misses and manifest["splits"]["valid"]["count"] == 1
 
     second = ground_dataset(dataset, tmp_path / "two", index, serving, tokenizer)
     assert second.content_hash == first.content_hash
@@ -107,6 +110,29 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
     assert third.path == default_out_folder(dataset, third.content_hash) and third.path.is_dir()
     assert third.content_hash != first.content_hash
     assert third.manifest["counts"]["retrieved"] == 0 and third.manifest["counts"]["injected"] == 3  # PT sibling
+    index.close()
+
+
+def test_a_share_of_seed_pairs_also_teaches_declining_when_only_related_facts_are_shown(
+        knowledge, tokenizer, tmp_path):
+    serving = InferenceSettings.load()
+    index = FactIndex(knowledge)
+    seed = load_seed(DataSettings.load().seed_dir)
+    pairs = [pair(qa.question, qa.answer, source="seed", fact=qa.fact, kind="qa")
+             for qa in seed.qa if qa.kind == "qa"][:120]
+    grounded = read(ground_dataset(write_dataset(tmp_path / "built", {"train": pairs}), None, index, serving,
+                                   tokenizer).path)
+    near_misses = [line for line in grounded if line["kind"] == "near_miss"]
+    answered = {line["messages"][-2]["content"]: line for line in grounded if line["kind"] == "qa"}
+    assert 5 <= len(near_misses) <= 0.25 * len(pairs)
+    for line in near_misses:
+        question = line["messages"][-2]["content"]
+        assert near_miss_chosen(line["messages"][1:-1]) and question in answered
+        assert line["messages"][-1]["content"] == DECLINE[detect_language(question)]
+        assert line["shown_facts"] and line["fact"] not in line["shown_facts"]  # related, not answering
+        assert line["fact"] in answered[question]["shown_facts"]  # its twin is shown the answer
+        shown = line["messages"][0]["content"]
+        assert unsupported(answered[question]["messages"][-1]["content"], [shown, question])  # not in them
     index.close()
 
 

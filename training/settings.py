@@ -50,7 +50,7 @@ class TrainingSettings(Settings):
         "Longer examples are cut; grounded prompts (facts + question) run to ~370 tokens"))
     eval_every: int = Field(default=50, ge=1)
     val_batches: int = Field(default=50, ge=1)
-    patience: int = Field(default=5, ge=1, description="Evaluations without improvement before stopping")
+    patience: int = Field(default=2, ge=1, description="Evaluations without improvement before stopping")
     min_delta: float = Field(default=0.001, ge=0.0, description="Smaller val-loss gains do not count")
     checkpoint_every: int = Field(default=200, ge=1)
     keep_checkpoints: int = Field(default=3, ge=1)

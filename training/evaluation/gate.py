@@ -2,10 +2,13 @@
 
 Both are measured in one process on one base-model load, swapping adapters in between, on the same
 inputs: the candidate run's frozen validation batches (same batch size and sequence length as in
-training, from its grounded dataset) and a fixed, language-balanced subset of the seed's held-out
-eval questions, answered greedily in the served configuration: prompts built by
-inference.grounding.build_grounded with the retrieved facts (GROUNDING on), and a decline counted as
-the answer given (evaluation/evaluate.py `served_answers`). The candidate passes only if every criterion holds:
+training, from its grounded dataset) and a fixed, language-balanced subset of the seed's dev eval
+questions (the held-out set stays unseen by every automatic choice), answered greedily in the served
+configuration: prompts built by inference.grounding.build_grounded with the retrieved facts
+(GROUNDING on), a decline counted as the answer given, and the faithfulness guard applied
+(evaluation/evaluate.py `served_answers`). Each answer is right, declined or wrong (data.scorer);
+a wrong answer misleads a fan where a decline does not, so the wrong share has its own criterion.
+The candidate passes only if every criterion holds:
 
     val_loss            candidate ≤ champion × (1 − GATE_MIN_IMPROVEMENT)       (relative gain)
     champion_val_loss   candidate ≤ champion × (1 + GATE_MAX_REGRESSION)        on the champion run's
@@ -13,6 +16,7 @@ the answer given (evaluation/evaluate.py `served_answers`). The candidate passes
                         was trained on, so bad data would judge itself; the champion's split is the
                         reference it must not fall behind
     accuracy            candidate ≥ champion − GATE_ALLOWED_ACCURACY_DROP       (absolute, 0..1)
+    wrong_rate          candidate ≤ champion + GATE_ALLOWED_WRONG_RISE          (absolute, 0..1)
     adapter_loads       the adapter applies: files parse, tensors fit, weights are finite
     finite_val_loss     no NaN/inf loss
     degenerate_answers  share of empty or repetitive answers ≤ max(GATE_MAX_DEGENERATE, champion's)
@@ -34,6 +38,7 @@ from data.scorer import evaluate
 from data.seed import LANGS, EvalItem, load_eval
 from data.settings import DataSettings
 from inference.adapters import AdapterError, read_adapter
+from inference.faithfulness import KEPT
 from inference.grounding import FactIndex
 from inference.loading import load_base
 from inference.lora import apply_adapter, remove_adapter
@@ -49,6 +54,7 @@ from ..trainer.loop import validation_loss
 from .evaluate import served_answers
 
 BASE_LABEL = "base model"
+GATE_SPLIT = "dev"
 MIN_CHARS_FOR_RATIO = 40  # zlib's overhead makes shorter texts look incompressible
 MAX_COMPRESSION_RATIO = 2.4  # Whisper's threshold for looping output; normal prose is ~1.2-1.8
 MAX_NGRAM_REPEATS = 3  # a word 3-gram said 4 times in one short answer is a loop
@@ -71,9 +77,9 @@ def gate_version(registry: Registry, version: str, *, settings: LifecycleSetting
         raise GateError(f"{candidate.version}: its training run ({candidate.run_dir or 'none recorded'}) is "
                         "gone, and the gate needs that run's validation batches")
     problems: list = []
-    items = gate_items(load_eval(DataSettings.load().seed_dir, problems), settings.gate_eval_limit)
+    items = gate_items(load_eval(DataSettings.load().seed_dir, problems, GATE_SPLIT), settings.gate_eval_limit)
     if not items:
-        raise GateError(f"no held-out eval items in SEED_DIR ({'; '.join(map(str, problems[:3]))})")
+        raise GateError(f"no {GATE_SPLIT} eval items in SEED_DIR ({'; '.join(map(str, problems[:3]))})")
     reference = champion.run_dir if champion is not None and champion.run_dir is not None \
         and champion.run_dir != candidate.run_dir and (champion.run_dir / "config.json").is_file() else None
     report = compare(candidate.path, candidate.version, champion.path if champion else None,
@@ -142,6 +148,7 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
         "accepted": all(c["passed"] for c in criteria),
         "settings": {"min_improvement": settings.gate_min_improvement,
                      "allowed_accuracy_drop": settings.gate_allowed_accuracy_drop,
+                     "allowed_wrong_rise": settings.gate_allowed_wrong_rise,
                      "eval_limit": settings.gate_eval_limit, "max_tokens": settings.gate_max_tokens,
                      "max_degenerate": settings.gate_max_degenerate,
                      "max_regression": settings.gate_max_regression},
@@ -157,7 +164,7 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
     """Validation loss and served answers with `folder`'s adapter (None = bare base model) applied."""
     result = {"version": label, "label": label or BASE_LABEL, "error": None, "val_loss": None,
               "champion_val_loss": None, "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None,
-              "empty": None,
+              "wrong_rate": None, "verdicts_by_lang": None, "guard_fired": None, "empty": None,
               "repetitive": None, "degenerate_share": None, "declined": None, "answers": {}, "passed": {},
               "facts": {}}
     remove_adapter(model)
@@ -175,14 +182,17 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
     answers = served_answers(model, tokenizer, [item.question for item in items], serving, index,
                              grounded=index is not None, max_tokens=settings.gate_max_tokens)
     texts = [answer.text for answer in answers]
-    by_question = {item.question: text for item, text in zip(items, texts, strict=True)}
-    report = evaluate(lambda question, _lang: by_question[question], items, ood_items=[])
+    sent = {item.question: answer.guarded for item, answer in zip(items, answers, strict=True)}
+    report = evaluate(lambda question, _lang: sent[question], items, ood_items=[])
     kinds = Counter(degenerate(text) for text in texts)
     result.update(accuracy=report.accuracy, accuracy_by_lang=report.accuracy_by_lang,
-                  key_fact_recall=report.key_fact_recall, empty=kinds["empty"], repetitive=kinds["repetitive"],
+                  key_fact_recall=report.key_fact_recall, wrong_rate=report.wrong_rate,
+                  verdicts_by_lang={lang: report.verdicts(lang) for lang in LANGS},
+                  guard_fired=sum(answer.guard != KEPT for answer in answers),
+                  empty=kinds["empty"], repetitive=kinds["repetitive"],
                   degenerate_share=(kinds["empty"] + kinds["repetitive"]) / len(texts),
                   declined=sum(answer.declined for answer in answers),
-                  answers={item.id: text for item, text in zip(items, texts, strict=True)},
+                  answers={item.id: sent[item.question] for item in items},
                   passed={r.id: r.passed for r in report.items},
                   facts={item.id: list(answer.facts) for item, answer in zip(items, answers, strict=True)})
     return result
@@ -209,6 +219,10 @@ def _criteria(cand: dict, champ: dict, settings: LifecycleSettings) -> list[dict
     add("accuracy", "quality", "share", f"≥ {max(floor, 0.0):.1%} (champion − "
         f"{settings.gate_allowed_accuracy_drop:.1%})",
         cand["accuracy"] is not None and cand["accuracy"] >= floor - 1e-9, "accuracy")
+    ceiling = (champ["wrong_rate"] or 0.0) + settings.gate_allowed_wrong_rise
+    add("wrong_rate", "quality", "share", f"≤ {min(ceiling, 1.0):.1%} (champion + "
+        f"{settings.gate_allowed_wrong_rise:.1%})",
+        cand["wrong_rate"] is not None and cand["wrong_rate"] <= ceiling + 1e-9, "wrong_rate")
     rows.append({"name": "adapter_loads", "kind": "sanity", "unit": "text",
                  "candidate": cand["error"] or "ok", "champion": champ["error"] or "ok",
                  "rule": "files parse, tensors fit the base model, weights finite", "passed": cand["error"] is None})

@@ -16,6 +16,13 @@ Decisions:
     answer DECLINE[lang]: on the no-facts prompt when nothing was retrieved, and on the retrieved
     facts when something was (the model must learn to say no when the facts don't answer).
 (c) Feedback and correction examples (no fact number) are grounded exactly as served.
+(d) Near misses: for a share of the seed QA pairs (NEAR_MISS_SHARE, drawn from a hash of the
+    question), a second example shows the retrieved facts without the pair's own fact and is trained
+    to decline. Retrieval misses the answering fact for some questions when serving, and the facts
+    it does return are then about the same subject: the model must learn that related is not
+    answering. A copy is only made when the answer's names and numbers are not all in the remaining
+    facts (they might answer it after all) and when some facts remain (with none, the bot declines
+    without the model).
 The folder has its own manifest.json (parent dataset hash, knowledge hash, grounding settings,
 counts) and content_hash, so a training run's fingerprint changes with the facts it was shown; it is
 named after that hash, so a change of facts or of retrieval never overwrites a folder a run used.
@@ -37,6 +44,7 @@ from pathlib import Path
 
 from data.knowledge import knowledge_hash
 from data.store import Store
+from inference.faithfulness import claims, unsupported
 from inference.grounding import (DECLINE, Fact, FactIndex, build_grounded, facts_block,
                                  grounded_messages)
 from inference.loading import load_base
@@ -50,7 +58,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 GROUNDED_SUFFIX = "-grounded"
-COUNTS = ("retrieved", "injected", "declined", "unknown_fact", "skipped")
+COUNTS = ("retrieved", "injected", "declined", "near_miss", "unknown_fact", "skipped")
+NEAR_MISS_SHARE = 0.2
 
 
 class GroundingError(UsageError, ValueError):
@@ -110,10 +119,9 @@ def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactInd
                 log.warning("%s:%d: skipped: %s", path.name, number, error)
                 counts["skipped"] += 1
                 continue
-            if grounded is None:
-                continue
-            lines.append(json.dumps(grounded, ensure_ascii=False) + "\n")
-            counts[f"{split}_examples"] += 1
+            for example in grounded:
+                lines.append(json.dumps(example, ensure_ascii=False) + "\n")
+                counts[f"{split}_examples"] += 1
         contents[split] = "".join(lines).encode("utf-8")
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
     content_hash = hashlib.sha256(
@@ -134,9 +142,10 @@ def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactInd
 
 
 def ground_example(record: dict, index: FactIndex, serving_settings, count_tokens,
-                   counts: Counter) -> dict | None:
-    """One dataset line -> the same line with grounded messages and the target answer; None for a
-    pair whose fact is not in the knowledge base (it would teach answering from nothing)."""
+                   counts: Counter) -> list[dict]:
+    """One dataset line -> the same line with grounded messages and the target answer, and its near
+    miss when it gets one (d); nothing for a pair whose fact is not in the knowledge base (it would
+    teach answering from nothing)."""
     messages = record["messages"]
     if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
         raise ValueError("expected messages ending with an assistant answer")
@@ -154,7 +163,7 @@ def ground_example(record: dict, index: FactIndex, serving_settings, count_token
             right = _seed_fact(index.db_path, target, lang)
             if right is None:  # e.g. an uncertain fact kept out of the knowledge base
                 counts["unknown_fact"] += 1
-                return None
+                return []
             facts = _inject(facts, right, conversation, serving_settings, count_tokens, lang)
             counts["injected"] += 1
     elif grounding.decline is not None:
@@ -162,7 +171,29 @@ def ground_example(record: dict, index: FactIndex, serving_settings, count_token
         counts["declined"] += 1
     grounded = grounded_messages(conversation, facts, lang) if facts != grounding.facts else grounding.messages
     extra = {key: value for key, value in record.items() if key != "messages"}
-    return {"messages": [*grounded, {"role": "assistant", "content": answer}], **extra,
+    examples = [_example(grounded, answer, extra, facts)]
+    if record.get("kind", "qa") == "qa" and isinstance(target, int) and near_miss_chosen(conversation):
+        others = [fact for fact in grounding.facts if fact.fact != target]
+        if others and claims(answer) and unsupported(answer, [*(fact.text for fact in others),
+                                                              conversation[-1]["content"]]):
+            examples.append(_example(grounded_messages(conversation, others, lang), DECLINE[lang],
+                                     extra | {"kind": "near_miss"}, others))
+            counts["near_miss"] += 1
+    return examples
+
+
+def near_miss_chosen(conversation: list[dict]) -> bool:
+    """Whether this question also gets a near-miss copy: a fixed share, drawn from its hash."""
+    return _hash_share(conversation) < NEAR_MISS_SHARE
+
+
+def _hash_share(conversation: list[dict]) -> float:
+    question = "\n".join(str(message.get("content", "")) for message in conversation)
+    return int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:4], "big") / 2**32
+
+
+def _example(messages: list[dict], answer: str, extra: dict, facts: list[Fact]) -> dict:
+    return {"messages": [*messages, {"role": "assistant", "content": answer}], **extra,
             "shown_facts": [fact.fact if fact.fact is not None else f"id{fact.id}" for fact in facts]}
 
 
@@ -243,6 +274,7 @@ def open_index(serving: InferenceSettings):
 def _ground(args: argparse.Namespace) -> int:
     serving = InferenceSettings.load()
     folder = Path(args.dataset) if args.dataset else latest_dataset()
+    Store(serving.home.database).close()  # a fresh home gets its knowledge base seeded
     index = open_index(serving)
     try:
         result = ground_dataset(folder, Path(args.out) if args.out else None, index, serving,
@@ -260,8 +292,8 @@ def _ground(args: argparse.Namespace) -> int:
     splits = result.manifest["splits"]
     print(f"{result.path}\n  {splits['train']['count']} train / {splits['valid']['count']} valid / "
           f"{splits['test']['count']} test; fact retrieved {counts['retrieved']}, injected "
-          f"{counts['injected']}, declined {counts['declined']}, unknown fact {counts['unknown_fact']}, "
-          f"skipped {counts['skipped']}; content {result.content_hash[:12]}")
+          f"{counts['injected']}, declined {counts['declined']}, near misses {counts['near_miss']}, "
+          f"unknown fact {counts['unknown_fact']}, skipped {counts['skipped']}; content {result.content_hash[:12]}")
     return 0
 
 

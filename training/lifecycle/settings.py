@@ -25,8 +25,11 @@ class LifecycleSettings(Settings):
     gate_allowed_accuracy_drop: float = Field(
         default=0.0, ge=0.0, le=1.0,
         description="Absolute drop of eval accuracy tolerated (0.02 = two percentage points)")
+    gate_allowed_wrong_rise: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Absolute rise of the share of wrong answers tolerated (a decline is not wrong)")
     gate_eval_limit: int = Field(
-        default=60, ge=2, le=1000, description="Held-out eval questions asked, half EN, half PT")
+        default=60, ge=2, le=1000, description="Dev eval questions asked, half EN, half PT")
     gate_max_tokens: int = Field(default=64, ge=8, le=2048, description="Answer length cap in the gate")
     gate_max_degenerate: float = Field(
         default=0.1, ge=0.0, le=1.0,
