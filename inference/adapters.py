@@ -125,11 +125,6 @@ def check_fits(adapter: Adapter, expected: dict[str, tuple[int, ...]]) -> None:
         raise AdapterError(f"adapter {adapter.path} does not fit the base model: {detail}")
 
 
-def production_pointer_path(farense_home: Path) -> Path:
-    """`Home.production_pointer`; kept for training/registry.py until it is ported to Home."""
-    return Home(farense_home).production_pointer
-
-
 def read_production(farense_home: Path) -> tuple[str, Path] | None:
     """(version, folder) of the adapter in production, or None when the bare base model serves."""
     pointer = Home(farense_home).production_pointer

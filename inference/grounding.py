@@ -208,6 +208,18 @@ class FactIndex:
             facts.append(self._version_in(known, item.key, lang, item.score))
         return facts
 
+    def seed_fact(self, number: int, lang: str) -> Fact | None:
+        """Live seed fact `number`, in `lang` when it has that version: the fact a training pair
+        about it is shown (seed rows come first, having been stored first)."""
+        try:
+            known = self._known(self._connection())
+        except sqlite3.Error as error:
+            self._warn(error)
+            return None
+        rows = sorted((row for row in known.rows.values() if row[5] == number),
+                      key=lambda row: (row[1] != lang, row[0]))
+        return Fact(*rows[0][:5], 0.0, rows[0][5]) if rows else None
+
     @staticmethod
     def _in_time(known: _Knowledge, relevant: list[Scored], when: str | None) -> list[Scored]:
         """The relevant facts a question set in time can use, most recent first.

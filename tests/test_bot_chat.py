@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from inference.adapters import production_pointer_path
+from common.home import Home
 
 from .helpers import BOT_ADMIN
 from .models import make_adapter
@@ -18,7 +18,7 @@ QUESTION = "Quando foi fundado o Farense?"
 def serve_adapter(home, tiny_model_dir, version="v1"):
     """Put an adapter in production the way the registry does: the pointer names its folder."""
     folder = make_adapter(tiny_model_dir, home / "adapters" / version)
-    pointer = production_pointer_path(home)
+    pointer = Home(home).production_pointer
     pointer.parent.mkdir(parents=True, exist_ok=True)
     pointer.write_text(json.dumps({"version": version, "path": str(folder)}))
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from common.home import Home
 from data.builder import build_dataset
 from data.settings import DataSettings
-from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, production_pointer_path
+from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError
 from inference.engine import Engine
 from inference.settings import InferenceSettings
 from training import runs
@@ -124,7 +125,7 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
         registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"good{seed}", seed=seed))
     registry.promote("v0001", by="test", reason="setup")
     bot = start_bot(rate_limit_per_minute=1000, max_tokens=4)
-    pointer = production_pointer_path(isolated_env)
+    pointer = Home(isolated_env).production_pointer
 
     def asked(text: str):
         bot.engine._pointer_checked = float("-inf")  # look at the pointer before this question

@@ -9,7 +9,7 @@ from fnmatch import fnmatch
 
 import pytest
 
-from data.knowledge import PACKAGE_KNOWLEDGE_DIR, add_fact, load_seed_facts
+from data.knowledge import PACKAGE_KNOWLEDGE_DIR, add_fact, load_seed_facts, remove_fact
 from data.seed import EVAL_GLOB, OOD_FILE, QA_GLOB, load_eval, load_ood, load_qa
 from data.settings import PACKAGE_SEED_DIR
 from data.store import Store
@@ -190,3 +190,13 @@ def test_the_dev_questions_are_apart_from_the_held_out_ones_and_answerable(name)
     assert len(dev) == len(questions)
     assert not any(fnmatch(name, pattern) for pattern in (QA_GLOB, EVAL_GLOB, OOD_FILE))
     assert load_qa(PACKAGE_SEED_DIR, problems) and not problems
+
+
+def test_a_seed_fact_is_looked_up_live_and_in_the_asked_language(index, db_path):
+    english, portuguese = index.seed_fact(2, "en"), index.seed_fact(2, "pt")
+    assert (english.fact, english.lang, portuguese.fact, portuguese.lang) == (2, "en", 2, "pt")
+    assert "1910" in english.text and english.text != portuguese.text
+    with Store(db_path) as store:
+        remove_fact(store, portuguese.id, author_id=7)
+    assert index.seed_fact(2, "pt").lang == "en"  # the version that is left
+    assert index.seed_fact(999, "en") is None

@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sqlite3
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -160,7 +159,7 @@ def ground_example(record: dict, index: FactIndex, serving_settings, count_token
         if any(fact.fact == target for fact in facts):
             counts["retrieved"] += 1
         else:
-            right = _seed_fact(index.db_path, target, lang)
+            right = index.seed_fact(target, lang)
             if right is None:  # e.g. an uncertain fact kept out of the knowledge base
                 counts["unknown_fact"] += 1
                 return []
@@ -208,17 +207,6 @@ def _inject(facts: list[Fact], right: Fact, conversation: list[dict], serving_se
     while len(chosen) > 1 and count_tokens(facts_block(chosen, lang)) > serving_settings.grounding_context_tokens:
         chosen.remove(next(fact for fact in reversed(chosen) if fact is not right))
     return chosen
-
-
-def _seed_fact(db_path: Path, number: int, lang: str) -> Fact | None:
-    """The live knowledge-base row of seed fact `number`, in `lang` if there is one."""
-    uri = f"{Path(db_path).resolve().as_uri()}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as connection:
-        row = connection.execute(
-            "SELECT id, lang, text, source, url, fact FROM facts WHERE fact = ? AND removed_at IS NULL"
-            " ORDER BY lang != ?, origin != 'seed', id LIMIT 1", (number, lang)).fetchone()
-    connection.close()
-    return None if row is None else Fact(row[0], row[1], row[2], row[3], row[4], 0.0, row[5])
 
 
 def _knowledge_hash(db_path: Path) -> str:

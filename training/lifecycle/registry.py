@@ -28,8 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.adapters import (CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError, check_fits,
-                                production_pointer_path, read_adapter)
+from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError, check_fits, read_adapter
 
 from ..errors import UsageError
 from common.files import file_lock, fsync_dir, fsync_tree, sha256_file, write_atomic
@@ -111,7 +110,7 @@ class Registry:
         try:
             return self.get(name)
         except RegistryError:
-            raise RegistryError(f"{production_pointer_path(self.home)} names {name}, which is not in the "
+            raise RegistryError(f"{Home(self.home).production_pointer} names {name}, which is not in the "
                                 f"registry; promote a registered version to repair it") from None
 
     def previous_production(self) -> AdapterVersion | None:
@@ -264,7 +263,7 @@ class Registry:
                    "path": str(target.path.resolve()) if target else None,
                    "promoted_at": now, "promoted_by": by, "reason": reason, "previous": previous,
                    "action": action, "from": current}  # enough to redo the history line after a crash
-        write_atomic(production_pointer_path(self.home), json.dumps(pointer, indent=2))
+        write_atomic(Home(self.home).production_pointer, json.dumps(pointer, indent=2))
         if current and (self.root / current / VERSION_FILE).is_file():
             self._update(self.get(current), status=RETIRED)
         if target is not None:
@@ -280,7 +279,7 @@ class Registry:
     def _recover(self) -> list[str]:
         """Finish what a killed change left: debris, statuses and the history line (lock held)."""
         fixed = []
-        pointer_temp = f".{production_pointer_path(self.home).name}."
+        pointer_temp = f".{Home(self.home).production_pointer.name}."
         for debris in sorted(self.root.glob(".*")):
             if debris.name.startswith((".incoming-", ".trash-", pointer_temp)):
                 shutil.rmtree(debris) if debris.is_dir() else debris.unlink()
@@ -331,7 +330,7 @@ class Registry:
     def _pointer(self, strict: bool = True) -> dict:
         """production.json; a corrupt one raises, or is reported and read as empty (`strict=False`:
         promoting rewrites it, which is how it gets repaired)."""
-        path = production_pointer_path(self.home)
+        path = Home(self.home).production_pointer
         try:
             pointer = json.loads(path.read_text())
             if not isinstance(pointer, dict):
