@@ -22,6 +22,7 @@ from inference.settings import InferenceSettings
 
 from .logs import add_update_context, log_context, setup_logging
 from .os_service import hold_running_lock
+from .retraining import install_factory
 from .settings import BotSettings
 
 EXIT_SETUP = 2
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         return _fail(str(error))
     running = hold_running_lock(inference_settings.farense_home)  # restore refuses while it is held
+    if (factory := install_factory(engine)) is not None:
+        print(f"Fresh home: serving the factory adapter {factory}.", file=sys.stderr)
     try:
         if console:
             from .console import run_console

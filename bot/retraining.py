@@ -17,6 +17,8 @@ from datetime import datetime
 from data.backup import scheduled_backup
 from data.store import Store
 from inference.engine import Engine
+from training.lifecycle.commands import open_registry
+from training.lifecycle.factory import install_factory_adapter, model_folder
 from training.lifecycle.pipeline import run_pipeline
 
 from .logs import log_context
@@ -24,6 +26,7 @@ from .logs import log_context
 log = logging.getLogger(__name__)
 
 NIGHTLY_JOB_ID = "nightly-retrain"
+FIRST_JOB_ID = "first-adapter"
 BUSY = "A training run is already in progress — try again when it has finished."
 
 
@@ -125,4 +128,28 @@ async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
     if result.outcome == "skipped":
         log.info("nightly retraining of %s skipped: %s", night, result.message)
     await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}\n{backup}")
+    return result
+
+
+def install_factory(engine: Engine) -> str | None:
+    """On a fresh home, register and serve the factory adapter of the base model (when it ships
+    one): the first answer then comes from a trained adapter. Its version, or None."""
+    installed = install_factory_adapter(open_registry(), model_folder(engine.settings))
+    if installed is None:
+        return None
+    engine.refresh_production()
+    return installed.version
+
+
+def needs_first_adapter(engine: Engine) -> bool:
+    """No adapter served and none ever registered: a base model that has no factory adapter."""
+    return engine.adapter_version is None and not open_registry().versions()
+
+
+async def first_training(retrainer: Retrainer, notify: Callable[[str], Awaitable[None]]) -> RetrainOutcome:
+    """Train the first adapter now rather than at the next nightly run, telling the admins."""
+    await notify("No trained adapter for this base model yet: training the first one now (about an hour "
+                 "on a 2-core server). Answers come from the base model with retrieved facts until then.")
+    result = await retrainer.run(trigger="first", requested_by="start")
+    await notify(f"First adapter: {result.outcome}\n{result.message}")
     return result

@@ -3,6 +3,8 @@ the bot (Telegram or the console), so it runs wherever the bot runs.
 
 A missed night (the bot was down at 03:00) still runs when the bot comes back within
 RETRAIN_MISFIRE_GRACE_S; runs never overlap; the store's job claim keeps a night from running twice.
+A base model with no adapter at all (another MODEL_PATH: only the embedded default ships a factory
+adapter) trains its first one right after start (FIRST_TRAINING_AT_START).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .retraining import NIGHTLY_JOB_ID, RetrainOutcome, nightly_retrain
+from .retraining import (FIRST_JOB_ID, NIGHTLY_JOB_ID, RetrainOutcome, first_training, needs_first_adapter,
+                         nightly_retrain)
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,9 @@ def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) 
     scheduler.add_job(nightly, settings.cron_trigger(), id=NIGHTLY_JOB_ID,
                       name="nightly retraining", replace_existing=True, coalesce=True,
                       max_instances=1, misfire_grace_time=settings.retrain_misfire_grace_s)
+    if settings.first_training_at_start and needs_first_adapter(services.engine):
+        scheduler.add_job(first_training, "date", args=(services.retrainer, notify), id=FIRST_JOB_ID,
+                          name="first adapter", misfire_grace_time=None)
     scheduler.start()
     services.scheduler = scheduler
     log.info("nightly retraining scheduled (%s, %s); next run %s", settings.retrain_cron,

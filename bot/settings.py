@@ -21,6 +21,8 @@ class BotSettings(HomeSettings):
     admin_user_ids: Annotated[tuple[int, ...], NoDecode] = ()
     retrain_cron: str = "0 3 * * *"
     retrain_timezone: str = "Europe/Lisbon"
+    first_training_at_start: bool = Field(
+        default=True, description="A base model without any adapter (no factory one) trains its first right after start")
     retrain_misfire_grace_s: int = Field(default=3600, ge=1,
                                          description="How late a missed nightly run may still start")
     rate_limit_per_minute: int = Field(default=10, ge=1, description="Questions per user per minute")

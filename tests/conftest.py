@@ -85,6 +85,7 @@ def isolated_env(tmp_path, monkeypatch, models_root):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FARENSE_HOME", str(home))
     monkeypatch.setenv("MODELS_DIR", str(models_root))
+    monkeypatch.setenv("FIRST_TRAINING_AT_START", "false")  # a bot on the tiny model would train at start
     monkeypatch.chdir(tmp_path)
     return home
 

@@ -26,7 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ground": ("training.evaluation.grounding:main",
                "rewrite a built dataset with the prompts as served (retrieved facts included)"),
     "evaluate": ("training.evaluation.evaluate:main",
-                 "held-out accuracy of base, base+retrieval, adapter and adapter+retrieval, EN and PT"),
+                 "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT"),
+    "factory": ("training.lifecycle.factory:main",
+                "write a registered version as the factory adapter of the configured base model"),
 }
 
 USAGE = "usage: python -m training [-v] COMMAND ...  (COMMAND --help for its options)"

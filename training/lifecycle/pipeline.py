@@ -45,6 +45,7 @@ from ..errors import EXIT_USAGE
 from common.files import write_atomic
 from common.home import Home
 from ..runs import all_runs, is_resumable, pid_alive
+from .factory import install_factory_adapter, model_folder
 from .registry import REJECTED, Registry, RegistryError
 from .report import criterion_line
 from .settings import LifecycleSettings
@@ -111,6 +112,7 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
               on_promoted: Callable[[str], None] | None, skip_if_unchanged: bool,
               train_args: list[str]) -> PipelineResult:
     registry = Registry(home, keep=settings.keep_adapters)
+    install_factory_adapter(registry, model_folder(InferenceSettings.load()))  # the champion of a fresh home
     production = registry.production()
     serving_now = f"Production unchanged: {production.version if production else 'base model'}."
     trained = None
