@@ -118,13 +118,22 @@ def duration(seconds: float) -> str:
 async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
                           notify: Callable[[str], Awaitable[None]]) -> RetrainOutcome | None:
     """The scheduled run: once per local date, after a backup (BACKUP_KEEP kept), skipped when
-    there is no new curated data."""
+    there is no new curated data. When another run is in progress it returns "busy" without
+    consuming the date, for the scheduler to retry."""
     night = now.date().isoformat()
     if not await asyncio.to_thread(store.claim_job, NIGHTLY_JOB_ID, night):
         log.info("nightly retraining of %s already claimed (restart or second process): not again", night)
         return None
+    if retrainer.running:  # an admin's /retrain: the night stays unclaimed for the retry
+        await asyncio.to_thread(store.release_job, NIGHTLY_JOB_ID, night)
+        log.info("nightly retraining of %s: another run is in progress, to be retried", night)
+        return RetrainOutcome("busy", BUSY)
     backup = await asyncio.to_thread(scheduled_backup, store.path)
     result = await retrainer.run(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True)
+    if result.outcome == "busy":  # a pipeline of another process (`python -m training pipeline`)
+        await asyncio.to_thread(store.release_job, NIGHTLY_JOB_ID, night)
+        log.info("nightly retraining of %s: %s; to be retried", night, result.message)
+        return result
     if result.outcome == "skipped":
         log.info("nightly retraining of %s skipped: %s", night, result.message)
     await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}\n{backup}")

@@ -5,6 +5,7 @@ The token is a SecretStr so it never appears in a repr, a log line or an error m
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,6 +22,10 @@ class BotSettings(HomeSettings):
     admin_user_ids: Annotated[tuple[int, ...], NoDecode] = ()
     retrain_cron: str = "0 3 * * *"
     retrain_timezone: str = "Europe/Lisbon"
+    retrain_quiet_hours: str = Field(
+        default="08-23", description="Local hours START-END when a missed night is not caught up (fans chat); empty = none")
+    retrain_retry_minutes: int = Field(
+        default=30, ge=1, description="A nightly run that finds another pipeline running tries again this much later")
     first_training_at_start: bool = Field(
         default=True, description="A base model without any adapter (no factory one) trains its first right after start")
     retrain_misfire_grace_s: int = Field(default=3600, ge=1,
@@ -76,6 +81,24 @@ class BotSettings(HomeSettings):
             raise ValueError(f"RETRAIN_CRON is not a valid crontab line: {error}") from None
         return self
 
+    @field_validator("retrain_quiet_hours")
+    @classmethod
+    def _hour_range(cls, value: str) -> str:
+        if value.strip() and _quiet_hours(value) is None:
+            raise ValueError(f"{value!r} is not an hour range like 08-23 (hours 0-24, start before end)")
+        return value.strip()
+
+    def in_quiet_hours(self, when: datetime) -> bool:
+        hours = _quiet_hours(self.retrain_quiet_hours)
+        return hours is not None and hours[0] <= when.hour < hours[1]
+
+    def quiet_hours_end(self, when: datetime) -> datetime:
+        """The end of the quiet hours `when` falls in (`when` itself outside them)."""
+        if not self.in_quiet_hours(when):
+            return when
+        return when.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
+            hours=_quiet_hours(self.retrain_quiet_hours)[1])
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.retrain_timezone)
@@ -85,3 +108,12 @@ class BotSettings(HomeSettings):
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_user_ids
+
+
+def _quiet_hours(text: str) -> tuple[int, int] | None:
+    """"08-23" -> (8, 23); None when it is not such a range."""
+    start, _, end = text.strip().partition("-")
+    if not (start.isdigit() and end.isdigit()):
+        return None
+    hours = int(start), int(end)
+    return hours if 0 <= hours[0] < hours[1] <= 24 else None

@@ -289,6 +289,15 @@ class Store:
             (name, period_key, _now())))
         return cursor.rowcount == 1
 
+    def release_job(self, name: str, period_key: str) -> None:
+        """Give a claimed period back (its run could not start), so a retry can claim it."""
+        self.write(lambda db: db.execute("DELETE FROM job_runs WHERE name = ? AND period_key = ?",
+                                         (name, period_key)))
+
+    def last_job_period(self, name: str) -> str | None:
+        """The latest period claimed for job `name` (ISO dates sort as text), or None."""
+        return self.read("SELECT max(period_key) FROM job_runs WHERE name = ?", (name,))[0][0]
+
     def log_admin_event(self, user_id: int, command: str, allowed: bool) -> None:
         self.write(lambda db: db.execute(
             "INSERT INTO admin_events (user_id, command, allowed, created_at) VALUES (?, ?, ?, ?)",
