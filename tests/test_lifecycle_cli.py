@@ -52,6 +52,15 @@ def test_promote_list_and_rollback(registry, capsys):
     assert read_production(registry.home)[0] == "v0001"
 
 
+def test_adapters_lists_each_versions_gate_figures_per_language(registry, capsys):
+    registry.record_gate("v0001", {"accepted": True, "candidate": {
+        "val_loss": 0.91, "accuracy": 0.625, "accuracy_by_lang": {"en": 0.75, "pt": 0.5}, "wrong_rate": 0.125}}, True)
+    code, out, _ = run(capsys, "adapters")
+    header, first = out.splitlines()[:2]
+    assert header.split()[-4:] == ["EN", "PT", "wrong", "gate"]
+    assert first.split()[-6:] == ["0.9100", "62.5%", "75.0%", "50.0%", "12.5%", "accepted"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["promote", "v9"], "no adapter version v0009 (registered: v0001, v0002)"),
     (["promote", "latest"], "'latest' is not a version"),

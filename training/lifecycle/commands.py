@@ -74,12 +74,14 @@ def _adapters(args: argparse.Namespace) -> int:
         print("no adapters registered yet; the base model serves")
         return EXIT_OK
     print(f"  {'version':<8} {'status':<10} {'created':<25} {'dataset':<12} {'train':>6} {'best val':>9} "
-          f"{'gate val':>9} {'gate acc':>8}  gate")
+          f"{'gate val':>9} {'gate acc':>8} {'EN':>8} {'PT':>8} {'wrong':>8}  gate")
     for entry in versions:
         row = _row(entry)
+        by_lang = row["gate_accuracy_by_lang"] or {}
         print(f"{'*' if entry.status == PRODUCTION else ' '} {entry.version:<8} {entry.status:<10} "
               f"{entry.created_at:<25} {(row['dataset_hash'] or '-')[:12]:<12} {row['train_examples'] or '-':>6} "
-              f"{_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} {_pct(row['gate_accuracy'])}  "
+              f"{_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} {_pct(row['gate_accuracy'])} "
+              f"{_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} {_pct(row['gate_wrong_rate'])}  "
               f"{row['gate'] or '-'}")
     return EXIT_OK
 
@@ -111,6 +113,7 @@ def _row(entry: AdapterVersion) -> dict:
             "best_val_loss": entry.metrics.get("best_val_loss"),
             "gate": ("accepted" if gate.get("accepted") else "rejected") if gate else None,
             "gate_val_loss": candidate.get("val_loss"), "gate_accuracy": candidate.get("accuracy"),
+            "gate_accuracy_by_lang": candidate.get("accuracy_by_lang"), "gate_wrong_rate": candidate.get("wrong_rate"),
             "path": str(entry.path)}
 
 
