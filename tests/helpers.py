@@ -214,6 +214,9 @@ class RunningBot:
         await app.post_shutdown(app)
 
     def stop(self):
+        """Stop the bot (again: nothing to do, so a test may stop it before its fixture does)."""
+        if self.loop.is_closed():
+            return
         try:
             self.run(self._stop())
         finally:

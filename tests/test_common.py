@@ -62,7 +62,7 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     target = folder / "pointer.json"
     write_atomic(target, "one")
     write_atomic(target, b"two")
-    assert target.read_text() == "two" and oct(target.stat().st_mode & 0o777) == "0o644"
+    assert target.read_text() == "two" and oct(target.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in folder.iterdir()] == ["pointer.json"]  # no temporary left behind
     assert sha256_file(target) == hashlib.sha256(b"two").hexdigest()
 

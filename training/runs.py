@@ -68,7 +68,7 @@ class Run:
             return {"run_id": self.id, "state": "unknown"}
 
     def write_json(self, name: str, data: dict) -> None:
-        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str), mode=None)
+        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str))
 
     def set_status(self, state: str, **fields) -> dict:
         """Merge `fields` into status.json and set the state; written atomically."""
@@ -88,7 +88,7 @@ class Run:
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """On resume: metrics.jsonl = what the checkpoint had seen (drops steps that will be redone)."""
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records), mode=None)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def new_run(home: Path) -> Run:
