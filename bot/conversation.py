@@ -25,7 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from common.home import Home
-from data.forgetting import forget_user
+from data.retention import forget_user
 from data.store import Store, now
 from inference.engine import Chunk, Engine, Generation
 from inference.faithfulness import KEPT, guard
@@ -137,7 +137,7 @@ class Conversations:
         self._chats.pop(chat_id, None)
 
     async def forget_user(self, user_id: int, home: Home) -> dict[str, int]:
-        """/forget: delete the user's stored data (data/forgetting.py), wait for the answers they
+        """/forget: delete the user's stored data (data/retention.py), wait for the answers they
         are still being given (the forget's tombstone keeps them out of the store), then drop the
         user from memory. Returns what was deleted per kind."""
         counts = await asyncio.to_thread(forget_user, self.store, home, user_id)

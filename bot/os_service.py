@@ -25,6 +25,7 @@ import getpass
 import os
 import plistlib
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -211,6 +212,27 @@ def status(spec: ServiceSpec) -> list[str]:
 
 
 # -- the running bot's lock -------------------------------------------------------------------
+
+def rotate_service_log(logs: Path, max_bytes: int, backups: int) -> bool:
+    """Rotate service.log past `max_bytes`, keeping `backups` old ones (service.log.1 ...).
+
+    systemd and launchd keep it open for appending, so it is copied and then truncated in place
+    (their next line lands at its start); a line written between the two is lost."""
+    path = logs / SERVICE_LOG
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for number in range(backups - 1, 0, -1):
+        older = logs / f"{SERVICE_LOG}.{number}"
+        if older.exists():
+            os.replace(older, logs / f"{SERVICE_LOG}.{number + 1}")
+    shutil.copyfile(path, logs / f"{SERVICE_LOG}.1")
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+    return True
+
 
 def hold_running_lock(home: Path) -> IO[str]:
     """A shared lock on $FARENSE_HOME/bot.lock, held until the returned file is closed (or the

@@ -10,12 +10,14 @@ adapter) trains its first one right after start (FIRST_TRAINING_AT_START).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from .retention import retention_report
 from .retraining import (FIRST_JOB_ID, NIGHTLY_JOB_ID, RetrainOutcome, first_training, needs_first_adapter,
                          nightly_retrain)
 from .services import Services
@@ -29,7 +31,8 @@ def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) 
     settings = services.settings
 
     async def nightly() -> RetrainOutcome | None:
-        return await nightly_retrain(services.retrainer, services.store, services.now(), notify)
+        return await nightly_retrain(services.retrainer, services.store, services.now(), notify,
+                                     functools.partial(retention_report, services.data_settings, services.settings))
 
     scheduler = AsyncIOScheduler(timezone=settings.zone, event_loop=asyncio.get_running_loop())
     scheduler.add_job(nightly, settings.cron_trigger(), id=NIGHTLY_JOB_ID,

@@ -106,7 +106,7 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
         "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out},
         "scrubbed_replacements": scrubbed,
         # Which logged messages it holds (ids, no user data): a forget drops the datasets holding
-        # any message that is gone (data/forgetting.py).
+        # any message that is gone (data/retention.py).
         "message_ids": sorted(example.message_id for example in kept if example.message_id is not None),
         "knowledge_hash": knowledge,
         "problems": [problem.to_dict() for problem in problems],

@@ -126,4 +126,70 @@ def test_optout_and_the_refused_admin_attempts_survive_forget(start_bot):
     db.close()
     rated_up(bot, "Qual é o estádio do Farense?")  # back after the forget, still opted out
     assert bot.store.curated_examples() == [] and bot.store.withheld_opted_out() == 1
-    assert BOT_ADMIN != FAN
+
+
+# -- point 13: the home is the owner's alone ---------------------------------------------------------
+
+def test_every_entry_point_keeps_the_home_for_its_owner(isolated_env):
+    from data.store import Store
+
+    home = isolated_env
+    with Store(home / "farense.db") as store:
+        store.log_message(FAN, FAN, QUESTION, "No.", model_id=None, adapter_version=None, latency_s=None,
+                          prompt_tokens=None, completion_tokens=None)
+    run_cli("data", "build")
+    (home / "logs").mkdir()
+    (home / "logs" / "bot.log").write_text("a fan's question\n")
+    loose = [home / "farense.db", home / "logs" / "bot.log", *(home / "datasets").rglob("*")]
+    for path in [*loose, home / "logs", home / "datasets"]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # as an older version left them
+    run_cli("data", "stats")
+    run_cli("data", "build")
+    everything = [path for path in home.rglob("*") if "models" not in path.parts]
+    assert everything and all(path.stat().st_mode & 0o077 == 0 for path in everything), [
+        (str(path), oct(path.stat().st_mode)) for path in everything if path.stat().st_mode & 0o077]
+
+
+# -- point 14: bounded disk ------------------------------------------------------------------------
+
+def test_retention_keeps_the_newest_runs_datasets_and_backups_and_rotates_the_service_log(isolated_env,
+                                                                                         monkeypatch):
+    from common.home import Home
+    from data.backup import NAME, list_backups
+
+    from .helpers import simulate_nights
+
+    home = Home(isolated_env)
+    simulate_nights(isolated_env, 30, scale=0.01, log_bytes_per_night=50_000)
+    before = home.disk_use()
+    for name, value in {"KEEP_RUNS": "4", "KEEP_DATASETS": "3", "BACKUP_MAX_AGE_DAYS": "14",
+                        "LOG_MAX_MB": "1", "LOG_BACKUPS": "2"}.items():
+        monkeypatch.setenv(name, value)
+
+    result = run_cli("bot", "retention")
+
+    after = home.disk_use()
+    runs = sorted(path for path in home.runs.iterdir() if path.is_dir())
+    assert [path.name[-3:] for path in runs] == ["026", "027", "028", "029"]
+    assert all(not any((run / "checkpoints").iterdir()) and (run / "adapters" / "best").is_dir() for run in runs)
+    datasets = sorted(path.name for path in home.datasets.iterdir() if path.is_dir())
+    assert [name[-3:] for name in datasets] == ["027", "027", "028", "028", "029", "029"]  # each + grounded
+    kept = [NAME.match(path.name)["label"] for path in list_backups(home.backups)]
+    assert kept == ["manual"] + ["nightly"] * 7  # manual ones of nights 0 and 10 were over 14 days old
+    assert (home.logs / "service.log").stat().st_size == 0 and (home.logs / "service.log.1").stat().st_size == 1_500_000
+    assert after["runs"] < before["runs"] / 10 and after["datasets"] < before["datasets"] / 5
+    assert "Retention: deleted" in result.stdout and "Disk use: database" in result.stdout
+
+
+def test_status_and_doctor_show_the_disk_use_of_the_home_by_part(start_bot):
+    bot = start_bot()
+    since = len(bot.server.calls())
+    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status")
+    status = bot.server.wait_for("sendMessage", since=since).params["text"]
+    bot.settle()
+    disk = next(line for line in status.splitlines() if line.startswith("Disk: "))
+    assert all(part in disk for part in ("database", "models", "adapters", "runs", "datasets", "backups",
+                                         "logs", "total"))
+    doctor = subprocess.run([sys.executable, "-m", "bot", "doctor", "--timeout", "0.5"], capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ))
+    assert "FARENSE_HOME uses database" in doctor.stdout, doctor.stdout + doctor.stderr

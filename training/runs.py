@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, FINISHED, FAILED, CANCELLED, EARLY_STOPPED = "running", "finished", "failed", "cancelled", "early_stopped"
 RESUMABLE = (RUNNING, FAILED, CANCELLED)  # RUNNING only when its process is gone (killed, crashed)
+ENDED = (FINISHED, EARLY_STOPPED)  # never resumed: their checkpoints serve nothing
 
 
 class RunBusy(RuntimeError):
@@ -138,6 +140,30 @@ def pid_alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def prune_runs(home: Path, keep: int) -> list[Path]:
+    """Keep the newest `keep` runs and delete the older ones (the registry holds its own copy of
+    every adapter it registered); drop the checkpoints of the kept runs that ended. Nothing is
+    touched while a run is in progress. Returns the folders deleted."""
+    try:
+        with training_lock(home):
+            runs = all_runs(home)
+            removed = []
+            for run in runs[keep:]:
+                shutil.rmtree(run.dir, ignore_errors=True)
+                removed.append(run.dir)
+            for run in runs[:keep]:
+                if run.status().get("state") in ENDED and run.checkpoints.is_dir() and any(run.checkpoints.iterdir()):
+                    shutil.rmtree(run.checkpoints, ignore_errors=True)
+                    run.checkpoints.mkdir()
+                    removed.append(run.checkpoints)
+    except RunBusy as busy:
+        log.info("runs not pruned: %s", busy)
+        return []
+    if removed:
+        log.info("pruned %d run folder(s)/checkpoints, keeping the newest %d runs", len(removed), keep)
+    return removed
 
 
 @contextmanager

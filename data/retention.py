@@ -1,10 +1,12 @@
-"""/forget beyond the database's rows: the WAL, and the datasets built from the user's messages.
+"""How long built datasets are kept: until a message they hold is forgotten, and at most the newest
+KEEP_DATASETS (with their grounded copies).
 
-The store deletes the rows and leaves a tombstone (data/store.py); this then folds the WAL into
+/forget beyond the database's rows: the store deletes the rows and leaves a tombstone (data/store.py); this then folds the WAL into
 the database and truncates it, and deletes every built dataset that holds a message the store no
 longer has, with its grounded copies. A dataset records the ids of the messages it holds (its
 manifest's `message_ids`, ids only); one built before that was recorded, holding feedback or
-corrections, is deleted too, since what it holds cannot be told.
+corrections, is deleted too, since what it holds cannot be told. A grounded copy
+(`<dataset>-grounded-<hash>`, made by training) goes with its dataset.
 """
 
 from __future__ import annotations
@@ -49,19 +51,50 @@ def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
         else:
             stale = any(message_id not in existing for message_id in held)
         if stale:
-            for path in [folder, *home.datasets.glob(f"{folder.name}{GROUNDED_SUFFIX}-*")]:
-                shutil.rmtree(path, ignore_errors=True)
-                dropped.append(path)
+            _delete(home, folder)
+            dropped.append(folder)
     if dropped:
-        try:
-            named = json.loads(home.latest_dataset.read_text(encoding="utf-8")).get("dataset")
-        except (OSError, ValueError, AttributeError):
-            named = None
-        if named in {path.name for path in dropped}:
+        if _latest_name(home) in {path.name for path in dropped}:
             home.latest_dataset.unlink(missing_ok=True)
-        log.info("deleted %d dataset folder(s) holding forgotten messages: %s", len(dropped),
+        log.info("deleted %d dataset(s) holding forgotten messages: %s", len(dropped),
                  [path.name for path in dropped])
-    return [path for path in dropped if GROUNDED_SUFFIX not in path.name]
+    return dropped
+
+
+def prune_datasets(home: Home, keep: int) -> list[Path]:
+    """Keep the newest `keep` built datasets and the one `latest` names; delete the others and
+    every grounded copy whose dataset is gone. Returns the deleted folders."""
+    if not home.datasets.is_dir():
+        return []
+    built = sorted(folder for folder in home.datasets.iterdir()
+                   if folder.is_dir() and not folder.name.startswith(".") and GROUNDED_SUFFIX not in folder.name)
+    kept = {folder.name for folder in built[-keep:]} | {_latest_name(home)}
+    removed = []
+    for folder in built:
+        if folder.name not in kept:
+            removed += _delete(home, folder)
+    for copy in home.datasets.glob(f"*{GROUNDED_SUFFIX}-*"):
+        if copy.name.split(GROUNDED_SUFFIX)[0] not in kept:
+            shutil.rmtree(copy, ignore_errors=True)
+            removed.append(copy)
+    if removed:
+        log.info("pruned %d dataset folder(s), keeping the newest %d datasets", len(removed), keep)
+    return removed
+
+
+def _delete(home: Home, folder: Path) -> list[Path]:
+    """Delete a built dataset and its grounded copies; returns the folders deleted."""
+    folders = [folder, *home.datasets.glob(f"{folder.name}{GROUNDED_SUFFIX}-*")]
+    for path in folders:
+        shutil.rmtree(path, ignore_errors=True)
+    return folders
+
+
+def _latest_name(home: Home) -> str | None:
+    try:
+        return json.loads(home.latest_dataset.read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _manifest(folder: Path) -> dict | None:
