@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common.home import describe_disk_use
 from data.backup import prune_older_than
+from data.builder import GROUNDED_SUFFIX
 from data.retention import prune_datasets
 from data.settings import DataSettings
 from training.lifecycle.settings import LifecycleSettings
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class Retained:
     before: dict[str, int]  # bytes per part of the home (Home.disk_use)
     after: dict[str, int]
-    removed: dict[str, list[Path]] = field(default_factory=dict)  # per part: what was deleted
+    removed: dict[str, list[Path]] = field(default_factory=dict)  # per kind: what was deleted
     rotated: bool = False  # service.log was rotated
 
     def summary(self) -> str:
@@ -48,8 +49,12 @@ def apply_retention(data_settings: DataSettings, bot_settings: BotSettings,
                     lifecycle_settings: LifecycleSettings) -> Retained:
     home = data_settings.home
     before = home.disk_use()
-    removed = {"runs": prune_runs(home.root, lifecycle_settings.keep_runs),
-               "datasets": prune_datasets(home, data_settings.keep_datasets),
+    runs = prune_runs(home.root, lifecycle_settings.keep_runs)
+    datasets = prune_datasets(home, data_settings.keep_datasets)
+    removed = {"runs": [path for path in runs if path.name != "checkpoints"],
+               "checkpoint folders": [path for path in runs if path.name == "checkpoints"],
+               "datasets": [path for path in datasets if GROUNDED_SUFFIX not in path.name],
+               "grounded copies": [path for path in datasets if GROUNDED_SUFFIX in path.name],
                "backups": prune_older_than(home.backups, data_settings.backup_max_age_days)}
     rotated = rotate_service_log(home.logs, int(bot_settings.log_max_mb * 1024 * 1024), bot_settings.log_backups)
     retained = Retained(before, home.disk_use(), removed, rotated)
