@@ -1,8 +1,8 @@
 """Bounded disk: what the bot deletes after each nightly pipeline (and `python -m bot retention`).
 
     runs/       the newest KEEP_RUNS runs; checkpoints of those that ended (training/runs.py)
-    datasets/   the newest KEEP_DATASETS built datasets and the latest, with their grounded copies
-                (data/retention.py)
+    datasets/   the newest KEEP_DATASETS built datasets, the latest and those the kept runs validate
+                on (the gate reads them again), with their grounded copies (data/retention.py)
     backups/    archives of any kind older than BACKUP_MAX_AGE_DAYS (data/backup.py); the nightly
                 ones are also capped at BACKUP_KEEP when taken
     logs/       service.log rotated like bot.log (LOG_MAX_MB, LOG_BACKUPS; bot/os_service.py)
@@ -22,7 +22,7 @@ from data.builder import GROUNDED_SUFFIX
 from data.retention import prune_datasets
 from data.settings import DataSettings
 from training.lifecycle.settings import LifecycleSettings
-from training.runs import prune_runs
+from training.runs import all_runs, prune_runs
 
 from .os_service import rotate_service_log
 from .settings import BotSettings
@@ -50,7 +50,8 @@ def apply_retention(data_settings: DataSettings, bot_settings: BotSettings,
     home = data_settings.home
     before = home.disk_use()
     runs = prune_runs(home.root, lifecycle_settings.keep_runs)
-    datasets = prune_datasets(home, data_settings.keep_datasets)
+    validated_on = {run.valid_set().parent.name for run in all_runs(home.root) if run.valid_set() is not None}
+    datasets = prune_datasets(home, data_settings.keep_datasets, validated_on)
     removed = {"runs": [path for path in runs if path.name != "checkpoints"],
                "checkpoint folders": [path for path in runs if path.name == "checkpoints"],
                "datasets": [path for path in datasets if GROUNDED_SUFFIX not in path.name],

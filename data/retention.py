@@ -61,14 +61,16 @@ def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
     return dropped
 
 
-def prune_datasets(home: Home, keep: int) -> list[Path]:
-    """Keep the newest `keep` built datasets and the one `latest` names; delete the others and
-    every grounded copy whose dataset is gone. Returns the deleted folders."""
+def prune_datasets(home: Home, keep: int, in_use: set[str] = frozenset()) -> list[Path]:
+    """Keep the newest `keep` built datasets, the one `latest` names and those named in `in_use`
+    (e.g. what kept training runs validate on); delete the others and every grounded copy whose
+    dataset is gone. Returns the deleted folders."""
     if not home.datasets.is_dir():
         return []
     built = sorted(folder for folder in home.datasets.iterdir()
                    if folder.is_dir() and not folder.name.startswith(".") and GROUNDED_SUFFIX not in folder.name)
-    kept = {folder.name for folder in built[-keep:]} | {_latest_name(home)}
+    kept = {folder.name for folder in built[-keep:]} | {_latest_name(home)} | {
+        name.split(GROUNDED_SUFFIX)[0] for name in in_use}
     removed = []
     for folder in built:
         if folder.name not in kept:

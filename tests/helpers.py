@@ -258,10 +258,12 @@ def simulate_nights(home: Path, nights: int, *, scale: float = 1.0, log_bytes_pe
         dataset = build_dataset(settings).path
         dataset = dataset.rename(dataset.with_name(f"{made:%Y%m%dT%H%M%SZ}-{night:012d}"))
         (settings.home.latest_dataset).write_text(json.dumps({"dataset": dataset.name}))
-        shutil.copytree(dataset, dataset.with_name(f"{dataset.name}{GROUNDED_SUFFIX}-{night:012d}"))
+        grounded = dataset.with_name(f"{dataset.name}{GROUNDED_SUFFIX}-{night:012d}")
+        shutil.copytree(dataset, grounded)
         run = Run(settings.home.runs / f"{made:%Y%m%d-%H%M%S}-{night:03d}")  # as new_run names it
         run.checkpoints.mkdir(parents=True)
-        run.write_json("config.json", {"dataset": str(dataset)})
+        run.write_json("config.json", {"dataset": {"path": str(grounded)},
+                                       "valid_batches": {"valid_path": str(grounded / "valid.jsonl")}})
         for step in range(KEPT_CHECKPOINTS):
             folder = run.checkpoints / f"step-{(step + 1) * 200:07d}"
             folder.mkdir(parents=True)

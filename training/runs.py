@@ -63,6 +63,14 @@ class Run:
     def config(self) -> dict:
         return json.loads((self.dir / "config.json").read_text())
 
+    def valid_set(self) -> Path | None:
+        """The validation file of the run's frozen batches, which the gate reads again when this run's
+        adapter is the champion; None if the run recorded none."""
+        try:
+            return Path(self.config()["valid_batches"]["valid_path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def status(self) -> dict:
         try:
             return json.loads((self.dir / "status.json").read_text())
