@@ -149,20 +149,21 @@ class Home:
     # -- privacy and disk -------------------------------------------------------------------
 
     def protect(self) -> None:
-        """umask 077 for this process, and group/other access taken off what already exists
-        (the models folder aside: no personal data, and it may be a cache shared with others)."""
+        """umask 077 for this process, and group/other access taken off what already exists: the
+        root folder and each of its parts listed above, never anything else that may sit in the
+        root (the models folder aside too: no personal data, and it may be a cache shared with others)."""
         os.umask(OWNER_ONLY_UMASK)
-        roots = [self.root, *self.database_files, self.datasets, self.backups]
-        for root in roots:
-            if not root.exists() or root.is_symlink():
+        if self.root.is_dir() and not self.root.is_symlink():
+            _restrict(self.root)
+        parts = [*self.database_files, self.adapters, self.runs, self.datasets, self.logs, self.backups,
+                 self.loss_plot, self.pipeline_running, self.pipeline_last, self.bot_lock, self.pipeline_lock]
+        for part in parts:
+            if not part.exists() or part.is_symlink():
                 continue
-            _restrict(root)
-            if root.is_dir():
-                for folder, subfolders, files in os.walk(root):
-                    if Path(folder) == self.root:
-                        subfolders[:] = [name for name in subfolders if self.root / name != self.models]
-                    for name in [*subfolders, *files]:
-                        _restrict(Path(folder) / name)
+            _restrict(part)
+            for folder, subfolders, files in os.walk(part) if part.is_dir() else ():
+                for name in [*subfolders, *files]:
+                    _restrict(Path(folder) / name)
 
     def disk_use(self) -> dict[str, int]:
         """Bytes per part of the home: database (with its WAL), models, adapters, runs, datasets,
