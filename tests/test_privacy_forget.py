@@ -194,3 +194,39 @@ def test_status_and_doctor_show_the_disk_use_of_the_home_by_part(start_bot):
     doctor = subprocess.run([sys.executable, "-m", "bot", "doctor", "--timeout", "0.5"], capture_output=True,
                             text=True, timeout=300, env=dict(os.environ))
     assert "FARENSE_HOME uses database" in doctor.stdout, doctor.stdout + doctor.stderr
+
+
+def test_the_nightly_job_applies_retention_and_reports_it(isolated_env, tiny_model_dir, monkeypatch):
+    import asyncio
+    import functools
+    from datetime import datetime
+
+    from bot.retention import retention_report
+    from bot.retraining import Retrainer, nightly_retrain
+    from bot.settings import BotSettings
+    from data.settings import DataSettings
+    from data.store import Store
+    from inference.engine import Engine
+    from inference.settings import InferenceSettings
+
+    from .helpers import simulate_nights
+
+    simulate_nights(isolated_env, 4, scale=0.001, log_bytes_per_night=10)
+    monkeypatch.setenv("KEEP_RUNS", "2")
+    engine = Engine(InferenceSettings.load(model_path=str(tiny_model_dir)))
+    retrainer = Retrainer(engine)
+    retrainer._lock.acquire()  # a run is going on: the nightly job gets "busy" without training
+    reports = []
+
+    async def notify(text: str) -> None:
+        reports.append(text)
+
+    try:
+        with Store(isolated_env / "farense.db") as store:
+            asyncio.run(nightly_retrain(retrainer, store, datetime(2025, 5, 1, 3), notify,
+                                        functools.partial(retention_report, DataSettings.load(), BotSettings.load())))
+    finally:
+        retrainer._lock.release()
+        engine.close()
+    assert len([path for path in (isolated_env / "runs").iterdir() if path.is_dir()]) == 2
+    assert "Retention: deleted 2 runs, 2 checkpoint folders" in reports[0]
