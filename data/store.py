@@ -319,13 +319,6 @@ class Store:
 
         return self.write(work)
 
-    def is_forgotten(self, user_id: int) -> bool:
-        return bool(self.read("SELECT 1 FROM forgotten_users WHERE user_id = ?", (user_id,)))
-
-    def tombstones(self) -> list[tuple[int, str]]:
-        """(user id, forgotten at) of every /forget: what a restore carries over."""
-        return [tuple(row) for row in self.read("SELECT user_id, forgotten_at FROM forgotten_users")]
-
     def add_tombstones(self, tombstones: list[tuple[int, str]]) -> dict[str, int]:
         """Record forgets made elsewhere (the database a restore replaced; the later time wins) and
         delete what they cover; returns rows deleted per kind."""
