@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from telegram import Update
 from telegram.ext import ContextTypes
 
 from ..texts import deleted_summary, text
 from . import services_of, user_language
-
-log = logging.getLogger(__name__)
 
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
