@@ -230,3 +230,13 @@ def test_the_nightly_job_applies_retention_and_reports_it(isolated_env, tiny_mod
         engine.close()
     assert len([path for path in (isolated_env / "runs").iterdir() if path.is_dir()]) == 2
     assert "Retention: deleted 2 runs, 2 checkpoint folders" in reports[0]
+
+
+def test_the_privacy_notice_states_the_backup_window(start_bot, monkeypatch):
+    monkeypatch.setenv("BACKUP_MAX_AGE_DAYS", "21")
+    bot = start_bot()
+    for language, expected in (("en", "deleted within 21 days"), ("pt", "apagadas em 21 dias")):
+        since = len(bot.server.calls())
+        bot.server.push_message(FAN, FAN, "/help", language_code=language)
+        assert expected in bot.server.wait_for("sendMessage", since=since).params["text"]
+        bot.settle()
