@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from common.files import acquire_lock, is_locked
-from common.home import Home
+from common.home import OWNER_ONLY_UMASK, Home
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 NAME = "farense-bot"  # systemd unit farense-bot.service
@@ -109,6 +109,7 @@ def render_systemd(spec: ServiceSpec) -> str:
         "Restart=on-failure",
         f"RestartSec={RESTART_DELAY_S}",
         f"TimeoutStopSec={STOP_TIMEOUT_S}",
+        f"UMask={OWNER_ONLY_UMASK:04o}",  # service.log too is the owner's alone
         f"StandardOutput=append:{log}",
         f"StandardError=append:{log}",
     ]
@@ -129,6 +130,7 @@ def render_launchd(spec: ServiceSpec) -> str:
         "ThrottleInterval": RESTART_DELAY_S,
         "ExitTimeOut": STOP_TIMEOUT_S,
         "ProcessType": "Background",
+        "Umask": OWNER_ONLY_UMASK,  # service.log too is the owner's alone
         "StandardOutPath": str(spec.logs / SERVICE_LOG),
         "StandardErrorPath": str(spec.logs / SERVICE_LOG),
     }

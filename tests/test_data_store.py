@@ -197,6 +197,9 @@ def test_tombstones_delete_rows_that_come_back_and_only_those(tmp_path):
     raw.execute("INSERT INTO feedback VALUES (?, ?, 1, '2000-01-01T00:00:00.000+00:00')", (old, USER_A))
     raw.commit()
     raw.close()
+    with Store(path, readonly=True) as store:  # not applied yet: the dataset query still skips them
+        assert [e.question for e in store.curated_examples()] == []
+        assert store.message(old) is not None
     with Store(path) as store:  # opening applies the tombstones
         assert store.message(old) is None
         assert store.message(after).question == "After the forget?"
