@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from common.settings import SettingsError
+from common.settings import SettingsError, protect_home
 from data.backup import BackupError, backup_before_upgrade
 from data.settings import DataSettings
 from data.store import Store, StoreError
@@ -30,6 +30,7 @@ EXIT_SETUP = 2
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    protect_home()
     if argv:
         from .cli import main as command
 

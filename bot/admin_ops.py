@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import psutil
 
+from common.home import describe_disk_use
 from data.builder import MANIFEST, latest_dataset
 from data.knowledge import FactRow, add_fact, amend_fact, get_fact, knowledge_stats, list_facts, remove_fact
 from data.store import LoggedMessage, Store
@@ -49,6 +50,7 @@ def status_text(services: Services) -> str:
              f"Knowledge base: {_knowledge(services)}",
              f"Dataset: {_dataset(services)}",
              f"Memory: {_memory()}",
+             f"Disk: {describe_disk_use(services.data_settings.home.disk_use())}",
              f"Uptime: {duration(time.time() - services.started)}",
              f"Queue: {engine.queue_length()} waiting for the model"
              + ("; a training run is in progress" if services.retrainer.running else "")]

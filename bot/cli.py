@@ -3,6 +3,7 @@
     python -m bot doctor [--timeout S] [--repair]   checklist with fixes; exit 1 if a check fails
     python -m bot service render|install|uninstall|start|stop|restart|status [--system]
     python -m bot version                           (or --version) package, schema, model, adapter
+    python -m bot retention                         delete old runs, datasets, backups; rotate service.log
 
 Problems are one line on stderr and exit code 2, as for the bot itself.
 """
@@ -16,14 +17,18 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from common.home import describe_disk_use
 from common.settings import SettingsError
 from data.backup import schema_version
 from data.migrations import MIGRATIONS
 from data.settings import DataSettings
 from inference.modelstore import DEFAULT_MODEL_NAME
 from inference.settings import InferenceSettings
+from training.lifecycle.settings import LifecycleSettings
 
 from .doctor import repair_registry, run_doctor
+from .retention import apply_retention
+from .settings import BotSettings
 from .os_service import ServiceError, ServiceSpec, control, install, status, uninstall
 
 EXIT_SETUP = 2
@@ -45,6 +50,8 @@ def main(argv: list[str]) -> int:
     service.add_argument("--workdir", type=Path, help="folder with .env the bot runs in (default: this one)")
     service.add_argument("--out", type=Path, help="render: write the file into this folder instead of printing it")
     commands.add_parser("version", help="package, database schema, model and adapter versions")
+    commands.add_parser("retention", help="what the nightly run does after training: delete old runs, datasets "
+                                          "and backups, rotate service.log; prints the disk use before and after")
     args = parser.parse_args(argv)
     try:
         if args.version or args.command == "version":
@@ -56,6 +63,10 @@ def main(argv: list[str]) -> int:
             return run_doctor(args.timeout)
         if args.command == "service":
             return _service(args)
+        if args.command == "retention":
+            retained = apply_retention(DataSettings.load(), BotSettings.load(), LifecycleSettings.load())
+            print(f"before: {describe_disk_use(retained.before)}\n{retained.summary()}")
+            return 0
     except (SettingsError, ServiceError, OSError) as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)

@@ -97,7 +97,7 @@ class Console:
             self.say(rest if answer.text else text("empty_answer", "en"))
             if answer.citation:
                 self.say(answer.citation)
-        self.last = answer
+        self.last = answer if answer.message_id is not None else None
 
     async def command(self, name: str, argument: str) -> None:
         handler = getattr(self, f"do_{name[1:]}", None)
@@ -107,15 +107,15 @@ class Console:
             await handler(argument.strip())
 
     async def do_help(self, _: str) -> None:
-        self.say(text("help", "en") + "\n\n" + COMMANDS)
+        self.say(text("help", "en", backup_days=self.services.data_settings.backup_max_age_days) + "\n\n" + COMMANDS)
 
     async def do_reset(self, _: str) -> None:
         self.services.conversations.reset(self.asker.chat_id)
         self.say(text("reset", "en"))
 
     async def do_forget(self, _: str) -> None:
-        counts = await asyncio.to_thread(self.services.store.forget_user, self.asker.user_id)
-        self.services.conversations.forget_user(self.asker.user_id)
+        counts = await self.services.conversations.forget_user(self.asker.user_id,
+                                                               self.services.data_settings.home)
         self.last = None
         summary = deleted_summary(counts, "en")
         self.say(text("forgot", "en", details=summary) if summary else text("forgot_nothing", "en"))

@@ -24,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
-from data.store import Store
+from common.home import Home
+from data.retention import forget_user
+from data.store import Store, now
 from inference.engine import Chunk, Engine, Generation
 from inference.faithfulness import KEPT, guard
 from inference.grounding import Fact, FactIndex, Grounding, build_grounded, cite, used_facts
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_CHATS = 10_000  # chats whose context is kept in memory (least recently used are dropped)
 PUMP_THREADS = 16  # > the engine's batch, so its fair scheduler always sees the waiting chats
+FORGET_WAIT_S = 120  # how long /forget waits for the user's answers in flight before replying
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Turn:
 @dataclass(frozen=True)
 class Answer:
     text: str  # the model's answer, stripped (may be empty), or the decline; what the store logs
-    message_id: int  # the store's id, used by feedback and corrections
+    message_id: int | None  # the store's id, used by feedback and corrections; None: the asker /forgot meanwhile
     generation: Generation | None  # None when declined: the model was not asked
     citation: str = ""  # "Source: name — link" of the facts the answer used, "" if none
     facts: tuple[Fact, ...] = ()  # the facts the prompt held, best first
@@ -119,6 +122,7 @@ class Conversations:
         self._chats: OrderedDict[int, _Chat] = OrderedDict()
         self._known_users: dict[int, tuple] = {}  # what the store already has, to skip rewrites
         self._known_chats: dict[int, tuple] = {}
+        self._in_flight: dict[int, set[asyncio.Future]] = {}  # per user: questions not yet answered
         self._pool = ThreadPoolExecutor(PUMP_THREADS, thread_name_prefix="answer")
         # Chats whose turn it is, at most one per answer thread; the others wait in line (FIFO)
         # without a "typing…" refresh each, which would eat Telegram's 30 requests/s under load.
@@ -132,8 +136,19 @@ class Conversations:
     def reset(self, chat_id: int) -> None:
         self._chats.pop(chat_id, None)
 
-    def forget_user(self, user_id: int) -> None:
-        """Drop a user's question from every chat's context (after /forget)."""
+    async def forget_user(self, user_id: int, home: Home) -> dict[str, int]:
+        """/forget: delete the user's stored data (data/retention.py), wait for the answers they
+        are still being given (the forget's tombstone keeps them out of the store), then drop the
+        user from memory. Returns what was deleted per kind."""
+        counts = await asyncio.to_thread(forget_user, self.store, home, user_id)
+        in_flight = self._in_flight.get(user_id)
+        if in_flight:
+            await asyncio.wait(set(in_flight), timeout=FORGET_WAIT_S)
+        self._drop_from_memory(user_id)
+        return counts
+
+    def _drop_from_memory(self, user_id: int) -> None:
+        """Drop a user's question from every chat's context, and what is cached about them."""
         for chat in self._chats.values():
             if chat.previous is not None and chat.previous.user_id == user_id:
                 chat.previous = None
@@ -185,9 +200,25 @@ class Conversations:
         (Telegram's "typing…") is held only during this question's turn, so questions queued
         behind it do not spend the API budget on it.
         """
+        asked_at = now()  # a /forget from here on keeps this question out of the store
+        done = asyncio.get_running_loop().create_future()
+        self._in_flight.setdefault(asker.user_id, set()).add(done)
+        try:
+            return await self._answer(asker, question, asked_at, on_partial, busy, deliver)
+        finally:
+            done.set_result(None)
+            waiting = self._in_flight[asker.user_id]
+            waiting.discard(done)
+            if not waiting:
+                del self._in_flight[asker.user_id]
+
+    async def _answer(self, asker: Asker, question: str, asked_at: str,
+                      on_partial: Callable[[str], Awaitable[None]] | None,
+                      busy: Callable[[], AbstractAsyncContextManager] | None,
+                      deliver: Callable[[Answer], Awaitable[None]] | None) -> Answer:
         chat = self._chat(asker.chat_id)
         async with chat.lock, self._turns, (busy() if busy is not None else contextlib.nullcontext()):
-            await self._register(asker)
+            await self._register(asker, asked_at)
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
             previous = chat.previous.question if chat.previous else None
@@ -208,8 +239,10 @@ class Conversations:
                 adapter_version=generation.adapter if generation else None,
                 latency_s=round(latency, 3), prompt_tokens=generation.prompt_tokens if generation else None,
                 completion_tokens=generation.completion_tokens if generation else None,
-                lang=asker.language)
-            if text and generation is not None:  # a decline is nothing to follow up on
+                lang=asker.language, asked_at=asked_at)
+            if message_id is None:
+                log.info("answered chat %s after its asker's /forget: not stored", asker.chat_id)
+            elif text and generation is not None:  # a decline is nothing to follow up on
                 chat.previous = Turn(asker.user_id, question)
             if generation is None:
                 log.info("answered chat %s (message %s): declined, no relevant fact, %.3fs", asker.chat_id,
@@ -269,14 +302,16 @@ class Conversations:
         self._chats.move_to_end(chat_id)
         return chat
 
-    async def _register(self, asker: Asker) -> None:
-        """Keep the user's name/language and the chat's kind current, writing only on change."""
+    async def _register(self, asker: Asker, asked_at: str) -> None:
+        """Keep the user's name/language and the chat's kind current, writing only on change (and
+        nothing for a question its asker has /forgotten since)."""
         user = (asker.name, asker.language)
         if self._known_users.get(asker.user_id) != user:
-            await asyncio.to_thread(self.store.upsert_user, asker.user_id, asker.name, asker.language)
+            await asyncio.to_thread(self.store.upsert_user, asker.user_id, asker.name, asker.language,
+                                    asked_at=asked_at)
             self._known_users[asker.user_id] = user
         chat = (asker.chat_type, asker.chat_title)
         if self._known_chats.get(asker.chat_id) != chat:
             await asyncio.to_thread(self.store.upsert_chat, asker.chat_id, asker.chat_type,
-                                    asker.chat_title)
+                                    asker.chat_title, user_id=asker.user_id, asked_at=asked_at)
             self._known_chats[asker.chat_id] = chat

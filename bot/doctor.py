@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from common.home import describe_disk_use
 from common.settings import SettingsError
 from data.backup import list_backups
 from data.migrations import MIGRATIONS
@@ -213,11 +214,14 @@ class Doctor:
         free = shutil.disk_usage(existing).free / GB
         model = _folder_bytes(self.model_folder) / GB if self.model_folder else 0.3
         need = max(2.0, 3 * model)  # a new conversion, training runs, datasets, backups
-        detail = f"{free:.1f} GB free at {existing} (training and backups want ~{need:.1f} GB)"
+        detail = (f"{free:.1f} GB free at {existing} (training and backups want ~{need:.1f} GB);"
+                  f" FARENSE_HOME uses {describe_disk_use(self.inference.home.disk_use())}")
         if free < MIN_FREE_GB:
-            return Check("disk", FAIL, detail, "free space on that disk, or move FARENSE_HOME to a bigger one")
+            return Check("disk", FAIL, detail, "free space on that disk (python -m bot retention), or move "
+                                               "FARENSE_HOME to a bigger one")
         if free < need:
-            return Check("disk", WARN, detail, "free space, or delete old runs/ and backups/ under FARENSE_HOME")
+            return Check("disk", WARN, detail, "free space, or lower KEEP_RUNS, KEEP_DATASETS, BACKUP_MAX_AGE_DAYS "
+                                               "and run python -m bot retention")
         return Check("disk", OK, detail)
 
     def memory(self) -> Check:

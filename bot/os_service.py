@@ -25,6 +25,7 @@ import getpass
 import os
 import plistlib
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from common.files import acquire_lock, is_locked
-from common.home import Home
+from common.home import OWNER_ONLY_UMASK, Home
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 NAME = "farense-bot"  # systemd unit farense-bot.service
@@ -108,6 +109,7 @@ def render_systemd(spec: ServiceSpec) -> str:
         "Restart=on-failure",
         f"RestartSec={RESTART_DELAY_S}",
         f"TimeoutStopSec={STOP_TIMEOUT_S}",
+        f"UMask={OWNER_ONLY_UMASK:04o}",  # service.log too is the owner's alone
         f"StandardOutput=append:{log}",
         f"StandardError=append:{log}",
     ]
@@ -128,6 +130,7 @@ def render_launchd(spec: ServiceSpec) -> str:
         "ThrottleInterval": RESTART_DELAY_S,
         "ExitTimeOut": STOP_TIMEOUT_S,
         "ProcessType": "Background",
+        "Umask": OWNER_ONLY_UMASK,  # service.log too is the owner's alone
         "StandardOutPath": str(spec.logs / SERVICE_LOG),
         "StandardErrorPath": str(spec.logs / SERVICE_LOG),
     }
@@ -211,6 +214,27 @@ def status(spec: ServiceSpec) -> list[str]:
 
 
 # -- the running bot's lock -------------------------------------------------------------------
+
+def rotate_service_log(logs: Path, max_bytes: int, backups: int) -> bool:
+    """Rotate service.log past `max_bytes`, keeping `backups` old ones (service.log.1 ...).
+
+    systemd and launchd keep it open for appending, so it is copied and then truncated in place
+    (their next line lands at its start); a line written between the two is lost."""
+    path = logs / SERVICE_LOG
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for number in range(backups - 1, 0, -1):
+        older = logs / f"{SERVICE_LOG}.{number}"
+        if older.exists():
+            os.replace(older, logs / f"{SERVICE_LOG}.{number + 1}")
+    shutil.copyfile(path, logs / f"{SERVICE_LOG}.1")
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+    return True
+
 
 def hold_running_lock(home: Path) -> IO[str]:
     """A shared lock on $FARENSE_HOME/bot.lock, held until the returned file is closed (or the

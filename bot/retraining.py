@@ -116,10 +116,12 @@ def duration(seconds: float) -> str:
 
 
 async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
-                          notify: Callable[[str], Awaitable[None]]) -> RetrainOutcome | None:
+                          notify: Callable[[str], Awaitable[None]],
+                          retention: Callable[[], str] | None = None) -> RetrainOutcome | None:
     """The scheduled run: once per local date, after a backup (BACKUP_KEEP kept), skipped when
-    there is no new curated data. When another run is in progress it returns "busy" without
-    consuming the date, for the scheduler to retry."""
+    there is no new curated data; then `retention` (bot/retention.py), whose line joins the report.
+    When another run is in progress it returns "busy" without consuming the date, for the
+    scheduler to retry."""
     night = now.date().isoformat()
     if not await asyncio.to_thread(store.claim_job, NIGHTLY_JOB_ID, night):
         log.info("nightly retraining of %s already claimed (restart or second process): not again", night)
@@ -136,7 +138,9 @@ async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
         return result
     if result.outcome == "skipped":
         log.info("nightly retraining of %s skipped: %s", night, result.message)
-    await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}\n{backup}")
+    retained = await asyncio.to_thread(retention) if retention is not None else ""
+    await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}\n{backup}"
+                 + (f"\n{retained}" if retained else ""))
     return result
 
 

@@ -13,20 +13,22 @@ adapter) trains its first one right after start (FIRST_TRAINING_AT_START).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from .retention import retention_report
 from .retraining import (FIRST_JOB_ID, NIGHTLY_JOB_ID, RetrainOutcome, first_training, needs_first_adapter,
                          nightly_retrain)
-
-CATCH_UP_JOB_ID = "nightly-catch-up"
-RETRY_JOB_ID = "nightly-retry"
 from .services import Services
 
 log = logging.getLogger(__name__)
+
+CATCH_UP_JOB_ID = "nightly-catch-up"
+RETRY_JOB_ID = "nightly-retry"
 
 
 def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) -> None:
@@ -35,7 +37,8 @@ def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) 
     settings = services.settings
 
     async def nightly() -> RetrainOutcome | None:
-        result = await nightly_retrain(services.retrainer, services.store, services.now(), notify)
+        result = await nightly_retrain(services.retrainer, services.store, services.now(), notify,
+                                       functools.partial(retention_report, services.data_settings, services.settings))
         if result is not None and result.outcome == "busy":
             retry = services.now() + timedelta(minutes=settings.retrain_retry_minutes)
             if settings.in_quiet_hours(retry):

@@ -37,8 +37,8 @@ class BotSettings(HomeSettings):
     console_user_id: int = Field(default=1, description="The local user of console mode (an admin)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Of $FARENSE_HOME/logs/bot.log (JSON lines)")
-    log_max_mb: float = Field(default=10.0, gt=0.0, description="bot.log is rotated at this size")
-    log_backups: int = Field(default=5, ge=1, description="Rotated bot.log files kept (bot.log.1 ...)")
+    log_max_mb: float = Field(default=10.0, gt=0.0, description="bot.log and service.log are rotated at this size")
+    log_backups: int = Field(default=5, ge=1, description="Rotated files kept of each (bot.log.1, service.log.1 ...)")
     log_stderr_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Of stderr (console mode: WARNING); the service sets WARNING")
 

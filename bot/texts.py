@@ -13,7 +13,10 @@ HELP = {
         "Privacy: I store your questions, my answers and your 👍/👎 votes, with your Telegram "
         "id, name and language, to improve the bot. Only curated examples — answers you rated "
         "👍 and answers corrected by the admins — are used to retrain the model; nothing is "
-        "shared with anyone.\n\n"
+        "shared with anyone. /forget deletes it all at once, from the training data too; backups "
+        "still holding it are deleted within {backup_days} days, and a restored backup forgets you "
+        "again. What /forget keeps: that you opted out (if you did), and the record of refused "
+        "admin commands (your id, the command's name and when, no text).\n\n"
         "Commands:\n"
         "/help — this message\n"
         "/reset — forget our recent conversation (start a new topic)\n"
@@ -31,7 +34,11 @@ HELP = {
         "Privacidade: guardo as suas perguntas, as minhas respostas e os seus votos 👍/👎, com o "
         "seu id do Telegram, nome e idioma, para melhorar o bot. Só exemplos selecionados — "
         "respostas que votou 👍 e respostas corrigidas pelos administradores — são usados para "
-        "treinar de novo o modelo; nada é partilhado com ninguém.\n\n"
+        "treinar de novo o modelo; nada é partilhado com ninguém. /forget apaga tudo de uma vez, "
+        "também dos dados de treino; as cópias de segurança que ainda o tenham são apagadas em "
+        "{backup_days} dias, e uma cópia reposta volta a esquecê-lo. O que /forget guarda: que "
+        "pediu /optout (se pediu), e o registo de comandos de administração recusados (o seu id, o "
+        "nome do comando e quando, sem texto).\n\n"
         "Comandos:\n"
         "/help — esta mensagem\n"
         "/reset — esquecer a conversa recente (mudar de assunto)\n"
@@ -119,17 +126,15 @@ def language(code: str | None) -> str:
 
 
 def text(key: str, lang: str, **values: object) -> str:
-    if key == "help":
-        return HELP[lang]
-    return TEXTS[key][lang].format(**values)
+    """A message in `lang`; "help" needs `backup_days` (the privacy notice states the backup window)."""
+    return (HELP if key == "help" else TEXTS[key])[lang].format(**values)
 
 # How /forget names what it deleted (the store's counts keys).
 DELETED_KINDS = {
     "en": {"messages": "questions and answers", "feedback": "votes", "corrections": "corrections",
-           "admin_events": "admin log entries", "chats": "chat records", "users": "profile"},
+           "chats": "chat records", "users": "profile", "datasets": "training datasets"},
     "pt": {"messages": "perguntas e respostas", "feedback": "votos", "corrections": "correções",
-           "admin_events": "registos de administração", "chats": "registos de conversa",
-           "users": "perfil"},
+           "chats": "registos de conversa", "users": "perfil", "datasets": "conjuntos de treino"},
 }
 
 

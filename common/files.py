@@ -50,9 +50,10 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def write_atomic(path: Path, data: str | bytes, *, mode: int | None = 0o644) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
     """Replace `path` with `data` atomically and durably: a temporary file beside it, fsynced,
-    renamed over it, then the folder fsynced. `mode` None keeps mkstemp's 0600."""
+    renamed over it, then the folder fsynced. The file is the owner's alone (mkstemp's 0600):
+    FARENSE_HOME holds conversations."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -61,8 +62,6 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int | None = 0o644) -> 
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -15,17 +15,28 @@
 
 The settings classes build one with `settings.home` (common/settings.py `HomeSettings`), so the
 overrides in parentheses are honoured everywhere.
+
+Everything in it is the owner's alone (conversations are in the database, its WAL, the logs and the
+datasets): every entry point sets umask 077 and tightens what already exists (`protect`), and
+`disk_use` says how much each part takes, for `doctor` and /status.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 DATABASE_NAME = "farense.db"
 PRODUCTION_POINTER = "production.json"
 LOCK_NAME = ".lock"  # of the adapter registry and of the runs folder
 LATEST_DATASET = "latest"
+OWNER_ONLY_UMASK = 0o077
+DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # the database file and SQLite's files beside it
 
 
 def default_root() -> Path:
@@ -53,6 +64,11 @@ class Home:
     @property
     def database(self) -> Path:
         return self.database_path or self.root / DATABASE_NAME
+
+    @property
+    def database_files(self) -> list[Path]:
+        """The database and the WAL, shared-memory and journal files SQLite keeps beside it."""
+        return [self.database.with_name(self.database.name + suffix) for suffix in DATABASE_SUFFIXES]
 
     @property
     def models(self) -> Path:
@@ -129,3 +145,67 @@ class Home:
                 self.pipeline_lock: "a retraining pipeline is running",
                 self.runs_lock: "a training run is in progress",
                 self.adapters_lock: "the adapter registry is being changed"}
+
+    # -- privacy and disk -------------------------------------------------------------------
+
+    def protect(self) -> None:
+        """umask 077 for this process, and group/other access taken off what already exists: the
+        root folder and each of its parts listed above, never anything else that may sit in the
+        root (the models folder aside too: no personal data, and it may be a cache shared with others)."""
+        os.umask(OWNER_ONLY_UMASK)
+        if self.root.is_dir() and not self.root.is_symlink():
+            _restrict(self.root)
+        parts = [*self.database_files, self.adapters, self.runs, self.datasets, self.logs, self.backups,
+                 self.loss_plot, self.pipeline_running, self.pipeline_last, self.bot_lock, self.pipeline_lock]
+        for part in parts:
+            if not part.exists() or part.is_symlink():
+                continue
+            _restrict(part)
+            for folder, subfolders, files in os.walk(part) if part.is_dir() else ():
+                for name in [*subfolders, *files]:
+                    _restrict(Path(folder) / name)
+
+    def disk_use(self) -> dict[str, int]:
+        """Bytes per part of the home: database (with its WAL), models, adapters, runs, datasets,
+        backups, logs, and other (whatever else is under the root)."""
+        parts = {"database": sum(_size(path) for path in self.database_files), "models": _size(self.models),
+                 "adapters": _size(self.adapters), "runs": _size(self.runs), "datasets": _size(self.datasets),
+                 "backups": _size(self.backups), "logs": _size(self.logs)}
+        counted = {self.models, self.adapters, self.runs, self.datasets, self.backups, self.logs,
+                   *self.database_files}
+        parts["other"] = sum(_size(path) for path in (self.root.iterdir() if self.root.is_dir() else [])
+                             if path not in counted)
+        return parts
+
+
+def describe_disk_use(parts: dict[str, int]) -> str:
+    """'database 1.2 MB · models 90 MB · … · total 1.3 GB' for doctor and /status."""
+    return " · ".join(f"{name} {human_bytes(size)}" for name, size in
+                      [*parts.items(), ("total", sum(parts.values()))])
+
+
+def human_bytes(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _restrict(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+        if not stat.S_ISLNK(mode) and mode & 0o077:
+            path.chmod(stat.S_IMODE(mode) & ~0o077)
+    except OSError as error:  # not ours, or gone meanwhile: say so, never stop a start for it
+        log.warning("cannot restrict %s to its owner: %s", path, error)
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (symlinks not followed); 0 if missing."""
+    try:
+        if path.is_symlink() or path.is_file():
+            return path.lstat().st_size
+        return sum((Path(folder) / name).lstat().st_size for folder, _, files in os.walk(path) for name in files)
+    except FileNotFoundError:
+        return 0

@@ -8,13 +8,14 @@ environment, so a bad value is caught once, at start-up.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .home import Home, default_root
+from .home import OWNER_ONLY_UMASK, Home, default_root
 
 S = TypeVar("S", bound="Settings")
 
@@ -86,3 +87,14 @@ class HomeSettings(Settings):
     def home(self) -> Home:
         return Home(self.farense_home, models_dir=self.models_dir, database_path=self.database_path,
                     datasets_dir=self.datasets_dir, backups_dir=self.backups_dir)
+
+
+def protect_home() -> None:
+    """What every entry point does first: the home's files for the owner only (`Home.protect`).
+    A bad setting is left for the entry point's own settings to report."""
+    try:
+        home = HomeSettings.load().home
+    except SettingsError:
+        os.umask(OWNER_ONLY_UMASK)
+        return
+    home.protect()

@@ -15,7 +15,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from common.settings import SettingsError
+from common.settings import SettingsError, protect_home
 
 from .backup import BackupError, create_backup, describe, list_backups, read_manifest, restore_backup
 from .builder import MANIFEST, SPLITS, BuildError, build_dataset, latest_dataset
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("backups", help="list the archives in BACKUPS_DIR")
     add_knowledge_parser(commands)
     args = parser.parse_args(argv)
+    protect_home()
     # Problems are printed in the summary; logging them too would show each one twice.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -77,6 +78,9 @@ def run_backup_command(args: argparse.Namespace, settings: DataSettings) -> None
         print(f"  {describe(restored.manifest)}")
         if restored.replaced is not None:
             print(f"  the state it replaced is saved in {restored.replaced.path}")
+        if any(restored.forgotten.values()):
+            deleted = ", ".join(f"{count} {kind}" for kind, count in restored.forgotten.items() if count)
+            print(f"  rows of users who asked to be forgotten since, deleted again: {deleted}")
     else:
         archives = list_backups(settings.home.backups)
         print(f"{settings.home.backups}: {len(archives) or 'no'} backup archive(s)")

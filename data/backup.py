@@ -9,7 +9,11 @@
 data/ stands alone, so the registry is only a folder here. A restore checks everything first
 (checksums, no stray paths, `PRAGMA integrity_check`, a schema this code knows), refuses while the
 bot, a pipeline, a training run or a registry change holds its lock, saves what it is about to
-replace as a `pre-restore` backup, and only then swaps the files in.
+replace as a `pre-restore` backup, and only then swaps the files in. A /forget outlives a restore:
+the tombstones and opt-outs of the database being replaced are carried into the restored one,
+whose rows of forgotten users are deleted again (data/store.py). A forget cannot rewrite the
+archives themselves, so every archive older than BACKUP_MAX_AGE_DAYS is deleted (`prune_older_than`,
+run by the bot's retention), and the privacy notice states that window.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import tarfile
 import tempfile
 import zlib
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
 from common.files import LockBusy, file_lock, fsync_dir, replace_dir, sha256_file
@@ -34,13 +38,15 @@ from common.settings import SettingsError
 
 from .migrations import MIGRATIONS
 from .settings import DataSettings
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 MANIFEST, DATABASE, ADAPTERS = "manifest.json", DATABASE_NAME, "adapters"  # names inside an archive
 PREFIX = "farense-backup-"
-NAME = re.compile(r"^farense-backup-\d{8}-\d{6}(?:\.\d+)?-(?P<label>[a-z][a-z0-9-]*)\.tar\.gz$")
+NAME = re.compile(r"^farense-backup-(?P<stamp>\d{8}-\d{6})(?:\.\d+)?-(?P<label>[a-z][a-z0-9-]*)\.tar\.gz$")
+STAMP = "%Y%m%d-%H%M%S"  # UTC, in the archive's name
 LOCK_WAIT_S = 60
 # What a killed registry change leaves behind (training/registry.py `_recover`): not state.
 _DEBRIS = (LOCK_NAME, ".incoming-", ".trash-", f".{PRODUCTION_POINTER}.")
@@ -60,6 +66,7 @@ class Backup:
 class Restored:
     manifest: dict
     replaced: Backup | None  # the state before the restore, saved first (None: there was none)
+    forgotten: dict[str, int] = field(default_factory=dict)  # rows of forgotten users deleted again
 
 
 def create_backup(database: Path, adapters: Path, backups_dir: Path, *, label: str = "manual",
@@ -136,12 +143,15 @@ def restore_backup(archive: Path, home: Home) -> Restored:
             if database.is_file() or adapters.is_dir():
                 replaced = create_backup(database, adapters, home.backups, label="pre-restore",
                                          lock_registry=False)
+            tombstones, opt_outs = _privacy_state(database)
             _swap_database(staging / DATABASE, database)
             _swap_adapters(staging / ADAPTERS, adapters, manifest)
+            forgotten = _carry_privacy_state(database, tombstones, opt_outs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("restored %s (replaced state saved as %s)", archive, replaced.path if replaced else "nothing")
-    return Restored(manifest, replaced)
+    log.info("restored %s (replaced state saved as %s; forgotten users' rows deleted again: %s)", archive,
+             replaced.path if replaced else "nothing", forgotten)
+    return Restored(manifest, replaced, forgotten)
 
 
 def list_backups(backups_dir: Path, label: str | None = None) -> list[Path]:
@@ -158,6 +168,19 @@ def prune(backups_dir: Path, keep: int, label: str) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
         log.info("pruned backup %s (keeping the newest %d %s ones)", path.name, keep, label)
+    return removed
+
+
+def prune_older_than(backups_dir: Path, max_age_days: int, *, now: datetime | None = None) -> list[Path]:
+    """Delete the archives of any label made more than `max_age_days` ago (the privacy window)."""
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=max_age_days)
+    removed = []
+    for path in list_backups(backups_dir):
+        made = datetime.strptime(NAME.match(path.name)["stamp"], STAMP).replace(tzinfo=timezone.utc)
+        if made < cutoff:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            log.info("pruned backup %s (older than %d days)", path.name, max_age_days)
     return removed
 
 
@@ -230,7 +253,7 @@ def _copy_adapters(source: Path, target: Path) -> None:
 
 def _write_archive(staging: Path, manifest: dict, backups_dir: Path, label: str) -> Path:
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime(STAMP)
     archive, number = backups_dir / f"{PREFIX}{stamp}-{label}.tar.gz", 1
     while archive.exists():
         number += 1
@@ -304,6 +327,34 @@ def _swap_database(restored: Path, database: Path) -> None:
     shutil.move(restored, database.with_name(f".{database.name}.restoring"))
     os.replace(database.with_name(f".{database.name}.restoring"), database)
     fsync_dir(database.parent)
+
+
+def _privacy_state(database: Path) -> tuple[list[tuple[int, str]], list[int]]:
+    """The tombstones and opt-outs of the database a restore replaces (none before schema 5)."""
+    if not database.is_file():
+        return [], []
+    try:
+        db = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return (db.execute("SELECT user_id, forgotten_at FROM forgotten_users").fetchall(),
+                    [row[0] for row in db.execute("SELECT user_id FROM opt_outs")])
+        finally:
+            db.close()
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return [], []
+        raise BackupError(f"cannot read the forgotten users of {database}: {error}") from None
+
+
+def _carry_privacy_state(database: Path, tombstones: list[tuple[int, str]], opt_outs: list[int]) -> dict[str, int]:
+    """Open the restored database (which migrates it) and carry the replaced one's forgets and
+    opt-outs into it: forgotten users stay forgotten, opted-out ones opted out."""
+    if not database.is_file():
+        return {}
+    with Store(database) as store:
+        for user_id in opt_outs:
+            store.set_opt_out(user_id, True)
+        return store.add_tombstones(tombstones)
 
 
 def _swap_adapters(restored: Path, adapters: Path, manifest: dict) -> None:

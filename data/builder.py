@@ -36,6 +36,7 @@ SOURCES = ("seed", "feedback", "correction", "extra")
 PRIORITY = ("correction", "seed", "feedback", "extra")
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
+GROUNDED_SUFFIX = "-grounded"  # training grounds `<dataset>` into `<dataset>-grounded-<hash>` beside it
 MIN_EXAMPLES_FOR_VALID = 10
 
 
@@ -52,6 +53,7 @@ class Example:
     created_at: str = ""
     fact: int | None = None  # the seed fact number: grounding (training/grounding.py) makes sure it is shown
     kind: str = "qa"  # "decline" seed pairs teach saying no, grounded or not
+    message_id: int | None = None  # the store's message, for feedback and corrections
 
     @property
     def key(self) -> tuple[str, str]:
@@ -103,6 +105,9 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
         "sources": {source: sum(example.source == source for example in kept) for source in SOURCES},
         "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out},
         "scrubbed_replacements": scrubbed,
+        # Which logged messages it holds (ids, no user data): a forget drops the datasets holding
+        # any message that is gone (data/retention.py).
+        "message_ids": sorted(example.message_id for example in kept if example.message_id is not None),
         "knowledge_hash": knowledge,
         "problems": [problem.to_dict() for problem in problems],
         "settings": {"valid_fraction": settings.valid_fraction,
@@ -196,7 +201,7 @@ def _curated(store: Store, problems: list[Problem]) -> tuple[list[Example], int,
         answer, in_answer = scrub_counted(item.answer)
         replaced += in_question + in_answer
         examples.append(Example(question, answer, item.source, f"message {item.message_id}",
-                                item.created_at))
+                                item.created_at, message_id=item.message_id))
     return examples, store.withheld_opted_out(), replaced
 
 
@@ -256,7 +261,6 @@ def _write(datasets_dir: Path, splits: dict[str, list[Example]], manifest: dict)
     }
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=datasets_dir))
     try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the dataset from a trainer run as another user
         for name, data in contents.items():
             write_synced(staging / f"{name}.jsonl", data)
         write_synced(staging / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())

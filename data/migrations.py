@@ -120,4 +120,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (lang, word, means)) WITHOUT ROWID""",
         "CREATE TABLE other_subjects (word TEXT PRIMARY KEY) WITHOUT ROWID",
     ),
+    # 5: a forget that holds. `forgotten_users` is the tombstone of each /forget (the user id and
+    # when, nothing else): the user's rows from before then are deleted wherever they come back (a
+    # restored backup, an upgrade) and kept out of every dataset. `opt_outs` takes the opt-out flag
+    # off the user row, which /forget deletes, so forgetting does not undo /optout.
+    (
+        """CREATE TABLE forgotten_users (
+            user_id INTEGER PRIMARY KEY,
+            forgotten_at TEXT NOT NULL)""",
+        """CREATE TABLE opt_outs (
+            user_id INTEGER PRIMARY KEY,
+            created_at TEXT NOT NULL)""",
+        "INSERT INTO opt_outs (user_id, created_at) SELECT id, updated_at FROM users WHERE opted_out = 1",
+        "ALTER TABLE users DROP COLUMN opted_out",
+    ),
 ]

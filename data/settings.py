@@ -20,6 +20,10 @@ class DataSettings(HomeSettings):
     """Where the seed corpus lives, how examples are split, and how many backups are kept."""
 
     backup_keep: int = Field(default=7, ge=1, description="Nightly backups kept (taken before retraining)")
+    backup_max_age_days: int = Field(
+        default=30, ge=1, description="Backups of any kind older than this are deleted; the privacy notice "
+        "states it (a /forget reaches the backups within it)")
+    keep_datasets: int = Field(default=5, ge=1, description="Built datasets kept, with their grounded copies")
     seed_dir: Path = PACKAGE_SEED_DIR
     valid_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
     test_fraction: float = Field(default=0.1, ge=0.0, le=0.5)

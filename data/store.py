@@ -5,9 +5,11 @@ survive a crash or power cut; writes take the lock up front (`BEGIN IMMEDIATE`) 
 while another writer holds it, so concurrent writers queue instead of failing. Each thread gets its
 own connection, because a sqlite3 connection must not be used by two threads at once.
 
-Opening a store takes two steps: the migrations bring the schema up to date, then the seed facts
-of the knowledge base are imported (idempotent; data/knowledge.py), so any entry point that opens
-the store has the facts. `Store(path, readonly=True)` does neither and never writes: it refuses a
+Opening a store takes three steps: the migrations bring the schema up to date, the tombstones of
+forgotten users are applied (their rows are deleted again, should an upgrade or a restore have
+brought any back), then the seed facts of the knowledge base are imported (idempotent;
+data/knowledge.py), so any entry point that opens the store has the facts. Every connection sets
+`secure_delete`, so deleted rows are overwritten in the file rather than left in free pages. `Store(path, readonly=True)` does neither and never writes: it refuses a
 missing database or one whose schema is not this code's.
 """
 
@@ -87,18 +89,50 @@ FROM corrections c
 JOIN messages m ON m.id = c.message_id
 LEFT JOIN users u ON u.id = m.user_id
 WHERE c.id = (SELECT MAX(id) FROM corrections WHERE message_id = m.id)
-  AND COALESCE(u.opted_out, 0) = :opted_out
+  AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.user_id = m.user_id) = :opted_out
+  AND NOT EXISTS (SELECT 1 FROM forgotten_users t WHERE t.user_id = m.user_id AND m.created_at <= t.forgotten_at)
 UNION ALL
 SELECT m.id, m.question, m.answer, 'feedback', f.created_at, COALESCE(m.lang, u.language)
 FROM messages m
 JOIN feedback f ON f.message_id = m.id AND f.user_id = m.user_id AND f.value = 1
 LEFT JOIN users u ON u.id = m.user_id
 WHERE NOT EXISTS (SELECT 1 FROM corrections WHERE message_id = m.id)
-  AND COALESCE(u.opted_out, 0) = :opted_out
+  AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.user_id = m.user_id) = :opted_out
+  AND NOT EXISTS (SELECT 1 FROM forgotten_users t WHERE t.user_id = m.user_id AND m.created_at <= t.forgotten_at)
 """
 
+# What forgetting deletes, per kind, for the users and times in `{forgotten}`: a (user_id,
+# forgotten_at) table, either one user now (/forget) or every tombstone (at open, after a
+# restore). Only rows from before the forget go: a user who comes back afterwards starts afresh.
+# The admin audit (admin_events: user id, command name, time, no text) is kept.
+_FORGET = {
+    "feedback": "DELETE FROM feedback WHERE rowid IN (SELECT f.rowid FROM {forgotten} t JOIN feedback f"
+                " ON f.user_id = t.user_id AND f.created_at <= t.forgotten_at)"
+                " OR message_id IN ({messages})",
+    "corrections": "DELETE FROM corrections WHERE id IN (SELECT c.id FROM {forgotten} t JOIN corrections c"
+                   " ON c.admin_id = t.user_id AND c.created_at <= t.forgotten_at)"
+                   " OR message_id IN ({messages})",
+    "messages": "DELETE FROM messages WHERE id IN ({messages})",
+    "chats": "DELETE FROM chats WHERE type = 'private' AND id IN (SELECT user_id FROM {forgotten})"
+             " AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = chats.id)",
+    "users": "DELETE FROM users WHERE id IN (SELECT u.id FROM {forgotten} t JOIN users u"
+             " ON u.id = t.user_id AND u.created_at <= t.forgotten_at)",
+}
+_FORGOTTEN_MESSAGES = ("SELECT m.id FROM {forgotten} t JOIN messages m"
+                       " ON m.user_id = t.user_id AND m.created_at <= t.forgotten_at")
 
-def _now() -> str:
+
+def _forget_statements(forgotten: str) -> dict[str, str]:
+    messages = _FORGOTTEN_MESSAGES.format(forgotten=forgotten)
+    return {kind: sql.format(forgotten=forgotten, messages=messages) for kind, sql in _FORGET.items()}
+
+
+_FORGET_ONE = _forget_statements("(SELECT :user AS user_id, :until AS forgotten_at)")
+_FORGET_TOMBSTONED = _forget_statements("forgotten_users")
+
+
+def now() -> str:
+    """The store's timestamp (UTC, milliseconds; ISO text sorts by time)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -130,6 +164,7 @@ class Store:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.write(self._migrate)
+                self.write(self._apply_tombstones)
                 self.seed_knowledge()  # a fresh machine knows the seed facts from its first start
         except (OSError, sqlite3.DatabaseError) as error:
             self.close()
@@ -159,38 +194,56 @@ class Store:
 
     # -- users, chats, messages -------------------------------------------------------------
 
-    def upsert_user(self, user_id: int, name: str | None, language: str | None) -> None:
-        now = _now()
-        self.write(lambda db: db.execute(
-            "INSERT INTO users (id, name, language, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET name = excluded.name, language = excluded.language,"
-            " updated_at = excluded.updated_at", (user_id, name, language, now, now)))
+    def upsert_user(self, user_id: int, name: str | None, language: str | None, *,
+                    asked_at: str | None = None) -> None:
+        """Record a user's name and language; not for a question `asked_at` before the user's /forget."""
+        stamp = now()
 
-    def upsert_chat(self, chat_id: int, kind: str, title: str | None) -> None:
-        now = _now()
-        self.write(lambda db: db.execute(
-            "INSERT INTO chats (id, type, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET type = excluded.type, title = excluded.title,"
-            " updated_at = excluded.updated_at", (chat_id, kind, title, now, now)))
+        def work(db: sqlite3.Connection) -> None:
+            if not _forgotten_since(db, user_id, asked_at):
+                db.execute("INSERT INTO users (id, name, language, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                           " ON CONFLICT(id) DO UPDATE SET name = excluded.name, language = excluded.language,"
+                           " updated_at = excluded.updated_at", (user_id, name, language, stamp, stamp))
+
+        self.write(work)
+
+    def upsert_chat(self, chat_id: int, kind: str, title: str | None, *, user_id: int | None = None,
+                    asked_at: str | None = None) -> None:
+        """Record a chat's kind and title; not for a question of `user_id` `asked_at` before their /forget."""
+        stamp = now()
+
+        def work(db: sqlite3.Connection) -> None:
+            if user_id is None or not _forgotten_since(db, user_id, asked_at):
+                db.execute("INSERT INTO chats (id, type, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                           " ON CONFLICT(id) DO UPDATE SET type = excluded.type, title = excluded.title,"
+                           " updated_at = excluded.updated_at", (chat_id, kind, title, stamp, stamp))
+
+        self.write(work)
 
     def log_message(self, chat_id: int, user_id: int, question: str, answer: str, *,
                     model_id: str | None, adapter_version: str | None, latency_s: float | None,
                     prompt_tokens: int | None, completion_tokens: int | None,
-                    lang: str | None = None) -> int:
-        """Store one question and the bot's answer; returns the message id used by feedback."""
-        now = _now()
+                    lang: str | None = None, asked_at: str | None = None) -> int | None:
+        """Store one question and the bot's answer; returns the message id used by feedback.
 
-        def work(db: sqlite3.Connection) -> int:
+        None, storing nothing, when the user /forgot after `asked_at` (the answer was in flight):
+        checked in the same transaction as the insert, so no forget can slip in between.
+        """
+        stamp = now()
+
+        def work(db: sqlite3.Connection) -> int | None:
+            if _forgotten_since(db, user_id, asked_at):
+                return None
             # A message must never be lost because its chat or user was not registered first.
             db.execute("INSERT OR IGNORE INTO chats (id, type, created_at, updated_at)"
-                       " VALUES (?, 'unknown', ?, ?)", (chat_id, now, now))
+                       " VALUES (?, 'unknown', ?, ?)", (chat_id, stamp, stamp))
             db.execute("INSERT OR IGNORE INTO users (id, created_at, updated_at) VALUES (?, ?, ?)",
-                       (user_id, now, now))
+                       (user_id, stamp, stamp))
             cursor = db.execute(
                 "INSERT INTO messages (chat_id, user_id, question, answer, lang, created_at,"
                 " model_id, adapter_version, latency_s, prompt_tokens, completion_tokens)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat_id, user_id, question, answer, lang, now, model_id, adapter_version,
+                (chat_id, user_id, question, answer, lang, stamp, model_id, adapter_version,
                  latency_s, prompt_tokens, completion_tokens))
             return int(cursor.lastrowid)
 
@@ -230,7 +283,7 @@ class Store:
             db.execute("INSERT INTO feedback (message_id, user_id, value, created_at)"
                        " VALUES (?, ?, ?, ?) ON CONFLICT(message_id, user_id) DO UPDATE"
                        " SET value = excluded.value, created_at = excluded.created_at",
-                       (message_id, user_id, value, _now()))
+                       (message_id, user_id, value, now()))
             return True
 
         return self.write(work)
@@ -248,37 +301,53 @@ class Store:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
                 raise ValueError(f"message {message_id} does not exist")
             cursor = db.execute("INSERT INTO corrections (message_id, admin_id, text, created_at)"
-                                " VALUES (?, ?, ?, ?)", (message_id, admin_id, text, _now()))
+                                " VALUES (?, ?, ?, ?)", (message_id, admin_id, text, now()))
             return int(cursor.lastrowid)
 
         return self.write(work)
 
     def forget_user(self, user_id: int) -> dict[str, int]:
-        """Delete everything about a user in one transaction; returns rows deleted per kind."""
-        own = "SELECT id FROM messages WHERE user_id = :user"
-        statements = {
-            "feedback": f"DELETE FROM feedback WHERE user_id = :user OR message_id IN ({own})",
-            "corrections": f"DELETE FROM corrections WHERE admin_id = :user OR message_id IN ({own})",
-            "messages": "DELETE FROM messages WHERE user_id = :user",
-            "admin_events": "DELETE FROM admin_events WHERE user_id = :user",
-            "chats": "DELETE FROM chats WHERE id = :user AND type = 'private'"
-                     " AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = chats.id)",
-            "users": "DELETE FROM users WHERE id = :user",
-        }
-        return self.write(lambda db: {kind: db.execute(sql, {"user": user_id}).rowcount
-                                       for kind, sql in statements.items()})
+        """Delete everything about a user and leave a tombstone (the id and when), in one
+        transaction; returns rows deleted per kind. The opt-out and the admin audit stay."""
+        until = now()
+
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            db.execute("INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?) ON CONFLICT(user_id)"
+                       " DO UPDATE SET forgotten_at = excluded.forgotten_at", (user_id, until))
+            return {kind: db.execute(sql, {"user": user_id, "until": until}).rowcount
+                    for kind, sql in _FORGET_ONE.items()}
+
+        return self.write(work)
+
+    def add_tombstones(self, tombstones: list[tuple[int, str]]) -> dict[str, int]:
+        """Record forgets made elsewhere (the database a restore replaced; the later time wins) and
+        delete what they cover; returns rows deleted per kind."""
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            db.executemany("INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)"
+                           " ON CONFLICT(user_id) DO UPDATE SET forgotten_at = MAX(forgotten_at,"
+                           " excluded.forgotten_at)", tombstones)
+            return self._apply_tombstones(db)
+
+        return self.write(work)
+
+    def checkpoint(self) -> bool:
+        """Fold the WAL into the database and truncate it, so deleted rows do not linger in old WAL
+        frames; False if readers kept it from finishing (the next checkpoint does it)."""
+        busy = self._retrying(lambda: self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())[0]
+        if busy:
+            log.warning("WAL checkpoint of %s blocked by a reader; the next one truncates it", self.path)
+        return not busy
 
     def set_opt_out(self, user_id: int, opted_out: bool) -> None:
-        """Keep (or stop keeping) a user's conversations out of training; remembered per user."""
-        now = _now()
+        """Keep (or stop keeping) a user's conversations out of training; remembered per user,
+        through /forget too."""
+        stamp = now()
         self.write(lambda db: db.execute(
-            "INSERT INTO users (id, opted_out, created_at, updated_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT(id) DO UPDATE SET opted_out = excluded.opted_out,"
-            " updated_at = excluded.updated_at", (user_id, int(opted_out), now, now)))
+            "INSERT OR IGNORE INTO opt_outs (user_id, created_at) VALUES (?, ?)", (user_id, stamp))
+            if opted_out else db.execute("DELETE FROM opt_outs WHERE user_id = ?", (user_id,)))
 
     def is_opted_out(self, user_id: int) -> bool:
-        rows = self.read("SELECT opted_out FROM users WHERE id = ?", (user_id,))
-        return bool(rows and rows[0][0])
+        return bool(self.read("SELECT 1 FROM opt_outs WHERE user_id = ?", (user_id,)))
 
     # -- jobs, audit, reporting -------------------------------------------------------------
 
@@ -286,7 +355,7 @@ class Store:
         """True for exactly one caller per (job, period), across threads and processes."""
         cursor = self.write(lambda db: db.execute(
             "INSERT OR IGNORE INTO job_runs (name, period_key, started_at) VALUES (?, ?, ?)",
-            (name, period_key, _now())))
+            (name, period_key, now())))
         return cursor.rowcount == 1
 
     def release_job(self, name: str, period_key: str) -> None:
@@ -301,7 +370,7 @@ class Store:
     def log_admin_event(self, user_id: int, command: str, allowed: bool) -> None:
         self.write(lambda db: db.execute(
             "INSERT INTO admin_events (user_id, command, allowed, created_at) VALUES (?, ?, ?, ?)",
-            (user_id, command, int(allowed), _now())))
+            (user_id, command, int(allowed), now())))
 
     def counts(self) -> dict[str, int]:
         row = self.read("""SELECT
@@ -310,7 +379,7 @@ class Store:
             (SELECT COUNT(*) FROM feedback WHERE value = 1),
             (SELECT COUNT(*) FROM feedback WHERE value = -1),
             (SELECT COUNT(*) FROM corrections),
-            (SELECT COUNT(*) FROM users WHERE opted_out = 1)""")[0]
+            (SELECT COUNT(*) FROM opt_outs)""")[0]
         names = ("users", "chats", "messages", "feedback_up", "feedback_down", "corrections",
                  "opted_out")
         return dict(zip(names, row))
@@ -379,6 +448,13 @@ class Store:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
 
+    def _apply_tombstones(self, db: sqlite3.Connection) -> dict[str, int]:
+        """Delete the rows every tombstone covers (normally none: they were deleted at the forget)."""
+        deleted = {kind: db.execute(sql).rowcount for kind, sql in _FORGET_TOMBSTONED.items()}
+        if any(deleted.values()):
+            log.info("tombstones of forgotten users applied: %s", deleted)
+        return deleted
+
     def _check_schema(self) -> None:
         """A read-only store needs the schema this code knows: it cannot migrate."""
         if not self.path.is_file():
@@ -408,7 +484,8 @@ class Store:
         self._local.connection = connection
         if not self.readonly:  # setting it writes the database header; a read-only store follows it
             self._retrying(lambda: connection.execute("PRAGMA journal_mode = WAL"))
-        for pragma in ("synchronous = FULL", "foreign_keys = ON", f"busy_timeout = {BUSY_TIMEOUT_MS}"):
+        for pragma in ("synchronous = FULL", "foreign_keys = ON", f"busy_timeout = {BUSY_TIMEOUT_MS}",
+                       "secure_delete = ON"):
             connection.execute(f"PRAGMA {pragma}")
         return connection
 
@@ -448,6 +525,12 @@ class Store:
                     raise
                 log.debug("database busy, retrying (%s)", error)
                 time.sleep(0.05 * 2 ** attempt)
+
+
+def _forgotten_since(db: sqlite3.Connection, user_id: int, asked_at: str | None) -> bool:
+    """Whether the user /forgot at or after `asked_at` (None: not asked for a question)."""
+    return asked_at is not None and db.execute(
+        "SELECT 1 FROM forgotten_users WHERE user_id = ? AND forgotten_at >= ?", (user_id, asked_at)).fetchone() is not None
 
 
 def _primary_language(tag: str | None) -> str | None:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.settings import protect_home
+
 log = logging.getLogger("inference")
 
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-grounding", action="store_true",
                         help="answer without retrieved facts (same as GROUNDING=false)")
     args = parser.parse_args(argv)
+    protect_home()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()

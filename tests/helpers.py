@@ -214,9 +214,70 @@ class RunningBot:
         await app.post_shutdown(app)
 
     def stop(self):
+        """Stop the bot (again: nothing to do, so a test may stop it before its fixture does)."""
+        if self.loop.is_closed():
+            return
         try:
             self.run(self._stop())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=30)
             self.loop.close()
+
+
+# -- retention: what 30 nights leave on disk, without training ----------------------------------
+
+# The embedded SmolLM2-135M with the default LoRA (rank 8 on every linear layer of the last 16
+# blocks: q 576→576, k and v 576→192, o 576→576, gate and up 576→1536, down 1536→576) has
+# 16 × 8 × (1152 + 768 + 768 + 1152 + 2112 × 3) = 1,302,528 float32 weights: 5.2 MB of adapter;
+# a checkpoint adds AdamW's two moments (10.4 MB). TRAIN_KEEP_CHECKPOINTS = 3 of them per run.
+ADAPTER_BYTES = 1_302_528 * 4
+KEPT_CHECKPOINTS = 3
+
+
+def simulate_nights(home: Path, nights: int, *, scale: float = 1.0, log_bytes_per_night: int = 1 << 20) -> None:
+    """Lay out what `nights` nightly pipelines leave under `home`, as the real code lays it out: a
+    dataset built by the real builder with a grounded copy beside it, a finished run folder with
+    its checkpoints and adapters (random bytes of the real sizes × `scale`), a nightly backup (real
+    archive, named as made that night), a manual one every 10th night, and service.log growing."""
+    import shutil
+    from datetime import datetime, timedelta, timezone
+
+    from data.backup import STAMP, create_backup
+    from data.builder import GROUNDED_SUFFIX, build_dataset
+    from data.settings import DataSettings
+    from data.store import Store
+    from training.runs import FINISHED, Run
+
+    settings = DataSettings.load(farense_home=home)
+    Store(settings.home.database).close()
+    adapter_bytes = int(ADAPTER_BYTES * scale)
+    today = datetime.now(timezone.utc)
+    for night in range(nights):
+        made = today - timedelta(days=nights - 1 - night)
+        dataset = build_dataset(settings).path
+        dataset = dataset.rename(dataset.with_name(f"{made:%Y%m%dT%H%M%SZ}-{night:012d}"))
+        (settings.home.latest_dataset).write_text(json.dumps({"dataset": dataset.name}))
+        grounded = dataset.with_name(f"{dataset.name}{GROUNDED_SUFFIX}-{night:012d}")
+        shutil.copytree(dataset, grounded)
+        run = Run(settings.home.runs / f"{made:%Y%m%d-%H%M%S}-{night:03d}")  # as new_run names it
+        run.checkpoints.mkdir(parents=True)
+        run.write_json("config.json", {"dataset": {"path": str(grounded)},
+                                       "valid_batches": {"valid_path": str(grounded / "valid.jsonl")}})
+        for step in range(KEPT_CHECKPOINTS):
+            folder = run.checkpoints / f"step-{(step + 1) * 200:07d}"
+            folder.mkdir(parents=True)
+            (folder / "adapters.safetensors").write_bytes(os.urandom(adapter_bytes))
+            (folder / "optimizer.safetensors").write_bytes(os.urandom(2 * adapter_bytes))
+            (folder / "state.json").write_text("{}")
+        for name in ("best", "final"):
+            (run.dir / "adapters" / name).mkdir(parents=True)
+            (run.dir / "adapters" / name / "adapters.safetensors").write_bytes(os.urandom(adapter_bytes))
+        run.set_status(FINISHED)
+        for label in ("nightly", "manual") if night % 10 == 0 else ("nightly",):
+            archive = create_backup(settings.home.database, settings.home.adapters, settings.home.backups,
+                                    label=label, keep=settings.backup_keep if label == "nightly" else None).path
+            archive.rename(archive.with_name(f"farense-backup-{made.strftime(STAMP)}.{night}-{label}.tar.gz"))
+        (settings.home.logs).mkdir(exist_ok=True)
+        with open(settings.home.logs / "service.log", "ab") as log:
+            log.write(b"x" * log_bytes_per_night)

@@ -62,7 +62,7 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     target = folder / "pointer.json"
     write_atomic(target, "one")
     write_atomic(target, b"two")
-    assert target.read_text() == "two" and oct(target.stat().st_mode & 0o777) == "0o644"
+    assert target.read_text() == "two" and oct(target.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in folder.iterdir()] == ["pointer.json"]  # no temporary left behind
     assert sha256_file(target) == hashlib.sha256(b"two").hexdigest()
 
@@ -96,3 +96,28 @@ def test_a_lock_held_by_another_process_is_busy(tmp_path):
         holder.wait(timeout=30)
     assert not is_locked(lock)
     assert Home(tmp_path).bot_lock == tmp_path / "bot.lock"
+
+
+def test_protect_tightens_the_homes_parts_and_nothing_else(tmp_path):
+    import os
+    import stat
+
+    home = Home(tmp_path / "h")
+    for path in (home.database, home.logs / "bot.log", home.datasets / "d" / "train.jsonl",
+                 home.root / "notes-of-the-owner.txt", home.models / "m" / "config.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        path.chmod(0o644)
+    for folder in (home.root, home.logs, home.datasets, home.datasets / "d", home.models):
+        folder.chmod(0o755)
+    before = os.umask(0o022)
+    try:
+        home.protect()
+        assert os.umask(0o022) == 0o077
+    finally:
+        os.umask(before)
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert [mode(p) for p in (home.root, home.database, home.logs, home.logs / "bot.log", home.datasets,
+                              home.datasets / "d", home.datasets / "d" / "train.jsonl")] == [
+        0o700, 0o600, 0o700, 0o600, 0o700, 0o700, 0o600]
+    assert mode(home.root / "notes-of-the-owner.txt") == 0o644 and mode(home.models) == 0o755

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 
 import pytest
 
@@ -134,8 +135,7 @@ def test_forget_user_removes_everything_of_one_user_and_nothing_else(store):
 
     deleted = store.forget_user(USER_A)
 
-    assert deleted == {"feedback": 1, "corrections": 2, "messages": 2, "admin_events": 1,
-                       "chats": 1, "users": 1}
+    assert deleted == {"feedback": 1, "corrections": 2, "messages": 2, "chats": 1, "users": 1}
     assert store.message(a_private) is None and store.message(a_group) is None
     assert (store.message(b_private), store.message(b_group)) == before_b
     assert store.counts() == {"users": 1, "chats": 2, "messages": 2, "feedback_up": 1,
@@ -144,11 +144,77 @@ def test_forget_user_removes_everything_of_one_user_and_nothing_else(store):
         ("B private?", "An answer."), ("B in group?", "fix B")]
     raw = sqlite3.connect(store.path)
     for table, column in (("messages", "user_id"), ("feedback", "user_id"),
-                          ("corrections", "admin_id"), ("admin_events", "user_id"), ("users", "id")):
+                          ("corrections", "admin_id"), ("users", "id")):
         assert raw.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (USER_A,)).fetchone() == (0,)
-    assert raw.execute("SELECT COUNT(*) FROM admin_events WHERE user_id = ?", (USER_B,)).fetchone() == (1,)
+    # The audit keeps the refused attempt (id, command name, time: no text); the tombstone the id.
+    assert raw.execute("SELECT user_id, command, allowed FROM admin_events ORDER BY id").fetchall() == [
+        (USER_A, "/retrain", 0), (USER_B, "/status", 0)]
+    assert raw.execute("SELECT user_id FROM forgotten_users").fetchall() == [(USER_A,)]
     raw.close()
     assert store.forget_user(USER_A) == dict.fromkeys(deleted, 0)
+
+
+def test_forget_leaves_no_text_in_the_database_file_or_its_wal(store):
+    store.upsert_user(USER_A, "Ana", "pt")
+    message = ask(store, USER_A, "Is zanzibarquux the mascot?", "No.")
+    store.set_feedback(message, USER_A, 1)
+    store.checkpoint()  # the text is now in the main file, and its pages must be wiped, not freed
+    store.forget_user(USER_A)
+    assert store.checkpoint()
+    files = [store.path, store.path.with_name(store.path.name + "-wal")]
+    assert not any(b"zanzibarquux" in path.read_bytes() for path in files if path.exists())
+    assert store.path.with_name(store.path.name + "-wal").stat().st_size == 0
+
+
+def test_an_answer_asked_before_the_forget_is_not_logged_after_it(store):
+    from data.store import now
+
+    asked_at = now()
+    store.forget_user(USER_A)
+    store.upsert_user(USER_A, "Ana", "pt", asked_at=asked_at)
+    store.upsert_chat(USER_A, "private", None, user_id=USER_A, asked_at=asked_at)
+    assert ask(store, USER_A, "In flight?", asked_at=asked_at) is None
+    assert store.counts()["messages"] == store.counts()["users"] == store.counts()["chats"] == 0
+    time.sleep(0.002)
+    later = ask(store, USER_A, "Back again?", asked_at=now())  # a question after the forget is new
+    assert store.message(later).question == "Back again?"
+
+
+def test_tombstones_delete_rows_that_come_back_and_only_those(tmp_path):
+    path = tmp_path / "farense.db"
+    with Store(path) as store:
+        old = ask(store, USER_A, "Before the forget?")
+        store.set_feedback(old, USER_A, 1)
+        raw = sqlite3.connect(path)
+        rows = raw.execute("SELECT * FROM messages").fetchall()  # what an old backup still holds
+        raw.close()
+        store.forget_user(USER_A)
+        time.sleep(0.002)
+        after = ask(store, USER_A, "After the forget?")
+        ask(store, USER_B, "Someone else?")
+    raw = sqlite3.connect(path)  # an old backup's rows come back (say, by a restore)
+    raw.executemany(f"INSERT INTO messages VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    raw.execute("INSERT INTO feedback VALUES (?, ?, 1, '2000-01-01T00:00:00.000+00:00')", (old, USER_A))
+    raw.commit()
+    raw.close()
+    with Store(path, readonly=True) as store:  # not applied yet: the dataset query still skips them
+        assert [e.question for e in store.curated_examples()] == []
+        assert store.message(old) is not None
+    with Store(path) as store:  # opening applies the tombstones
+        assert store.message(old) is None
+        assert store.message(after).question == "After the forget?"
+        assert [e.question for e in store.curated_examples()] == []
+        assert store.counts()["messages"] == 2
+
+
+def test_opt_out_survives_forget(store):
+    store.set_opt_out(USER_A, True)
+    store.forget_user(USER_A)
+    assert store.is_opted_out(USER_A)
+    time.sleep(0.002)  # timestamps have milliseconds: a row of the forget's own millisecond counts as forgotten
+    message = ask(store, USER_A, "Back, still opted out?")
+    store.set_feedback(message, USER_A, 1)
+    assert store.curated_examples() == [] and store.withheld_opted_out() == 1
 
 
 def test_claim_job_once_per_period(store):

@@ -138,3 +138,25 @@ def test_eval_subset_is_balanced_spread_and_stable():
 ])
 def test_degenerate_answers_are_recognised(text, verdict):
     assert degenerate(text) == verdict
+
+
+def test_the_gate_runs_when_the_champions_dataset_was_deleted(registry, trained_run, tmp_path):
+    """Retention and /forget delete datasets; the champion's run then has no validation set to read."""
+    import shutil
+
+    champion_run = tmp_path / "champion-run"
+    shutil.copytree(trained_run, champion_run)
+    valid = tmp_path / "forgotten-dataset" / "valid.jsonl"
+    valid.parent.mkdir()
+    config = json.loads((champion_run / "config.json").read_text())
+    shutil.copyfile(config["valid_batches"]["valid_path"], valid)
+    config["valid_batches"]["valid_path"] = str(valid)
+    (champion_run / "config.json").write_text(json.dumps(config))
+    champion = add_trained(registry, champion_run)
+    registry.promote(champion.version, by="test", reason="the champion")
+    shutil.rmtree(valid.parent)  # a /forget deleted the dataset it was trained on
+
+    candidate = add_trained(registry, trained_run)
+    report = gate_version(registry, candidate.version)
+
+    assert report["champion"]["version"] == champion.version and "criteria" in report

@@ -21,7 +21,8 @@ from bot.os_service import LABEL, NAME, ServiceSpec, bot_running, hold_running_l
 UNIT_KEYS = {
     "Unit": {"Description": 1, "Documentation": 1, "After": 1, "Wants": 1, "StartLimitIntervalSec": 1},
     "Service": {"Type": 1, "WorkingDirectory": 1, "Environment": None, "ExecStart": 1, "Restart": 1,
-                "RestartSec": 1, "TimeoutStopSec": 1, "StandardOutput": 1, "StandardError": 1, "User": 1},
+                "RestartSec": 1, "TimeoutStopSec": 1, "UMask": 1, "StandardOutput": 1, "StandardError": 1,
+                "User": 1},
     "Install": {"WantedBy": 1},
 }
 RESTART = {"no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"}
@@ -121,6 +122,7 @@ def test_the_systemd_unit_runs_the_bot_restarts_on_failure_and_logs_to_farense_h
     assert unescape(service["WorkingDirectory"][0]) == str(tmp_path)  # the folder with .env
     assert service["Restart"] == ["on-failure"] and int(service["TimeoutStopSec"][0]) >= 120
     assert service["StandardOutput"] == service["StandardError"] == [f"append:{isolated_env}/logs/service.log"]
+    assert service["UMask"] == ["0077"]
     variables = environment(service)
     assert variables["FARENSE_HOME"] == str(isolated_env) and variables["LOG_STDERR_LEVEL"] == "WARNING"
     assert variables["PATH"].split(":")[0] == str(Path(sys.executable).parent)
@@ -140,8 +142,9 @@ def test_the_launchd_plist_parses_and_keeps_the_bot_alive_after_failures_only(is
     assert job["EnvironmentVariables"]["FARENSE_HOME"] == str(isolated_env)
     assert job["EnvironmentVariables"]["LOG_STDERR_LEVEL"] == "WARNING" and "UserName" not in job
     assert set(job) <= {"Label", "ProgramArguments", "WorkingDirectory", "EnvironmentVariables", "RunAtLoad",
-                        "KeepAlive", "ThrottleInterval", "ExitTimeOut", "ProcessType", "StandardOutPath",
+                        "KeepAlive", "ThrottleInterval", "ExitTimeOut", "ProcessType", "Umask", "StandardOutPath",
                         "StandardErrorPath"}
+    assert job["Umask"] == 0o077
     if shutil.which("plutil"):
         lint = subprocess.run(["plutil", "-lint", str(plist)], capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from common.settings import protect_home
+
 from .errors import EXIT_USAGE
 
 # name -> ("module:function(argv) -> exit code", help)
@@ -42,6 +44,7 @@ def command(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    protect_home()
     verbose = False
     while argv[:1] and argv[0] in ("-v", "--verbose"):
         verbose, argv = True, argv[1:]

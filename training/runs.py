@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RUNNING, FINISHED, FAILED, CANCELLED, EARLY_STOPPED = "running", "finished", "failed", "cancelled", "early_stopped"
 RESUMABLE = (RUNNING, FAILED, CANCELLED)  # RUNNING only when its process is gone (killed, crashed)
+ENDED = (FINISHED, EARLY_STOPPED)  # never resumed: their checkpoints serve nothing
 
 
 class RunBusy(RuntimeError):
@@ -61,6 +63,14 @@ class Run:
     def config(self) -> dict:
         return json.loads((self.dir / "config.json").read_text())
 
+    def valid_set(self) -> Path | None:
+        """The validation file of the run's frozen batches, which the gate reads again when this run's
+        adapter is the champion; None if the run recorded none."""
+        try:
+            return Path(self.config()["valid_batches"]["valid_path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def status(self) -> dict:
         try:
             return json.loads((self.dir / "status.json").read_text())
@@ -68,7 +78,7 @@ class Run:
             return {"run_id": self.id, "state": "unknown"}
 
     def write_json(self, name: str, data: dict) -> None:
-        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str), mode=None)
+        write_atomic(self.dir / name, json.dumps(data, indent=2, default=str))
 
     def set_status(self, state: str, **fields) -> dict:
         """Merge `fields` into status.json and set the state; written atomically."""
@@ -88,7 +98,7 @@ class Run:
 
     def rewrite_metrics(self, records: list[dict]) -> None:
         """On resume: metrics.jsonl = what the checkpoint had seen (drops steps that will be redone)."""
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records), mode=None)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def new_run(home: Path) -> Run:
@@ -138,6 +148,30 @@ def pid_alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def prune_runs(home: Path, keep: int) -> list[Path]:
+    """Keep the newest `keep` runs and delete the older ones (the registry holds its own copy of
+    every adapter it registered); drop the checkpoints of the kept runs that ended. Nothing is
+    touched while a run is in progress. Returns the folders deleted."""
+    try:
+        with training_lock(home):
+            runs = all_runs(home)
+            removed = []
+            for run in runs[keep:]:
+                shutil.rmtree(run.dir, ignore_errors=True)
+                removed.append(run.dir)
+            for run in runs[:keep]:
+                if run.status().get("state") in ENDED and run.checkpoints.is_dir() and any(run.checkpoints.iterdir()):
+                    shutil.rmtree(run.checkpoints, ignore_errors=True)
+                    run.checkpoints.mkdir()
+                    removed.append(run.checkpoints)
+    except RunBusy as busy:
+        log.info("runs not pruned: %s", busy)
+        return []
+    if removed:
+        log.info("pruned %d run folder(s)/checkpoints, keeping the newest %d runs", len(removed), keep)
+    return removed
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from telegram import Update
 from telegram.ext import ContextTypes
@@ -11,14 +10,14 @@ from telegram.ext import ContextTypes
 from ..texts import deleted_summary, text
 from . import services_of, user_language
 
-log = logging.getLogger(__name__)
-
 
 async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     lang = user_language(update)
     user = update.effective_user
-    admin = services_of(context).settings.is_admin(user.id if user else None)
-    await update.message.reply_text(text("help", lang) + ("\n\n" + text("admin_help", lang) if admin else ""))
+    services = services_of(context)
+    admin = services.settings.is_admin(user.id if user else None)
+    help_text = text("help", lang, backup_days=services.data_settings.backup_max_age_days)
+    await update.message.reply_text(help_text + ("\n\n" + text("admin_help", lang) if admin else ""))
 
 
 async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -27,11 +26,10 @@ async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Delete at once (a right the user exercises, no confirmation step) and say what went."""
+    """Delete at once (a right the user exercises, no confirmation step) and say what went, after
+    any answer the user is still being given (which is not stored)."""
     services, user = services_of(context), update.effective_user
-    counts = await asyncio.to_thread(services.store.forget_user, user.id)
-    services.conversations.forget_user(user.id)
-    log.info("forgot user %s: %s", user.id, counts)
+    counts = await services.conversations.forget_user(user.id, services.data_settings.home)
     lang = user_language(update)
     summary = deleted_summary(counts, lang)
     await update.message.reply_text(text("forgot", lang, details=summary) if summary

@@ -41,7 +41,7 @@ async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     lang, services = user_language(update), services_of(context)
     question = re.sub(rf"@{re.escape(context.bot.username)}\b", "", message.text, flags=re.I).strip()
     if not question:
-        await message.reply_text(text("help", lang))
+        await message.reply_text(text("help", lang, backup_days=services.data_settings.backup_max_age_days))
         return
     if len(question) > services.settings.max_question_chars:
         await message.reply_text(text("too_long", lang, length=len(question),
@@ -62,9 +62,11 @@ async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
     async def deliver(answer: Answer) -> None:
         delivering.append(answer)
+        stored = answer.message_id is not None  # not when the asker /forgot meanwhile: nothing to rate
         sent = await reply.finish(answer.reply or text("empty_answer", lang),
-                                  feedback_buttons(answer.message_id))
-        await asyncio.to_thread(services.store.attach_telegram_id, answer.message_id, sent.message_id)
+                                  feedback_buttons(answer.message_id) if stored else None)
+        if stored:
+            await asyncio.to_thread(services.store.attach_telegram_id, answer.message_id, sent.message_id)
 
     try:  # no await before ask(): it is what keeps a chat's questions (and answers) in order
         await services.conversations.ask(asker, question, reply.partial,

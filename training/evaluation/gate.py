@@ -49,6 +49,7 @@ from ..lifecycle.commands import open_registry
 from ..lifecycle.registry import Registry
 from ..lifecycle.report import describe
 from ..lifecycle.settings import LifecycleSettings
+from ..runs import Run
 from ..trainer.launch import run_valid_batches
 from ..trainer.loop import validation_loss
 from .evaluate import served_answers
@@ -80,8 +81,9 @@ def gate_version(registry: Registry, version: str, *, settings: LifecycleSetting
     items = gate_items(load_eval(DataSettings.load().seed_dir, problems, GATE_SPLIT), settings.gate_eval_limit)
     if not items:
         raise GateError(f"no {GATE_SPLIT} eval items in SEED_DIR ({'; '.join(map(str, problems[:3]))})")
+    # The champion's own batches, while its run and dataset are kept (retention and /forget delete them).
     reference = champion.run_dir if champion is not None and champion.run_dir is not None \
-        and champion.run_dir != candidate.run_dir and (champion.run_dir / "config.json").is_file() else None
+        and champion.run_dir != candidate.run_dir and _valid_set_kept(champion.run_dir) else None
     report = compare(candidate.path, candidate.version, champion.path if champion else None,
                      champion.version if champion else None, run_dir=candidate.run_dir, items=items,
                      settings=settings, serving=serving, reference_run=reference)
@@ -253,3 +255,8 @@ def _gate(args: argparse.Namespace) -> int:
     report = gate_version(open_registry(), args.version)
     print(json.dumps(report, indent=2, default=str) if args.json else describe(report))
     return 0
+
+
+def _valid_set_kept(run_dir: Path) -> bool:
+    valid = Run(run_dir).valid_set()
+    return valid is not None and valid.is_file()

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data.builder import GROUNDED_SUFFIX
 from data.knowledge import knowledge_hash
 from data.store import Store
 from inference.faithfulness import claims, unsupported
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
-GROUNDED_SUFFIX = "-grounded"
 COUNTS = ("retrieved", "injected", "declined", "near_miss", "unknown_fact", "skipped")
 NEAR_MISS_SHARE = 0.2
 
@@ -227,7 +227,6 @@ def _write_folder(out_folder: Path, contents: dict[str, bytes], manifest: dict) 
     out_folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".grounding-", dir=out_folder.parent))
     try:
-        staging.chmod(0o755)
         for name, data in contents.items():
             (staging / f"{name}.jsonl").write_bytes(data)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -192,7 +192,6 @@ class Registry:
                     "gate": None,
                 }
                 (staging / VERSION_FILE).write_text(json.dumps(record, indent=2, default=str))
-                staging.chmod(0o755)
                 fsync_tree(staging)
                 os.rename(staging, self.root / name)
                 fsync_dir(self.root)

@@ -16,6 +16,9 @@ from common.settings import Settings
 class LifecycleSettings(Settings):
     keep_adapters: int = Field(
         default=10, ge=1, description="Registry versions kept; production and the previous one always are")
+    keep_runs: int = Field(
+        default=5, ge=1, description="Training runs kept (the registry keeps its own copy of their adapters); "
+        "the checkpoints of kept runs that ended are deleted")
     gate_min_improvement: float = Field(
         default=0.005, ge=0.0, lt=1.0,
         description="Relative val-loss gain a candidate needs: loss ≤ champion's × (1 − this)")

@@ -1,0 +1,73 @@
+"""Bounded disk: what the bot deletes after each nightly pipeline (and `python -m bot retention`).
+
+    runs/       the newest KEEP_RUNS runs; checkpoints of those that ended (training/runs.py)
+    datasets/   the newest KEEP_DATASETS built datasets, the latest and those the kept runs validate
+                on (the gate reads them again), with their grounded copies (data/retention.py)
+    backups/    archives of any kind older than BACKUP_MAX_AGE_DAYS (data/backup.py); the nightly
+                ones are also capped at BACKUP_KEEP when taken
+    logs/       service.log rotated like bot.log (LOG_MAX_MB, LOG_BACKUPS; bot/os_service.py)
+
+The adapter registry prunes itself to KEEP_ADAPTERS when it changes (training/lifecycle/registry.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.home import describe_disk_use
+from data.backup import prune_older_than
+from data.builder import GROUNDED_SUFFIX
+from data.retention import prune_datasets
+from data.settings import DataSettings
+from training.lifecycle.settings import LifecycleSettings
+from training.runs import all_runs, prune_runs
+
+from .os_service import rotate_service_log
+from .settings import BotSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Retained:
+    before: dict[str, int]  # bytes per part of the home (Home.disk_use)
+    after: dict[str, int]
+    removed: dict[str, list[Path]] = field(default_factory=dict)  # per kind: what was deleted
+    rotated: bool = False  # service.log was rotated
+
+    def summary(self) -> str:
+        """One line for the admins and two for the CLI: what went, and the disk use after."""
+        gone = ", ".join(f"{len(paths)} {part}" for part, paths in self.removed.items() if paths) or "nothing"
+        freed = sum(self.before.values()) - sum(self.after.values())
+        return (f"Retention: deleted {gone}{'; service.log rotated' if self.rotated else ''};"
+                f" {freed / 1e6:.1f} MB freed.\nDisk use: {describe_disk_use(self.after)}")
+
+
+def apply_retention(data_settings: DataSettings, bot_settings: BotSettings,
+                    lifecycle_settings: LifecycleSettings) -> Retained:
+    home = data_settings.home
+    before = home.disk_use()
+    runs = prune_runs(home.root, lifecycle_settings.keep_runs)
+    validated_on = {run.valid_set().parent.name for run in all_runs(home.root) if run.valid_set() is not None}
+    datasets = prune_datasets(home, data_settings.keep_datasets, validated_on)
+    removed = {"runs": [path for path in runs if path.name != "checkpoints"],
+               "checkpoint folders": [path for path in runs if path.name == "checkpoints"],
+               "datasets": [path for path in datasets if GROUNDED_SUFFIX not in path.name],
+               "grounded copies": [path for path in datasets if GROUNDED_SUFFIX in path.name],
+               "backups": prune_older_than(home.backups, data_settings.backup_max_age_days)}
+    rotated = rotate_service_log(home.logs, int(bot_settings.log_max_mb * 1024 * 1024), bot_settings.log_backups)
+    retained = Retained(before, home.disk_use(), removed, rotated)
+    log.info("%s", retained.summary().replace("\n", " | "))
+    return retained
+
+
+def retention_report(data_settings: DataSettings, bot_settings: BotSettings) -> str:
+    """Apply retention and say how it went, for the nightly report; never raises (a failure is a
+    line for the admins, and the bot keeps serving)."""
+    try:
+        return apply_retention(data_settings, bot_settings, LifecycleSettings.load()).summary()
+    except Exception as error:  # settings, a disk problem, a bug: report it, keep the bot alive
+        log.exception("retention failed")
+        return f"Retention failed: {type(error).__name__}: {error}"

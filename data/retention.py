@@ -1,0 +1,107 @@
+"""How long built datasets are kept: until a message they hold is forgotten, and at most the newest
+KEEP_DATASETS (with their grounded copies).
+
+/forget beyond the database's rows: the store deletes the rows and leaves a tombstone (data/store.py); this then folds the WAL into
+the database and truncates it, and deletes every built dataset that holds a message the store no
+longer has, with its grounded copies. A dataset records the ids of the messages it holds (its
+manifest's `message_ids`, ids only); one built before that was recorded, holding feedback or
+corrections, is deleted too, since what it holds cannot be told. A grounded copy
+(`<dataset>-grounded-<hash>`, made by training) goes with its dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from common.home import Home
+
+from .builder import GROUNDED_SUFFIX, MANIFEST
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+def forget_user(store: Store, home: Home, user_id: int) -> dict[str, int]:
+    """Everything /forget does to stored data; returns what went per kind (rows, and datasets)."""
+    counts = store.forget_user(user_id)
+    store.checkpoint()
+    counts["datasets"] = len(drop_datasets_of_deleted_messages(store, home))
+    log.info("forgot user %s: %s", user_id, counts)
+    return counts
+
+
+def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
+    """Delete the built datasets (and grounded copies) holding a message that is gone; returns them.
+    The `latest` pointer goes with the dataset it names (the next build writes a new one)."""
+    if not home.datasets.is_dir():
+        return []
+    existing = {row[0] for row in store.read("SELECT id FROM messages")}
+    dropped = []
+    for folder in sorted(home.datasets.iterdir()):
+        manifest = _manifest(folder)
+        if manifest is None or "parent" in manifest:  # not a built dataset (a grounded copy has a parent)
+            continue
+        held = manifest.get("message_ids")
+        if held is None:
+            sources = manifest.get("sources") or {}
+            stale = bool(sources.get("feedback") or sources.get("correction"))
+        else:
+            stale = any(message_id not in existing for message_id in held)
+        if stale:
+            _delete(home, folder)
+            dropped.append(folder)
+    if dropped:
+        if _latest_name(home) in {path.name for path in dropped}:
+            home.latest_dataset.unlink(missing_ok=True)
+        log.info("deleted %d dataset(s) holding forgotten messages: %s", len(dropped),
+                 [path.name for path in dropped])
+    return dropped
+
+
+def prune_datasets(home: Home, keep: int, in_use: set[str] = frozenset()) -> list[Path]:
+    """Keep the newest `keep` built datasets, the one `latest` names and those named in `in_use`
+    (e.g. what kept training runs validate on); delete the others and every grounded copy whose
+    dataset is gone. Returns the deleted folders."""
+    if not home.datasets.is_dir():
+        return []
+    built = sorted(folder for folder in home.datasets.iterdir()
+                   if folder.is_dir() and not folder.name.startswith(".") and GROUNDED_SUFFIX not in folder.name)
+    kept = {folder.name for folder in built[-keep:]} | {_latest_name(home)} | {
+        name.split(GROUNDED_SUFFIX)[0] for name in in_use}
+    removed = []
+    for folder in built:
+        if folder.name not in kept:
+            removed += _delete(home, folder)
+    for copy in home.datasets.glob(f"*{GROUNDED_SUFFIX}-*"):
+        if copy.name.split(GROUNDED_SUFFIX)[0] not in kept:
+            shutil.rmtree(copy, ignore_errors=True)
+            removed.append(copy)
+    if removed:
+        log.info("pruned %d dataset folder(s), keeping the newest %d datasets", len(removed), keep)
+    return removed
+
+
+def _delete(home: Home, folder: Path) -> list[Path]:
+    """Delete a built dataset and its grounded copies; returns the folders deleted."""
+    folders = [folder, *home.datasets.glob(f"{folder.name}{GROUNDED_SUFFIX}-*")]
+    for path in folders:
+        shutil.rmtree(path, ignore_errors=True)
+    return folders
+
+
+def _latest_name(home: Home) -> str | None:
+    try:
+        return json.loads(home.latest_dataset.read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _manifest(folder: Path) -> dict | None:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
