@@ -36,7 +36,7 @@ def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_mod
 def test_bad_settings_and_a_missing_model_exit_2_with_one_clear_line(tmp_path):
     bad = run_bot("", ADMIN_USER_IDS="12,Ana")
     assert bad.returncode == 2 and bad.stdout == ""
-    assert "ADMIN_USER_IDS must be comma-separated integers" in bad.stderr
+    assert "ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by commas or spaces; 'Ana'" in bad.stderr
     assert "Traceback" not in bad.stderr
 
     missing = run_bot("", MODEL_PATH=str(tmp_path / "no-such-model"))
@@ -67,6 +67,7 @@ def test_with_a_token_it_long_polls_telegram_and_stops_cleanly_on_sigterm(tiny_m
     assert answer.ok and process.returncode == 0
     assert server.calls("getUpdates")[0].params.get("allowed_updates") == ["message", "callback_query"]
     assert "answered chat 4242" in err and "Traceback" not in err
+    assert "ADMIN_USER_IDS is empty: nobody can /retrain or /rollback" in err  # said at start, not silent
     assert BOT_TOKEN not in err + out and BOT_TOKEN.split(":")[1] not in err + out
 
 
