@@ -73,6 +73,9 @@ TEXTS: dict[str, dict[str, str]] = {
                      "pt": "Só quem fez a pergunta pode avaliar esta resposta."},
     "not_admin": {"en": "Sorry, that command is only for the bot's administrators.",
                   "pt": "Desculpe, esse comando é só para os administradores do bot."},
+    "admin_private_only": {"en": "Admin commands work only in a private chat with me: https://t.me/{username}",
+                           "pt": "Os comandos de administração só funcionam numa conversa privada comigo: "
+                                 "https://t.me/{username}"},
     "correct_usage": {"en": "Reply to one of my answers with /correct <the right answer>.",
                       "pt": "Responda a uma das minhas respostas com /correct <a resposta certa>."},
     "admin_help": {

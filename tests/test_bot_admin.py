@@ -189,3 +189,23 @@ def test_nightly_job_runs_once_per_night_and_tells_the_admins(start_bot, caplog)
     assert "could not tell admin 7777" in caplog.text
     assert "nightly retraining of 2025-05-01 already claimed" in caplog.text
     assert scheduler.get_job(NIGHTLY_JOB_ID) is not None  # still scheduled for the next night
+
+
+def test_admin_commands_in_a_group_only_point_to_the_private_chat(start_bot):
+    bot = start_bot()
+    group = -100556
+    bot.ask(USER, USER, QUESTION)
+    vote = bot.server.sent_messages(USER)[-1]
+    bot.server.push_callback_query(USER, USER, vote["message_id"], "fb:1:down")
+    bot.settle()
+    since = len(bot.server.calls())
+    for name in ("/status", "/facts", "/fact_remove 1", "/rollback", "/retrain"):
+        bot.server.push_message(group, BOT_ADMIN, name, chat_type="group", language_code="en")
+        bot.settle()
+    calls = bot.server.calls()[since:]
+    pointer = "Admin commands work only in a private chat with me: https://t.me/farense_test_bot"
+    assert texts(calls) == [pointer] * 5
+    assert not [c for c in calls if c.method in ("sendPhoto", "editMessageText")]
+    assert bot.store.counts()["messages"] == 1 and list_facts(bot.store, limit=1)  # nothing was removed
+    private = texts(command(bot, BOT_ADMIN, "/status"))[0]  # in private the report holds the 👎 question
+    assert QUESTION in private
