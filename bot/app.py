@@ -14,13 +14,13 @@ from collections.abc import Iterable
 from telegram import Bot, BotCommand, BotCommandScopeChat, Update
 from telegram.error import TelegramError
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler,
-                          CommandHandler, MessageHandler, filters)
+                          CommandHandler, MessageHandler, TypeHandler, filters)
 
 from data.settings import DataSettings
 from data.store import Store
 from inference.engine import Engine
 
-from .handlers import admin, commands, questions
+from .handlers import admin, commands, limits, questions
 from .handlers.errors import on_error
 from .scheduler import start_nightly
 from .services import Services
@@ -55,6 +55,7 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
     )
     application.bot_data["services"] = Services.create(settings, engine, store, data_settings=data_settings,
                                                        train_args=tuple(train_args))
+    application.add_handler(TypeHandler(Update, limits.limit_updates), group=-1)  # before all the others
     message = filters.UpdateType.MESSAGE  # not edits, not channel posts
     for name, callback in (("start", commands.help_command), ("help", commands.help_command),
                            ("reset", commands.reset), ("forget", commands.forget),

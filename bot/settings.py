@@ -29,6 +29,8 @@ class BotSettings(HomeSettings):
     retrain_misfire_grace_s: int = Field(default=3600, ge=1,
                                          description="How late a missed nightly run may still start")
     rate_limit_per_minute: int = Field(default=10, ge=1, description="Questions per user per minute")
+    updates_per_minute: int = Field(default=30, ge=1, description="Updates of any kind (commands, votes, "
+                                    "stickers, questions) per user per minute; admins are not limited")
     max_question_chars: int = Field(default=1000, ge=1)
     stream_edit_interval: float = Field(default=1.0, ge=0.0,
                                         description="Seconds between streamed drafts/edits; Telegram wants >= 1")

@@ -131,6 +131,33 @@ def test_rate_limit_per_user_is_announced_once(start_bot):
     assert other.ok
 
 
+def test_every_kind_of_update_is_rate_limited_per_user_with_one_notice(start_bot):
+    bot = start_bot(updates_per_minute=5)
+    server = bot.server
+    server.push_message(GROUP, OTHER, "conversa do grupo", chat_type="group")  # not for the bot: not counted
+    server.push_message(USER, USER, "/help")
+    bot.settle()
+    hello = server.sent_messages(USER)[-1]
+    since = len(server.calls())
+    sends = [dict(sticker=True), dict(text="/help"), dict(text="/status"), dict(sticker=True),
+             dict(text="/forget"), dict(text="/help"), dict(sticker=True), dict(text="/optout")]
+    for extra in sends:
+        server.push_message(USER, USER, **extra)
+    for _ in range(3):
+        server.push_callback_query(USER, USER, hello["message_id"], "fb:1:up")
+    bot.settle()
+    calls = server.calls()[since:]
+    replies = [c.params["text"] for c in calls if c.method == "sendMessage"]
+    notices = [text for text in replies if "mais depressa" in text]
+    assert len(notices) == 1 and len(replies) == 4 + 1  # 4 answered (5 minus the /help before), 1 notice
+    answers = [c for c in calls if c.method == "answerCallbackQuery"]
+    assert len(answers) == 3 and not any(c.params.get("text") for c in answers)  # spinners stopped, no vote
+    for _ in range(8):  # admins are not limited
+        server.push_message(BOT_ADMIN, BOT_ADMIN, "/help")
+    bot.settle()
+    assert len([c for c in server.calls("sendMessage") if c.params["chat_id"] == BOT_ADMIN]) == 8
+
+
 def test_a_follow_up_reads_the_previous_question_of_its_chat_until_reset(start_bot):
     bot = start_bot()
 

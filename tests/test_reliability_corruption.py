@@ -123,7 +123,7 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
     for seed in (1, 2):
         registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"good{seed}", seed=seed))
     registry.promote("v0001", by="test", reason="setup")
-    bot = start_bot(rate_limit_per_minute=1000, max_tokens=4)
+    bot = start_bot(rate_limit_per_minute=1000, updates_per_minute=1000, max_tokens=4)
     pointer = production_pointer_path(isolated_env)
 
     def asked(text: str):
@@ -223,7 +223,7 @@ def test_a_run_whose_checkpoints_are_all_corrupt_is_not_resumed_but_trained_afre
 
 
 def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, isolated_env, caplog):
-    bot = start_bot(rate_limit_per_minute=1000, max_tokens=4)
+    bot = start_bot(rate_limit_per_minute=1000, updates_per_minute=1000, max_tokens=4)
     answers = [bot.ask(USER, USER, f"Pergunta {n} sobre o Farense?") for n in range(3)]
     ids = [bot.store.message_by_telegram_id(USER, a.response["result"]["message_id"]).id for a in answers]
     for answer in answers:  # 👍 on all three: all would be training data
