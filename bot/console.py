@@ -141,7 +141,7 @@ class Console:
                                          self.asker.user_id, fix))
 
     async def do_facts(self, query: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query))
+        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query, self.asker.user_id))
 
     async def do_fact_remove(self, argument: str) -> None:
         self.say(await asyncio.to_thread(admin_ops.remove_fact_text, self.services, argument, self.asker.user_id))

@@ -117,10 +117,10 @@ def test_console_cites_sources_declines_and_admins_the_knowledge_base(tiny_model
         assert answers[0].startswith("Olympique Lyonnais") and "\nSource: " in answers[0]
         assert answers[1].strip() == DECLINE["pt"]
         assert "Correction saved" in out and "the next answer to that question uses it." in out
-        assert answers[2] == ("Qual é o hino do Farense? Chama-se «Avante, Leões».\n"
+        assert answers[2] == ("hino Farense — Chama-se «Avante, Leões».\n"
                               "Fonte: Farense bot admin")  # the corrected fact, at once
         fact = list_facts(store, "Avante")[0]
-        assert f"#{fact.id} [pt, admin, by 1] Qual é o hino" in out  # /facts found it
+        assert f"#{fact.id} [pt, admin, by 1, from message 2, r2] hino Farense" in out  # /facts found it
 
         out = run(f"/fact_remove {fact.id}\nQual é o hino do Farense?\n/fact_remove x\n")
         assert f"Removed fact #{fact.id}" in out and DECLINE["pt"] in out

@@ -102,8 +102,10 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it."""
-    report = await asyncio.to_thread(admin_ops.facts_text, services_of(context), _argument(update.message))
+    """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it,
+    `/facts history <id>` and `/facts restore <id> <revision>` show and restore a fact's revisions."""
+    report = await asyncio.to_thread(admin_ops.facts_text, services_of(context), _argument(update.message),
+                                     update.effective_user.id, user_language(update))
     for part in split_text(report):
         await update.message.reply_text(part)
 
