@@ -24,7 +24,7 @@ from data.store import LoggedMessage, Store
 from inference.grounding import detect_language
 from inference.retrieval import fold, query_terms
 from training.lifecycle.pipeline import pipeline_state
-from training.lifecycle.registry import Registry
+from training.lifecycle.registry import Registry, version_name
 
 from .plot import latest_run
 from .retraining import duration
@@ -65,11 +65,14 @@ def status_text(services: Services) -> str:
     return "\n".join(lines)
 
 
-def rollback(services: Services, admin_id: int) -> str:
-    """Put the previous adapter back in production and serve it now."""
+def rollback(services: Services, admin_id: int, version: str = "") -> str:
+    """Put the previous adapter back in production, or `version` when given, and serve it now."""
     try:
-        registry(services).rollback(by=str(admin_id), reason="/rollback")
-    except Exception as error:  # nothing to roll back to, or a registry problem: tell the admin
+        if version.strip():
+            registry(services).rollback_to(version_name(version), by=str(admin_id), reason=f"/rollback {version}")
+        else:
+            registry(services).rollback(by=str(admin_id), reason="/rollback")
+    except Exception as error:  # unknown version, files or base that do not fit, nothing to roll back to
         log.warning("rollback by %s failed: %s", admin_id, error)
         return f"Rollback failed: {error}"
     services.engine.refresh_production()

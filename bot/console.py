@@ -173,8 +173,8 @@ class Console:
                                               on_progress=on_progress)
         self.say(f"Retraining: {result.outcome}\n{result.message}")
 
-    async def do_rollback(self, _: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id))
+    async def do_rollback(self, version: str) -> None:
+        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id, version))
 
 
 async def run_console(services: Services, source: TextIO = sys.stdin) -> None:

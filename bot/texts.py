@@ -87,12 +87,17 @@ TEXTS: dict[str, dict[str, str]] = {
     "fact_restored": {"en": "Fact #{id} has the words of revision {revision} again, as revision {new}: {text}",
                       "pt": "O facto #{id} tem de novo as palavras da revisão {revision}, como revisão {new}: "
                             "{text}"},
+    "adapter_refused": {"en": "⚠️ Adapter refused: {reason}. /status shows what serves; /rollback <version> "
+                              "serves a good one.",
+                        "pt": "⚠️ Adaptador recusado: {reason}. /status mostra o que está a servir; "
+                              "/rollback <versão> serve um bom."},
     "correct_usage": {"en": "Reply to one of my answers with /correct <the right answer>.",
                       "pt": "Responda a uma das minhas respostas com /correct <a resposta certa>."},
     "admin_help": {
         "en": "Admin commands:\n"
               "/status — model, adapter, training, 👎 of the week, knowledge base\n"
-              "/retrain — train and evaluate now; /rollback — serve the previous adapter\n"
+              "/retrain — train and evaluate now; /rollback — serve the previous adapter "
+              "(/rollback <version>: that one)\n"
               "/correct <better answer> — as a reply to an answer: kept for training and put in the "
               "knowledge base at once (amends the fact the answer used, or adds one)\n"
               "/facts — the newest facts; /facts <words> — search them\n"
@@ -100,7 +105,8 @@ TEXTS: dict[str, dict[str, str]] = {
               "/fact_remove <id> — take a fact out of the answers",
         "pt": "Comandos de administração:\n"
               "/status — modelo, adaptador, treino, 👎 da semana, base de conhecimento\n"
-              "/retrain — treinar e avaliar já; /rollback — voltar ao adaptador anterior\n"
+              "/retrain — treinar e avaliar já; /rollback — voltar ao adaptador anterior "
+              "(/rollback <versão>: a essa)\n"
               "/correct <resposta melhor> — em resposta a uma resposta: guardada para o treino e "
               "posta já na base de conhecimento (corrige o facto que a resposta usou, ou junta um)\n"
               "/facts — os factos mais recentes; /facts <palavras> — procurá-los\n"

@@ -293,3 +293,83 @@ def test_correct_amends_a_fact_as_a_new_revision_and_an_admin_restores_the_old_o
         f"O facto #{seed.id} não tem revisão 9 (/facts history {seed.id} lista-as).")
     assert texts(command(bot, BOT_ADMIN, "/facts history 999999", language_code="en"))[0] == (
         "There is no fact #999999 (see /facts).")
+
+
+def corrupt(folder):
+    """Flip the last byte of an adapter's weights: the header still parses, only the checksum tells."""
+    weights = folder / "adapters.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def point_production_at(home, version):
+    """Name `version` in production.json by hand, as another process or an operator might."""
+    pointer = home / "adapters" / "production.json"
+    temporary = pointer.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"version": version, "path": str(home / "adapters" / version)}))
+    temporary.replace(pointer)
+
+
+def refusals(bot):
+    return [c.params["text"] for c in bot.server.calls("sendMessage")
+            if c.params["chat_id"] == BOT_ADMIN and c.params["text"].startswith("⚠️ Adapter refused")]
+
+
+def test_the_engine_refuses_an_adapter_whose_files_fail_their_checksums_and_tells_the_admins(
+        start_bot, isolated_env, tiny_model_dir, tmp_path):
+    registry = Registry(isolated_env, base_model=tiny_model_dir)
+    for seed in (1, 2, 3):
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed))
+    registry.promote("v0001", by="test", reason="setup")
+    registry.promote("v0002", by="test", reason="setup")
+    corrupt(isolated_env / "adapters" / "v0002")  # production's bytes changed after its promotion
+
+    bot = start_bot()
+    assert bot.engine.adapter_version is None  # refused at start: the base model serves, nothing else is good
+    assert refusals(bot) == ["⚠️ Adapter refused: v0002: adapters.safetensors changed since it was registered "
+                             "(truncated or overwritten?); still serving the base model. /status shows what "
+                             "serves; /rollback <version> serves a good one."]
+    command(bot, BOT_ADMIN, "/start")
+
+    point_production_at(isolated_env, "v0001")  # a good one: served from the next question on
+    assert bot.ask(USER, USER, "Quando foi fundado o Farense?").ok and bot.engine.adapter_version == "v0001"
+    corrupt(isolated_env / "adapters" / "v0003")
+    point_production_at(isolated_env, "v0003")
+    bot.ask(USER, USER, "Quem fundou o Farense?")
+    assert bot.engine.adapter_version == "v0001"  # the last good one keeps serving
+    assert bot.store.message(2).adapter_version == "v0001"
+    told = refusals(bot)
+    assert len(told) == 2 and told[1].startswith("⚠️ Adapter refused: v0003: adapters.safetensors changed since")
+    assert "still serving v0001" in told[1]
+    assert [c.ok for c in bot.server.calls("sendMessage") if c.params["text"] == told[1]] == [True]
+
+
+def test_rollback_to_a_named_version_or_says_why_not(start_bot, isolated_env, tiny_model_dir, tmp_path):
+    from .models import make_tiny_model
+
+    other_base = make_tiny_model(tmp_path / "other-base", tiny_model_dir, hidden=32)
+    on_tiny, on_other = (Registry(isolated_env, base_model=base) for base in (tiny_model_dir, other_base))
+    for number, registry, base in ((1, on_tiny, tiny_model_dir), (2, on_tiny, tiny_model_dir),
+                                   (3, on_other, other_base), (4, on_tiny, tiny_model_dir)):
+        version = registry.add_candidate(make_adapter(base, tmp_path / f"a{number}", seed=number)).version
+        registry.promote(version, by="test", reason="setup")
+    on_tiny.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a5", seed=5))  # v0005, never promoted
+    corrupt(isolated_env / "adapters" / "v0002")
+    bot = start_bot()
+    assert bot.engine.adapter_version == "v0004"
+
+    def rollback(argument):
+        return texts(command(bot, BOT_ADMIN, f"/rollback {argument}"))[0]
+
+    assert rollback("v0009").startswith("Rollback failed: no adapter version v0009 (registered: v0001, v0002")
+    assert rollback("latest") == "Rollback failed: 'latest' is not a version (expected e.g. v0003 or 3)"
+    assert "does not fit the base model" in rollback("v0003")
+    assert "v0002: adapters.safetensors changed since it was registered" in rollback("v0002")
+    assert rollback("5") == ("Rollback failed: v0005 was never in production (status candidate); "
+                             "promote it instead")
+    assert rollback("v0004") == "Rollback failed: v0004 is already in production"
+    assert bot.engine.adapter_version == "v0004"  # every refusal left production alone
+    assert rollback("v0001") == "Rolled back. Now serving: v0001"
+    assert bot.engine.adapter_version == "v0001" and on_tiny.production().version == "v0001"
+    assert on_tiny.history()[-1]["reason"] == "/rollback v0001" and on_tiny.get("v0004").status == "retired"

@@ -78,8 +78,10 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/rollback` serves the previous adapter, `/rollback v0003` that version."""
     services = services_of(context)
-    await update.message.reply_text(await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id))
+    await update.message.reply_text(await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id,
+                                                            _argument(update.message)))
 
 
 @admin_only
