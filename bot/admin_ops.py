@@ -40,6 +40,7 @@ THUMBS_DOWN_DAYS = 7
 FACT_ID = re.compile(r"#?([0-9]{1,18})")
 FACT_HISTORY = re.compile(r"history\s+#?([0-9]{1,18})", re.IGNORECASE)
 FACT_RESTORE = re.compile(r"restore\s+#?([0-9]{1,18})\s+(?:rev\s*|r)?([0-9]{1,9})", re.IGNORECASE)
+VERSION = re.compile(r"[vV]?[0-9]{1,9}")  # what /rollback takes: v0003, V3 or 3
 PLACEHOLDER = re.compile(r"\[[a-z]+\]")  # what data.privacy.scrub puts in place of personal data
 _WORDS = re.compile(r"\w+")
 
@@ -67,8 +68,12 @@ def status_text(services: Services) -> str:
 
 def rollback(services: Services, admin_id: int, version: str = "") -> str:
     """Put the previous adapter back in production, or `version` when given, and serve it now."""
+    version = version.strip()
+    if version and not VERSION.fullmatch(version):
+        shown = version[:20] + ("…" if len(version) > 20 else "")
+        return f"Rollback failed: {shown!r} is not a version (expected e.g. v0003 or 3)"
     try:
-        if version.strip():
+        if version:
             registry(services).rollback_to(version_name(version), by=str(admin_id), reason=f"/rollback {version}")
         else:
             registry(services).rollback(by=str(admin_id), reason="/rollback")
