@@ -8,6 +8,7 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from common.settings import SettingsError, protect_home
@@ -27,6 +28,8 @@ from .settings import BotSettings
 
 EXIT_SETUP = 2
 
+log = logging.getLogger("bot")
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(error))
     console = settings.telegram_bot_token is None
     setup_logging(settings.home, settings, console=console)
+    for warning in [] if console else settings.telegram_warnings():
+        log.warning(warning)
     try:
         backup_before_upgrade(data_settings)  # the Store migrates an older schema at open
         store = Store(data_settings.home.database)

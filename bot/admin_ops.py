@@ -17,17 +17,21 @@ import psutil
 
 from common.home import describe_disk_use
 from data.builder import MANIFEST, latest_dataset
-from data.knowledge import FactRow, add_fact, amend_fact, get_fact, knowledge_stats, list_facts, remove_fact
+from data.curation import instructs_the_model
+from data.knowledge import (FactRevision, FactRow, add_fact, amend_fact, fact_history, get_fact, knowledge_stats,
+                            list_facts, remove_fact, restore_fact)
+from data.privacy import scrub
 from data.store import LoggedMessage, Store
 from inference.grounding import detect_language
+from inference.retrieval import fold, query_terms
 from training.lifecycle.pipeline import pipeline_state
-from training.lifecycle.registry import Registry
+from training.lifecycle.registry import Registry, version_name
 
 from .plot import latest_run
 from .retraining import duration
 from .scheduler import next_nightly
 from .services import Services
-from .texts import language
+from .texts import language, text
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,11 @@ FACTS_SHOWN = 15  # per /facts reply: 15 shortened facts fit one Telegram messag
 FACT_CHARS = 200
 THUMBS_DOWN_DAYS = 7
 FACT_ID = re.compile(r"#?([0-9]{1,18})")
+FACT_HISTORY = re.compile(r"history\s+#?([0-9]{1,18})", re.IGNORECASE)
+FACT_RESTORE = re.compile(r"restore\s+#?([0-9]{1,18})\s+(?:rev\s*|r)?([0-9]{1,9})", re.IGNORECASE)
+VERSION = re.compile(r"[vV]?[0-9]{1,9}")  # what /rollback takes: v0003, V3 or 3
+PLACEHOLDER = re.compile(r"\[[a-z]+\]")  # what data.privacy.scrub puts in place of personal data
+_WORDS = re.compile(r"\w+")
 
 
 def status_text(services: Services) -> str:
@@ -59,11 +68,18 @@ def status_text(services: Services) -> str:
     return "\n".join(lines)
 
 
-def rollback(services: Services, admin_id: int) -> str:
-    """Put the previous adapter back in production and serve it now."""
+def rollback(services: Services, admin_id: int, version: str = "") -> str:
+    """Put the previous adapter back in production, or `version` when given, and serve it now."""
+    version = version.strip()
+    if version and not VERSION.fullmatch(version):
+        shown = version[:20] + ("…" if len(version) > 20 else "")
+        return f"Rollback failed: {shown!r} is not a version (expected e.g. v0003 or 3)"
     try:
-        registry(services).rollback(by=str(admin_id), reason="/rollback")
-    except Exception as error:  # nothing to roll back to, or a registry problem: tell the admin
+        if version:
+            registry(services).rollback_to(version_name(version), by=str(admin_id), reason=f"/rollback {version}")
+        else:
+            registry(services).rollback(by=str(admin_id), reason="/rollback")
+    except Exception as error:  # unknown version, files or base that do not fit, nothing to roll back to
         log.warning("rollback by %s failed: %s", admin_id, error)
         return f"Rollback failed: {error}"
     services.engine.refresh_production()
@@ -83,38 +99,62 @@ def correct(services: Services, message_id: int, admin_id: int, fix: str) -> str
 
 def _learn(services: Services, logged: LoggedMessage, admin_id: int, fix: str) -> str:
     """Amend the fact the answer used if it used exactly one, else add the fix as a new fact in
-    the question's language; then make sure the same question retrieves it."""
-    conversations = services.conversations
+    the question's language; then make sure the same question retrieves it.
+
+    The fact holds the admin's words. Only when the question does not find them are the
+    question's telling words put before them, scrubbed of personal data, and never those of a
+    fan who opted out or of a question that instructs the model."""
+    conversations, store = services.conversations, services.store
     used = conversations.facts_used_by(logged.question, logged.answer)
     try:
         if len(used) == 1:
-            fact_id, done = used[0].id, "amended"
-            amend_fact(services.store, fact_id, fix, admin_id)
+            fact_id = used[0].id
+            done = f"amended (revision {amend_fact(store, fact_id, fix, admin_id, source_message_id=logged.id)})"
         else:
             lang = detect_language(logged.question, default=language(logged.lang))
-            fact_id, done = add_fact(services.store, fix, lang, author_id=admin_id), "added"
+            fact_id, done = add_fact(store, fix, lang, author_id=admin_id, source_message_id=logged.id), "added"
         if conversations.index is None:
             return f"Fact #{fact_id} {done} in the knowledge base (grounding is off: answers do not use it)."
-        led = not _retrieves(services, logged.question, fact_id)
-        if led:  # the fix alone is not found by the question (too few of its words): lead with them
-            amend_fact(services.store, fact_id, f"{logged.question.strip()} {fix}", admin_id)
+        lead = "" if _retrieves(services, logged.question, fact_id) else _telling_words(store, logged)
+        if lead:  # the fix alone is not found by the question: lead with the question's telling words
+            revision = amend_fact(store, fact_id, f"{lead} — {fix}", admin_id, source_message_id=logged.id)
     except ValueError as error:
         return f"Not put in the knowledge base: {error}"
     log.info("admin %s %s fact %s from a correction of message %s", admin_id, done, fact_id, logged.id)
     found = _retrieves(services, logged.question, fact_id)
     return (f"Fact #{fact_id} {done} in the knowledge base"
-            + (", led by the question so that it finds it" if led else "") + " — "
+            + (f", led by telling words of the question (revision {revision})" if lead else "") + " — "
             + ("the next answer to that question uses it." if found
                else "but that question still does not retrieve it; /facts shows it."))
+
+
+def _telling_words(store: Store, logged: LoggedMessage) -> str:
+    """The question's words that pick facts, scrubbed, first come first; none from a fan who
+    opted out or a question that instructs the model."""
+    if store.is_opted_out(logged.user_id) or instructs_the_model(logged.question):
+        return ""
+    scrubbed = PLACEHOLDER.sub(" ", scrub(logged.question))
+    telling = set(query_terms(scrubbed))
+    chosen: dict[str, str] = {}
+    for word in _WORDS.findall(scrubbed):
+        if fold(word) in telling:
+            chosen.setdefault(fold(word), word)
+    return " ".join(chosen.values())
 
 
 def _retrieves(services: Services, question: str, fact_id: int) -> bool:
     return fact_id in [fact.id for fact in services.conversations.ground(question).facts]
 
 
-def facts_text(services: Services, query: str) -> str:
-    """/facts: the newest facts, or those holding every word of `query`, one line each."""
+def facts_text(services: Services, query: str, admin_id: int | None = None, lang: str = "en") -> str:
+    """/facts: the newest facts, or those holding every word of `query`, one line each;
+    `/facts history <id>` a fact's revisions, `/facts restore <id> <revision>` puts one back."""
     query = query.strip()
+    history, restore = FACT_HISTORY.fullmatch(query), FACT_RESTORE.fullmatch(query)
+    if history:
+        return _history_text(services, int(history.group(1)), lang)
+    if restore:
+        return _restore_text(services, int(restore.group(1)), int(restore.group(2)), admin_id, lang)
     rows = list_facts(services.store, query or None, limit=FACTS_SHOWN)
     if query:
         if not rows:
@@ -126,8 +166,38 @@ def facts_text(services: Services, query: str) -> str:
         if not rows:
             return "The knowledge base is empty."
         header = (f"Newest of {stats['live']} facts (/facts <words> searches,"
-                  f" /fact_remove <id> removes):")
+                  f" /fact_remove <id> removes, /facts history <id> shows the revisions):")
     return "\n".join([header, *(_fact_line(row) for row in rows)])
+
+
+def _history_text(services: Services, fact_id: int, lang: str) -> str:
+    revisions = fact_history(services.store, fact_id)
+    if not revisions:
+        return text("fact_unknown", lang, id=fact_id)
+    current = get_fact(services.store, fact_id)
+    return "\n".join([text("fact_history", lang, id=fact_id, revision=current.revision,
+                           removed=text("fact_removed", lang) if current.removed_at else ""),
+                      *(_revision_line(item, item.revision == current.revision) for item in revisions)])
+
+
+def _restore_text(services: Services, fact_id: int, revision: int, admin_id: int | None, lang: str) -> str:
+    if not fact_history(services.store, fact_id):
+        return text("fact_unknown", lang, id=fact_id)
+    try:
+        new = restore_fact(services.store, fact_id, revision, admin_id)
+    except ValueError:
+        return text("fact_no_revision", lang, id=fact_id, revision=revision)
+    log.info("admin %s restored fact %s to the words of revision %s (now revision %s)", admin_id, fact_id,
+             revision, new)
+    return text("fact_restored", lang, id=fact_id, revision=revision, new=new,
+                text=_short(get_fact(services.store, fact_id).text))
+
+
+def _revision_line(item: FactRevision, current: bool) -> str:
+    by = f"admin {item.author_id}" if item.author_id is not None else "seed"
+    origin = f", correcting message {item.source_message_id}" if item.source_message_id is not None else ""
+    return (f"{'→' if current else ' '} r{item.revision} {item.created_at[:16]} ({by}{origin}) "
+            f"{_short(item.text, 120)}")
 
 
 def remove_fact_text(services: Services, argument: str, admin_id: int) -> str:
@@ -144,8 +214,10 @@ def remove_fact_text(services: Services, argument: str, admin_id: int) -> str:
 
 
 def _fact_line(row: FactRow) -> str:
-    who = f", by {row.author_id}" if row.origin == "admin" and row.author_id is not None else ""
-    return f"#{row.id} [{row.lang}, {row.origin}{who}] {_short(row.text)} — {row.source}"
+    who = f", by {row.author_id}" if row.author_id is not None else ""
+    message = f", from message {row.source_message_id}" if row.source_message_id is not None else ""
+    revision = f", r{row.revision}" if row.revision > 1 else ""
+    return f"#{row.id} [{row.lang}, {row.origin}{who}{message}{revision}] {_short(row.text)} — {row.source}"
 
 
 def _short(text: str, width: int = FACT_CHARS) -> str:

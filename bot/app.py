@@ -14,18 +14,18 @@ from collections.abc import Iterable
 from telegram import Bot, BotCommand, BotCommandScopeChat, Update
 from telegram.error import TelegramError
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler,
-                          CommandHandler, MessageHandler, filters)
+                          CommandHandler, MessageHandler, TypeHandler, filters)
 
 from data.settings import DataSettings
 from data.store import Store
 from inference.engine import Engine
 
-from .handlers import admin, commands, questions
+from .handlers import admin, commands, limits, questions
 from .handlers.errors import on_error
 from .scheduler import start_nightly
 from .services import Services
 from .settings import BotSettings
-from .texts import ADMIN_COMMANDS, PUBLIC_COMMANDS
+from .texts import ADMIN_COMMANDS, PUBLIC_COMMANDS, text
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
     )
     application.bot_data["services"] = Services.create(settings, engine, store, data_settings=data_settings,
                                                        train_args=tuple(train_args))
+    application.add_handler(TypeHandler(Update, limits.limit_updates), group=-1)  # before all the others
     message = filters.UpdateType.MESSAGE  # not edits, not channel posts
     for name, callback in (("start", commands.help_command), ("help", commands.help_command),
                            ("reset", commands.reset), ("forget", commands.forget),
@@ -74,11 +75,22 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
 async def _post_init(application: Application) -> None:
     services: Services = application.bot_data["services"]
     await register_commands(application.bot, services.settings.admin_user_ids)
-    start_nightly(services, functools.partial(notify_admins, application.bot, services.settings.admin_user_ids))
+    tell_admins = functools.partial(notify_admins, application.bot, services.settings.admin_user_ids)
+    start_nightly(services, tell_admins)
+    loop = asyncio.get_running_loop()
+
+    def adapter_refused(reason: str) -> None:  # on the engine's thread, or a handler's worker thread
+        asyncio.run_coroutine_threadsafe(tell_admins(text("adapter_refused", "en", reason=reason)), loop)
+
+    services.engine.on_refused = adapter_refused
+    if services.engine.refused:  # refused before the bot started (the engine loads first)
+        await tell_admins(text("adapter_refused", "en", reason=services.engine.refused))
 
 
 async def _post_shutdown(application: Application) -> None:
-    await asyncio.to_thread(application.bot_data["services"].close)
+    services: Services = application.bot_data["services"]
+    services.engine.on_refused = None
+    await asyncio.to_thread(services.close)
 
 
 async def register_commands(bot: Bot, admin_ids: Iterable[int]) -> None:

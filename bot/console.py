@@ -141,7 +141,7 @@ class Console:
                                          self.asker.user_id, fix))
 
     async def do_facts(self, query: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query))
+        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query, self.asker.user_id))
 
     async def do_fact_remove(self, argument: str) -> None:
         self.say(await asyncio.to_thread(admin_ops.remove_fact_text, self.services, argument, self.asker.user_id))
@@ -173,8 +173,8 @@ class Console:
                                               on_progress=on_progress)
         self.say(f"Retraining: {result.outcome}\n{result.message}")
 
-    async def do_rollback(self, _: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id))
+    async def do_rollback(self, version: str) -> None:
+        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id, version))
 
 
 async def run_console(services: Services, source: TextIO = sys.stdin) -> None:

@@ -118,7 +118,8 @@ class Conversations:
         self.store = store
         self.settings = settings
         self.index = index  # None: answers come from the model alone
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)  # questions: they cost model time
+        self.update_limiter = RateLimiter(settings.updates_per_minute)  # everything (bot/handlers/limits.py)
         self._chats: OrderedDict[int, _Chat] = OrderedDict()
         self._known_users: dict[int, tuple] = {}  # what the store already has, to skip rewrites
         self._known_chats: dict[int, tuple] = {}

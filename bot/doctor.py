@@ -104,11 +104,13 @@ class Doctor:
                          f"(expected <bot id>:<35 characters>, got {len(secret)} characters)",
                          "copy it again from @BotFather (/mybots → your bot → API Token), without quotes or spaces")
         admins = self.bot.admin_user_ids
-        if not admins:
-            return Check("token", WARN, f"well-formed (bot id {secret.split(':')[0]}), but ADMIN_USER_IDS is empty: "
-                         "nobody can /retrain or /rollback, nobody gets the nightly report",
-                         "set ADMIN_USER_IDS to your numeric Telegram id (ask @userinfobot)")
-        return Check("token", OK, f"well-formed (bot id {secret.split(':')[0]}), {len(admins)} admin(s)")
+        well_formed = f"well-formed (bot id {secret.split(':')[0]}), {len(admins)} admin(s)"
+        warnings = self.bot.telegram_warnings()
+        if warnings:
+            return Check("token", WARN, f"{well_formed}, but " + "; ".join(warnings),
+                         "set ADMIN_USER_IDS to your numeric Telegram id (ask @userinfobot); "
+                         "TELEGRAM_BASE_URL must be https:// unless the Bot API server runs on this machine")
+        return Check("token", OK, well_formed)
 
     def telegram(self) -> Check:
         if self.bot is None or self.bot.telegram_bot_token is None:

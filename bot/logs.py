@@ -57,11 +57,12 @@ async def bind_update(update: object, context: object) -> None:
 
 
 def add_update_context(application) -> None:
-    """Register `bind_update` ahead of every other handler of a PTB Application."""
+    """Register `bind_update` ahead of every other handler of a PTB Application (group -2: in
+    group -1 the rate limit of bot/app.py has the one handler PTB runs per group)."""
     from telegram import Update
     from telegram.ext import TypeHandler
 
-    application.add_handler(TypeHandler(Update, bind_update), group=-1)
+    application.add_handler(TypeHandler(Update, bind_update), group=-2)
 
 
 class Redact(logging.Filter):

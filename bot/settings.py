@@ -5,8 +5,10 @@ The token is a SecretStr so it never appears in a repr, a log line or an error m
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -14,6 +16,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from common.settings import HomeSettings
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_ID_SEPARATORS = re.compile(r"[,\s]+")
 
 
 class BotSettings(HomeSettings):
@@ -31,6 +36,8 @@ class BotSettings(HomeSettings):
     retrain_misfire_grace_s: int = Field(default=3600, ge=1,
                                          description="How late a missed nightly run may still start")
     rate_limit_per_minute: int = Field(default=10, ge=1, description="Questions per user per minute")
+    updates_per_minute: int = Field(default=30, ge=1, description="Updates of any kind (commands, votes, "
+                                    "stickers, questions) per user per minute; admins are not limited")
     max_question_chars: int = Field(default=1000, ge=1)
     stream_edit_interval: float = Field(default=1.0, ge=0.0,
                                         description="Seconds between streamed drafts/edits; Telegram wants >= 1")
@@ -54,14 +61,29 @@ class BotSettings(HomeSettings):
 
     @field_validator("admin_user_ids", mode="before")
     @classmethod
-    def _comma_separated(cls, value):
+    def _separated_ids(cls, value):
+        """"111, 222", "111 222" and "111,222" are two ids; "111222" is one."""
         if isinstance(value, int):
             return (value,)
         if isinstance(value, str):
-            try:
-                return tuple(int(part) for part in value.replace(" ", "").split(",") if part)
-            except ValueError:
-                raise ValueError("ADMIN_USER_IDS must be comma-separated integers") from None
+            parts = [part for part in _ID_SEPARATORS.split(value) if part]
+            bad = [part for part in parts if not part.isdigit() or not part.isascii()]
+            if bad:
+                raise ValueError("ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by "
+                                 f"commas or spaces; {bad[0]!r} is not one")
+            return tuple(int(part) for part in parts)
+        return value
+
+    @field_validator("admin_user_ids")
+    @classmethod
+    def _positive_and_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(user_id < 1 for user_id in value):
+            raise ValueError("ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by "
+                             f"commas or spaces; {min(value)} is not one")
+        repeated = sorted({user_id for user_id in value if value.count(user_id) > 1})
+        if repeated:
+            raise ValueError(f"ADMIN_USER_IDS names {', '.join(map(str, repeated))} more than once "
+                             "(a typo in another id?)")
         return value
 
     @field_validator("retrain_timezone")
@@ -105,6 +127,18 @@ class BotSettings(HomeSettings):
 
     def cron_trigger(self) -> CronTrigger:
         return CronTrigger.from_crontab(self.retrain_cron, timezone=self.zone)
+
+    def telegram_warnings(self) -> list[str]:
+        """What a Telegram deployment should not run with silently: said at start and by doctor."""
+        warnings = []
+        if not self.admin_user_ids:
+            warnings.append("ADMIN_USER_IDS is empty: nobody can /retrain or /rollback, nobody gets the "
+                            "nightly report")
+        url = urlsplit(self.telegram_base_url)
+        if url.scheme != "https" and url.hostname not in LOOPBACK_HOSTS:
+            warnings.append(f"TELEGRAM_BASE_URL is not https ({url.scheme or '?'}://{url.hostname or '?'}): "
+                            "the bot token travels in cleartext")
+        return warnings
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_user_ids

@@ -80,22 +80,44 @@ TEXTS: dict[str, dict[str, str]] = {
                      "pt": "Só quem fez a pergunta pode avaliar esta resposta."},
     "not_admin": {"en": "Sorry, that command is only for the bot's administrators.",
                   "pt": "Desculpe, esse comando é só para os administradores do bot."},
+    "admin_private_only": {"en": "Admin commands work only in a private chat with me: https://t.me/{username}",
+                           "pt": "Os comandos de administração só funcionam numa conversa privada comigo: "
+                                 "https://t.me/{username}"},
+    "fact_unknown": {"en": "There is no fact #{id} (see /facts).", "pt": "Não há nenhum facto #{id} (ver /facts)."},
+    "fact_history": {"en": "Fact #{id}, revision {revision} now{removed} (/facts restore {id} <revision> puts "
+                           "older words back):",
+                     "pt": "Facto #{id}, agora na revisão {revision}{removed} (/facts restore {id} <revisão> "
+                           "repõe palavras anteriores):"},
+    "fact_removed": {"en": ", removed from the answers", "pt": ", tirado das respostas"},
+    "fact_no_revision": {"en": "Fact #{id} has no revision {revision} (/facts history {id} lists them).",
+                         "pt": "O facto #{id} não tem revisão {revision} (/facts history {id} lista-as)."},
+    "fact_restored": {"en": "Fact #{id} has the words of revision {revision} again, as revision {new}: {text}",
+                      "pt": "O facto #{id} tem de novo as palavras da revisão {revision}, como revisão {new}: "
+                            "{text}"},
+    "adapter_refused": {"en": "⚠️ Adapter refused: {reason}. /status shows what serves; /rollback <version> "
+                              "serves a good one.",
+                        "pt": "⚠️ Adaptador recusado: {reason}. /status mostra o que está a servir; "
+                              "/rollback <versão> serve um bom."},
     "correct_usage": {"en": "Reply to one of my answers with /correct <the right answer>.",
                       "pt": "Responda a uma das minhas respostas com /correct <a resposta certa>."},
     "admin_help": {
         "en": "Admin commands:\n"
               "/status — model, adapter, training, 👎 of the week, knowledge base\n"
-              "/retrain — train and evaluate now; /rollback — serve the previous adapter\n"
+              "/retrain — train and evaluate now; /rollback — serve the previous adapter "
+              "(/rollback <version>: that one)\n"
               "/correct <better answer> — as a reply to an answer: kept for training and put in the "
               "knowledge base at once (amends the fact the answer used, or adds one)\n"
               "/facts — the newest facts; /facts <words> — search them\n"
+              "/facts history <id> — a fact's revisions; /facts restore <id> <revision> — put one back\n"
               "/fact_remove <id> — take a fact out of the answers",
         "pt": "Comandos de administração:\n"
               "/status — modelo, adaptador, treino, 👎 da semana, base de conhecimento\n"
-              "/retrain — treinar e avaliar já; /rollback — voltar ao adaptador anterior\n"
+              "/retrain — treinar e avaliar já; /rollback — voltar ao adaptador anterior "
+              "(/rollback <versão>: a essa)\n"
               "/correct <resposta melhor> — em resposta a uma resposta: guardada para o treino e "
               "posta já na base de conhecimento (corrige o facto que a resposta usou, ou junta um)\n"
               "/facts — os factos mais recentes; /facts <palavras> — procurá-los\n"
+              "/facts history <id> — as revisões de um facto; /facts restore <id> <revisão> — repor uma\n"
               "/fact_remove <id> — tirar um facto das respostas",
     },
 }

@@ -101,8 +101,10 @@ def print_build(manifest: dict, folder: Path) -> None:
     print(f"sources: {sources}")
     print(f"splits: {splits}")
     print(f"dropped: {dropped['duplicates']} duplicates, {dropped['superseded']} superseded by"
-          f" corrections, {dropped['opted_out']} from opted-out users;"
+          f" corrections or the seed, {dropped['opted_out']} from opted-out users;"
           f" {manifest['scrubbed_replacements']} personal details scrubbed")
+    print(f"withheld: {dropped['instructions']} instructing the model,"
+          f" {dropped['over_user_cap']} thumbs-up over a user's cap")
     print(f"problems: {len(manifest['problems'])}")
     for problem in manifest["problems"]:
         print(f"  {problem['file']}:{problem['line']}: {problem['reason']}")

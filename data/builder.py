@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from pathlib import Path
 from common.files import fsync_dir, write_atomic, write_synced
 from common.home import LATEST_DATASET
 
+from .curation import instructs_the_model
 from .jsonl import Problem, field_problem, read_jsonl, report
 from .knowledge import knowledge_hash
 from .privacy import scrub_counted
@@ -75,26 +77,31 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
                   extra_jsonl: Sequence[Path] = ()) -> BuildResult:
     """Collect, scrub, deduplicate, split and write a dataset; returns its folder and manifest.
 
-    Without a `store`, the configured database is used if it exists.
+    Without a `store`, the configured database is used if it exists. Curation (data/curation.py):
+    a pair whose question instructs the model is withheld, from the store or an extra file; each
+    user's thumbs-up add at most FEEDBACK_PER_USER examples; and a thumbs-up never stands beside a
+    seed or an admin's answer to the same question (see `deduplicate`).
     """
     problems: list[Problem] = []
     examples = [Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}", fact=pair.fact,
                         kind=pair.kind)
                 for pair in load_qa(settings.seed_dir, problems)]
     knowledge = None  # the knowledge base's hash: grounded prompts depend on it like on the data
+    withheld = {"instructions": 0, "over_user_cap": 0}
     if store is not None:
-        curated, opted_out, scrubbed = _curated(store, problems)
+        curated, opted_out, scrubbed = _curated(store, problems, settings.feedback_per_user, withheld)
         knowledge = knowledge_hash(store)
     elif settings.home.database.exists():
         with Store(settings.home.database) as own_store:
-            curated, opted_out, scrubbed = _curated(own_store, problems)
+            curated, opted_out, scrubbed = _curated(own_store, problems, settings.feedback_per_user, withheld)
             knowledge = knowledge_hash(own_store)
     else:
         curated, opted_out, scrubbed = [], 0, 0
     examples += curated
     for path in extra_jsonl:
         extra, extra_scrubbed = _extra(Path(path), problems)
-        examples += extra
+        withheld["instructions"] += sum(instructs_the_model(example.question) for example in extra)
+        examples += [example for example in extra if not instructs_the_model(example.question)]
         scrubbed += extra_scrubbed
     kept, duplicates, superseded = deduplicate(examples)
     if not kept:
@@ -103,7 +110,7 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
     splits = split_examples(kept, settings)
     manifest = {
         "sources": {source: sum(example.source == source for example in kept) for source in SOURCES},
-        "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out},
+        "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out, **withheld},
         "scrubbed_replacements": scrubbed,
         # Which logged messages it holds (ids, no user data): a forget drops the datasets holding
         # any message that is gone (data/retention.py).
@@ -134,10 +141,12 @@ def latest_dataset(settings: DataSettings) -> Path | None:
 
 
 def deduplicate(examples: Iterable[Example]) -> tuple[list[Example], int, int]:
-    """Keep one of each (question, answer) and only the latest correction of a question.
+    """Keep one of each (question, answer), only the latest correction of a question, and no
+    thumbs-up pair for a question the seed answers: a fan's vote weighs less than the seed's and
+    the admins' words, so it never stands beside them.
 
     Returns the kept examples, how many were exact duplicates, and how many were superseded by
-    an admin's correction. The order of the input does not matter.
+    an admin's correction or a seed pair. The order of the input does not matter.
     """
     ordered = sorted(examples, key=lambda example: (
         PRIORITY.index(example.source), example.key, example.question, example.answer,
@@ -148,11 +157,13 @@ def deduplicate(examples: Iterable[Example]) -> tuple[list[Example], int, int]:
             current = corrected.get(example.key[0])
             if current is None or example.created_at > current.created_at:
                 corrected[example.key[0]] = example
+    seeded = {example.key[0] for example in ordered if example.source == "seed"}
     seen: set[tuple[str, str]] = set()
     kept, duplicates, superseded = [], 0, 0
     for example in ordered:
         winner = corrected.get(example.key[0])
-        if winner is not None and example is not winner:
+        if (winner is not None and example is not winner) or (
+                example.source == "feedback" and example.key[0] in seeded and example.key not in seen):
             superseded += 1
         elif example.key in seen:
             duplicates += 1
@@ -193,10 +204,20 @@ def _position(question: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _curated(store: Store, problems: list[Problem]) -> tuple[list[Example], int, int]:
-    """The store's vouched-for pairs, scrubbed; also how many were withheld and replaced."""
-    examples, replaced = [], 0
-    for item in store.curated_examples(problems):
+def _curated(store: Store, problems: list[Problem], per_user: int,
+             withheld: dict[str, int]) -> tuple[list[Example], int, int]:
+    """The store's vouched-for pairs, curated and scrubbed; also how many were withheld for an
+    opt-out and how many pieces scrubbed. `withheld` counts the pairs curation kept out."""
+    examples, replaced, votes = [], 0, Counter()
+    for item in sorted(store.curated_examples(problems), key=lambda item: (item.created_at, item.message_id)):
+        if instructs_the_model(item.question):
+            withheld["instructions"] += 1
+            continue
+        if item.source == "feedback":
+            votes[item.user_id] += 1
+            if votes[item.user_id] > per_user:
+                withheld["over_user_cap"] += 1
+                continue
         question, in_question = scrub_counted(item.question)
         answer, in_answer = scrub_counted(item.answer)
         replaced += in_question + in_answer

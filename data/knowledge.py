@@ -5,7 +5,8 @@ makes every add, amendment or removal searchable as soon as it commits. The seed
 data/knowledge/ (one JSON object per line), imported idempotently whenever a store opens read-write
 (`Store.seed_knowledge`, right after the migrations), so a fresh
 machine answers from day one. An admin's amendment or removal of a seed fact is never undone by a
-later import. The retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the
+later import. Every change of a fact's words is a new revision: `facts` holds the current one
+(all retrieval reads), `fact_revisions` all of them, so an amended fact can be restored. The retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the
 facts say otherwise) and other_subjects.jsonl (names of other clubs and competitions), copied into
 their tables at the same time. Retrieval for answering lives in inference/grounding.py, which reads
 this schema.
@@ -51,6 +52,20 @@ class FactRow:
     created_at: str
     updated_at: str
     removed_at: str | None
+    revision: int  # of the current text; 1 when added
+    source_message_id: int | None  # the logged answer the current revision corrected, if any
+
+
+@dataclass(frozen=True)
+class FactRevision:
+    fact_id: int
+    revision: int
+    text: str
+    source: str
+    url: str | None
+    author_id: int | None  # None: the seed files
+    source_message_id: int | None
+    created_at: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class SeedFact:
 
 
 _COLUMNS = ", ".join(f"facts.{field.name}" for field in fields(FactRow))
+_REVISION_COLUMNS = ", ".join(field.name for field in fields(FactRevision))
 
 
 def _now() -> str:
@@ -199,15 +215,20 @@ def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
         for item in seed:
             existing = current.get((item.fact, item.lang))
             if existing is None:
-                db.execute("INSERT INTO facts (fact, lang, text, source, url, origin, created_at,"
-                           " updated_at) VALUES (?, ?, ?, ?, ?, 'seed', ?, ?)",
-                           (item.fact, item.lang, item.text, item.source, item.url, now, now))
+                cursor = db.execute("INSERT INTO facts (fact, lang, text, source, url, origin, created_at,"
+                                    " updated_at) VALUES (?, ?, ?, ?, ?, 'seed', ?, ?)",
+                                    (item.fact, item.lang, item.text, item.source, item.url, now, now))
+                _keep_revision(db, cursor.lastrowid, 1, item.text, item.source, item.url, None, None, now)
                 changed += 1
             elif existing[3] is None and existing[4] is None and existing[:3] != (
                     item.text, item.source, item.url):
-                db.execute("UPDATE facts SET text = ?, source = ?, url = ?, updated_at = ?"
-                           " WHERE origin = 'seed' AND fact = ? AND lang = ?",
-                           (item.text, item.source, item.url, now, item.fact, item.lang))
+                fact_id, revision = db.execute(
+                    "SELECT id, revision + 1 FROM facts WHERE origin = 'seed' AND fact = ? AND lang = ?",
+                    (item.fact, item.lang)).fetchone()
+                db.execute("UPDATE facts SET text = ?, source = ?, url = ?, updated_at = ?, revision = ?,"
+                           " source_message_id = NULL WHERE id = ?",
+                           (item.text, item.source, item.url, now, revision, fact_id))
+                _keep_revision(db, fact_id, revision, item.text, item.source, item.url, None, None, now)
                 changed += 1
         return changed
 
@@ -215,22 +236,31 @@ def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
 
 
 def add_fact(store: Store, text: str, lang: str, source: str = ADMIN_SOURCE, url: str | None = None,
-             author_id: int | None = None) -> int:
-    """Add an admin's fact; returns its id. It is retrievable as soon as this returns."""
+             author_id: int | None = None, source_message_id: int | None = None) -> int:
+    """Add an admin's fact (revision 1); returns its id. It is retrievable as soon as this returns.
+    `source_message_id`: the logged answer it corrects, if it came from a correction."""
     text, source = _clean(text), _clean(source)
     reason = _fact_problem(text, lang) or (None if source else "a fact needs a source")
     if reason:
         raise ValueError(reason)
     now = _now()
-    cursor = store.write(lambda db: db.execute(
-        "INSERT INTO facts (lang, text, source, url, origin, author_id, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, 'admin', ?, ?, ?)", (lang, text, source, url, author_id, now, now)))
-    return int(cursor.lastrowid)
+
+    def work(db: sqlite3.Connection) -> int:
+        cursor = db.execute(
+            "INSERT INTO facts (lang, text, source, url, origin, author_id, created_at, updated_at,"
+            " source_message_id) VALUES (?, ?, ?, ?, 'admin', ?, ?, ?, ?)",
+            (lang, text, source, url, author_id, now, now, source_message_id))
+        _keep_revision(db, cursor.lastrowid, 1, text, source, url, author_id, source_message_id, now)
+        return int(cursor.lastrowid)
+
+    return store.write(work)
 
 
 def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
-               source: str = ADMIN_SOURCE, url: str | None = None) -> None:
-    """Replace a live fact's text; the source becomes the admin's, since the words now are theirs."""
+               source: str = ADMIN_SOURCE, url: str | None = None,
+               source_message_id: int | None = None) -> int:
+    """Give a live fact new words as a new revision (the old ones are kept); returns its number.
+    The source becomes the admin's, since the words now are theirs."""
     text = _clean(text)
     current = get_fact(store, fact_id)
     if current is None or current.removed_at is not None:
@@ -238,10 +268,44 @@ def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
     reason = _fact_problem(text, current.lang)
     if reason:
         raise ValueError(reason)
-    store.write(lambda db: db.execute(
-        "UPDATE facts SET text = ?, source = ?, url = ?, author_id = ?, updated_at = ?"
-        " WHERE id = ? AND removed_at IS NULL", (text, _clean(source) or ADMIN_SOURCE, url,
-                                                author_id, _now(), fact_id)))
+    return _revise(store, fact_id, text, _clean(source) or ADMIN_SOURCE, url, author_id, source_message_id)
+
+
+def fact_history(store: Store, fact_id: int) -> list[FactRevision]:
+    """Every revision of a fact, oldest first (empty if there is no such fact)."""
+    rows = store.read(f"SELECT {_REVISION_COLUMNS} FROM fact_revisions WHERE fact_id = ? ORDER BY revision",
+                      (fact_id,))
+    return [FactRevision(*row) for row in rows]
+
+
+def restore_fact(store: Store, fact_id: int, revision: int, author_id: int | None) -> int:
+    """Put an earlier revision's words back, as a new revision (live again if it was removed);
+    returns the new revision's number."""
+    old = next((item for item in fact_history(store, fact_id) if item.revision == revision), None)
+    if old is None:
+        raise ValueError(f"fact {fact_id} has no revision {revision}")
+    return _revise(store, fact_id, old.text, old.source, old.url, author_id, old.source_message_id)
+
+
+def _revise(store: Store, fact_id: int, text: str, source: str, url: str | None, author_id: int | None,
+            source_message_id: int | None) -> int:
+    now = _now()
+
+    def work(db: sqlite3.Connection) -> int:
+        revision = db.execute("SELECT revision + 1 FROM facts WHERE id = ?", (fact_id,)).fetchone()[0]
+        db.execute("UPDATE facts SET text = ?, source = ?, url = ?, author_id = ?, updated_at = ?,"
+                   " removed_at = NULL, revision = ?, source_message_id = ? WHERE id = ?",
+                   (text, source, url, author_id, now, revision, source_message_id, fact_id))
+        _keep_revision(db, fact_id, revision, text, source, url, author_id, source_message_id, now)
+        return revision
+
+    return store.write(work)
+
+
+def _keep_revision(db: sqlite3.Connection, fact_id: int, revision: int, text: str, source: str,
+                   url: str | None, author_id: int | None, source_message_id: int | None, at: str) -> None:
+    db.execute(f"INSERT INTO fact_revisions ({_REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (fact_id, revision, text, source, url, author_id, source_message_id, at))
 
 
 def remove_fact(store: Store, fact_id: int, author_id: int | None) -> bool:
@@ -277,9 +341,9 @@ def list_facts(store: Store, query: str | None = None, limit: int = 20,
 
 
 def knowledge_hash(store: Store) -> str:
-    """sha256 over the live facts' content (not their ids) and the lexicon, which decides what is
-    retrieved, so equal knowledge hashes equally."""
-    rows = store.read("SELECT lang, text, source, url FROM facts WHERE removed_at IS NULL")
+    """sha256 over the live facts' content and revision (not their ids) and the lexicon, which
+    decides what is retrieved, so equal knowledge hashes equally and any amendment changes it."""
+    rows = store.read("SELECT lang, text, source, url, revision FROM facts WHERE removed_at IS NULL")
     lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
     lines += sorted(json.dumps(["synonym", *row], ensure_ascii=False)
                     for row in store.read("SELECT lang, word, means FROM synonyms"))

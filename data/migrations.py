@@ -134,4 +134,24 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "INSERT INTO opt_outs (user_id, created_at) SELECT id, updated_at FROM users WHERE opted_out = 1",
         "ALTER TABLE users DROP COLUMN opted_out",
     ),
+    # 6: facts keep their history and say where they came from. `facts` holds each fact's current
+    # revision (what retrieval reads); `fact_revisions` every revision, the current one included,
+    # so an amendment never loses the words it replaced and an admin can restore them.
+    # `source_message_id`: the logged answer an admin's correction was made on (an id, no text).
+    (
+        "ALTER TABLE facts ADD COLUMN revision INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE facts ADD COLUMN source_message_id INTEGER",
+        """CREATE TABLE fact_revisions (
+            fact_id INTEGER NOT NULL REFERENCES facts(id),
+            revision INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            source TEXT NOT NULL,
+            url TEXT,
+            author_id INTEGER,
+            source_message_id INTEGER,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (fact_id, revision)) WITHOUT ROWID""",
+        "INSERT INTO fact_revisions (fact_id, revision, text, source, url, author_id, created_at)"
+        " SELECT id, 1, text, source, url, author_id, updated_at FROM facts",
+    ),
 ]

@@ -28,6 +28,8 @@ class DataSettings(HomeSettings):
     valid_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
     test_fraction: float = Field(default=0.1, ge=0.0, le=0.5)
     split_salt: str = Field(default="farense", min_length=1)
+    feedback_per_user: int = Field(default=3, ge=0, description="Thumbs-up examples one user may add to a "
+                                   "dataset build (their earliest; admin corrections are not capped)")
 
     @field_validator("seed_dir", mode="after")
     @classmethod

@@ -72,6 +72,7 @@ class CuratedExample:
     message_id: int
     created_at: str
     lang: str | None
+    user_id: int | None = None  # the asker: the builder caps each user's thumbs-up examples
 
 
 _MESSAGE_COLUMNS = ", ".join(field.name for field in fields(LoggedMessage))
@@ -84,7 +85,7 @@ _FIELD_TYPES = {"question": str, "answer": str, "created_at": str, "id": int, "c
 # Every vouched-for message once: its latest correction if any, else the asker's own thumbs-up.
 _CANDIDATES = """
 SELECT m.id AS message_id, m.question AS question, c.text AS answer, 'correction' AS source,
-       c.created_at AS created_at, COALESCE(m.lang, u.language) AS lang
+       c.created_at AS created_at, COALESCE(m.lang, u.language) AS lang, m.user_id AS user_id
 FROM corrections c
 JOIN messages m ON m.id = c.message_id
 LEFT JOIN users u ON u.id = m.user_id
@@ -92,7 +93,7 @@ WHERE c.id = (SELECT MAX(id) FROM corrections WHERE message_id = m.id)
   AND EXISTS (SELECT 1 FROM opt_outs o WHERE o.user_id = m.user_id) = :opted_out
   AND NOT EXISTS (SELECT 1 FROM forgotten_users t WHERE t.user_id = m.user_id AND m.created_at <= t.forgotten_at)
 UNION ALL
-SELECT m.id, m.question, m.answer, 'feedback', f.created_at, COALESCE(m.lang, u.language)
+SELECT m.id, m.question, m.answer, 'feedback', f.created_at, COALESCE(m.lang, u.language), m.user_id
 FROM messages m
 JOIN feedback f ON f.message_id = m.id AND f.user_id = m.user_id AND f.value = 1
 LEFT JOIN users u ON u.id = m.user_id
@@ -397,12 +398,12 @@ class Store:
 
     def curated_examples(self, problems: list[Problem] | None = None) -> list[CuratedExample]:
         """Vouched-for pairs for training, never from opted-out users; bad rows go to `problems`."""
-        rows = self.read(f"SELECT message_id, question, answer, source, created_at, lang"
+        rows = self.read(f"SELECT message_id, question, answer, source, created_at, lang, user_id"
                           f" FROM ({_CANDIDATES}) ORDER BY message_id", {"opted_out": 0})
         examples = []
         for row in rows:
             values = self._checked(row, ("message_id", "question", "answer", "source",
-                                         "created_at", "lang"), problems)
+                                         "created_at", "lang", "user_id"), problems)
             if values is not None:
                 values["lang"] = _primary_language(values["lang"])
                 examples.append(CuratedExample(**values))

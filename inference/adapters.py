@@ -4,6 +4,10 @@ An adapter folder holds `adapters.safetensors` + `adapter_config.json`. Everythi
 (JSON, safetensors header, tensor names and shapes against the model) before any weight is loaded,
 so a truncated or mismatched file is reported and never served.
 
+A registered version's folder also holds `version.json`, written by the training registry, with
+the sha256 of each adapter file: an adapter whose bytes no longer match is refused before it is
+read (inference never imports training; the folder carries its own checksums).
+
 The production pointer `$FARENSE_HOME/adapters/production.json` names the adapter the bot serves.
 The training registry writes it (atomically); the engine only reads it.
 """
@@ -15,10 +19,12 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import sha256_file
 from common.home import Home
 
 WEIGHTS_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
+VERSION_FILE = "version.json"  # a registered version's record, with its files' sha256 ("files")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -48,6 +54,7 @@ def read_adapter(path: Path, version: str | None = None) -> Adapter:
     path = Path(path)
     if not path.is_dir():
         raise AdapterError(f"adapter not found: {path} (expected a folder with {WEIGHTS_FILE})")
+    verify_checksums(path)
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
     except FileNotFoundError:
@@ -73,6 +80,27 @@ def read_adapter(path: Path, version: str | None = None) -> Adapter:
     if not shapes or not all(n.endswith((".lora_a", ".lora_b")) for n in shapes):
         raise AdapterError(f"adapter {path}: {WEIGHTS_FILE} holds no LoRA tensors")
     return Adapter(path, version or path.name, spec, shapes)
+
+
+def verify_checksums(path: Path) -> None:
+    """A registered adapter's files are the bytes whose sha256 its version.json records; a folder
+    without version.json (a run's output, ADAPTER_PATH) has nothing to check against."""
+    record_file = Path(path) / VERSION_FILE
+    try:
+        record = json.loads(record_file.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as error:
+        raise AdapterError(f"{path.name}: {VERSION_FILE} is unreadable ({error})") from None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise AdapterError(f"{path.name}: {VERSION_FILE} records no file checksums")
+    for name, digest in files.items():
+        file = Path(path) / str(name)
+        if Path(str(name)).name != name or not file.is_file():
+            raise AdapterError(f"{path.name}: {name} is missing")
+        if sha256_file(file) != digest:
+            raise AdapterError(f"{path.name}: {name} changed since it was registered (truncated or overwritten?)")
 
 
 def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .adapters import Adapter, AdapterError, read_adapter, read_production
 from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
@@ -100,6 +100,10 @@ class Engine:
         self.settings = settings
         self.max_batch = max_batch
         self.adapter: Adapter | None = None
+        # An adapter refused (files that fail their checksums, or do not fit): the last reason, and
+        # who to tell (the bot tells its admins); called on whichever thread found it.
+        self.refused: str | None = None
+        self.on_refused: Callable[[str], None] | None = None
         # "auto" without ADAPTER_PATH follows the production pointer, also when another process
         # (`python -m training promote`/`rollback`) moves it: checked every POINTER_CHECK_S while serving.
         self._follow_production = adapter == "auto" and settings.adapter_path is None
@@ -196,12 +200,17 @@ class Engine:
             raise outcome[0]
 
     def refresh_production(self) -> bool:
-        """Serve whatever the production pointer names now; True when it changed."""
+        """Serve whatever the production pointer names now; True when it changed. An adapter that
+        fails its checks is refused (reported to `on_refused`) and the current one keeps serving."""
         current = read_production(self.settings.farense_home)
         wanted = (current[0], current[1]) if current else (None, None)
         if wanted[0] == self.adapter_version:
             return False
-        self.set_adapter(wanted[1], wanted[0])
+        try:
+            self.set_adapter(wanted[1], wanted[0])
+        except AdapterError as error:
+            self._refuse(error)
+            return False
         return True
 
     def close(self) -> None:
@@ -236,12 +245,26 @@ class Engine:
         except Exception as error:  # whatever is on disk, the serving loop goes on
             log.error("production pointer changed but its adapter is unusable, still serving %s: %s",
                       self.adapter_version or "the base model", error)
+            self._refuse(error)
             return
         self._swap_requests.put((adapter, threading.Event(), []))
 
     def _unusable_production(self, error: Exception) -> None:
         log.error("the production adapter is unusable, serving the base model until a working version is "
                   "promoted or rolled back to (python -m training rollback): %s", error)
+        self._refuse(error)
+
+    def _refuse(self, error: Exception) -> None:
+        """Remember and report a refused adapter, once per distinct reason."""
+        message = f"{error}; still serving {self.adapter_version or 'the base model'}"
+        if message == self.refused:
+            return
+        self.refused = message
+        if self.on_refused is not None:
+            try:
+                self.on_refused(message)
+            except Exception:  # telling someone must never stop the serving loop
+                log.exception("reporting a refused adapter failed")
 
     def _production_folder(self) -> Path | None:
         current = read_production(self.settings.farense_home)

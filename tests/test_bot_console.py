@@ -36,7 +36,7 @@ def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_mod
 def test_bad_settings_and_a_missing_model_exit_2_with_one_clear_line(tmp_path):
     bad = run_bot("", ADMIN_USER_IDS="12,Ana")
     assert bad.returncode == 2 and bad.stdout == ""
-    assert "ADMIN_USER_IDS must be comma-separated integers" in bad.stderr
+    assert "ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by commas or spaces; 'Ana'" in bad.stderr
     assert "Traceback" not in bad.stderr
 
     missing = run_bot("", MODEL_PATH=str(tmp_path / "no-such-model"))
@@ -67,6 +67,7 @@ def test_with_a_token_it_long_polls_telegram_and_stops_cleanly_on_sigterm(tiny_m
     assert answer.ok and process.returncode == 0
     assert server.calls("getUpdates")[0].params.get("allowed_updates") == ["message", "callback_query"]
     assert "answered chat 4242" in err and "Traceback" not in err
+    assert "ADMIN_USER_IDS is empty: nobody can /retrain or /rollback" in err  # said at start, not silent
     assert BOT_TOKEN not in err + out and BOT_TOKEN.split(":")[1] not in err + out
 
 
@@ -116,10 +117,10 @@ def test_console_cites_sources_declines_and_admins_the_knowledge_base(tiny_model
         assert answers[0].startswith("Olympique Lyonnais") and "\nSource: " in answers[0]
         assert answers[1].strip() == DECLINE["pt"]
         assert "Correction saved" in out and "the next answer to that question uses it." in out
-        assert answers[2] == ("Qual é o hino do Farense? Chama-se «Avante, Leões».\n"
+        assert answers[2] == ("hino Farense — Chama-se «Avante, Leões».\n"
                               "Fonte: Farense bot admin")  # the corrected fact, at once
         fact = list_facts(store, "Avante")[0]
-        assert f"#{fact.id} [pt, admin, by 1] Qual é o hino" in out  # /facts found it
+        assert f"#{fact.id} [pt, admin, by 1, from message 2, r2] hino Farense" in out  # /facts found it
 
         out = run(f"/fact_remove {fact.id}\nQual é o hino do Farense?\n/fact_remove x\n")
         assert f"Removed fact #{fact.id}" in out and DECLINE["pt"] in out

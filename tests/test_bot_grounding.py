@@ -150,7 +150,7 @@ def test_a_correction_of_an_answer_that_used_one_fact_amends_that_fact(start_bot
     fix = "Olympique Lyonnais knocked Farense out of the UEFA Cup in the first round of 1995-96."
     replies = command(bot, BOT_ADMIN, f"/correct {fix}", language_code="en",
                       reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1])
-    assert f"Fact #{before.id} amended in the knowledge base — the next answer" in replies[0]
+    assert f"Fact #{before.id} amended (revision 2) in the knowledge base — the next answer" in replies[0]
     after = get_fact(bot.store, before.id)
     assert (after.text, after.source, after.author_id, after.url) == (fix, ADMIN_SOURCE, BOT_ADMIN, None)
 
@@ -168,10 +168,10 @@ def test_a_correction_sharing_no_word_with_the_question_is_still_found_by_it(sta
     assert bot.ask(BOT_ADMIN, BOT_ADMIN, question).params["text"] == DECLINE["pt"]
     replies = command(bot, BOT_ADMIN, "/correct Chama-se «Avante, Leões».",
                       reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1])
-    assert ("added in the knowledge base, led by the question so that it finds it — the next answer to"
+    assert ("added in the knowledge base, led by telling words of the question (revision 2) — the next answer to"
             " that question uses it.") in replies[0]
     fact = list_facts(bot.store, "Avante")[0]
-    assert fact.text == f"{question} Chama-se «Avante, Leões»."  # led by the question's words: found
+    assert fact.text == "hino Farense — Chama-se «Avante, Leões»."  # led by the question's telling words: found
     assert fact.id in [f.id for f in bot.services.conversations.ground(question).facts]
 
 

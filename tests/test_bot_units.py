@@ -38,6 +38,32 @@ def test_split_prefers_paragraphs_then_sentences_then_words():
     assert split_text("🦁" * 3000) == ["🦁" * 2048, "🦁" * 952]  # emoji count twice in UTF-16
 
 
+def test_admin_ids_split_on_commas_and_spaces_and_refuse_duplicates_and_non_positive(monkeypatch):
+    for written in ("111 222", "111,222", " 111 ,\t222\n", "111, 222,"):
+        monkeypatch.setenv("ADMIN_USER_IDS", written)
+        assert BotSettings.load().admin_user_ids == (111, 222), written
+    monkeypatch.setenv("ADMIN_USER_IDS", "111 222 111")
+    with pytest.raises(SettingsError, match="ADMIN_USER_IDS names 111 more than once"):
+        BotSettings.load()
+    for bad in ("111 -5", "0", "111 2x2"):
+        monkeypatch.setenv("ADMIN_USER_IDS", bad)
+        with pytest.raises(SettingsError, match="ADMIN_USER_IDS must be Telegram user ids"):
+            BotSettings.load()
+    with pytest.raises(SettingsError, match="names 7 more than once"):
+        BotSettings.load(admin_user_ids=(7, 7))
+
+
+def test_settings_warn_of_no_admins_and_a_cleartext_non_loopback_bot_api(monkeypatch):
+    monkeypatch.setenv("ADMIN_USER_IDS", "5001")
+    assert BotSettings.load().telegram_warnings() == []
+    for local in ("http://127.0.0.1:8081/bot", "http://localhost:8081/bot", "http://[::1]:8081/bot"):
+        assert BotSettings.load(telegram_base_url=local).telegram_warnings() == []
+    cleartext = BotSettings.load(telegram_base_url="http://api.example.org/bot").telegram_warnings()
+    assert cleartext == ["TELEGRAM_BASE_URL is not https (http://api.example.org): the bot token travels in cleartext"]
+    monkeypatch.delenv("ADMIN_USER_IDS")
+    assert BotSettings.load().telegram_warnings()[0].startswith("ADMIN_USER_IDS is empty")
+
+
 def test_settings_parse_admin_ids_and_reject_bad_values(monkeypatch):
     monkeypatch.setenv("ADMIN_USER_IDS", "12, 34")
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:secret")
@@ -48,7 +74,7 @@ def test_settings_parse_admin_ids_and_reject_bad_values(monkeypatch):
     assert str(settings.cron_trigger().timezone) == "Europe/Lisbon"
 
     monkeypatch.setenv("ADMIN_USER_IDS", "12;34")
-    with pytest.raises(SettingsError, match="ADMIN_USER_IDS must be comma-separated integers"):
+    with pytest.raises(SettingsError, match="ADMIN_USER_IDS must be Telegram user ids .*'12;34' is not one"):
         BotSettings.load()
     monkeypatch.delenv("ADMIN_USER_IDS")
     with pytest.raises(SettingsError, match="RETRAIN_TIMEZONE: unknown time zone 'Lisboa'"):

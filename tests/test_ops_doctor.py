@@ -65,6 +65,16 @@ def test_a_malformed_token_and_an_unreachable_bot_api_fail_without_showing_the_t
     assert "not-a-real-token" not in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
+def test_doctor_warns_of_no_admins_and_a_cleartext_bot_api_url(tiny_env, isolated_env):
+    result = doctor_cli(TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_BASE_URL="http://192.0.2.1/bot", ADMIN_USER_IDS="")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("[warn] token"))
+    assert "0 admin(s), but ADMIN_USER_IDS is empty" in line
+    assert "TELEGRAM_BASE_URL is not https (http://192.0.2.1): the bot token travels in cleartext" in line
+    spaced = doctor_cli(TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_BASE_URL="http://192.0.2.1/bot", ADMIN_USER_IDS="111 222")
+    assert "2 admin(s), but TELEGRAM_BASE_URL is not https" in spaced.stdout and "ADMIN_USER_IDS is empty" not in spaced.stdout
+    assert TOKEN not in result.stdout + result.stderr + spaced.stdout + spaced.stderr
+
+
 def test_the_bot_api_answers_or_refuses_the_token(tiny_env, isolated_env, monkeypatch):
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
     monkeypatch.setenv("ADMIN_USER_IDS", "5001")
@@ -83,7 +93,7 @@ def test_the_bot_api_answers_or_refuses_the_token(tiny_env, isolated_env, monkey
 def test_invalid_settings_fail_once_and_the_dependent_checks_are_skipped(tiny_env, isolated_env, monkeypatch):
     monkeypatch.setenv("ADMIN_USER_IDS", "12,Ana")
     found = checks()
-    assert found["settings"][0] == FAIL and "ADMIN_USER_IDS must be comma-separated integers" in found["settings"][1]
+    assert found["settings"][0] == FAIL and "ADMIN_USER_IDS must be Telegram user ids" in found["settings"][1]
     assert found["token"][0] == found["telegram"][0] == found["scheduler"][0] == SKIP
     assert found["model"][0] == OK and found["database"][0] == OK  # other packages' settings still load
     assert run_doctor(timeout=1, out=lambda text: None) == 1

@@ -48,7 +48,7 @@ def test_every_admin_command_refuses_non_admins_in_every_form(start_bot, isolate
     for seed in (1, 2):
         registry.promote(registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"a{seed}",
                                                              seed=seed)).version, by="test", reason="setup")
-    bot = start_bot(rate_limit_per_minute=1000, max_tokens=4)
+    bot = start_bot(rate_limit_per_minute=1000, updates_per_minute=1000, max_tokens=4)
     server = bot.server
     server.push_message(GROUP, BOT_ADMIN, "olá", chat_type="group", first_name="Admin")
     answer = bot.ask(GROUP, USER, "@farense_test_bot Quem fundou o Farense?", chat_type="group", language_code="en")
@@ -103,7 +103,7 @@ def test_every_admin_command_refuses_non_admins_in_every_form(start_bot, isolate
 
 
 def test_votes_cannot_be_forged_onto_someone_elses_answer(start_bot, caplog):
-    bot = start_bot(rate_limit_per_minute=1000, max_tokens=4)
+    bot = start_bot(rate_limit_per_minute=1000, updates_per_minute=1000, max_tokens=4)
     server = bot.server
     mine = bot.ask(USER, USER, "Quando foi fundado o Farense?")
     theirs = bot.ask(OTHER, OTHER, "Onde joga o Farense?")
@@ -136,7 +136,7 @@ def test_votes_cannot_be_forged_onto_someone_elses_answer(start_bot, caplog):
 
 
 def test_forget_deletes_only_the_senders_data_whatever_it_names(start_bot):
-    bot = start_bot(rate_limit_per_minute=1000, max_tokens=4)
+    bot = start_bot(rate_limit_per_minute=1000, updates_per_minute=1000, max_tokens=4)
     server = bot.server
     for user in (USER, OTHER, BOT_ADMIN):
         final = bot.ask(user, user, f"Pergunta de {user}?")

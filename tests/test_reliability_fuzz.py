@@ -51,7 +51,7 @@ TEXTS = st.one_of(st.text(CHARS, max_size=80), SPECIAL, MARKUP, HUGE, st.builds(
 
 @pytest.fixture
 def fuzz_bot(roomy_server, start_bot):  # noqa: F811
-    return start_bot(max_tokens=3, rate_limit_per_minute=100_000, max_question_chars=MAX_QUESTION)
+    return start_bot(max_tokens=3, rate_limit_per_minute=100_000, updates_per_minute=100_000, max_question_chars=MAX_QUESTION)
 
 
 def errors(caplog) -> list[str]:

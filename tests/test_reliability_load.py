@@ -27,7 +27,7 @@ QUESTIONS = ("Quando foi fundado o Farense?", "Who is Farense's greatest idol?",
 @pytest.fixture
 def load_bot(roomy_server, start_bot):
     """The bot as in production (1 s between streamed drafts), short answers, no rate limit in the way."""
-    return lambda: start_bot(max_tokens=8, stream_edit_interval=1.0, rate_limit_per_minute=1000)
+    return lambda: start_bot(max_tokens=8, stream_edit_interval=1.0, rate_limit_per_minute=1000, updates_per_minute=1000)
 
 
 class Sampler(threading.Thread):

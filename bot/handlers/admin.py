@@ -1,5 +1,7 @@
 """Admin commands: /status, /retrain, /rollback, /correct, /facts, /fact_remove — ADMIN_USER_IDS only,
-every attempt logged."""
+every attempt logged, and only in a private chat with the bot: their replies (a fan's 👎 question in
+/status, facts, training progress) are for the admin's eyes. /correct is the exception: it answers
+one of the bot's replies where it was posted, and says only what the admin wrote."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 import time
 
 from telegram import Message, Update
+from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
@@ -22,6 +25,7 @@ from . import services_of, user_language
 
 log = logging.getLogger(__name__)
 
+IN_GROUPS = ("correct",)  # admin commands that also work in groups
 PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far below Telegram's limits
 
 
@@ -36,6 +40,11 @@ def admin_only(handler):
         if not allowed:
             log.warning("refused /%s to user %s (not an admin)", command, user.id)
             await update.message.reply_text(text("not_admin", user_language(update)))
+            return
+        if update.effective_chat.type != ChatType.PRIVATE and command not in IN_GROUPS:
+            log.info("admin %s: /%s in a group, pointed to the private chat", user.id, command)
+            await update.message.reply_text(text("admin_private_only", user_language(update),
+                                                 username=context.bot.username))
             return
         log.info("admin %s: /%s", user.id, command)
         await handler(update, context)
@@ -69,8 +78,10 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """`/rollback` serves the previous adapter, `/rollback v0003` that version."""
     services = services_of(context)
-    await update.message.reply_text(await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id))
+    await update.message.reply_text(await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id,
+                                                            _argument(update.message)))
 
 
 @admin_only
@@ -93,8 +104,10 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it."""
-    report = await asyncio.to_thread(admin_ops.facts_text, services_of(context), _argument(update.message))
+    """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it,
+    `/facts history <id>` and `/facts restore <id> <revision>` show and restore a fact's revisions."""
+    report = await asyncio.to_thread(admin_ops.facts_text, services_of(context), _argument(update.message),
+                                     update.effective_user.id, user_language(update))
     for part in split_text(report):
         await update.message.reply_text(part)
 

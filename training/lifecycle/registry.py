@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, Adapter, AdapterError, check_fits, read_adapter
+from inference.adapters import (CONFIG_FILE, VERSION_FILE, WEIGHTS_FILE, Adapter, AdapterError, check_fits,
+                                read_adapter, verify_checksums)
 
 from ..errors import UsageError
 from common.files import file_lock, fsync_dir, fsync_tree, sha256_file, write_atomic
@@ -37,7 +38,6 @@ from common.home import Home
 log = logging.getLogger(__name__)
 
 CANDIDATE, PRODUCTION, REJECTED, RETIRED = "candidate", "production", "rejected", "retired"
-VERSION_FILE = "version.json"
 HISTORY_FILE = "history.jsonl"
 ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -136,21 +136,15 @@ class Registry:
 
     def verify(self, version: str) -> Adapter:
         """The files are the bytes that were registered, parse, and fit the base model."""
-        entry = self.verify_files(version)
-        adapter = read_adapter(entry.path, entry.version)
+        entry = self.get(version)
+        adapter = read_adapter(entry.path, entry.version)  # checks the files' sha256 first
         self._check_fits(adapter)
         return adapter
 
     def verify_files(self, version: str) -> AdapterVersion:
         """The files are the bytes that were registered (cheap: no model, no parsing)."""
         entry = self.get(version)
-        for name, digest in entry.record["files"].items():
-            file = entry.path / name
-            if not file.is_file():
-                raise AdapterError(f"{entry.version}: {name} is missing")
-            if sha256_file(file) != digest:
-                raise AdapterError(f"{entry.version}: {name} changed since it was registered "
-                                   "(truncated or overwritten?)")
+        verify_checksums(entry.path)
         return entry
 
     # ----- changing ---------------------------------------------------------------------------
@@ -251,6 +245,27 @@ class Registry:
             log.info("rolled back %s to %s by %s: %s", current, target.version if target else "base model",
                      by, note)
         return target
+
+    def rollback_to(self, version: str, by: str, reason: str) -> AdapterVersion:
+        """Serve `version` again: one that was in production before, whose files still verify and
+        fit the base model. The versions promoted after it are left behind (retired)."""
+        with self._locked():
+            entry = self.get(version)
+            pointer = self._pointer()
+            current = pointer.get("version")
+            if current == entry.version:
+                raise RegistryError(f"{entry.version} is already in production")
+            if not entry.record.get("promoted_at"):
+                raise RegistryError(f"{entry.version} was never in production (status {entry.status}); "
+                                    "promote it instead")
+            self.verify(entry.version)
+            stack = list(pointer.get("previous") or [])
+            previous = stack[stack.index(entry.version) + 1:] if entry.version in stack else stack
+            self._switch(entry, previous, "rollback", current, by, reason)
+            if current and (self.root / current / VERSION_FILE).is_file():
+                self._update(self.get(current), status=RETIRED, rolled_back_at=_now(), rolled_back_by=by)
+            log.info("rolled back %s to %s by %s: %s", current or "base model", entry.version, by, reason)
+        return self.get(entry.version)
 
     # ----- internals --------------------------------------------------------------------------
     def _switch(self, target: AdapterVersion | None, previous: list[str], action: str, current: str | None,

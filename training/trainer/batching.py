@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from inference.prompts import with_system
+from inference.prompts import inert_messages, with_system
 
 from ..errors import UsageError
 
@@ -124,8 +124,9 @@ def encode(tokenizer, messages: list[dict], system_prompt: str) -> Example:
 
 def served_messages(tokenizer, messages: list[dict], system_prompt: str) -> list[dict]:
     """The system prompt added like the engine adds it, folded into the first turn when the
-    chat template has no system role (the same fallback as `render_prompt`)."""
-    full = with_system(messages, system_prompt)
+    chat template has no system role (the same fallback as `render_prompt`); content made inert
+    like `render_prompt` does, so no example teaches a role a user wrote."""
+    full = with_system(inert_messages(tokenizer, messages), system_prompt)
     try:
         tokenizer.apply_chat_template(full, tokenize=False)
         return full
