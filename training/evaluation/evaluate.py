@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlx_lm.generate import batch_generate
+from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import make_logits_processors
 
+from common.progress import Progress
 from data.scorer import EvalReport, contains, evaluate, is_decline, normalise
 from data.seed import ANSWER, SPLITS, Conversation, EvalItem, OODItem, load_conversations, load_eval, load_ood
 from data.settings import DataSettings
@@ -59,10 +60,10 @@ class Answer:
 
 
 def served_answers(model, tokenizer, questions: Sequence[str], serving: InferenceSettings, index,
-                   *, grounded: bool, max_tokens: int,
-                   previous: Sequence[str | None] | None = None) -> list[Answer]:
+                   *, grounded: bool, max_tokens: int, previous: Sequence[str | None] | None = None,
+                   label: str = "answers") -> list[Answer]:
     """Greedy answers to questions, prompts built as the bot builds them (`previous[i]`: the
-    question before questions[i] in its chat, for follow-ups).
+    question before questions[i] in its chat, for follow-ups); `label` names the progress shown.
 
     `grounded` False (or index None) is the model alone: the configured system prompt, no facts.
     """
@@ -79,9 +80,8 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
     texts: dict[int, str] = {}
     if todo:
         prompts = [render_prompt(tokenizer, groundings[i].messages, serving.system_prompt) for i in todo]
-        generated = batch_generate(model, tokenizer, prompts, max_tokens=max_tokens,
-                                   logits_processors=make_logits_processors(
-                                       repetition_penalty=serving.repetition_penalty)).texts
+        generated = generate_batch(model, tokenizer, prompts, max_tokens, label, logits_processors=
+                                   make_logits_processors(repetition_penalty=serving.repetition_penalty))
         texts = dict(zip(todo, generated, strict=True))
     answers = []
     for i, g in enumerate(groundings):
@@ -92,6 +92,23 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
         answers.append(Answer(texts[i], False, tuple(fact.fact for fact in g.facts), g.messages,
                               checked.text, checked.verdict))
     return answers
+
+
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_tokens: int, label: str, **options) -> list[str]:
+    """mlx-lm's batch_generate (the same BatchGenerator calls, so the same texts), counting finished
+    answers as progress: the gate and the evaluation spend minutes here on a small CPU."""
+    generator = BatchGenerator(model, stop_tokens=[[t] for t in tokenizer.eos_token_ids], **options)
+    uids = generator.insert(prompts, [max_tokens] * len(prompts))
+    tokens: dict[int, list[int]] = {uid: [] for uid in uids}
+    with Progress(label, len(prompts), unit="answer") as progress:
+        while responses := generator.next_generated():
+            for response in responses:
+                if response.finish_reason is not None:
+                    progress.update()
+                if response.finish_reason != "stop":
+                    tokens[response.uid].append(response.token)
+    generator.close()
+    return [tokenizer.decode(tokens[uid]) for uid in uids]
 
 
 def score(answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *,
@@ -129,7 +146,7 @@ def conversation_results(model, tokenizer, conversations: Sequence[Conversation]
                                        previous_question=before)
             before = turn.question if grounding.decline is None else before
     answers = iter(served_answers(model, tokenizer, questions, serving, index, grounded=True,
-                                  max_tokens=max_tokens, previous=previous))
+                                  max_tokens=max_tokens, previous=previous, label="conversations"))
     results = []
     for conversation in conversations:
         earlier: list[str] = []
@@ -173,7 +190,7 @@ def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequen
             model.eval()
             grounded = generated.endswith("retrieval")
             answers = served_answers(model, tokenizer, questions, serving, index, grounded=grounded,
-                                     max_tokens=max_tokens)
+                                     max_tokens=max_tokens, label=generated)
             turns = conversation_results(model, tokenizer, conversations, serving, index,
                                          max_tokens=max_tokens) if grounded else []
             by_question = dict(zip(questions, answers, strict=True))

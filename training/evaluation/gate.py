@@ -182,7 +182,8 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
     if reference is not None:
         result["champion_val_loss"] = validation_loss(model, reference)
     answers = served_answers(model, tokenizer, [item.question for item in items], serving, index,
-                             grounded=index is not None, max_tokens=settings.gate_max_tokens)
+                             grounded=index is not None, max_tokens=settings.gate_max_tokens,
+                             label=f"gate {result['label']}")
     texts = [answer.text for answer in answers]
     sent = {item.question: answer.guarded for item, answer in zip(items, answers, strict=True)}
     report = evaluate(lambda question, _lang: sent[question], items, ood_items=[])

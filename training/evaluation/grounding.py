@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common.progress import Progress
 from data.builder import GROUNDED_SUFFIX
 from data.knowledge import knowledge_hash
 from data.store import Store
@@ -105,10 +106,14 @@ def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactInd
 
     counts: Counter = Counter()
     contents = {}
+    records = {split: (dataset_folder / f"{split}.jsonl").read_bytes().splitlines()
+               if (dataset_folder / f"{split}.jsonl").is_file() else [] for split in SPLITS}
+    progress = Progress("grounding", sum(map(len, records.values())), unit="example")
     for split in SPLITS:
         lines = []
         path = dataset_folder / f"{split}.jsonl"
-        for number, raw in enumerate(path.read_bytes().splitlines() if path.is_file() else [], 1):
+        for number, raw in enumerate(records[split], 1):
+            progress.update()
             if not raw.strip():
                 continue
             try:
@@ -122,6 +127,7 @@ def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactInd
                 lines.append(json.dumps(example, ensure_ascii=False) + "\n")
                 counts[f"{split}_examples"] += 1
         contents[split] = "".join(lines).encode("utf-8")
+    progress.close()
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
     content_hash = hashlib.sha256(
         "".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()

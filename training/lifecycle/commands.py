@@ -9,7 +9,9 @@ import argparse
 import getpass
 import json
 import sys
+import time
 
+from common.progress import Progress, clock
 from inference.settings import InferenceSettings
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, guarded, parse, report
@@ -92,7 +94,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(json.dumps(event, default=str), flush=True)
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    result = run_pipeline(trigger=args.trigger, requested_by=_who(args), on_progress=show if args.events else None,
+    result = run_pipeline(trigger=args.trigger, requested_by=_who(args),
+                          on_progress=show if args.events else _PipelineDisplay(),
                           skip_if_unchanged=args.skip_if_unchanged, train_args=train_args)
     if result.outcome == "busy":
         report(result.message)
@@ -102,6 +105,36 @@ def _pipeline(args: argparse.Namespace) -> int:
     else:
         print(result.message)
     return EXIT_FAILED if result.outcome == "failed" else EXIT_OK
+
+
+class _PipelineDisplay:
+    """The pipeline's events for people, on stderr: a line per stage, the training steps as progress
+    (a bar on a terminal). The gate and grounding children show their own only when run alone."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.training: Progress | None = None
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "stage":
+            self._end_training()
+            details = " ".join(f"{key} {value}" for key, value in event.items() if key not in ("event", "stage"))
+            print(f"[{clock(time.monotonic() - self.started)}] {event['stage']}{': ' + details if details else ''}",
+                  file=sys.stderr, flush=True)
+        elif kind == "start":
+            self.training = Progress("training", event["total"], unit="step", initial=event["step"])
+        elif kind == "step" and self.training is not None:
+            self.training.update(event["step"], loss=event["loss"], val=event.get("val_loss"))
+        elif kind == "eval" and self.training is not None:
+            self.training.note(f"step {event['step']}: val loss {event['val_loss']:.4f}")
+        elif kind in ("done", "error"):
+            self._end_training()
+
+    def _end_training(self) -> None:
+        if self.training is not None:
+            self.training.close()
+            self.training = None
 
 
 def _row(entry: AdapterVersion) -> dict:

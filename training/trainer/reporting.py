@@ -1,4 +1,5 @@
-"""Progress of a training run for people (a bar on stderr when it is a terminal) and for programs
+"""Progress of a training run for people (common.progress on stderr: a bar on a terminal, plain
+lines otherwise) and for programs
 (`--events`: one JSON object per stdout line, {"event": "start"|"step"|"eval"|"checkpoint"|"done"|"error", ...},
 which the pipeline and the distributed launcher follow); logs stay on stderr.
 """
@@ -10,15 +11,17 @@ import logging
 import os
 import sys
 
+from common.progress import Progress
+
 
 class Reporter:
-    """Progress for people (a bar on stderr when it is a terminal) and programs (--events on stdout)."""
+    """Progress for people (on stderr; `bar` False silences it) and programs (--events on stdout)."""
 
     def __init__(self, events: bool, stream=None):
         self.events = events
         self.stream = stream or sys.stdout
-        self.bar = sys.stderr.isatty()
-        self._drawn = False
+        self.bar = True
+        self.progress: Progress | None = None
 
     stop = None  # the run's StopFlag: a vanished events reader stops the run like SIGTERM
 
@@ -29,8 +32,8 @@ class Reporter:
                 self.stream.flush()
             except BrokenPipeError:
                 self._reader_gone()
-        if self.bar and event == "step":
-            self._draw(fields)
+        if self.bar:
+            self._show(event, fields)
 
     def _reader_gone(self) -> None:
         """The parent (pipeline, bot) died: stop writing events, checkpoint, end "cancelled"."""
@@ -42,21 +45,23 @@ class Reporter:
             self.stop.signal = "events reader gone"
             logging.getLogger(__name__).warning("events pipe closed: saving a checkpoint and stopping")
 
-    def _draw(self, f: dict) -> None:
-        width = 24
-        done = int(width * f["step"] / max(1, f["total"]))
-        val = f" val {f['val_loss']:.3f}" if f.get("val_loss") is not None else ""
-        eta = f" eta {int(f['eta_s']) // 60}m{int(f['eta_s']) % 60:02d}s" if f.get("eta_s") is not None else ""
-        sys.stderr.write(f"\r\033[K[{'#' * done}{'.' * (width - done)}] {f['step']}/{f['total']} "
-                         f"loss {f['loss']:.3f}{val} {f.get('tokens_per_s', 0):.0f} tok/s{eta}")
-        sys.stderr.flush()
-        self._drawn = True
+    def _show(self, event: str, fields: dict) -> None:
+        """Steps move the bar (tqdm's rate and ETA); evaluations are logged by the loop itself."""
+        if event == "start":
+            self.progress = Progress("training", fields["total"], unit="step", initial=fields["step"])
+        elif self.progress is None:
+            return
+        elif event == "step":
+            self.progress.update(fields["step"], loss=fields["loss"], val=fields.get("val_loss"),
+                                 tok_s=round(fields.get("tokens_per_s") or 0))
+        elif event in ("done", "error"):
+            self.progress.close()
+            self.progress = None
 
     def clear(self) -> None:
         """Before a log line: wipe the bar so the line is not glued to it."""
-        if self._drawn:
-            sys.stderr.write("\r\033[K")
-            self._drawn = False
+        if self.progress is not None:
+            self.progress.clear()
 
 
 class BarAwareHandler(logging.StreamHandler):
