@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NIGHTLY_JOB_ID = "nightly-retrain"
 FIRST_JOB_ID = "first-adapter"
+MAINTENANCE_JOB_ID = "nightly-maintenance"  # the night's backup and retention, once however often it retries
 BUSY = "A training run is already in progress — try again when it has finished."
 
 
@@ -120,27 +121,26 @@ async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
                           retention: Callable[[], str] | None = None) -> RetrainOutcome | None:
     """The scheduled run: once per local date, after a backup (BACKUP_KEEP kept), skipped when
     there is no new curated data; then `retention` (bot/retention.py), whose line joins the report.
-    When another run is in progress it returns "busy" without consuming the date, for the
-    scheduler to retry."""
+
+    Backup and retention happen once a night. When another run is in progress (an admin's
+    /retrain, `python -m training pipeline`) the training returns "busy" without consuming the
+    date, for the scheduler to retry; only the night's first attempt reports a busy outcome."""
     night = now.date().isoformat()
     if not await asyncio.to_thread(store.claim_job, NIGHTLY_JOB_ID, night):
         log.info("nightly retraining of %s already claimed (restart or second process): not again", night)
         return None
-    if retrainer.running:  # an admin's /retrain: the night stays unclaimed for the retry
-        await asyncio.to_thread(store.release_job, NIGHTLY_JOB_ID, night)
-        log.info("nightly retraining of %s: another run is in progress, to be retried", night)
-        return RetrainOutcome("busy", BUSY)
-    backup = await asyncio.to_thread(scheduled_backup, store.path)
+    first_attempt = await asyncio.to_thread(store.claim_job, MAINTENANCE_JOB_ID, night)
+    backup = await asyncio.to_thread(scheduled_backup, store.path) if first_attempt else ""
     result = await retrainer.run(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True)
-    if result.outcome == "busy":  # a pipeline of another process (`python -m training pipeline`)
+    if result.outcome == "busy":
         await asyncio.to_thread(store.release_job, NIGHTLY_JOB_ID, night)
         log.info("nightly retraining of %s: %s; to be retried", night, result.message)
-        return result
-    if result.outcome == "skipped":
+    elif result.outcome == "skipped":
         log.info("nightly retraining of %s skipped: %s", night, result.message)
-    retained = await asyncio.to_thread(retention) if retention is not None else ""
-    await notify(f"Nightly retraining ({night}): {result.outcome}\n{result.message}\n{backup}"
-                 + (f"\n{retained}" if retained else ""))
+    retained = await asyncio.to_thread(retention) if retention is not None and first_attempt else ""
+    if result.outcome != "busy" or first_attempt:
+        await notify("\n".join(line for line in (f"Nightly retraining ({night}): {result.outcome}", result.message,
+                                                  backup, retained) if line))
     return result
 
 
