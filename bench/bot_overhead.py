@@ -45,11 +45,20 @@ sys.path.insert(0, str(REPO))
 
 TOKEN = "123456:FARENSE-bench-token"
 FIRST_USER = 20_000
-QUESTIONS = ("Quando foi fundado o Farense?", "Who founded Farense?", "Onde joga o Farense?",
-             "What are Farense's colours?", "Qual é a alcunha do Farense?", "When did Farense play in Europe?",
-             "Em que divisão joga o Farense?", "Where is the Estádio de São Luís?")
-CANNED = ("O Sporting Clube Farense foi fundado em 1910, em Faro, e joga no Estádio de São Luís. "
-          "As cores do clube são o preto e o branco, e os adeptos chamam-lhe os Leões de Faro.")
+QUESTIONS = (
+    "Quando foi fundado o Farense?",
+    "Who founded Farense?",
+    "Onde joga o Farense?",
+    "What are Farense's colours?",
+    "Qual é a alcunha do Farense?",
+    "When did Farense play in Europe?",
+    "Em que divisão joga o Farense?",
+    "Where is the Estádio de São Luís?",
+)
+CANNED = (
+    "O Sporting Clube Farense foi fundado em 1910, em Faro, e joga no Estádio de São Luís. "
+    "As cores do clube são o preto e o branco, e os adeptos chamam-lhe os Leões de Faro."
+)
 _chat = contextvars.ContextVar("chat")
 
 
@@ -71,7 +80,7 @@ class Probe:
     def __init__(self, server, users: int, questions: int):
         self.server, self.questions = server, questions
         self.chats = {FIRST_USER + n: [] for n in range(users)}
-        self.finals: "queue.Queue[int]" = queue.Queue()
+        self.finals: queue.Queue[int] = queue.Queue()
         self.done = threading.Event()
         original = server.state.record
 
@@ -94,8 +103,13 @@ class Probe:
     def ask(self, chat: int) -> None:
         asked = len(self.chats[chat])
         self.chats[chat].append(Message(time.perf_counter()))
-        self.server.push_message(chat, chat, f"{QUESTIONS[(chat + asked) % len(QUESTIONS)]}",
-                                 first_name=f"User {chat}", language_code="pt" if chat % 2 else "en")
+        self.server.push_message(
+            chat,
+            chat,
+            f"{QUESTIONS[(chat + asked) % len(QUESTIONS)]}",
+            first_name=f"User {chat}",
+            language_code="pt" if chat % 2 else "en",
+        )
 
     def run(self, timeout: float) -> float:
         started = time.perf_counter()
@@ -150,12 +164,19 @@ class Probe:
         total = spans("delivered", "final")
         waiting = spans("asked", "turn")
         model = [(m.model_end - m.model_start) if m.model_end else 0.0 for m in answered]
-        return {"messages": len(messages), "answered": len(answered), "failed": sum(m.failed for m in messages),
-                "declined": len(answered) - len(generated), "total": total, "model": model, "waiting": waiting,
-                "outside": [t - w - g for t, w, g in zip(total, waiting, model)],
-                "dispatch": spans("delivered", "asked"),
-                "before_model": [m.model_start - m.turn for m in generated],
-                "after_model": [m.final - m.model_end for m in generated]}
+        return {
+            "messages": len(messages),
+            "answered": len(answered),
+            "failed": sum(m.failed for m in messages),
+            "declined": len(answered) - len(generated),
+            "total": total,
+            "model": model,
+            "waiting": waiting,
+            "outside": [t - w - g for t, w, g in zip(total, waiting, model)],
+            "dispatch": spans("delivered", "asked"),
+            "before_model": [m.model_start - m.turn for m in generated],
+            "after_model": [m.final - m.model_end for m in generated],
+        }
 
 
 class InstantEngine:
@@ -175,8 +196,10 @@ class InstantEngine:
         for piece in self._pieces[:-1]:
             yield Chunk(piece)
         text = "".join(self._pieces)
-        yield Chunk(self._pieces[-1], Generation(text, prompt, len(self._pieces), 0.0, 0.0, "length",
-                                                  self.model_id, self.adapter_version))
+        yield Chunk(
+            self._pieces[-1],
+            Generation(text, prompt, len(self._pieces), 0.0, 0.0, "length", self.model_id, self.adapter_version),
+        )
 
 
 class RssSampler(threading.Thread):
@@ -195,8 +218,9 @@ def run(label: str, engine, store, server, args) -> dict:
     from data.settings import DataSettings
     from tests.helpers import RunningBot
 
-    settings = BotSettings.load(telegram_bot_token=TOKEN, telegram_base_url=server.base_url,
-                                admin_user_ids=(1,), rate_limit_per_minute=1000)
+    settings = BotSettings.load(
+        telegram_bot_token=TOKEN, telegram_base_url=server.base_url, admin_user_ids=(1,), rate_limit_per_minute=1000
+    )
     application = build_application(settings, engine, store, data_settings=DataSettings.load())
     probe = Probe(server, args.users, args.questions)
     probe.instrument(application.bot_data["services"].conversations, engine)
@@ -206,8 +230,11 @@ def run(label: str, engine, store, server, args) -> dict:
     finally:
         bot.stop()
     result = probe.figures()
-    print(f"  {label}: {result['answered']} answered ({result['declined']} declined without the model, "
-          f"{result['failed']} failed) in {seconds:.1f} s", flush=True)
+    print(
+        f"  {label}: {result['answered']} answered ({result['declined']} declined without the model, "
+        f"{result['failed']} failed) in {seconds:.1f} s",
+        flush=True,
+    )
     return result
 
 
@@ -216,7 +243,7 @@ def percentiles(values: list[float]) -> str:
         return f"{'-':>8} {'-':>8}"
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return f"{pick(.5) * 1000:>8.0f} {pick(.99) * 1000:>8.0f}"
+    return f"{pick(0.5) * 1000:>8.0f} {pick(0.99) * 1000:>8.0f}"
 
 
 def main() -> None:
@@ -240,9 +267,11 @@ def main() -> None:
     baseline = psutil.Process().memory_info().rss
     engine = Engine(InferenceSettings.load(max_tokens=args.max_tokens))
     loaded = psutil.Process().memory_info().rss
-    print(f"model {engine.info.model_id} on {engine.info.device} ({engine.info.dtype}, {engine.info.blas}); "
-          f"{args.users} users × {args.questions} questions, each asked when the previous answer arrived; "
-          f"max_tokens {args.max_tokens}")
+    print(
+        f"model {engine.info.model_id} on {engine.info.device} ({engine.info.dtype}, {engine.info.blas}); "
+        f"{args.users} users × {args.questions} questions, each asked when the previous answer arrived; "
+        f"max_tokens {args.max_tokens}"
+    )
     store = Store(DataSettings.load().home.database)
     server = BotApiServer(TOKEN).start()
     results = {}
@@ -259,15 +288,23 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"\n{'ms per message':<26} {'model p50':>9} {'p99':>8} {'instant p50':>12} {'p99':>8}")
-    rows = (("outside the model", "outside"), ("  update → handler", "dispatch"),
-            ("  turn → Engine.stream", "before_model"), ("  last token → answer sent", "after_model"),
-            ("waiting for a turn", "waiting"), ("Engine.stream", "model"), ("update → answer sent", "total"))
+    rows = (
+        ("outside the model", "outside"),
+        ("  update → handler", "dispatch"),
+        ("  turn → Engine.stream", "before_model"),
+        ("  last token → answer sent", "after_model"),
+        ("waiting for a turn", "waiting"),
+        ("Engine.stream", "model"),
+        ("update → answer sent", "total"),
+    )
     for name, key in rows:
         model, instant = results["model"][key], results["instant"][key]
         print(f"{name:<26} {percentiles(model)} {'':>3}{percentiles(instant)}")
     mib = 2**20
-    print(f"\nRSS: {baseline / mib:.0f} MiB before the model, {loaded / mib:.0f} MiB with it loaded, "
-          f"peak {peak / mib:.0f} MiB serving {args.users} users (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"\nRSS: {baseline / mib:.0f} MiB before the model, {loaded / mib:.0f} MiB with it loaded, "
+        f"peak {peak / mib:.0f} MiB serving {args.users} users (load average {os.getloadavg()[0]:.1f})"
+    )
 
 
 if __name__ == "__main__":

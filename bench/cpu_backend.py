@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +38,8 @@ import mlx.core as mx
 from mlx_lm.generate import stream_generate
 s = InferenceSettings.load()
 model, tok, info = load_base(s.model_path, s.home.models, "cpu", s.cpu_dtype)
-prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me the history of SC Farense, the football club of Faro, in detail. " * 6}], add_generation_prompt=True)
+REQUEST = "Tell me the history of SC Farense, the football club of Faro, in detail. " * 6
+prompt = tok.apply_chat_template([{"role": "user", "content": REQUEST}], add_generation_prompt=True)
 for _ in stream_generate(model, tok, prompt, max_tokens=4): pass  # warm-up
 last = None
 for last in stream_generate(model, tok, prompt, max_tokens=64): pass
@@ -89,8 +90,14 @@ def train(name: str, model: str, dataset: Path, batch: int, steps: int) -> dict:
     blas, dtype = CONFIGS[name]
     env = {**os.environ, "BLAS_PATH": blas, "CPU_DTYPE": dtype, "MODEL_PATH": model}
     env = {k: v for k, v in env.items() if not k.startswith("TRAIN_")}  # the trainer's defaults
-    out = subprocess.run([sys.executable, "-c", TRAIN_PROBE, str(dataset), str(batch), str(steps)], env=env,
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", TRAIN_PROBE, str(dataset), str(batch), str(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -104,8 +111,14 @@ def seed_dataset(home: Path) -> Path:
 def run(name: str, model: str) -> dict:
     blas, dtype = CONFIGS[name]
     env = {**os.environ, "BLAS_PATH": blas, "CPU_DTYPE": dtype, "MODEL_PATH": model}
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -133,9 +146,14 @@ def main() -> None:
     for name, rows in results.items():
         prompt = statistics.median(r["prompt_tps"] for r in rows)
         decode = statistics.median(r["decode_tps"] for r in rows)
-        print(f"{name:<20} {rows[0]['blas']:<10} {prompt:>13.1f} {decode:>13.1f} "
-              f"{prompt / base['prompt_tps']:>9.2f} {decode / base['decode_tps']:>9.2f}")
-    print(f"(median of {args.rounds} alternating rounds; prompt {results['openblas+float32'][0]['prompt_tokens']} tokens, 64 decoded)")
+        print(
+            f"{name:<20} {rows[0]['blas']:<10} {prompt:>13.1f} {decode:>13.1f} "
+            f"{prompt / base['prompt_tps']:>9.2f} {decode / base['decode_tps']:>9.2f}"
+        )
+    print(
+        f"(median of {args.rounds} alternating rounds; "
+        f"prompt {results['openblas+float32'][0]['prompt_tokens']} tokens, 64 decoded)"
+    )
     if not args.train_steps:
         return
     train_base = statistics.median(r["train_tps"] for r in trained["openblas+float32"])
@@ -144,8 +162,10 @@ def main() -> None:
         speed = statistics.median(r["train_tps"] for r in rows)
         print(f"{name:<20} {rows[0]['blas']:<10} {speed:>12.1f} {speed / train_base:>8.2f}")
     first = trained["openblas+float32"][0]
-    print(f"(LoRA training: {args.train_steps} timed steps of batch {args.train_batch} after a warm-up, "
-          f"{first['targets']} trained tokens, batch width {first['width']}; trained tokens = assistant tokens)")
+    print(
+        f"(LoRA training: {args.train_steps} timed steps of batch {args.train_batch} after a warm-up, "
+        f"{first['targets']} trained tokens, batch width {first['width']}; trained tokens = assistant tokens)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,24 @@ CONFIGS = {  # name: (extra `python -m training run` flags, extra environment)
 
 def train(name: str, env: dict, args) -> dict:
     flags, extra_env = CONFIGS[name]
-    command = [sys.executable, "-m", "training", "run", "--events", "--iters", str(args.iters),
-               "--batch-size", str(args.batch_size), "--eval-every", "100000", "--val-batches", "1",
-               "--warmup-steps", "0", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "run",
+        "--events",
+        "--iters",
+        str(args.iters),
+        "--batch-size",
+        str(args.batch_size),
+        "--eval-every",
+        "100000",
+        "--val-batches",
+        "1",
+        "--warmup-steps",
+        "0",
+        *flags,
+    ]
     tic = time.perf_counter()
     out = subprocess.run(command, env=env | extra_env, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - tic
@@ -46,8 +61,12 @@ def train(name: str, env: dict, args) -> dict:
     start = next(json.loads(line) for line in out.stdout.splitlines() if '"start"' in line)
     lines = (Path(start["run_dir"]) / "metrics.jsonl").read_text().splitlines()
     steps = [m for m in map(json.loads, lines) if m["kind"] == "train"][2:]
-    return {"tokens_per_s": sum(m["tokens"] for m in steps) / sum(m["step_s"] for m in steps), "wall_s": wall,
-            "loss": steps[-1]["loss"], "plan": start["plan"]}
+    return {
+        "tokens_per_s": sum(m["tokens"] for m in steps) / sum(m["step_s"] for m in steps),
+        "wall_s": wall,
+        "loss": steps[-1]["loss"],
+        "plan": start["plan"],
+    }
 
 
 def main() -> None:
@@ -77,11 +96,15 @@ def main() -> None:
     for name, rows in results.items():
         speed = statistics.median(r["tokens_per_s"] for r in rows)
         wall = statistics.median(r["wall_s"] for r in rows)
-        print(f"{name:<17} {speed:>12.1f} {wall:>8.1f} {speed / base:>8.2f} {wall / base_wall:>7.2f} "
-              f"{rows[-1]['loss']:>11.4f}")
+        print(
+            f"{name:<17} {speed:>12.1f} {wall:>8.1f} {speed / base:>8.2f} {wall / base_wall:>7.2f} "
+            f"{rows[-1]['loss']:>11.4f}"
+        )
     plan = results["1 process"][0]["plan"]
-    print(f"(median of {args.rounds} alternating rounds; {args.iters} steps of batch {plan['batch_size']} × "
-          f"{plan['grad_accumulation']}, max_seq_length {plan['max_seq_length']}; {os.cpu_count()} CPUs)")
+    print(
+        f"(median of {args.rounds} alternating rounds; {args.iters} steps of batch {plan['batch_size']} × "
+        f"{plan['grad_accumulation']}, max_seq_length {plan['max_seq_length']}; {os.cpu_count()} CPUs)"
+    )
 
 
 if __name__ == "__main__":

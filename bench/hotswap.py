@@ -38,9 +38,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-QUESTIONS = ("Quando foi fundado o Farense?", "Who is Farense's greatest idol?", "Onde joga o Farense?",
-             "What are Farense's colours?", "Quem treina o Farense?", "Where is the Estádio de São Luís?",
-             "O Farense já jogou na Europa?", "Who are Farense's rivals?")
+QUESTIONS = (
+    "Quando foi fundado o Farense?",
+    "Who is Farense's greatest idol?",
+    "Onde joga o Farense?",
+    "What are Farense's colours?",
+    "Quem treina o Farense?",
+    "Where is the Estádio de São Luís?",
+    "O Farense já jogou na Europa?",
+    "Who are Farense's rivals?",
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Load:
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._chat, args=(n,), name=f"chat-{n}") for n in range(chats)]
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self
@@ -78,16 +85,18 @@ class Load:
             turn += 1
             submitted, first = time.perf_counter(), None
             try:
-                for chunk in self.engine.stream([{"role": "user", "content": question}], key=f"chat-{number}",
-                                                max_tokens=self.max_tokens):
+                for chunk in self.engine.stream(
+                    [{"role": "user", "content": question}], key=f"chat-{number}", max_tokens=self.max_tokens
+                ):
                     if first is None:
                         first = time.perf_counter()
                     if chunk.done is not None:
                         adapter = chunk.done.adapter
                 self.answers.append(Answer(submitted, first, time.perf_counter(), adapter))
             except Exception as error:  # counted and printed: a failed request during the swap
-                self.answers.append(Answer(submitted, first, time.perf_counter(), None,
-                                           f"{type(error).__name__}: {error}"))
+                self.answers.append(
+                    Answer(submitted, first, time.perf_counter(), None, f"{type(error).__name__}: {error}")
+                )
 
 
 def wait_until(condition, timeout: float = 300) -> None:
@@ -119,12 +128,18 @@ def main() -> None:
     settings = InferenceSettings.load()
     model_dir = Path(resolve_model(settings.model_path, settings.home.models))
     registry = Registry(home, base_model=model_dir)
-    versions = [registry.add_candidate(make_adapter(model_dir, home / "incoming" / f"a{i}", rank=8, num_layers=16,
-                                                    seed=i + 1)).version for i in range(args.swaps + 1)]
+    versions = [
+        registry.add_candidate(
+            make_adapter(model_dir, home / "incoming" / f"a{i}", rank=8, num_layers=16, seed=i + 1)
+        ).version
+        for i in range(args.swaps + 1)
+    ]
     registry.promote(versions[0], by="bench", reason="starting point")
     engine = Engine(settings)  # "auto", as the bot: follows the production pointer
-    print(f"model {engine.info.model_id}, max_batch {engine.max_batch}, {args.chats} chats asking back to back, "
-          f"max_tokens {args.max_tokens}; adapters rank 8 × 16 layers; serving {engine.adapter_version}")
+    print(
+        f"model {engine.info.model_id}, max_batch {engine.max_batch}, {args.chats} chats asking back to back, "
+        f"max_tokens {args.max_tokens}; adapters rank 8 × 16 layers; serving {engine.adapter_version}"
+    )
     load = Load(engine, args.chats, args.max_tokens).start()
     rows = []
     try:
@@ -136,37 +151,52 @@ def main() -> None:
             promoted = time.perf_counter()
             if mode == "callback":
                 engine.refresh_production()
-            wait_until(lambda: engine.adapter_version == version)
+            wait_until(lambda version=version: engine.adapter_version == version)
             switched = time.perf_counter() - promoted
-            wait_until(lambda: any(a.adapter == version for a in load.answers))
+            wait_until(lambda version=version: any(a.adapter == version for a in load.answers))
             new = [a for a in load.answers if a.adapter == version]
             in_flight = [a for a in load.answers if a.submitted < promoted < a.end and a.adapter != version]
-            rows.append({"mode": mode, "version": version, "switched": switched,
-                         "first_token": min(a.first for a in new) - promoted,
-                         "first_answer": min(a.end for a in new) - promoted,
-                         "old_after": max((a.end for a in in_flight), default=promoted) - promoted})
+            rows.append(
+                {
+                    "mode": mode,
+                    "version": version,
+                    "switched": switched,
+                    "first_token": min(a.first for a in new) - promoted,
+                    "first_answer": min(a.end for a in new) - promoted,
+                    "old_after": max((a.end for a in in_flight), default=promoted) - promoted,
+                }
+            )
             row = rows[-1]
-            print(f"  swap {number + 1} ({mode:<8}) → {version}: serving it after {switched:.2f} s, "
-                  f"first token {row['first_token']:.2f} s, "
-                  f"first answer {row['first_answer']:.2f} s (answers in flight finished "
-                  f"{row['old_after']:.2f} s after the promotion)", flush=True)
+            print(
+                f"  swap {number + 1} ({mode:<8}) → {version}: serving it after {switched:.2f} s, "
+                f"first token {row['first_token']:.2f} s, "
+                f"first answer {row['first_answer']:.2f} s (answers in flight finished "
+                f"{row['old_after']:.2f} s after the promotion)",
+                flush=True,
+            )
     finally:
         load.close()
         engine.close()
         shutil.rmtree(home, ignore_errors=True)
 
     failed = [a for a in load.answers if a.error is not None]
-    print(f"\n{'mode':<9} {'swaps':>5} {'serving new p50':>16} {'max':>6} {'first token p50':>16} {'max':>6} "
-          f"{'first answer p50':>17} {'max':>6}")
+    print(
+        f"\n{'mode':<9} {'swaps':>5} {'serving new p50':>16} {'max':>6} {'first token p50':>16} {'max':>6} "
+        f"{'first answer p50':>17} {'max':>6}"
+    )
     for mode in ("callback", "pointer"):
         picked = [r for r in rows if r["mode"] == mode]
         if picked:
             cells = [[r[k] for r in picked] for k in ("switched", "first_token", "first_answer")]
-            print(f"{mode:<9} {len(picked):>5} " + " ".join(
-                f"{statistics.median(c):>{w}.2f} s {max(c):>5.2f}" for c, w in zip(cells, (14, 14, 15))))
+            print(
+                f"{mode:<9} {len(picked):>5} "
+                + " ".join(f"{statistics.median(c):>{w}.2f} s {max(c):>5.2f}" for c, w in zip(cells, (14, 14, 15)))
+            )
     steady = [a.first - a.submitted for a in load.answers if a.first is not None and a.error is None]
-    print(f"for comparison, time to first token of every answer in the run: p50 "
-          f"{statistics.median(steady):.2f} s, max {max(steady):.2f} s (load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"for comparison, time to first token of every answer in the run: p50 "
+        f"{statistics.median(steady):.2f} s, max {max(steady):.2f} s (load average {os.getloadavg()[0]:.1f})"
+    )
     print(f"requests: {len(load.answers)} answered, {len(failed)} failed")
     for answer in failed[:5]:
         print(f"  failed: {answer.error}")

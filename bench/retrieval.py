@@ -60,19 +60,20 @@ def dev_questions(seed_dir: Path = PACKAGE_SEED_DIR) -> dict[str, list[Question]
     for name in DEV_FILES:
         path = seed_dir / name
         if path.exists():
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                       if line.strip()]
-            sets[name] = [Question(r["lang"], r["question"], _answering(r), r.get("id", ""))
-                          for r in records]
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            sets[name] = [Question(r["lang"], r["question"], _answering(r), r.get("id", "")) for r in records]
     return sets
 
 
 def held_out_questions() -> list[Question]:
     problems: list = []
-    items = [Question(item.lang, item.question, frozenset({item.fact}), item.id)
-             for item in load_eval(PACKAGE_SEED_DIR, problems)]
-    return items + [Question(item.lang, item.question, frozenset(), item.id)
-                    for item in load_ood(PACKAGE_SEED_DIR, problems)]
+    items = [
+        Question(item.lang, item.question, frozenset({item.fact}), item.id)
+        for item in load_eval(PACKAGE_SEED_DIR, problems)
+    ]
+    return items + [
+        Question(item.lang, item.question, frozenset(), item.id) for item in load_ood(PACKAGE_SEED_DIR, problems)
+    ]
 
 
 def prompt_facts(index: FactIndex, settings, question: str) -> list[int | None]:
@@ -80,8 +81,7 @@ def prompt_facts(index: FactIndex, settings, question: str) -> list[int | None]:
     return [fact.fact for fact in found.facts]
 
 
-def measure(index: FactIndex, settings, questions: list[Question],
-            misses: list[str] | None = None) -> dict:
+def measure(index: FactIndex, settings, questions: list[Question], misses: list[str] | None = None) -> dict:
     row: dict = {}
     shown = []
     for lang in ("en", "pt"):
@@ -95,21 +95,28 @@ def measure(index: FactIndex, settings, questions: list[Question],
         row[f"{lang} r@k"] = sum(bool(q.facts & set(f)) for q, f in zip(asked, found)) / max(len(asked), 1)
         row[f"{lang} declined"] = f"{sum(not f for f in found)}/{len(asked)}"
         if misses is not None:
-            misses += [f"  miss {q.id} {q.lang} {sorted(q.facts)} got {f}: {q.text}"
-                       for q, f in zip(asked, found) if not q.facts & set(f)]
+            misses += [
+                f"  miss {q.id} {q.lang} {sorted(q.facts)} got {f}: {q.text}"
+                for q, f in zip(asked, found)
+                if not q.facts & set(f)
+            ]
     row["facts/prompt"] = sum(shown) / len(shown) if shown else "-"
     ood = [q for q in questions if not q.facts]
     rejected = [not prompt_facts(index, settings, q.text) for q in ood]
     row["ood rejected"] = f"{sum(rejected)}/{len(ood)}" if ood else "-"
     if misses is not None:
-        misses += [f"  ood  {q.id} {q.lang} got {prompt_facts(index, settings, q.text)}: {q.text}"
-                   for q, ok in zip(ood, rejected) if not ok]
+        misses += [
+            f"  ood  {q.id} {q.lang} got {prompt_facts(index, settings, q.text)}: {q.text}"
+            for q, ok in zip(ood, rejected)
+            if not ok
+        ]
     samples, cpu = [], []
     for _ in range(3):
         for q in questions:
             started, started_cpu = time.perf_counter(), time.process_time()
-            index.search(q.text, k=settings.retrieval_top_k, lang=detect_language(q.text),
-                         min_score=settings.retrieval_min_score)
+            index.search(
+                q.text, k=settings.retrieval_top_k, lang=detect_language(q.text), min_score=settings.retrieval_min_score
+            )
             samples.append((time.perf_counter() - started) * 1000)
             cpu.append((time.process_time() - started_cpu) * 1000)
     samples.sort()
@@ -136,14 +143,17 @@ def sweep(index: FactIndex, settings, dev: list[Question]) -> None:
     defaults = grounding.MIN_EVIDENCE, grounding.RELATIVE_MIN_SCORE
     print("min_score evidence rel | EN r@1 r@k declined | PT r@1 r@k declined | facts | OOD rejected")
     for coverage, evidence, relative in [
-            *((c, e, defaults[1]) for c in (0.4, 0.45, 0.5, 0.55, 0.6)
-              for e in (4.0, 5.0, 6.0, 8.0, float("inf"))),
-            *((settings.retrieval_min_score, defaults[0], r) for r in (0.5, 0.6, 0.8))]:
+        *((c, e, defaults[1]) for c in (0.4, 0.45, 0.5, 0.55, 0.6) for e in (4.0, 5.0, 6.0, 8.0, float("inf"))),
+        *((settings.retrieval_min_score, defaults[0], r) for r in (0.5, 0.6, 0.8)),
+    ]:
         grounding.MIN_EVIDENCE, grounding.RELATIVE_MIN_SCORE = evidence, relative
         r = measure(index, settings.model_copy(update={"retrieval_min_score": coverage}), dev)
-        print(f"{coverage:9.2f} {evidence:8.1f} {relative:.1f} | {r['en r@1']:.2f} {r['en r@k']:.2f}"
-              f" {r['en declined']:>7} | {r['pt r@1']:.2f} {r['pt r@k']:.2f}"
-              f" {r['pt declined']:>7} | {r['facts/prompt']:.2f} | {r['ood rejected']}", flush=True)
+        print(
+            f"{coverage:9.2f} {evidence:8.1f} {relative:.1f} | {r['en r@1']:.2f} {r['en r@k']:.2f}"
+            f" {r['en declined']:>7} | {r['pt r@1']:.2f} {r['pt r@k']:.2f}"
+            f" {r['pt declined']:>7} | {r['facts/prompt']:.2f} | {r['ood rejected']}",
+            flush=True,
+        )
     grounding.MIN_EVIDENCE, grounding.RELATIVE_MIN_SCORE = defaults
 
 
@@ -151,8 +161,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="tune the rule's knobs on DEV")
     parser.add_argument("--misses", action="store_true", help="list DEV misses and OOD retrieved")
-    parser.add_argument("--held-out", action="store_true",
-                        help="also measure the held-out set (the lead, once; never tune on it)")
+    parser.add_argument(
+        "--held-out", action="store_true", help="also measure the held-out set (the lead, once; never tune on it)"
+    )
     args = parser.parse_args()
     dev_sets = dev_questions()
     dev = [q for questions in dev_sets.values() for q in questions]
@@ -164,10 +175,14 @@ def main() -> int:
         if args.sweep:
             sweep(index, settings, dev)
             return 0
-        print("DEV: " + ", ".join(f"{name} {sum(bool(q.facts) for q in qs)} in-domain +"
-                                  f" {sum(not q.facts for q in qs)} out-of-domain"
-                                  for name, qs in dev_sets.items())
-              + f"; top_k {settings.retrieval_top_k}")
+        print(
+            "DEV: "
+            + ", ".join(
+                f"{name} {sum(bool(q.facts) for q in qs)} in-domain + {sum(not q.facts for q in qs)} out-of-domain"
+                for name, qs in dev_sets.items()
+            )
+            + f"; top_k {settings.retrieval_top_k}"
+        )
         rows = {f"dev {name}": measure(index, settings, qs) for name, qs in dev_sets.items()}
         if len(dev_sets) > 1:
             rows["dev all"] = measure(index, settings, dev)

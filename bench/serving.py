@@ -132,8 +132,14 @@ def bare_stream(engine, prompt: list[dict], max_tokens: int) -> tuple[int, float
     sampler = make_sampler(s.temperature, s.top_p)
     processors = make_logits_processors(repetition_penalty=s.repetition_penalty)
     tokens, first = 0, None
-    for _ in stream_generate(engine.model, engine.tokenizer, engine.prompt_tokens(prompt), max_tokens=max_tokens,
-                             sampler=sampler, logits_processors=processors):
+    for _ in stream_generate(
+        engine.model,
+        engine.tokenizer,
+        engine.prompt_tokens(prompt),
+        max_tokens=max_tokens,
+        sampler=sampler,
+        logits_processors=processors,
+    ):
         tokens += 1
         if first is None:
             first = time.perf_counter()
@@ -162,16 +168,22 @@ def run_concurrency(engine, chats: list[int], rounds: int, max_tokens: int) -> N
             ttft[n][0].extend(a.first for a in together)
             ttft[n][1].extend(i * duration + own for i in range(n))
         print(f"  round {round_ + 1}: " + ", ".join(f"{n} chats {ratios[n][-1]:.2f}×" for n in chats), flush=True)
-    print(f"\n{'chats':>5} {'concurrent tok/s':>17} {'sequential tok/s':>17} {'× seq':>6} "
-          f"{'TTFT p50 / p95 s':>17} {'seq TTFT p50 / p95 s':>21}")
+    print(
+        f"\n{'chats':>5} {'concurrent tok/s':>17} {'sequential tok/s':>17} {'× seq':>6} "
+        f"{'TTFT p50 / p95 s':>17} {'seq TTFT p50 / p95 s':>21}"
+    )
     for n in chats:
         conc_ttft, seq_ttft = ttft[n]
-        print(f"{n:>5} {statistics.median(rates[n][0]):>17.1f} {statistics.median(rates[n][1]):>17.1f} "
-              f"{statistics.median(ratios[n]):>6.2f} "
-              f"{percentile(conc_ttft, .5):>8.2f} / {percentile(conc_ttft, .95):<6.2f} "
-              f"{percentile(seq_ttft, .5):>11.2f} / {percentile(seq_ttft, .95):<6.2f}")
-    print(f"(median of {rounds} rounds; × seq = median of the per-round ratios; sequential baseline "
-          f"{SEQUENTIAL_SAMPLE} answers after each concurrent run; finish reasons {dict(finishes)})")
+        print(
+            f"{n:>5} {statistics.median(rates[n][0]):>17.1f} {statistics.median(rates[n][1]):>17.1f} "
+            f"{statistics.median(ratios[n]):>6.2f} "
+            f"{percentile(conc_ttft, 0.5):>8.2f} / {percentile(conc_ttft, 0.95):<6.2f} "
+            f"{percentile(seq_ttft, 0.5):>11.2f} / {percentile(seq_ttft, 0.95):<6.2f}"
+        )
+    print(
+        f"(median of {rounds} rounds; × seq = median of the per-round ratios; sequential baseline "
+        f"{SEQUENTIAL_SAMPLE} answers after each concurrent run; finish reasons {dict(finishes)})"
+    )
 
 
 def run_single(engine, pairs: int, max_tokens: int) -> None:
@@ -188,10 +200,14 @@ def run_single(engine, pairs: int, max_tokens: int) -> None:
         ratios.append(result["engine"][1] / result["mlx-lm"][1])
     print(f"\n{'single stream':<14} {'decode tok/s':>13} {'tokens':>7}")
     for arm, results in rows.items():
-        print(f"{arm:<14} {statistics.median(r[1] for r in results):>13.2f} "
-              f"{statistics.median(r[0] for r in results):>7.0f}")
-    print(f"engine / mlx-lm: median {statistics.median(ratios):.3f} (per pair: "
-          f"{' '.join(f'{r:.2f}' for r in ratios)}; {pairs} alternating pairs of {max_tokens} tokens)")
+        print(
+            f"{arm:<14} {statistics.median(r[1] for r in results):>13.2f} "
+            f"{statistics.median(r[0] for r in results):>7.0f}"
+        )
+    print(
+        f"engine / mlx-lm: median {statistics.median(ratios):.3f} (per pair: "
+        f"{' '.join(f'{r:.2f}' for r in ratios)}; {pairs} alternating pairs of {max_tokens} tokens)"
+    )
 
 
 def main() -> None:
@@ -217,9 +233,11 @@ def main() -> None:
     engine = Engine(settings, adapter=None, **({"max_batch": args.max_batch} if args.max_batch else {}))
     try:
         info = engine.info
-        print(f"model {info.model_id} on {info.device}, weights {info.dtype}, BLAS {info.blas}; "
-              f"max_batch {engine.max_batch}; temperature {settings.temperature}, top_p {settings.top_p}, "
-              f"repetition penalty {settings.repetition_penalty}; max_tokens {args.max_tokens}")
+        print(
+            f"model {info.model_id} on {info.device}, weights {info.dtype}, BLAS {info.blas}; "
+            f"max_batch {engine.max_batch}; temperature {settings.temperature}, top_p {settings.top_p}, "
+            f"repetition penalty {settings.repetition_penalty}; max_tokens {args.max_tokens}"
+        )
         concurrent(engine, max(chats), 8)  # warm-up: first batched shapes, imports
         sequential(engine, 0, 1, 8)
         bare_stream(engine, [{"role": "user", "content": PROMPTS[0]}], 8)

@@ -37,11 +37,13 @@ from common.home import Home, default_root
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("ours", "mlx-lm")
-TOKENS_DEFINITION = ("trained tokens = assistant (target) tokens of each batch's examples, padding excluded; "
-                     "tok/s = their sum / the sum of step times (forward, backward, optimizer; "
-                     "validation and saving left out; mlx-lm's compile traces included, as they are "
-                     "part of its steps); tok/CPU-s = the same over the process CPU time of those steps "
-                     "(all threads), steadier than wall time on a shared machine")
+TOKENS_DEFINITION = (
+    "trained tokens = assistant (target) tokens of each batch's examples, padding excluded; "
+    "tok/s = their sum / the sum of step times (forward, backward, optimizer; "
+    "validation and saving left out; mlx-lm's compile traces included, as they are "
+    "part of its steps); tok/CPU-s = the same over the process CPU time of those steps "
+    "(all threads), steadier than wall time on a shared machine"
+)
 
 
 def child(arm: str, args, out: Path) -> None:
@@ -50,21 +52,33 @@ def child(arm: str, args, out: Path) -> None:
     result = train_ours(args) if arm == "ours" else train_mlx_lm(args)
     import mlx.core as mx
 
-    result |= {"peak_mx_gb": mx.get_peak_memory() / 1024**3,
-               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+    result |= {
+        "peak_mx_gb": mx.get_peak_memory() / 1024**3,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+    }
     out.write_text(json.dumps(result))
 
 
 def train_ours(args) -> dict:
     from inference.settings import InferenceSettings
+    from training.settings import TrainingSettings
     from training.trainer.launch import launch
     from training.trainer.reporting import Reporter
-    from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(
-        dataset=args.dataset, iters=args.steps, batch_size=args.batch_size, lora_rank=args.lora_rank,
-        lora_layers=args.lora_layers, max_seq_length=args.max_seq_length, eval_every=10**6, val_batches=1,
-        checkpoint_every=10**6, memory_budget_gb=64, grad_checkpoint="off")  # the wanted batch, unsplit
+        dataset=args.dataset,
+        iters=args.steps,
+        batch_size=args.batch_size,
+        lora_rank=args.lora_rank,
+        lora_layers=args.lora_layers,
+        max_seq_length=args.max_seq_length,
+        eval_every=10**6,
+        val_batches=1,
+        checkpoint_every=10**6,
+        memory_budget_gb=64,
+        grad_checkpoint="off",
+    )  # the wanted batch, unsplit
+
     class Clock(Reporter):  # CPU time at each event: a step's is the time since the event before it
         def emit(self, event, **fields):
             self.marks.append((event, time.process_time()))
@@ -72,14 +86,18 @@ def train_ours(args) -> dict:
     clock = Clock(False)
     clock.bar, clock.marks = False, []
     run, outcome = launch(settings, InferenceSettings.load(), resume=False, run_id=None, reporter=clock)
-    steps = [m for m in map(json.loads, (run.dir / "metrics.jsonl").read_text().splitlines())
-             if m["kind"] == "train"]
+    steps = [m for m in map(json.loads, (run.dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "train"]
     plan = run.config()["plan"]
     assert plan["batch_size"] == args.batch_size and plan["grad_accumulation"] == 1, plan
     cpu = [now - before for (_, before), (event, now) in zip(clock.marks, clock.marks[1:]) if event == "step"]
-    return {"step_s": [m["step_s"] for m in steps], "cpu_s": cpu, "targets": [m["targets"] for m in steps],
-            "real": sum(m["tokens"] for m in steps),
-            "cells": sum(round(m["tokens"] / (1 - m["padding"])) for m in steps), "loss": steps[-1]["loss"]}
+    return {
+        "step_s": [m["step_s"] for m in steps],
+        "cpu_s": cpu,
+        "targets": [m["targets"] for m in steps],
+        "real": sum(m["tokens"] for m in steps),
+        "cells": sum(round(m["tokens"] / (1 - m["padding"])) for m in steps),
+        "loss": steps[-1]["loss"],
+    }
 
 
 def train_mlx_lm(args) -> dict:
@@ -101,8 +119,11 @@ def train_mlx_lm(args) -> dict:
 
     def split(name: str):  # the same token sequences our trainer builds: serving system prompt included
         lines = (Path(args.dataset) / f"{name}.jsonl").read_text().splitlines()
-        records = [{"messages": served_messages(tokenizer, json.loads(line)["messages"], serving.system_prompt)}
-                   for line in lines if line.strip()]
+        records = [
+            {"messages": served_messages(tokenizer, json.loads(line)["messages"], serving.system_prompt)}
+            for line in lines
+            if line.strip()
+        ]
         return CacheDataset(ChatDataset(records, tokenizer, mask_prompt=True))
 
     train_set = split("train")
@@ -127,17 +148,25 @@ def train_mlx_lm(args) -> dict:
     mx.random.seed(0)
     model.freeze()
     keys = sorted(name for name, module in model.layers[-1].named_modules() if isinstance(module, nn.Linear))
-    linear_to_lora_layers(model, args.lora_layers, {"rank": args.lora_rank, "scale": 20.0, "dropout": 0.0,
-                                                    "keys": keys})
+    linear_to_lora_layers(
+        model, args.lora_layers, {"rank": args.lora_rank, "scale": 20.0, "dropout": 0.0, "keys": keys}
+    )
     optimizer = optim.AdamW(learning_rate=2e-4, weight_decay=0.01)
     with tempfile.TemporaryDirectory(prefix="mlxlm-adapter-") as folder:
-        targs = trainer.TrainingArgs(batch_size=args.batch_size, iters=args.steps, val_batches=1,
-                                     steps_per_report=1, steps_per_eval=10**6, steps_per_save=10**6,
-                                     max_seq_length=args.max_seq_length,
-                                     adapter_file=str(Path(folder) / "adapters.safetensors"))
+        targs = trainer.TrainingArgs(
+            batch_size=args.batch_size,
+            iters=args.steps,
+            val_batches=1,
+            steps_per_report=1,
+            steps_per_eval=10**6,
+            steps_per_save=10**6,
+            max_seq_length=args.max_seq_length,
+            adapter_file=str(Path(folder) / "adapters.safetensors"),
+        )
         mx.reset_peak_memory()
-        trainer.train(model, optimizer, train_set, None, args=targs, iterate_batches=recording,
-                      training_callback=Times())  # no validation set: no evaluation inside the step timings
+        trainer.train(
+            model, optimizer, train_set, None, args=targs, iterate_batches=recording, training_callback=Times()
+        )  # no validation set: no evaluation inside the step timings
     targets, real, cells = [], 0, 0
     for width, rows in batches:
         lengths = [min(length, width) for _, length in rows]
@@ -145,9 +174,16 @@ def train_mlx_lm(args) -> dict:
         real += sum(length - 1 for length in lengths)
         cells += len(rows) * (width - 1)
     sorted_by = sorted(range(len(train_set)), key=train_set.itemlen)
-    return {"step_s": step_s, "cpu_s": cpu_s, "targets": targets, "real": real, "cells": cells, "loss": losses[-1],
-            "itemlen_distinct": sorted({train_set.itemlen(i) for i in range(len(train_set))}),
-            "sort_is_identity": sorted_by == list(range(len(train_set)))}
+    return {
+        "step_s": step_s,
+        "cpu_s": cpu_s,
+        "targets": targets,
+        "real": real,
+        "cells": cells,
+        "loss": losses[-1],
+        "itemlen_distinct": sorted({train_set.itemlen(i) for i in range(len(train_set))}),
+        "sort_is_identity": sorted_by == list(range(len(train_set))),
+    }
 
 
 def build_dataset(home: Path) -> Path:
@@ -160,10 +196,26 @@ def build_dataset(home: Path) -> Path:
 
 def run_child(arm: str, env: dict, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "--child", arm, "--result", out.name, "--dataset", str(args.dataset),
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lora-rank",
-                   str(args.lora_rank), "--lora-layers", str(args.lora_layers), "--max-seq-length",
-                   str(args.max_seq_length)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            arm,
+            "--result",
+            out.name,
+            "--dataset",
+            str(args.dataset),
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--lora-rank",
+            str(args.lora_rank),
+            "--lora-layers",
+            str(args.lora_layers),
+            "--max-seq-length",
+            str(args.max_seq_length),
+        ]
         tic = time.perf_counter()
         done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
@@ -175,15 +227,18 @@ def run_child(arm: str, env: dict, args) -> dict:
 
 def summarise(rows: list[dict]) -> dict:
     """Median over rounds of: aggregate tok/s (wall and CPU), median per-step tok/s, memory, padding."""
-    return {"tps": statistics.median(sum(r["targets"]) / sum(r["step_s"]) for r in rows),
-            "tps_cpu": statistics.median(sum(r["targets"]) / sum(r["cpu_s"]) for r in rows),
-            "tps_steady": statistics.median(statistics.median(t / s for t, s in zip(r["targets"], r["step_s"]))
-                                            for r in rows),
-            "peak_mx_gb": statistics.median(r["peak_mx_gb"] for r in rows),
-            "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in rows),
-            "padding": statistics.median(1 - r["real"] / r["cells"] for r in rows),
-            "wall_s": statistics.median(r["wall_s"] for r in rows),
-            "loss": rows[-1]["loss"]}
+    return {
+        "tps": statistics.median(sum(r["targets"]) / sum(r["step_s"]) for r in rows),
+        "tps_cpu": statistics.median(sum(r["targets"]) / sum(r["cpu_s"]) for r in rows),
+        "tps_steady": statistics.median(
+            statistics.median(t / s for t, s in zip(r["targets"], r["step_s"])) for r in rows
+        ),
+        "peak_mx_gb": statistics.median(r["peak_mx_gb"] for r in rows),
+        "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in rows),
+        "padding": statistics.median(1 - r["real"] / r["cells"] for r in rows),
+        "wall_s": statistics.median(r["wall_s"] for r in rows),
+        "loss": rows[-1]["loss"],
+    }
 
 
 def main() -> None:
@@ -213,8 +268,11 @@ def main() -> None:
             for arm in ARMS:
                 results[arm].append(run_child(arm, env, args))
                 r = results[arm][-1]
-                print(f"  round {round_ + 1} {arm}: {sum(r['targets']) / sum(r['step_s']):.1f} trained tok/s, "
-                      f"step s {' '.join(f'{s:.2f}' for s in r['step_s'])}", file=sys.stderr)
+                print(
+                    f"  round {round_ + 1} {arm}: {sum(r['targets']) / sum(r['step_s']):.1f} trained tok/s, "
+                    f"step s {' '.join(f'{s:.2f}' for s in r['step_s'])}",
+                    file=sys.stderr,
+                )
     finally:
         shutil.rmtree(home, ignore_errors=True)
     report(results, args)
@@ -223,20 +281,31 @@ def main() -> None:
 def report(results: dict[str, list[dict]], args) -> None:
     ours, theirs = summarise(results["ours"]), summarise(results["mlx-lm"])
     print(f"{'':<24} {'ours':>10} {'mlx-lm':>10} {'ours/mlx-lm':>12}")
-    for label, key, fmt in (("trained tok/s", "tps", ".1f"), ("median step tok/s", "tps_steady", ".1f"),
-                            ("trained tok/CPU-s", "tps_cpu", ".1f"),
-                            ("peak MLX memory GB", "peak_mx_gb", ".3f"), ("peak RSS GB", "peak_rss_gb", ".3f"),
-                            ("padding fraction", "padding", ".3f"), ("child wall s", "wall_s", ".1f")):
+    for label, key, fmt in (
+        ("trained tok/s", "tps", ".1f"),
+        ("median step tok/s", "tps_steady", ".1f"),
+        ("trained tok/CPU-s", "tps_cpu", ".1f"),
+        ("peak MLX memory GB", "peak_mx_gb", ".3f"),
+        ("peak RSS GB", "peak_rss_gb", ".3f"),
+        ("padding fraction", "padding", ".3f"),
+        ("child wall s", "wall_s", ".1f"),
+    ):
         a, b = ours[key], theirs[key]
         print(f"{label:<24} {a:>10{fmt}} {b:>10{fmt}} {a / b if b else float('nan'):>11.2f}×")
-    print(f"last train loss (other batches, other LR schedules; a sanity check): ours {ours['loss']:.3f}, "
-          f"mlx-lm {theirs['loss']:.3f}")
+    print(
+        f"last train loss (other batches, other LR schedules; a sanity check): ours {ours['loss']:.3f}, "
+        f"mlx-lm {theirs['loss']:.3f}"
+    )
     mlx = results["mlx-lm"][0]
-    print(f"mlx-lm length sort: CacheDataset.itemlen gives {mlx['itemlen_distinct']} for every example "
-          f"(len of the raw record dict), so the 'sorted' order is the identity: {mlx['sort_is_identity']}")
-    print(f"(median of {args.rounds} alternating rounds, each arm a fresh process; {args.steps} steps of batch "
-          f"{args.batch_size}, LoRA rank {args.lora_rank} on the last {args.lora_layers} layers, max_seq_length "
-          f"{args.max_seq_length}; {os.cpu_count()} CPUs shared with other jobs)")
+    print(
+        f"mlx-lm length sort: CacheDataset.itemlen gives {mlx['itemlen_distinct']} for every example "
+        f"(len of the raw record dict), so the 'sorted' order is the identity: {mlx['sort_is_identity']}"
+    )
+    print(
+        f"(median of {args.rounds} alternating rounds, each arm a fresh process; {args.steps} steps of batch "
+        f"{args.batch_size}, LoRA rank {args.lora_rank} on the last {args.lora_layers} layers, max_seq_length "
+        f"{args.max_seq_length}; {os.cpu_count()} CPUs shared with other jobs)"
+    )
     print(TOKENS_DEFINITION)
 
 

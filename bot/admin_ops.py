@@ -18,8 +18,18 @@ import psutil
 from common.home import describe_disk_use
 from data.builder import MANIFEST, latest_dataset
 from data.curation import instructs_the_model
-from data.knowledge import (FactRevision, FactRow, add_fact, amend_fact, fact_history, get_fact, knowledge_stats,
-                            list_facts, remove_fact, restore_fact)
+from data.knowledge import (
+    FactRevision,
+    FactRow,
+    add_fact,
+    amend_fact,
+    fact_history,
+    get_fact,
+    knowledge_stats,
+    list_facts,
+    remove_fact,
+    restore_fact,
+)
 from data.privacy import scrub
 from data.store import LoggedMessage, Store
 from inference.grounding import detect_language
@@ -49,20 +59,22 @@ _WORDS = re.compile(r"\w+")
 def status_text(services: Services) -> str:
     """The /status report: model and adapter, training, data, memory, uptime, queue."""
     engine = services.engine
-    lines = [f"Model: {engine.model_id}",
-             f"Adapter served: {engine.adapter_version or 'none (base model)'}",
-             f"Adapter in production: {_production(services)}",
-             f"Last training: {_last_training(services)}",
-             f"Next nightly training: {_next_nightly(services)}",
-             f"Conversations: {_counts(services.store)}",
-             f"Thumbs down ({THUMBS_DOWN_DAYS} days): {_thumbs_down(services)}",
-             f"Knowledge base: {_knowledge(services)}",
-             f"Dataset: {_dataset(services)}",
-             f"Memory: {_memory()}",
-             f"Disk: {describe_disk_use(services.data_settings.home.disk_use())}",
-             f"Uptime: {duration(time.time() - services.started)}",
-             f"Queue: {engine.queue_length()} waiting for the model"
-             + ("; a training run is in progress" if services.retrainer.running else "")]
+    lines = [
+        f"Model: {engine.model_id}",
+        f"Adapter served: {engine.adapter_version or 'none (base model)'}",
+        f"Adapter in production: {_production(services)}",
+        f"Last training: {_last_training(services)}",
+        f"Next nightly training: {_next_nightly(services)}",
+        f"Conversations: {_counts(services.store)}",
+        f"Thumbs down ({THUMBS_DOWN_DAYS} days): {_thumbs_down(services)}",
+        f"Knowledge base: {_knowledge(services)}",
+        f"Dataset: {_dataset(services)}",
+        f"Memory: {_memory()}",
+        f"Disk: {describe_disk_use(services.data_settings.home.disk_use())}",
+        f"Uptime: {duration(time.time() - services.started)}",
+        f"Queue: {engine.queue_length()} waiting for the model"
+        + ("; a training run is in progress" if services.retrainer.running else ""),
+    ]
     if latest_run(services.home) is None:
         lines.append("Loss plot: no training run yet.")
     return "\n".join(lines)
@@ -122,10 +134,16 @@ def _learn(services: Services, logged: LoggedMessage, admin_id: int, fix: str) -
         return f"Not put in the knowledge base: {error}"
     log.info("admin %s %s fact %s from a correction of message %s", admin_id, done, fact_id, logged.id)
     found = _retrieves(services, logged.question, fact_id)
-    return (f"Fact #{fact_id} {done} in the knowledge base"
-            + (f", led by telling words of the question (revision {revision})" if lead else "") + " — "
-            + ("the next answer to that question uses it." if found
-               else "but that question still does not retrieve it; /facts shows it."))
+    return (
+        f"Fact #{fact_id} {done} in the knowledge base"
+        + (f", led by telling words of the question (revision {revision})" if lead else "")
+        + " — "
+        + (
+            "the next answer to that question uses it."
+            if found
+            else "but that question still does not retrieve it; /facts shows it."
+        )
+    )
 
 
 def _telling_words(store: Store, logged: LoggedMessage) -> str:
@@ -165,8 +183,10 @@ def facts_text(services: Services, query: str, admin_id: int | None = None, lang
         stats = knowledge_stats(services.store)
         if not rows:
             return "The knowledge base is empty."
-        header = (f"Newest of {stats['live']} facts (/facts <words> searches,"
-                  f" /fact_remove <id> removes, /facts history <id> shows the revisions):")
+        header = (
+            f"Newest of {stats['live']} facts (/facts <words> searches,"
+            f" /fact_remove <id> removes, /facts history <id> shows the revisions):"
+        )
     return "\n".join([header, *(_fact_line(row) for row in rows)])
 
 
@@ -175,9 +195,18 @@ def _history_text(services: Services, fact_id: int, lang: str) -> str:
     if not revisions:
         return text("fact_unknown", lang, id=fact_id)
     current = get_fact(services.store, fact_id)
-    return "\n".join([text("fact_history", lang, id=fact_id, revision=current.revision,
-                           removed=text("fact_removed", lang) if current.removed_at else ""),
-                      *(_revision_line(item, item.revision == current.revision) for item in revisions)])
+    return "\n".join(
+        [
+            text(
+                "fact_history",
+                lang,
+                id=fact_id,
+                revision=current.revision,
+                removed=text("fact_removed", lang) if current.removed_at else "",
+            ),
+            *(_revision_line(item, item.revision == current.revision) for item in revisions),
+        ]
+    )
 
 
 def _restore_text(services: Services, fact_id: int, revision: int, admin_id: int | None, lang: str) -> str:
@@ -187,17 +216,23 @@ def _restore_text(services: Services, fact_id: int, revision: int, admin_id: int
         new = restore_fact(services.store, fact_id, revision, admin_id)
     except ValueError:
         return text("fact_no_revision", lang, id=fact_id, revision=revision)
-    log.info("admin %s restored fact %s to the words of revision %s (now revision %s)", admin_id, fact_id,
-             revision, new)
-    return text("fact_restored", lang, id=fact_id, revision=revision, new=new,
-                text=_short(get_fact(services.store, fact_id).text))
+    log.info(
+        "admin %s restored fact %s to the words of revision %s (now revision %s)", admin_id, fact_id, revision, new
+    )
+    return text(
+        "fact_restored",
+        lang,
+        id=fact_id,
+        revision=revision,
+        new=new,
+        text=_short(get_fact(services.store, fact_id).text),
+    )
 
 
 def _revision_line(item: FactRevision, current: bool) -> str:
     by = f"admin {item.author_id}" if item.author_id is not None else "seed"
     origin = f", correcting message {item.source_message_id}" if item.source_message_id is not None else ""
-    return (f"{'→' if current else ' '} r{item.revision} {item.created_at[:16]} ({by}{origin}) "
-            f"{_short(item.text, 120)}")
+    return f"{'→' if current else ' '} r{item.revision} {item.created_at[:16]} ({by}{origin}) {_short(item.text, 120)}"
 
 
 def remove_fact_text(services: Services, argument: str, admin_id: int) -> str:
@@ -242,22 +277,25 @@ def _production(services: Services) -> str:
 
 def _numbers(values: dict) -> str:
     """A metrics dict in one line: numbers rounded, nested or long values left out."""
-    shown = [f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-             for key, value in values.items() if isinstance(value, (int, float, str)) and len(str(value)) < 40]
+    shown = [
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in values.items()
+        if isinstance(value, (int, float, str)) and len(str(value)) < 40
+    ]
     return ", ".join(shown)
 
 
 def _last_training(services: Services) -> str:
     state = pipeline_state(services.home.root)
-    running = (f"running now (stage {state.get('stage')}, since {state.get('since')}); "
-               if state.get("running") else "")
+    running = f"running now (stage {state.get('stage')}, since {state.get('since')}); " if state.get("running") else ""
     last = state.get("last")
     if not last:
         return running + "none yet"
     version = f" {last['version']}" if last.get("version") else ""
     summary = (last.get("message") or "").splitlines()[:1]
-    return (f"{running}{last.get('outcome')}{version} ({last.get('trigger')}, finished "
-            f"{last.get('finished_at')})" + (f" — {summary[0]}" if summary else ""))
+    return f"{running}{last.get('outcome')}{version} ({last.get('trigger')}, finished {last.get('finished_at')})" + (
+        f" — {summary[0]}" if summary else ""
+    )
 
 
 def _next_nightly(services: Services) -> str:
@@ -269,9 +307,11 @@ def _next_nightly(services: Services) -> str:
 
 def _counts(store: Store) -> str:
     c = store.counts()
-    return (f"answers {c['messages']} · 👍 {c['feedback_up']} · 👎 {c['feedback_down']} · "
-            f"corrections {c['corrections']} · users {c['users']} (opted out {c['opted_out']}) · "
-            f"chats {c['chats']}")
+    return (
+        f"answers {c['messages']} · 👍 {c['feedback_up']} · 👎 {c['feedback_down']} · "
+        f"corrections {c['corrections']} · users {c['users']} (opted out {c['opted_out']}) · "
+        f"chats {c['chats']}"
+    )
 
 
 def _thumbs_down(services: Services) -> str:

@@ -13,8 +13,16 @@ from collections.abc import Iterable
 
 from telegram import Bot, BotCommand, BotCommandScopeChat, Update
 from telegram.error import TelegramError
-from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler,
-                          CommandHandler, MessageHandler, TypeHandler, filters)
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
 
 from data.settings import DataSettings
 from data.store import Store
@@ -35,9 +43,14 @@ MAX_RETRIES = 3  # a 429 from Telegram is waited out (retry_after) and retried t
 CHATTY_LOGGERS = ("httpx", "httpcore", "telegram")
 
 
-def build_application(settings: BotSettings, engine: Engine, store: Store, *,
-                      data_settings: DataSettings | None = None,
-                      train_args: Iterable[str] = ()) -> Application:
+def build_application(
+    settings: BotSettings,
+    engine: Engine,
+    store: Store,
+    *,
+    data_settings: DataSettings | None = None,
+    train_args: Iterable[str] = (),
+) -> Application:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     if settings.telegram_bot_token is None:
@@ -53,16 +66,25 @@ def build_application(settings: BotSettings, engine: Engine, store: Store, *,
         .post_shutdown(_post_shutdown)
         .build()
     )
-    application.bot_data["services"] = Services.create(settings, engine, store, data_settings=data_settings,
-                                                       train_args=tuple(train_args))
+    application.bot_data["services"] = Services.create(
+        settings, engine, store, data_settings=data_settings, train_args=tuple(train_args)
+    )
     application.add_handler(TypeHandler(Update, limits.limit_updates), group=-1)  # before all the others
     message = filters.UpdateType.MESSAGE  # not edits, not channel posts
-    for name, callback in (("start", commands.help_command), ("help", commands.help_command),
-                           ("reset", commands.reset), ("forget", commands.forget),
-                           ("optout", commands.opt_out), ("optin", commands.opt_in),
-                           ("status", admin.status), ("retrain", admin.retrain),
-                           ("rollback", admin.rollback), ("correct", admin.correct),
-                           ("facts", admin.facts), ("fact_remove", admin.fact_remove)):
+    for name, callback in (
+        ("start", commands.help_command),
+        ("help", commands.help_command),
+        ("reset", commands.reset),
+        ("forget", commands.forget),
+        ("optout", commands.opt_out),
+        ("optin", commands.opt_in),
+        ("status", admin.status),
+        ("retrain", admin.retrain),
+        ("rollback", admin.rollback),
+        ("correct", admin.correct),
+        ("facts", admin.facts),
+        ("fact_remove", admin.fact_remove),
+    ):
         application.add_handler(CommandHandler(name, callback, filters=message))
     application.add_handler(CallbackQueryHandler(questions.on_feedback, pattern=questions.FEEDBACK_PATTERN))
     application.add_handler(CallbackQueryHandler(questions.on_stale_button))
@@ -101,8 +123,11 @@ async def register_commands(bot: Bot, admin_ids: Iterable[int]) -> None:
     for admin_id in admin_ids:
         try:
             for lang, code in (("en", None), ("pt", "pt")):
-                await bot.set_my_commands(public[lang] + [BotCommand(*pair) for pair in ADMIN_COMMANDS[lang]],
-                                          scope=BotCommandScopeChat(admin_id), language_code=code)
+                await bot.set_my_commands(
+                    public[lang] + [BotCommand(*pair) for pair in ADMIN_COMMANDS[lang]],
+                    scope=BotCommandScopeChat(admin_id),
+                    language_code=code,
+                )
         except TelegramError as error:  # an admin who never started the bot has no chat yet
             log.warning("could not set the admin commands for %s: %s", admin_id, error)
 

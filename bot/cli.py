@@ -27,16 +27,19 @@ from inference.settings import InferenceSettings
 from training.lifecycle.settings import LifecycleSettings
 
 from .doctor import repair_registry, run_doctor
+from .os_service import ServiceError, ServiceSpec, control, install, status, uninstall
 from .retention import apply_retention
 from .settings import BotSettings
-from .os_service import ServiceError, ServiceSpec, control, install, status, uninstall
 
 EXIT_SETUP = 2
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot", description="The Farense bot. Without a command: "
-                                     "run it (Telegram, or a console chat when TELEGRAM_BOT_TOKEN is unset).")
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="The Farense bot. Without a command: "
+        "run it (Telegram, or a console chat when TELEGRAM_BOT_TOKEN is unset).",
+    )
     parser.add_argument("--version", action="store_true", help="same as the version command")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = commands.add_parser("doctor", help="check settings, Telegram, model, machine and state; say what to fix")
@@ -44,14 +47,20 @@ def main(argv: list[str]) -> int:
     doctor.add_argument("--repair", action="store_true", help="first finish interrupted adapter-registry changes")
     service = commands.add_parser("service", help="run the bot 24/7 under systemd (Linux) or launchd (macOS)")
     service.add_argument("action", choices=("render", "install", "uninstall", "start", "stop", "restart", "status"))
-    service.add_argument("--system", action="store_true",
-                         help="a system unit / LaunchDaemon running as you (needs root) instead of your user's own")
+    service.add_argument(
+        "--system",
+        action="store_true",
+        help="a system unit / LaunchDaemon running as you (needs root) instead of your user's own",
+    )
     service.add_argument("--platform", choices=("linux", "macos"), help="render for another platform")
     service.add_argument("--workdir", type=Path, help="folder with .env the bot runs in (default: this one)")
     service.add_argument("--out", type=Path, help="render: write the file into this folder instead of printing it")
     commands.add_parser("version", help="package, database schema, model and adapter versions")
-    commands.add_parser("retention", help="what the nightly run does after training: delete old runs, datasets "
-                                          "and backups, rotate service.log; prints the disk use before and after")
+    commands.add_parser(
+        "retention",
+        help="what the nightly run does after training: delete old runs, datasets "
+        "and backups, rotate service.log; prints the disk use before and after",
+    )
     args = parser.parse_args(argv)
     try:
         if args.version or args.command == "version":
@@ -78,8 +87,9 @@ def main(argv: list[str]) -> int:
 def _service(args: argparse.Namespace) -> int:
     if args.platform and args.action != "render":
         raise ServiceError("--platform is for render only: install on the machine that runs the bot")
-    spec = ServiceSpec.here(InferenceSettings.load().farense_home, platform=args.platform, system=args.system,
-                            workdir=args.workdir)
+    spec = ServiceSpec.here(
+        InferenceSettings.load().farense_home, platform=args.platform, system=args.system, workdir=args.workdir
+    )
     if args.action == "render":
         if args.out is None:
             print(spec.render(), end="")
@@ -103,8 +113,11 @@ def _service(args: argparse.Namespace) -> int:
 def version_lines() -> list[str]:
     """Package, schema, model and adapter versions: what `python -m bot version` prints."""
     versions = {name: _version(name) for name in ("farense-bot", "mlx", "mlx-lm", "python-telegram-bot")}
-    lines = [f"farense-bot {versions.pop('farense-bot')} (python {sys.version.split()[0]}, "
-             + ", ".join(f"{name} {value}" for name, value in versions.items()) + ")"]
+    lines = [
+        f"farense-bot {versions.pop('farense-bot')} (python {sys.version.split()[0]}, "
+        + ", ".join(f"{name} {value}" for name, value in versions.items())
+        + ")"
+    ]
     try:
         data, inference = DataSettings.load(), InferenceSettings.load()
     except SettingsError as error:

@@ -47,8 +47,10 @@ class Console:
         self.out.flush()
 
     async def run(self, source: TextIO = sys.stdin) -> None:
-        self.say(f"Farense bot — model {self.services.engine.model_id}, adapter "
-                 f"{self.services.engine.adapter_version or 'none'}. Ask about SC Farense; /help for commands.")
+        self.say(
+            f"Farense bot — model {self.services.engine.model_id}, adapter "
+            f"{self.services.engine.adapter_version or 'none'}. Ask about SC Farense; /help for commands."
+        )
         start_nightly(self.services, self.notify)
         echo = not source.isatty()  # piped input: show it, so the output reads as a transcript
         while True:
@@ -79,7 +81,7 @@ class Console:
 
         async def show(partial: str) -> None:
             nonlocal printed
-            self.say(partial[len(printed):], end="")
+            self.say(partial[len(printed) :], end="")
             printed = partial
 
         self.say("bot> ", end="")
@@ -93,7 +95,7 @@ class Console:
             self.say(answer.text)
         else:
             said = answer.generation.text
-            rest = said[len(printed):] if said.startswith(printed) else ""
+            rest = said[len(printed) :] if said.startswith(printed) else ""
             self.say(rest if answer.text else text("empty_answer", "en"))
             if answer.citation:
                 self.say(answer.citation)
@@ -114,8 +116,7 @@ class Console:
         self.say(text("reset", "en"))
 
     async def do_forget(self, _: str) -> None:
-        counts = await self.services.conversations.forget_user(self.asker.user_id,
-                                                               self.services.data_settings.home)
+        counts = await self.services.conversations.forget_user(self.asker.user_id, self.services.data_settings.home)
         self.last = None
         summary = deleted_summary(counts, "en")
         self.say(text("forgot", "en", details=summary) if summary else text("forgot_nothing", "en"))
@@ -137,8 +138,9 @@ class Console:
         if self.last is None or not fix:
             self.say("Usage: /correct <the right answer>, after an answer.")
             return
-        self.say(await asyncio.to_thread(admin_ops.correct, self.services, self.last.message_id,
-                                         self.asker.user_id, fix))
+        self.say(
+            await asyncio.to_thread(admin_ops.correct, self.services, self.last.message_id, self.asker.user_id, fix)
+        )
 
     async def do_facts(self, query: str) -> None:
         self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query, self.asker.user_id))
@@ -169,8 +171,9 @@ class Console:
                 self.say("  " + " | ".join(progress.render().splitlines()[1:]))
 
         self.say(progress.title)
-        result = await self.services.retrainer.run(trigger="console", requested_by=str(self.asker.user_id),
-                                              on_progress=on_progress)
+        result = await self.services.retrainer.run(
+            trigger="console", requested_by=str(self.asker.user_id), on_progress=on_progress
+        )
         self.say(f"Retraining: {result.outcome}\n{result.message}")
 
     async def do_rollback(self, version: str) -> None:

@@ -161,8 +161,7 @@ class Conversations:
         chat = self._chats.get(chat_id)
         return [chat.previous] if chat and chat.previous else []
 
-    def ground(self, question: str, previous_question: str | None = None,
-               language: str | None = None) -> Grounding:
+    def ground(self, question: str, previous_question: str | None = None, language: str | None = None) -> Grounding:
         """The facts for a question and the prompt holding them (blocking: SQLite).
 
         Retrieval looks at the question alone, as training and the gate do, except that a
@@ -170,8 +169,14 @@ class Conversations:
         base leaves the prompt ungrounded, never declined. `language` (the user's Telegram
         language) decides the answer's language when the question does not tell.
         """
-        return build_grounded([{"role": "user", "content": question}], self.index, self.engine.settings,
-                              self._count_tokens, previous_question, default_lang=language_of(language))
+        return build_grounded(
+            [{"role": "user", "content": question}],
+            self.index,
+            self.engine.settings,
+            self._count_tokens,
+            previous_question,
+            default_lang=language_of(language),
+        )
 
     def facts_used_by(self, question: str, answer: str) -> list[Fact]:
         """The facts a logged answer drew on, found again as when it was answered (for /correct)."""
@@ -181,8 +186,12 @@ class Conversations:
     def check(self, grounding: Grounding, question: str, text: str, key: str) -> tuple[str, str, str]:
         """(answer to send, its source line, guard verdict): the faithfulness guard, then the
         citation of the facts the sent answer used (blocking: may regenerate)."""
-        checked = guard(text, [fact.text for fact in grounding.facts], question,
-                        lambda: self.engine.generate(grounding.messages, key=key, temperature=0.0).text.strip())
+        checked = guard(
+            text,
+            [fact.text for fact in grounding.facts],
+            question,
+            lambda: self.engine.generate(grounding.messages, key=key, temperature=0.0).text.strip(),
+        )
         if checked.verdict != KEPT:
             log.info("faithfulness guard: %s (unsupported %s)", checked.verdict, list(checked.unsupported))
         return checked.text, cite(checked.text, grounding.facts, grounding.lang, question), checked.verdict
@@ -190,10 +199,14 @@ class Conversations:
     def _count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer.encode(text))
 
-    async def ask(self, asker: Asker, question: str,
-                  on_partial: Callable[[str], Awaitable[None]] | None = None,
-                  busy: Callable[[], AbstractAsyncContextManager] | None = None,
-                  deliver: Callable[[Answer], Awaitable[None]] | None = None) -> Answer:
+    async def ask(
+        self,
+        asker: Asker,
+        question: str,
+        on_partial: Callable[[str], Awaitable[None]] | None = None,
+        busy: Callable[[], AbstractAsyncContextManager] | None = None,
+        deliver: Callable[[Answer], Awaitable[None]] | None = None,
+    ) -> Answer:
         """Generate, stream partial text to `on_partial`, log the answer, remember the turn.
 
         A chat's questions are answered in the order they were asked: the caller must not await
@@ -213,12 +226,17 @@ class Conversations:
             if not waiting:
                 del self._in_flight[asker.user_id]
 
-    async def _answer(self, asker: Asker, question: str, asked_at: str,
-                      on_partial: Callable[[str], Awaitable[None]] | None,
-                      busy: Callable[[], AbstractAsyncContextManager] | None,
-                      deliver: Callable[[Answer], Awaitable[None]] | None) -> Answer:
+    async def _answer(
+        self,
+        asker: Asker,
+        question: str,
+        asked_at: str,
+        on_partial: Callable[[str], Awaitable[None]] | None,
+        busy: Callable[[], AbstractAsyncContextManager] | None,
+        deliver: Callable[[Answer], Awaitable[None]] | None,
+    ) -> Answer:
         chat = self._chat(asker.chat_id)
-        async with chat.lock, self._turns, (busy() if busy is not None else contextlib.nullcontext()):
+        async with chat.lock, self._turns, busy() if busy is not None else contextlib.nullcontext():
             await self._register(asker, asked_at)
             started = time.perf_counter()
             loop = asyncio.get_running_loop()
@@ -231,35 +249,56 @@ class Conversations:
                 generation = await self._generate(asker, grounding.messages, on_partial)
                 asked = grounding.messages[-1]["content"]
                 text, citation, verdict = await loop.run_in_executor(
-                    self._pool, self.check, grounding, asked, generation.text.strip(), f"chat:{asker.chat_id}")
+                    self._pool, self.check, grounding, asked, generation.text.strip(), f"chat:{asker.chat_id}"
+                )
                 used = [fact.id for fact in used_facts(text, grounding.facts, question)]
             latency = time.perf_counter() - started
             message_id = await asyncio.to_thread(
-                self.store.log_message, asker.chat_id, asker.user_id, question, text,
+                self.store.log_message,
+                asker.chat_id,
+                asker.user_id,
+                question,
+                text,
                 model_id=generation.model if generation else None,
                 adapter_version=generation.adapter if generation else None,
-                latency_s=round(latency, 3), prompt_tokens=generation.prompt_tokens if generation else None,
+                latency_s=round(latency, 3),
+                prompt_tokens=generation.prompt_tokens if generation else None,
                 completion_tokens=generation.completion_tokens if generation else None,
-                lang=asker.language, asked_at=asked_at)
+                lang=asker.language,
+                asked_at=asked_at,
+            )
             if message_id is None:
                 log.info("answered chat %s after its asker's /forget: not stored", asker.chat_id)
             elif text and generation is not None:  # a decline is nothing to follow up on
                 chat.previous = Turn(asker.user_id, question)
             if generation is None:
-                log.info("answered chat %s (message %s): declined, no relevant fact, %.3fs", asker.chat_id,
-                         message_id, latency)
+                log.info(
+                    "answered chat %s (message %s): declined, no relevant fact, %.3fs",
+                    asker.chat_id,
+                    message_id,
+                    latency,
+                )
             else:
-                log.info("answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens, facts %s,"
-                         " used %s, guard %s)", asker.chat_id, message_id, generation.adapter, latency,
-                         generation.prompt_tokens, generation.completion_tokens,
-                         [fact.id for fact in grounding.facts], used, verdict)
+                log.info(
+                    "answered chat %s (message %s, adapter %s, %.2fs, %d+%d tokens, facts %s, used %s, guard %s)",
+                    asker.chat_id,
+                    message_id,
+                    generation.adapter,
+                    latency,
+                    generation.prompt_tokens,
+                    generation.completion_tokens,
+                    [fact.id for fact in grounding.facts],
+                    used,
+                    verdict,
+                )
             answer = Answer(text, message_id, generation, citation, tuple(grounding.facts), verdict)
             if deliver is not None:
                 await deliver(answer)
             return answer
 
-    async def _generate(self, asker: Asker, messages: list[dict],
-                        on_partial: Callable[[str], Awaitable[None]] | None) -> Generation:
+    async def _generate(
+        self, asker: Asker, messages: list[dict], on_partial: Callable[[str], Awaitable[None]] | None
+    ) -> Generation:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
         stop = threading.Event()
@@ -308,11 +347,18 @@ class Conversations:
         nothing for a question its asker has /forgotten since)."""
         user = (asker.name, asker.language)
         if self._known_users.get(asker.user_id) != user:
-            await asyncio.to_thread(self.store.upsert_user, asker.user_id, asker.name, asker.language,
-                                    asked_at=asked_at)
+            await asyncio.to_thread(
+                self.store.upsert_user, asker.user_id, asker.name, asker.language, asked_at=asked_at
+            )
             self._known_users[asker.user_id] = user
         chat = (asker.chat_type, asker.chat_title)
         if self._known_chats.get(asker.chat_id) != chat:
-            await asyncio.to_thread(self.store.upsert_chat, asker.chat_id, asker.chat_type,
-                                    asker.chat_title, user_id=asker.user_id, asked_at=asked_at)
+            await asyncio.to_thread(
+                self.store.upsert_chat,
+                asker.chat_id,
+                asker.chat_type,
+                asker.chat_title,
+                user_id=asker.user_id,
+                asked_at=asked_at,
+            )
             self._known_chats[asker.chat_id] = chat

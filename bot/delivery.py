@@ -15,8 +15,7 @@ import logging
 import math
 import time
 
-from telegram import (Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, Message,
-                      ReplyParameters)
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, Message, ReplyParameters
 from telegram.constants import ChatAction, ChatType
 from telegram.error import BadRequest, TelegramError
 
@@ -29,13 +28,20 @@ NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 
 def feedback_buttons(message_id: int) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton("👍", callback_data=f"fb:{message_id}:up"),
-                                  InlineKeyboardButton("👎", callback_data=f"fb:{message_id}:down")]])
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton("👍", callback_data=f"fb:{message_id}:up"),
+                InlineKeyboardButton("👎", callback_data=f"fb:{message_id}:down"),
+            ]
+        ]
+    )
 
 
 @contextlib.asynccontextmanager
 async def typing(bot: Bot, chat_id: int):
     """Keep the "typing…" indicator on while the body runs."""
+
     async def keep_typing() -> None:
         while True:
             await asyncio.sleep(TYPING_EVERY_S)
@@ -75,8 +81,7 @@ class StreamingReply:
             if self.private:
                 await self.bot.send_message_draft(self.chat_id, draft_id=self.question_id, text=preview)
             elif self._preview is None:
-                self._preview = await self.bot.send_message(self.chat_id, preview,
-                                                            reply_parameters=self._reply_to())
+                self._preview = await self.bot.send_message(self.chat_id, preview, reply_parameters=self._reply_to())
             else:
                 await self._preview.edit_text(preview)
             self._shown = preview
@@ -94,8 +99,12 @@ class StreamingReply:
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             sent = await self.bot.send_message(
-                self.chat_id, part, reply_markup=markup if last else None, link_preview_options=NO_PREVIEW,
-                reply_parameters=self._reply_to() if sent is None else None)
+                self.chat_id,
+                part,
+                reply_markup=markup if last else None,
+                link_preview_options=NO_PREVIEW,
+                reply_parameters=self._reply_to() if sent is None else None,
+            )
         return sent
 
     async def _edit_preview(self, text: str, markup: InlineKeyboardMarkup | None) -> Message | None:

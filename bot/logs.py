@@ -114,11 +114,16 @@ class JsonLines(logging.Formatter):
     """One JSON object per line: time, level, component, chat, run, msg (+ exc)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        event = {"time": datetime.fromtimestamp(record.created, timezone.utc).astimezone()
-                 .isoformat(timespec="milliseconds"),
-                 "level": record.levelname, "component": record.name,
-                 "chat": getattr(record, "chat", None), "run": getattr(record, "run", None),
-                 "msg": record.getMessage()}
+        event = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+            .astimezone()
+            .isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "component": record.name,
+            "chat": getattr(record, "chat", None),
+            "run": getattr(record, "run", None),
+            "msg": record.getMessage(),
+        }
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -133,8 +138,10 @@ class HumanLines(logging.Formatter):
         super().__init__(HUMAN_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        tags = [f"chat {record.chat}" if getattr(record, "chat", None) is not None else "",
-                f"run {record.run}" if getattr(record, "run", None) else ""]
+        tags = [
+            f"chat {record.chat}" if getattr(record, "chat", None) is not None else "",
+            f"run {record.run}" if getattr(record, "run", None) else "",
+        ]
         record.where = " [" + ", ".join(tag for tag in tags if tag) + "]" if any(tags) else ""
         return super().format(record)
 
@@ -159,11 +166,11 @@ def setup_logging(home: Home, settings: BotSettings, *, console: bool) -> Path |
     path = home.logs / LOG_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        file = logging.handlers.RotatingFileHandler(path, maxBytes=int(settings.log_max_mb * 1024 * 1024),
-                                                    backupCount=settings.log_backups, encoding="utf-8")
+        file = logging.handlers.RotatingFileHandler(
+            path, maxBytes=int(settings.log_max_mb * 1024 * 1024), backupCount=settings.log_backups, encoding="utf-8"
+        )
     except OSError as error:
-        logging.getLogger(__name__).warning("cannot write the log file %s (%s); logging to stderr only",
-                                            path, error)
+        logging.getLogger(__name__).warning("cannot write the log file %s (%s); logging to stderr only", path, error)
         path = None
     else:
         file.setLevel(settings.log_level)

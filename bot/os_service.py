@@ -57,13 +57,20 @@ class ServiceSpec:
     user: str
 
     @classmethod
-    def here(cls, home: Path, *, platform: str | None = None, system: bool = False,
-             workdir: Path | None = None) -> "ServiceSpec":
+    def here(
+        cls, home: Path, *, platform: str | None = None, system: bool = False, workdir: Path | None = None
+    ) -> ServiceSpec:
         """This machine, this virtualenv's python (not resolved: a venv's python is a symlink)."""
         platform = platform or ("macos" if sys.platform == "darwin" else "linux")
         workdir = Path(os.path.abspath(workdir or Path.cwd()))
-        return cls(platform, system, Path(os.path.abspath(sys.executable)), workdir,
-                   Path(os.path.abspath(workdir / Path(home).expanduser())), _user())
+        return cls(
+            platform,
+            system,
+            Path(os.path.abspath(sys.executable)),
+            workdir,
+            Path(os.path.abspath(workdir / Path(home).expanduser())),
+            _user(),
+        )
 
     @property
     def logs(self) -> Path:
@@ -71,10 +78,17 @@ class ServiceSpec:
 
     @property
     def environment(self) -> dict[str, str]:
-        extra = ["/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] \
-            if self.platform == "macos" else ["/usr/local/bin", "/usr/bin", "/bin"]
-        return {"FARENSE_HOME": str(self.home), "LOG_STDERR_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
-                "PATH": ":".join([str(self.python.parent), *extra])}
+        extra = (
+            ["/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            if self.platform == "macos"
+            else ["/usr/local/bin", "/usr/bin", "/bin"]
+        )
+        return {
+            "FARENSE_HOME": str(self.home),
+            "LOG_STDERR_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": ":".join([str(self.python.parent), *extra]),
+        }
 
     @property
     def file(self) -> Path:
@@ -141,6 +155,7 @@ def render_launchd(spec: ServiceSpec) -> str:
 
 # -- controlling the installed job ------------------------------------------------------------
 
+
 def install(spec: ServiceSpec) -> list[str]:
     """Write the file, (re)load it and start the bot; returns what was done, line by line.
 
@@ -150,8 +165,10 @@ def install(spec: ServiceSpec) -> list[str]:
 
     env_file = spec.workdir / ".env"
     if not (dotenv_values(env_file).get("TELEGRAM_BOT_TOKEN") or "").strip():
-        raise ServiceError(f"TELEGRAM_BOT_TOKEN is not set in {env_file}, the settings file the service reads "
-                           "(run this from the project folder, or pass --workdir)")
+        raise ServiceError(
+            f"TELEGRAM_BOT_TOKEN is not set in {env_file}, the settings file the service reads "
+            "(run this from the project folder, or pass --workdir)"
+        )
     spec.logs.mkdir(parents=True, exist_ok=True)
     spec.file.parent.mkdir(parents=True, exist_ok=True)
     spec.file.write_text(spec.render(), encoding="utf-8")
@@ -165,8 +182,10 @@ def install(spec: ServiceSpec) -> list[str]:
         done += _run([*_systemctl(spec), "enable", NAME])
         done += _run([*_systemctl(spec), "restart", NAME])
         if not spec.system and not _lingering(spec.user):
-            done.append(f"note: run `sudo loginctl enable-linger {spec.user}` so the bot keeps running "
-                        "after you log out and starts at boot")
+            done.append(
+                f"note: run `sudo loginctl enable-linger {spec.user}` so the bot keeps running "
+                "after you log out and starts at boot"
+            )
     return done
 
 
@@ -189,8 +208,11 @@ def control(spec: ServiceSpec, action: str) -> list[str]:
         raise ServiceError(f"not installed ({spec.file} does not exist): python -m bot service install")
     if spec.platform == "linux":
         return _run([*_systemctl(spec), action, NAME])
-    command = {"start": ["kickstart", _target(spec)], "restart": ["kickstart", "-k", _target(spec)],
-               "stop": ["kill", "SIGTERM", _target(spec)]}[action]
+    command = {
+        "start": ["kickstart", _target(spec)],
+        "restart": ["kickstart", "-k", _target(spec)],
+        "stop": ["kill", "SIGTERM", _target(spec)],
+    }[action]
     return _run(["launchctl", *command])
 
 
@@ -199,21 +221,37 @@ def status(spec: ServiceSpec) -> list[str]:
     lines = [f"service file: {spec.file}" + ("" if spec.file.exists() else " (not installed)")]
     if spec.file.exists():
         current = spec.file.read_text(encoding="utf-8") == spec.render()
-        lines.append("  matches this checkout" if current else
-                     "  differs from what this checkout renders: run `python -m bot service install` again")
+        lines.append(
+            "  matches this checkout"
+            if current
+            else "  differs from what this checkout renders: run `python -m bot service install` again"
+        )
         if spec.platform == "linux":
-            lines += _capture([*_systemctl(spec), "show", NAME, "--no-pager",
-                               "-p", "ActiveState,SubState,MainPID,NRestarts,ExecMainStatus,UnitFileState"])
+            lines += _capture(
+                [
+                    *_systemctl(spec),
+                    "show",
+                    NAME,
+                    "--no-pager",
+                    "-p",
+                    "ActiveState,SubState,MainPID,NRestarts,ExecMainStatus,UnitFileState",
+                ]
+            )
         else:
-            lines += [line for line in _capture(["launchctl", "print", _target(spec)])
-                      if line.strip().startswith(("state =", "pid =", "last exit code =", "runs ="))]
-    lines.append("bot: " + ("running (holds " if bot_running(spec.home) else "not running (")
-                 + f"{Home(spec.home).bot_lock})")
+            lines += [
+                line
+                for line in _capture(["launchctl", "print", _target(spec)])
+                if line.strip().startswith(("state =", "pid =", "last exit code =", "runs ="))
+            ]
+    lines.append(
+        "bot: " + ("running (holds " if bot_running(spec.home) else "not running (") + f"{Home(spec.home).bot_lock})"
+    )
     lines.append(f"logs: {spec.logs / 'bot.log'} (JSON lines), {spec.logs / SERVICE_LOG} (stdout/stderr)")
     return lines
 
 
 # -- the running bot's lock -------------------------------------------------------------------
+
 
 def rotate_service_log(logs: Path, max_bytes: int, backups: int) -> bool:
     """Rotate service.log past `max_bytes`, keeping `backups` old ones (service.log.1 ...).
@@ -248,6 +286,7 @@ def bot_running(home: Path) -> bool:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
 
 def _systemd_escape(value: str) -> str:
     """systemd expands %-specifiers in every value."""

@@ -41,22 +41,27 @@ class Retained:
         """One line for the admins and two for the CLI: what went, and the disk use after."""
         gone = ", ".join(f"{len(paths)} {part}" for part, paths in self.removed.items() if paths) or "nothing"
         freed = sum(self.before.values()) - sum(self.after.values())
-        return (f"Retention: deleted {gone}{'; service.log rotated' if self.rotated else ''};"
-                f" {freed / 1e6:.1f} MB freed.\nDisk use: {describe_disk_use(self.after)}")
+        return (
+            f"Retention: deleted {gone}{'; service.log rotated' if self.rotated else ''};"
+            f" {freed / 1e6:.1f} MB freed.\nDisk use: {describe_disk_use(self.after)}"
+        )
 
 
-def apply_retention(data_settings: DataSettings, bot_settings: BotSettings,
-                    lifecycle_settings: LifecycleSettings) -> Retained:
+def apply_retention(
+    data_settings: DataSettings, bot_settings: BotSettings, lifecycle_settings: LifecycleSettings
+) -> Retained:
     home = data_settings.home
     before = home.disk_use()
     runs = prune_runs(home.root, lifecycle_settings.keep_runs)
     validated_on = {run.valid_set().parent.name for run in all_runs(home.root) if run.valid_set() is not None}
     datasets = prune_datasets(home, data_settings.keep_datasets, validated_on)
-    removed = {"runs": [path for path in runs if path.name != "checkpoints"],
-               "checkpoint folders": [path for path in runs if path.name == "checkpoints"],
-               "datasets": [path for path in datasets if GROUNDED_SUFFIX not in path.name],
-               "grounded copies": [path for path in datasets if GROUNDED_SUFFIX in path.name],
-               "backups": prune_older_than(home.backups, data_settings.backup_max_age_days)}
+    removed = {
+        "runs": [path for path in runs if path.name != "checkpoints"],
+        "checkpoint folders": [path for path in runs if path.name == "checkpoints"],
+        "datasets": [path for path in datasets if GROUNDED_SUFFIX not in path.name],
+        "grounded copies": [path for path in datasets if GROUNDED_SUFFIX in path.name],
+        "backups": prune_older_than(home.backups, data_settings.backup_max_age_days),
+    }
     rotated = rotate_service_log(home.logs, int(bot_settings.log_max_mb * 1024 * 1024), bot_settings.log_backups)
     retained = Retained(before, home.disk_use(), removed, rotated)
     log.info("%s", retained.summary().replace("\n", " | "))

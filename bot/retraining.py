@@ -47,25 +47,34 @@ class Retrainer:
     def running(self) -> bool:
         return self._lock.locked()
 
-    async def run(self, *, trigger: str, requested_by: str,
-                  on_progress: Callable[[dict], None] | None = None,
-                  skip_if_unchanged: bool = False) -> RetrainOutcome:
+    async def run(
+        self,
+        *,
+        trigger: str,
+        requested_by: str,
+        on_progress: Callable[[dict], None] | None = None,
+        skip_if_unchanged: bool = False,
+    ) -> RetrainOutcome:
         """Run the whole pipeline (build, train, gate, promote) unless one is running already."""
         if not self._lock.acquire(blocking=False):
             return RetrainOutcome("busy", BUSY)
         try:
             with log_context(run=f"{trigger}-{datetime.now():%Y%m%d-%H%M%S}"):  # tags the pipeline's lines too
                 log.info("retraining (%s, requested by %s)", trigger, requested_by)
-                return await asyncio.to_thread(self._run, trigger, requested_by, on_progress,
-                                               skip_if_unchanged)
+                return await asyncio.to_thread(self._run, trigger, requested_by, on_progress, skip_if_unchanged)
         finally:
             self._lock.release()
 
     def _run(self, trigger, requested_by, on_progress, skip_if_unchanged) -> RetrainOutcome:
         try:
-            result = run_pipeline(trigger=trigger, requested_by=requested_by, on_progress=on_progress,
-                                  on_promoted=self._promoted, skip_if_unchanged=skip_if_unchanged,
-                                  train_args=self.train_args)
+            result = run_pipeline(
+                trigger=trigger,
+                requested_by=requested_by,
+                on_progress=on_progress,
+                on_promoted=self._promoted,
+                skip_if_unchanged=skip_if_unchanged,
+                train_args=self.train_args,
+            )
         except Exception as error:  # the pipeline reports its failures; this is for its bugs
             log.exception("the training pipeline crashed")
             return RetrainOutcome("failed", f"Training failed: {type(error).__name__}: {error}")
@@ -116,9 +125,13 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
-                          notify: Callable[[str], Awaitable[None]],
-                          retention: Callable[[], str] | None = None) -> RetrainOutcome | None:
+async def nightly_retrain(
+    retrainer: Retrainer,
+    store: Store,
+    now: datetime,
+    notify: Callable[[str], Awaitable[None]],
+    retention: Callable[[], str] | None = None,
+) -> RetrainOutcome | None:
     """The scheduled run: once per local date, after a backup (BACKUP_KEEP kept), skipped when
     there is no new curated data; then `retention` (bot/retention.py), whose line joins the report.
 
@@ -139,8 +152,13 @@ async def nightly_retrain(retrainer: Retrainer, store: Store, now: datetime,
         log.info("nightly retraining of %s skipped: %s", night, result.message)
     retained = await asyncio.to_thread(retention) if retention is not None and first_attempt else ""
     if result.outcome != "busy" or first_attempt:
-        await notify("\n".join(line for line in (f"Nightly retraining ({night}): {result.outcome}", result.message,
-                                                  backup, retained) if line))
+        await notify(
+            "\n".join(
+                line
+                for line in (f"Nightly retraining ({night}): {result.outcome}", result.message, backup, retained)
+                if line
+            )
+        )
     return result
 
 
@@ -161,8 +179,10 @@ def needs_first_adapter(engine: Engine) -> bool:
 
 async def first_training(retrainer: Retrainer, notify: Callable[[str], Awaitable[None]]) -> RetrainOutcome:
     """Train the first adapter now rather than at the next nightly run, telling the admins."""
-    await notify("No trained adapter for this base model yet: training the first one now (about an hour "
-                 "on a 2-core server). Answers come from the base model with retrieved facts until then.")
+    await notify(
+        "No trained adapter for this base model yet: training the first one now (about an hour "
+        "on a 2-core server). Answers come from the base model with retrieved facts until then."
+    )
     result = await retrainer.run(trigger="first", requested_by="start")
     await notify(f"First adapter: {result.outcome}\n{result.message}")
     return result

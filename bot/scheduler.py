@@ -21,8 +21,14 @@ from datetime import date, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .retention import retention_report
-from .retraining import (FIRST_JOB_ID, NIGHTLY_JOB_ID, RetrainOutcome, first_training, needs_first_adapter,
-                         nightly_retrain)
+from .retraining import (
+    FIRST_JOB_ID,
+    NIGHTLY_JOB_ID,
+    RetrainOutcome,
+    first_training,
+    needs_first_adapter,
+    nightly_retrain,
+)
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -37,35 +43,67 @@ def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) 
     settings = services.settings
 
     async def nightly() -> RetrainOutcome | None:
-        result = await nightly_retrain(services.retrainer, services.store, services.now(), notify,
-                                       functools.partial(retention_report, services.data_settings, services.settings))
+        result = await nightly_retrain(
+            services.retrainer,
+            services.store,
+            services.now(),
+            notify,
+            functools.partial(retention_report, services.data_settings, services.settings),
+        )
         if result is not None and result.outcome == "busy":
             retry = services.now() + timedelta(minutes=settings.retrain_retry_minutes)
             if settings.in_quiet_hours(retry):
-                await notify(f"Nightly retraining ({services.now().date()}): another run kept it busy all "
-                             "night; the next night will train.")
+                await notify(
+                    f"Nightly retraining ({services.now().date()}): another run kept it busy all "
+                    "night; the next night will train."
+                )
             else:
-                scheduler.add_job(nightly, "date", run_date=retry, id=RETRY_JOB_ID, name="nightly retry",
-                                  replace_existing=True, misfire_grace_time=None)
+                scheduler.add_job(
+                    nightly,
+                    "date",
+                    run_date=retry,
+                    id=RETRY_JOB_ID,
+                    name="nightly retry",
+                    replace_existing=True,
+                    misfire_grace_time=None,
+                )
                 log.info("nightly retraining retries at %s", retry)
         return result
 
     scheduler = AsyncIOScheduler(timezone=settings.zone, event_loop=asyncio.get_running_loop())
-    scheduler.add_job(nightly, settings.cron_trigger(), id=NIGHTLY_JOB_ID,
-                      name="nightly retraining", replace_existing=True, coalesce=True,
-                      max_instances=1, misfire_grace_time=settings.retrain_misfire_grace_s)
+    scheduler.add_job(
+        nightly,
+        settings.cron_trigger(),
+        id=NIGHTLY_JOB_ID,
+        name="nightly retraining",
+        replace_existing=True,
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=settings.retrain_misfire_grace_s,
+    )
     catch_up = missed_night(services)
     if catch_up is not None:
-        scheduler.add_job(nightly, "date", run_date=catch_up, id=CATCH_UP_JOB_ID, name="missed nightly run",
-                          misfire_grace_time=None)
+        scheduler.add_job(
+            nightly, "date", run_date=catch_up, id=CATCH_UP_JOB_ID, name="missed nightly run", misfire_grace_time=None
+        )
         log.info("the last nightly run is more than a day old: catching up at %s", catch_up)
     if settings.first_training_at_start and needs_first_adapter(services.engine):
-        scheduler.add_job(first_training, "date", args=(services.retrainer, notify), id=FIRST_JOB_ID,
-                          name="first adapter", misfire_grace_time=None)
+        scheduler.add_job(
+            first_training,
+            "date",
+            args=(services.retrainer, notify),
+            id=FIRST_JOB_ID,
+            name="first adapter",
+            misfire_grace_time=None,
+        )
     scheduler.start()
     services.scheduler = scheduler
-    log.info("nightly retraining scheduled (%s, %s); next run %s", settings.retrain_cron,
-             settings.retrain_timezone, next_nightly(services))
+    log.info(
+        "nightly retraining scheduled (%s, %s); next run %s",
+        settings.retrain_cron,
+        settings.retrain_timezone,
+        next_nightly(services),
+    )
 
 
 def next_nightly(services: Services) -> datetime | None:

@@ -37,16 +37,31 @@ class Services:
     clock: Callable[[], datetime] | None = None  # tests inject the night; None = now, local time
 
     @classmethod
-    def create(cls, settings: BotSettings, engine: Engine, store: Store, *,
-               data_settings: DataSettings | None = None, train_args: tuple[str, ...] = ()) -> "Services":
+    def create(
+        cls,
+        settings: BotSettings,
+        engine: Engine,
+        store: Store,
+        *,
+        data_settings: DataSettings | None = None,
+        train_args: tuple[str, ...] = (),
+    ) -> Services:
         data_settings = data_settings or DataSettings.load()
         # One index for every chat, over the store's own database (DATABASE_PATH): an admin's
         # correction is retrieved by the next question. GROUNDING is the engine's setting.
-        index = (FactIndex(data_settings.home.database, engine.settings.retrieval_min_score)
-                 if engine.settings.grounding else None)
-        return cls(settings=settings, data_settings=data_settings, engine=engine, store=store,
-                   conversations=Conversations(engine, store, settings, index),
-                   retrainer=Retrainer(engine, train_args=train_args))
+        index = (
+            FactIndex(data_settings.home.database, engine.settings.retrieval_min_score)
+            if engine.settings.grounding
+            else None
+        )
+        return cls(
+            settings=settings,
+            data_settings=data_settings,
+            engine=engine,
+            store=store,
+            conversations=Conversations(engine, store, settings, index),
+            retrainer=Retrainer(engine, train_args=train_args),
+        )
 
     @property
     def home(self) -> Home:

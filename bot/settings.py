@@ -28,26 +28,38 @@ class BotSettings(HomeSettings):
     retrain_cron: str = "0 3 * * *"
     retrain_timezone: str = "Europe/Lisbon"
     retrain_quiet_hours: str = Field(
-        default="08-23", description="Local hours START-END when a missed night is not caught up (fans chat); empty = none")
+        default="08-23",
+        description="Local hours START-END when a missed night is not caught up (fans chat); empty = none",
+    )
     retrain_retry_minutes: int = Field(
-        default=30, ge=1, description="A nightly run that finds another pipeline running tries again this much later")
+        default=30, ge=1, description="A nightly run that finds another pipeline running tries again this much later"
+    )
     first_training_at_start: bool = Field(
-        default=True, description="A base model without any adapter (no factory one) trains its first right after start")
-    retrain_misfire_grace_s: int = Field(default=3600, ge=1,
-                                         description="How late a missed nightly run may still start")
+        default=True, description="A base model without any adapter (no factory one) trains its first right after start"
+    )
+    retrain_misfire_grace_s: int = Field(
+        default=3600, ge=1, description="How late a missed nightly run may still start"
+    )
     rate_limit_per_minute: int = Field(default=10, ge=1, description="Questions per user per minute")
-    updates_per_minute: int = Field(default=30, ge=1, description="Updates of any kind (commands, votes, "
-                                    "stickers, questions) per user per minute; admins are not limited")
+    updates_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="Updates of any kind (commands, votes, "
+        "stickers, questions) per user per minute; admins are not limited",
+    )
     max_question_chars: int = Field(default=1000, ge=1)
-    stream_edit_interval: float = Field(default=1.0, ge=0.0,
-                                        description="Seconds between streamed drafts/edits; Telegram wants >= 1")
+    stream_edit_interval: float = Field(
+        default=1.0, ge=0.0, description="Seconds between streamed drafts/edits; Telegram wants >= 1"
+    )
     console_user_id: int = Field(default=1, description="The local user of console mode (an admin)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Of $FARENSE_HOME/logs/bot.log (JSON lines)")
+        default="INFO", description="Of $FARENSE_HOME/logs/bot.log (JSON lines)"
+    )
     log_max_mb: float = Field(default=10.0, gt=0.0, description="bot.log and service.log are rotated at this size")
     log_backups: int = Field(default=5, ge=1, description="Rotated files kept of each (bot.log.1, service.log.1 ...)")
     log_stderr_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Of stderr (console mode: WARNING); the service sets WARNING")
+        default="INFO", description="Of stderr (console mode: WARNING); the service sets WARNING"
+    )
 
     @field_validator("telegram_bot_token", mode="before")
     @classmethod
@@ -62,15 +74,17 @@ class BotSettings(HomeSettings):
     @field_validator("admin_user_ids", mode="before")
     @classmethod
     def _separated_ids(cls, value):
-        """"111, 222", "111 222" and "111,222" are two ids; "111222" is one."""
+        """ "111, 222", "111 222" and "111,222" are two ids; "111222" is one."""
         if isinstance(value, int):
             return (value,)
         if isinstance(value, str):
             parts = [part for part in _ID_SEPARATORS.split(value) if part]
             bad = [part for part in parts if not part.isdigit() or not part.isascii()]
             if bad:
-                raise ValueError("ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by "
-                                 f"commas or spaces; {bad[0]!r} is not one")
+                raise ValueError(
+                    "ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by "
+                    f"commas or spaces; {bad[0]!r} is not one"
+                )
             return tuple(int(part) for part in parts)
         return value
 
@@ -78,12 +92,15 @@ class BotSettings(HomeSettings):
     @classmethod
     def _positive_and_unique(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(user_id < 1 for user_id in value):
-            raise ValueError("ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by "
-                             f"commas or spaces; {min(value)} is not one")
+            raise ValueError(
+                "ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by "
+                f"commas or spaces; {min(value)} is not one"
+            )
         repeated = sorted({user_id for user_id in value if value.count(user_id) > 1})
         if repeated:
-            raise ValueError(f"ADMIN_USER_IDS names {', '.join(map(str, repeated))} more than once "
-                             "(a typo in another id?)")
+            raise ValueError(
+                f"ADMIN_USER_IDS names {', '.join(map(str, repeated))} more than once (a typo in another id?)"
+            )
         return value
 
     @field_validator("retrain_timezone")
@@ -96,7 +113,7 @@ class BotSettings(HomeSettings):
         return value
 
     @model_validator(mode="after")
-    def _valid_cron(self) -> "BotSettings":
+    def _valid_cron(self) -> BotSettings:
         try:
             self.cron_trigger()
         except ValueError as error:
@@ -119,7 +136,8 @@ class BotSettings(HomeSettings):
         if not self.in_quiet_hours(when):
             return when
         return when.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
-            hours=_quiet_hours(self.retrain_quiet_hours)[1])
+            hours=_quiet_hours(self.retrain_quiet_hours)[1]
+        )
 
     @property
     def zone(self) -> ZoneInfo:
@@ -132,12 +150,13 @@ class BotSettings(HomeSettings):
         """What a Telegram deployment should not run with silently: said at start and by doctor."""
         warnings = []
         if not self.admin_user_ids:
-            warnings.append("ADMIN_USER_IDS is empty: nobody can /retrain or /rollback, nobody gets the "
-                            "nightly report")
+            warnings.append("ADMIN_USER_IDS is empty: nobody can /retrain or /rollback, nobody gets the nightly report")
         url = urlsplit(self.telegram_base_url)
         if url.scheme != "https" and url.hostname not in LOOPBACK_HOSTS:
-            warnings.append(f"TELEGRAM_BASE_URL is not https ({url.scheme or '?'}://{url.hostname or '?'}): "
-                            "the bot token travels in cleartext")
+            warnings.append(
+                f"TELEGRAM_BASE_URL is not https ({url.scheme or '?'}://{url.hostname or '?'}): "
+                "the bot token travels in cleartext"
+            )
         return warnings
 
     def is_admin(self, user_id: int | None) -> bool:
@@ -145,7 +164,7 @@ class BotSettings(HomeSettings):
 
 
 def _quiet_hours(text: str) -> tuple[int, int] | None:
-    """"08-23" -> (8, 23); None when it is not such a range."""
+    """ "08-23" -> (8, 23); None when it is not such a range."""
     start, _, end = text.strip().partition("-")
     if not (start.isdigit() and end.isdigit()):
         return None

@@ -141,10 +141,12 @@ class Home:
 
     def live_locks(self) -> dict[Path, str]:
         """The locks a live process holds, with what it is: a restore refuses while any is held."""
-        return {self.bot_lock: "the bot is running",
-                self.pipeline_lock: "a retraining pipeline is running",
-                self.runs_lock: "a training run is in progress",
-                self.adapters_lock: "the adapter registry is being changed"}
+        return {
+            self.bot_lock: "the bot is running",
+            self.pipeline_lock: "a retraining pipeline is running",
+            self.runs_lock: "a training run is in progress",
+            self.adapters_lock: "the adapter registry is being changed",
+        }
 
     # -- privacy and disk -------------------------------------------------------------------
 
@@ -155,8 +157,19 @@ class Home:
         os.umask(OWNER_ONLY_UMASK)
         if self.root.is_dir() and not self.root.is_symlink():
             _restrict(self.root)
-        parts = [*self.database_files, self.adapters, self.runs, self.datasets, self.logs, self.backups,
-                 self.loss_plot, self.pipeline_running, self.pipeline_last, self.bot_lock, self.pipeline_lock]
+        parts = [
+            *self.database_files,
+            self.adapters,
+            self.runs,
+            self.datasets,
+            self.logs,
+            self.backups,
+            self.loss_plot,
+            self.pipeline_running,
+            self.pipeline_last,
+            self.bot_lock,
+            self.pipeline_lock,
+        ]
         for part in parts:
             if not part.exists() or part.is_symlink():
                 continue
@@ -168,20 +181,25 @@ class Home:
     def disk_use(self) -> dict[str, int]:
         """Bytes per part of the home: database (with its WAL), models, adapters, runs, datasets,
         backups, logs, and other (whatever else is under the root)."""
-        parts = {"database": sum(_size(path) for path in self.database_files), "models": _size(self.models),
-                 "adapters": _size(self.adapters), "runs": _size(self.runs), "datasets": _size(self.datasets),
-                 "backups": _size(self.backups), "logs": _size(self.logs)}
-        counted = {self.models, self.adapters, self.runs, self.datasets, self.backups, self.logs,
-                   *self.database_files}
-        parts["other"] = sum(_size(path) for path in (self.root.iterdir() if self.root.is_dir() else [])
-                             if path not in counted)
+        parts = {
+            "database": sum(_size(path) for path in self.database_files),
+            "models": _size(self.models),
+            "adapters": _size(self.adapters),
+            "runs": _size(self.runs),
+            "datasets": _size(self.datasets),
+            "backups": _size(self.backups),
+            "logs": _size(self.logs),
+        }
+        counted = {self.models, self.adapters, self.runs, self.datasets, self.backups, self.logs, *self.database_files}
+        parts["other"] = sum(
+            _size(path) for path in (self.root.iterdir() if self.root.is_dir() else []) if path not in counted
+        )
         return parts
 
 
 def describe_disk_use(parts: dict[str, int]) -> str:
     """'database 1.2 MB · models 90 MB · … · total 1.3 GB' for doctor and /status."""
-    return " · ".join(f"{name} {human_bytes(size)}" for name, size in
-                      [*parts.items(), ("total", sum(parts.values()))])
+    return " · ".join(f"{name} {human_bytes(size)}" for name, size in [*parts.items(), ("total", sum(parts.values()))])
 
 
 def human_bytes(size: int) -> str:

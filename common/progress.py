@@ -15,8 +15,16 @@ BYTES = "B"  # the unit of downloads: shown in MB
 class Progress:
     """`done` of `total` units of one piece of work; `update()` as it advances, `close()` at the end."""
 
-    def __init__(self, description: str, total: int | None = None, *, unit: str = "it", initial: int = 0,
-                 stream=None, every: float = PLAIN_EVERY_SECONDS):
+    def __init__(
+        self,
+        description: str,
+        total: int | None = None,
+        *,
+        unit: str = "it",
+        initial: int = 0,
+        stream=None,
+        every: float = PLAIN_EVERY_SECONDS,
+    ):
         self.description, self.total, self.unit = description, total, unit
         self.stream = stream or sys.stderr
         self.every = every
@@ -28,8 +36,17 @@ class Progress:
         if _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=description, unit=unit, file=self.stream,
-                             dynamic_ncols=True, leave=True, unit_scale=unit == BYTES, unit_divisor=1024)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=description,
+                unit=unit,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=True,
+                unit_scale=unit == BYTES,
+                unit_divisor=1024,
+            )
         else:
             self._line()
 
@@ -65,7 +82,7 @@ class Progress:
         elif self._printed_done != self.done:
             self._line()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -74,8 +91,11 @@ class Progress:
     def _line(self) -> None:
         elapsed = time.monotonic() - self._started
         amount = (lambda n: f"{n / 1e6:.1f}") if self.unit == BYTES else str
-        parts = [f"{self.description}: {amount(self.done)}" + (f"/{amount(self.total)}" if self.total else "")
-                 + (" MB" if self.unit == BYTES else f" {self.unit}")]
+        parts = [
+            f"{self.description}: {amount(self.done)}"
+            + (f"/{amount(self.total)}" if self.total else "")
+            + (" MB" if self.unit == BYTES else f" {self.unit}")
+        ]
         if self.total:
             parts.append(f"({self.done / self.total:.0%})")
         parts += [f"{key} {_short(value)}" for key, value in self.status.items()]

@@ -65,8 +65,9 @@ class Settings(BaseSettings):
 class HomeSettings(Settings):
     """FARENSE_HOME and the folders that may live elsewhere, declared once for every package."""
 
-    farense_home: Path = Field(default_factory=default_root,
-                               description="All the state: database, models, adapters, runs, logs")
+    farense_home: Path = Field(
+        default_factory=default_root, description="All the state: database, models, adapters, runs, logs"
+    )
     database_path: Path | None = Field(default=None, description="Empty = $FARENSE_HOME/farense.db")
     models_dir: Path | None = Field(default=None, description="Converted-model cache; empty = $FARENSE_HOME/models")
     datasets_dir: Path | None = Field(default=None, description="Empty = $FARENSE_HOME/datasets")
@@ -77,16 +78,20 @@ class HomeSettings(Settings):
     def _empty_is_none(cls, value):
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("farense_home", "database_path", "models_dir", "datasets_dir", "backups_dir",
-                     mode="after")
+    @field_validator("farense_home", "database_path", "models_dir", "datasets_dir", "backups_dir", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
     @property
     def home(self) -> Home:
-        return Home(self.farense_home, models_dir=self.models_dir, database_path=self.database_path,
-                    datasets_dir=self.datasets_dir, backups_dir=self.backups_dir)
+        return Home(
+            self.farense_home,
+            models_dir=self.models_dir,
+            database_path=self.database_path,
+            datasets_dir=self.datasets_dir,
+            backups_dir=self.backups_dir,
+        )
 
 
 def protect_home() -> None:

@@ -30,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build a new train/valid/test dataset")
-    build.add_argument("--extra", type=Path, action="append", default=[], metavar="JSONL",
-                       help="more pairs, as chat records or question/answer objects (repeatable)")
+    build.add_argument(
+        "--extra",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="JSONL",
+        help="more pairs, as chat records or question/answer objects (repeatable)",
+    )
     stats = commands.add_parser("stats", help="store counts and the latest dataset")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
     backup = commands.add_parser("backup", help="archive the database and the adapter registry")
@@ -57,8 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = collect_stats(settings)
             print(json.dumps(report, indent=2) if args.json else format_stats(report))
-    except (SettingsError, StoreError, BuildError, BackupError, sqlite3.Error, OSError,
-            json.JSONDecodeError, ValueError) as error:
+    except (
+        SettingsError,
+        StoreError,
+        BuildError,
+        BackupError,
+        sqlite3.Error,
+        OSError,
+        json.JSONDecodeError,
+        ValueError,
+    ) as error:
         lines = error.problems if isinstance(error, SettingsError) else str(error).splitlines()
         for line in lines or [type(error).__name__]:
             print(f"error: {line}", file=sys.stderr)
@@ -100,11 +114,15 @@ def print_build(manifest: dict, folder: Path) -> None:
     print(f"content hash: {manifest['content_hash']}")
     print(f"sources: {sources}")
     print(f"splits: {splits}")
-    print(f"dropped: {dropped['duplicates']} duplicates, {dropped['superseded']} superseded by"
-          f" corrections or the seed, {dropped['opted_out']} from opted-out users;"
-          f" {manifest['scrubbed_replacements']} personal details scrubbed")
-    print(f"withheld: {dropped['instructions']} instructing the model,"
-          f" {dropped['over_user_cap']} thumbs-up over a user's cap")
+    print(
+        f"dropped: {dropped['duplicates']} duplicates, {dropped['superseded']} superseded by"
+        f" corrections or the seed, {dropped['opted_out']} from opted-out users;"
+        f" {manifest['scrubbed_replacements']} personal details scrubbed"
+    )
+    print(
+        f"withheld: {dropped['instructions']} instructing the model,"
+        f" {dropped['over_user_cap']} thumbs-up over a user's cap"
+    )
     print(f"problems: {len(manifest['problems'])}")
     for problem in manifest["problems"]:
         print(f"  {problem['file']}:{problem['line']}: {problem['reason']}")
@@ -120,9 +138,13 @@ def collect_stats(settings: DataSettings) -> dict:
     folder = latest_dataset(settings)
     if folder is not None:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        dataset = {"path": str(folder), "created_at": manifest["created_at"],
-                   "content_hash": manifest["content_hash"], "sources": manifest["sources"],
-                   "splits": {name: manifest["splits"][name]["count"] for name in SPLITS}}
+        dataset = {
+            "path": str(folder),
+            "created_at": manifest["created_at"],
+            "content_hash": manifest["content_hash"],
+            "sources": manifest["sources"],
+            "splits": {name: manifest["splits"][name]["count"] for name in SPLITS},
+        }
     return {"database": str(database), "store": counts, "latest_dataset": dataset}
 
 
@@ -132,10 +154,12 @@ def format_stats(report: dict) -> str:
     if counts is None:
         lines.append("  (not created yet)")
     else:
-        lines.append(f"  users {counts['users']} ({counts['opted_out']} opted out), chats"
-                     f" {counts['chats']}, messages {counts['messages']}, feedback"
-                     f" +{counts['feedback_up']}/-{counts['feedback_down']}, corrections"
-                     f" {counts['corrections']}")
+        lines.append(
+            f"  users {counts['users']} ({counts['opted_out']} opted out), chats"
+            f" {counts['chats']}, messages {counts['messages']}, feedback"
+            f" +{counts['feedback_up']}/-{counts['feedback_down']}, corrections"
+            f" {counts['corrections']}"
+        )
     dataset = report["latest_dataset"]
     if dataset is None:
         lines.append("latest dataset: none built yet")

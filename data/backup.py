@@ -69,8 +69,15 @@ class Restored:
     forgotten: dict[str, int] = field(default_factory=dict)  # rows of forgotten users deleted again
 
 
-def create_backup(database: Path, adapters: Path, backups_dir: Path, *, label: str = "manual",
-                  keep: int | None = None, lock_registry: bool = True) -> Backup:
+def create_backup(
+    database: Path,
+    adapters: Path,
+    backups_dir: Path,
+    *,
+    label: str = "manual",
+    keep: int | None = None,
+    lock_registry: bool = True,
+) -> Backup:
     """Archive the database and the adapter folder; `keep`: prune older archives of this label."""
     database, adapters, backups_dir = Path(database), Path(adapters), Path(backups_dir)
     if not database.is_file() and not adapters.is_dir():
@@ -78,9 +85,16 @@ def create_backup(database: Path, adapters: Path, backups_dir: Path, *, label: s
     backups_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # conversations: for the owner's eyes only
     staging = Path(tempfile.mkdtemp(prefix=".backup-", dir=backups_dir))
     try:
-        manifest = {"format": FORMAT, "created_at": _now(), "label": label,
-                    "source": {"database": str(database), "adapters": str(adapters)},
-                    "schema_version": None, "counts": {}, "production": None, "files": {}}
+        manifest = {
+            "format": FORMAT,
+            "created_at": _now(),
+            "label": label,
+            "source": {"database": str(database), "adapters": str(adapters)},
+            "schema_version": None,
+            "counts": {},
+            "production": None,
+            "files": {},
+        }
         if database.is_file():
             manifest["schema_version"], manifest["counts"] = _copy_database(database, staging / DATABASE)
         if adapters.is_dir():
@@ -117,8 +131,9 @@ def verify_backup(archive: Path, into: Path) -> dict:
     listed, found = set(manifest["files"]), set(_files(into))
     if listed != found:
         missing, extra = sorted(listed - found), sorted(found - listed)
-        raise BackupError(f"{archive} does not match its manifest: missing {missing or 'nothing'}, "
-                          f"unlisted {extra or 'nothing'}")
+        raise BackupError(
+            f"{archive} does not match its manifest: missing {missing or 'nothing'}, unlisted {extra or 'nothing'}"
+        )
     for rel in sorted(found):
         if _describe(into / rel) != manifest["files"][rel]:
             raise BackupError(f"{archive}: {rel} does not match its checksum (damaged archive)")
@@ -137,20 +152,24 @@ def restore_backup(archive: Path, home: Home) -> Restored:
         with ExitStack() as locks:
             for lock, holder in home.live_locks().items():
                 if lock.parent.is_dir():
-                    locks.enter_context(_locked(lock, wait=0, busy=f"{holder} ({lock}); "
-                                                "stop it first (python -m bot service stop)"))
+                    locks.enter_context(
+                        _locked(lock, wait=0, busy=f"{holder} ({lock}); stop it first (python -m bot service stop)")
+                    )
             replaced = None
             if database.is_file() or adapters.is_dir():
-                replaced = create_backup(database, adapters, home.backups, label="pre-restore",
-                                         lock_registry=False)
+                replaced = create_backup(database, adapters, home.backups, label="pre-restore", lock_registry=False)
             tombstones, opt_outs = _privacy_state(database)
             _swap_database(staging / DATABASE, database)
             _swap_adapters(staging / ADAPTERS, adapters, manifest)
             forgotten = _carry_privacy_state(database, tombstones, opt_outs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("restored %s (replaced state saved as %s; forgotten users' rows deleted again: %s)", archive,
-             replaced.path if replaced else "nothing", forgotten)
+    log.info(
+        "restored %s (replaced state saved as %s; forgotten users' rows deleted again: %s)",
+        archive,
+        replaced.path if replaced else "nothing",
+        forgotten,
+    )
     return Restored(manifest, replaced, forgotten)
 
 
@@ -158,8 +177,11 @@ def list_backups(backups_dir: Path, label: str | None = None) -> list[Path]:
     """Archives in `backups_dir`, oldest first (names sort by time)."""
     if not Path(backups_dir).is_dir():
         return []
-    return sorted(path for path in Path(backups_dir).iterdir()
-                  if (match := NAME.match(path.name)) and label in (None, match["label"]))
+    return sorted(
+        path
+        for path in Path(backups_dir).iterdir()
+        if (match := NAME.match(path.name)) and label in (None, match["label"])
+    )
 
 
 def prune(backups_dir: Path, keep: int, label: str) -> list[Path]:
@@ -206,6 +228,7 @@ def schema_version(database: Path) -> int | None:
 
 # -- making ---------------------------------------------------------------------------------
 
+
 def _copy_database(source: Path, target: Path) -> tuple[int, dict[str, int]]:
     """SQLite's online backup: a consistent copy even while another connection writes."""
     try:
@@ -230,10 +253,13 @@ def _copy_database(source: Path, target: Path) -> tuple[int, dict[str, int]]:
 def _counts(db: sqlite3.Connection) -> dict[str, int]:
     """Rows per ordinary table (FTS shadow tables and SQLite's own left out)."""
     shadow = {row[1] for row in db.execute("PRAGMA table_list") if row[2] in ("shadow", "virtual")}
-    names = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                          " AND name NOT LIKE 'sqlite%' ORDER BY name")]
-    return {name: db.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
-            for name in names if name not in shadow}
+    names = [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name"
+        )
+    ]
+    return {name: db.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0] for name in names if name not in shadow}
 
 
 def _copy_adapters(source: Path, target: Path) -> None:
@@ -272,6 +298,7 @@ def _write_archive(staging: Path, manifest: dict, backups_dir: Path, label: str)
 
 # -- checking -------------------------------------------------------------------------------
 
+
 def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, into: Path) -> None:
     """Regular files and folders only, each inside `into` under a name a backup can have."""
     name = PurePosixPath(member.name)
@@ -303,11 +330,14 @@ def _check_database(path: Path, manifest: dict, archive: Path) -> None:
     if version != manifest.get("schema_version"):
         raise BackupError(f"{archive}: database schema {version}, manifest says {manifest.get('schema_version')}")
     if version > len(MIGRATIONS):
-        raise BackupError(f"{archive} was made by a newer version (schema {version}; this code knows "
-                          f"{len(MIGRATIONS)}): update the code first, then restore")
+        raise BackupError(
+            f"{archive} was made by a newer version (schema {version}; this code knows "
+            f"{len(MIGRATIONS)}): update the code first, then restore"
+        )
 
 
 # -- replacing ------------------------------------------------------------------------------
+
 
 def _swap_database(restored: Path, database: Path) -> None:
     """Fold the old database's WAL into it (it is in the pre-restore backup), drop the WAL files
@@ -336,8 +366,10 @@ def _privacy_state(database: Path) -> tuple[list[tuple[int, str]], list[int]]:
     try:
         db = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
-            return (db.execute("SELECT user_id, forgotten_at FROM forgotten_users").fetchall(),
-                    [row[0] for row in db.execute("SELECT user_id FROM opt_outs")])
+            return (
+                db.execute("SELECT user_id, forgotten_at FROM forgotten_users").fetchall(),
+                [row[0] for row in db.execute("SELECT user_id FROM opt_outs")],
+            )
         finally:
             db.close()
     except sqlite3.OperationalError as error:
@@ -376,6 +408,7 @@ def _swap_adapters(restored: Path, adapters: Path, manifest: dict) -> None:
 
 # -- small helpers --------------------------------------------------------------------------
 
+
 @contextmanager
 def _locked(path: Path, *, wait: float, busy: str = ""):
     """Hold the fcntl lock of `path` (the kind the bot and training take); BackupError if busy."""
@@ -383,8 +416,11 @@ def _locked(path: Path, *, wait: float, busy: str = ""):
         with file_lock(path, timeout=wait):
             yield
     except LockBusy:
-        raise BackupError(f"refusing: {busy}" if busy else f"{path} stayed locked "
-                          f"for {wait:.0f} s (a registry change running?); try again") from None
+        raise BackupError(
+            f"refusing: {busy}"
+            if busy
+            else f"{path} stayed locked for {wait:.0f} s (a registry change running?); try again"
+        ) from None
 
 
 def _pointer(adapters: Path) -> dict:
@@ -397,8 +433,11 @@ def _pointer(adapters: Path) -> dict:
 
 def _files(root: Path) -> list[str]:
     """Every file under `root` but the manifest, as POSIX relative paths."""
-    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*")
-                  if path.is_file() and path.relative_to(root).as_posix() != MANIFEST)
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and path.relative_to(root).as_posix() != MANIFEST
+    )
 
 
 def _describe(path: Path) -> dict:
@@ -411,6 +450,7 @@ def _now() -> str:
 
 # -- the bot's automatic backups --------------------------------------------------------------
 
+
 def scheduled_backup(database: Path, *, label: str = "nightly") -> str:
     """The nightly backup of `database` and the registry before retraining, pruned to BACKUP_KEEP;
     one line for the admins.
@@ -420,8 +460,7 @@ def scheduled_backup(database: Path, *, label: str = "nightly") -> str:
     try:
         settings = DataSettings.load(database_path=database)
         home = settings.home
-        backup = create_backup(home.database, home.adapters, home.backups, label=label,
-                               keep=settings.backup_keep)
+        backup = create_backup(home.database, home.adapters, home.backups, label=label, keep=settings.backup_keep)
     except (SettingsError, BackupError, OSError, sqlite3.Error) as error:
         log.error("%s backup failed: %s", label, error)
         return f"Backup failed: {error}"
@@ -442,8 +481,7 @@ def describe(manifest: dict) -> str:
     """'schema 2, 12 messages, 3 users, adapter v0002' for listings and reports."""
     counts = manifest.get("counts") or {}
     parts = [f"schema {manifest.get('schema_version')}"] if manifest.get("schema_version") is not None else []
-    parts += [f"{counts[name]} {name}" for name in ("messages", "users", "feedback", "corrections")
-              if name in counts]
+    parts += [f"{counts[name]} {name}" for name in ("messages", "users", "feedback", "corrections") if name in counts]
     adapters = sum(1 for name in manifest.get("files") or {} if name.startswith(f"{ADAPTERS}/"))
     if manifest.get("production"):
         parts.append(f"adapter {manifest['production']} in production")

@@ -72,9 +72,7 @@ class BuildResult:
         return self.manifest["content_hash"]
 
 
-
-def build_dataset(settings: DataSettings, store: Store | None = None,
-                  extra_jsonl: Sequence[Path] = ()) -> BuildResult:
+def build_dataset(settings: DataSettings, store: Store | None = None, extra_jsonl: Sequence[Path] = ()) -> BuildResult:
     """Collect, scrub, deduplicate, split and write a dataset; returns its folder and manifest.
 
     Without a `store`, the configured database is used if it exists. Curation (data/curation.py):
@@ -83,9 +81,10 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
     seed or an admin's answer to the same question (see `deduplicate`).
     """
     problems: list[Problem] = []
-    examples = [Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}", fact=pair.fact,
-                        kind=pair.kind)
-                for pair in load_qa(settings.seed_dir, problems)]
+    examples = [
+        Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}", fact=pair.fact, kind=pair.kind)
+        for pair in load_qa(settings.seed_dir, problems)
+    ]
     knowledge = None  # the knowledge base's hash: grounded prompts depend on it like on the data
     withheld = {"instructions": 0, "over_user_cap": 0}
     if store is not None:
@@ -105,8 +104,7 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
         scrubbed += extra_scrubbed
     kept, duplicates, superseded = deduplicate(examples)
     if not kept:
-        raise BuildError(f"nothing to build: no training pairs in {settings.seed_dir},"
-                         f" the database or the extra files")
+        raise BuildError(f"nothing to build: no training pairs in {settings.seed_dir}, the database or the extra files")
     splits = split_examples(kept, settings)
     manifest = {
         "sources": {source: sum(example.source == source for example in kept) for source in SOURCES},
@@ -117,8 +115,11 @@ def build_dataset(settings: DataSettings, store: Store | None = None,
         "message_ids": sorted(example.message_id for example in kept if example.message_id is not None),
         "knowledge_hash": knowledge,
         "problems": [problem.to_dict() for problem in problems],
-        "settings": {"valid_fraction": settings.valid_fraction,
-                     "test_fraction": settings.test_fraction, "split_salt": settings.split_salt},
+        "settings": {
+            "valid_fraction": settings.valid_fraction,
+            "test_fraction": settings.test_fraction,
+            "split_salt": settings.split_salt,
+        },
     }
     return _write(settings.home.datasets, splits, manifest)
 
@@ -148,9 +149,16 @@ def deduplicate(examples: Iterable[Example]) -> tuple[list[Example], int, int]:
     Returns the kept examples, how many were exact duplicates, and how many were superseded by
     an admin's correction or a seed pair. The order of the input does not matter.
     """
-    ordered = sorted(examples, key=lambda example: (
-        PRIORITY.index(example.source), example.key, example.question, example.answer,
-        example.origin))
+    ordered = sorted(
+        examples,
+        key=lambda example: (
+            PRIORITY.index(example.source),
+            example.key,
+            example.question,
+            example.answer,
+            example.origin,
+        ),
+    )
     corrected: dict[str, Example] = {}
     for example in ordered:
         if example.source == "correction":
@@ -163,7 +171,8 @@ def deduplicate(examples: Iterable[Example]) -> tuple[list[Example], int, int]:
     for example in ordered:
         winner = corrected.get(example.key[0])
         if (winner is not None and example is not winner) or (
-                example.source == "feedback" and example.key[0] in seeded and example.key not in seen):
+            example.source == "feedback" and example.key[0] in seeded and example.key not in seen
+        ):
             superseded += 1
         elif example.key in seen:
             duplicates += 1
@@ -200,12 +209,13 @@ def split_examples(examples: Sequence[Example], settings: DataSettings) -> dict[
 
 
 def _position(question: str, salt: str) -> float:
-    digest = hashlib.sha256(f"{salt}\0{normalise(question)}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{salt}\0{normalise(question)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _curated(store: Store, problems: list[Problem], per_user: int,
-             withheld: dict[str, int]) -> tuple[list[Example], int, int]:
+def _curated(
+    store: Store, problems: list[Problem], per_user: int, withheld: dict[str, int]
+) -> tuple[list[Example], int, int]:
     """The store's vouched-for pairs, curated and scrubbed; also how many were withheld for an
     opt-out and how many pieces scrubbed. `withheld` counts the pairs curation kept out."""
     examples, replaced, votes = [], 0, Counter()
@@ -221,8 +231,11 @@ def _curated(store: Store, problems: list[Problem], per_user: int,
         question, in_question = scrub_counted(item.question)
         answer, in_answer = scrub_counted(item.answer)
         replaced += in_question + in_answer
-        examples.append(Example(question, answer, item.source, f"message {item.message_id}",
-                                item.created_at, message_id=item.message_id))
+        examples.append(
+            Example(
+                question, answer, item.source, f"message {item.message_id}", item.created_at, message_id=item.message_id
+            )
+        )
     return examples, store.withheld_opted_out(), replaced
 
 
@@ -268,11 +281,9 @@ def _chat_pair(record: dict) -> tuple[str, str] | str:
 def _write(datasets_dir: Path, splits: dict[str, list[Example]], manifest: dict) -> BuildResult:
     """Write the split files and manifest into a temporary folder, then rename it into place."""
     datasets_dir.mkdir(parents=True, exist_ok=True)
-    contents = {name: "".join(_chat_line(example) for example in splits[name]).encode("utf-8")
-                for name in SPLITS}
+    contents = {name: "".join(_chat_line(example) for example in splits[name]).encode("utf-8") for name in SPLITS}
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
-    content_hash = hashlib.sha256(
-        "".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()
+    content_hash = hashlib.sha256("".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()
     created = datetime.now(timezone.utc)
     manifest = {
         "created_at": created.isoformat(timespec="seconds"),
@@ -291,8 +302,7 @@ def _write(datasets_dir: Path, splits: dict[str, list[Example]], manifest: dict)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     fsync_dir(datasets_dir)
-    pointer = {"dataset": folder.name, "content_hash": content_hash,
-               "created_at": manifest["created_at"]}
+    pointer = {"dataset": folder.name, "content_hash": content_hash, "created_at": manifest["created_at"]}
     write_atomic(datasets_dir / LATEST_DATASET, json.dumps(pointer))  # readers: the old one or the new
     return BuildResult(folder, manifest)
 
@@ -313,8 +323,9 @@ def _rename_unique(staging: Path, parent: Path, base: str) -> Path:
 
 
 def _chat_line(example: Example) -> str:
-    record = {"messages": [{"role": "user", "content": example.question},
-                           {"role": "assistant", "content": example.answer}]}
+    record = {
+        "messages": [{"role": "user", "content": example.question}, {"role": "assistant", "content": example.answer}]
+    }
     if example.source == "seed":  # extra keys: the trainer reads only "messages"
         record |= {"source": "seed", "fact": example.fact, "kind": example.kind}
     elif example.source in ("feedback", "correction"):

@@ -6,9 +6,10 @@ data/knowledge/ (one JSON object per line), imported idempotently whenever a sto
 (`Store.seed_knowledge`, right after the migrations), so a fresh
 machine answers from day one. An admin's amendment or removal of a seed fact is never undone by a
 later import. Every change of a fact's words is a new revision: `facts` holds the current one
-(all retrieval reads), `fact_revisions` all of them, so an amended fact can be restored. The retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the
-facts say otherwise) and other_subjects.jsonl (names of other clubs and competitions), copied into
-their tables at the same time. Retrieval for answering lives in inference/grounding.py, which reads
+(all retrieval reads), `fact_revisions` all of them, so an amended fact can be restored. The
+retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the facts say otherwise)
+and other_subjects.jsonl (names of other clubs and competitions), copied into their tables at the
+same time. Retrieval for answering lives in inference/grounding.py, which reads
 this schema.
 """
 
@@ -94,17 +95,18 @@ def load_seed_facts(folder: Path, problems: list[Problem]) -> list[SeedFact]:
     places: dict[tuple[int, str], str] = {}
     for path in paths:
         for line, record in read_jsonl(path, problems):
-            reason = (field_problem(record, {"fact": int, "lang": str, "text": str, "source": str,
-                                             "url": (str, type(None))})
-                      or _fact_problem(record["text"], record["lang"]))
+            reason = field_problem(
+                record, {"fact": int, "lang": str, "text": str, "source": str, "url": (str, type(None))}
+            ) or _fact_problem(record["text"], record["lang"])
             key = (record.get("fact"), record.get("lang"))
             if reason is None and key in facts:
                 reason = f"fact {key[0]} in {key[1]!r} already given at {places[key]}"
             if reason:
                 report(problems, path, line, reason)
                 continue
-            facts[key] = SeedFact(record["fact"], record["lang"], record["text"].strip(),
-                                  record["source"].strip(), record.get("url"))
+            facts[key] = SeedFact(
+                record["fact"], record["lang"], record["text"].strip(), record["source"].strip(), record.get("url")
+            )
             places[key] = f"{path}:{line}"
     return list(facts.values())
 
@@ -122,16 +124,22 @@ def load_synonyms(folder: Path, problems: list[Problem]) -> set[tuple[str, str, 
             reason = field_problem(record, {"lang": str, "words": list, "means": list})
             if reason is None and record["lang"] not in LANGS:
                 reason = f"'lang' should be one of {', '.join(LANGS)}, got {record['lang']!r}"
-            words = [_lexicon_word(word) for word in (record.get("words"), record.get("means"))
-                     for word in (word if isinstance(word, list) else [])]
+            words = [
+                _lexicon_word(word)
+                for word in (record.get("words"), record.get("means"))
+                for word in (word if isinstance(word, list) else [])
+            ]
             if reason is None and (not record["words"] or not record["means"] or None in words):
                 reason = "'words' and 'means' should be non-empty lists of single words"
             if reason:
                 report(problems, path, line, reason)
                 continue
-            rows.update((record["lang"], _lexicon_word(word), _lexicon_word(means))
-                        for word in record["words"] for means in record["means"]
-                        if _lexicon_word(word) != _lexicon_word(means))
+            rows.update(
+                (record["lang"], _lexicon_word(word), _lexicon_word(means))
+                for word in record["words"]
+                for means in record["means"]
+                if _lexicon_word(word) != _lexicon_word(means)
+            )
     return rows
 
 
@@ -143,8 +151,7 @@ def _lexicon_word(word: object) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def seed_synonyms(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
-                  problems: list[Problem] | None = None) -> bool:
+def seed_synonyms(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR, problems: list[Problem] | None = None) -> bool:
     """Make the store's lexicon the files' (when `folder` has any); True if it changed."""
     if not any(Path(folder).glob(SYNONYMS_GLOB)):
         return False
@@ -176,8 +183,9 @@ def load_other_subjects(folder: Path, problems: list[Problem]) -> set[str]:
     return words
 
 
-def seed_other_subjects(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
-                        problems: list[Problem] | None = None) -> bool:
+def seed_other_subjects(
+    store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR, problems: list[Problem] | None = None
+) -> bool:
     """Make the store's other subjects the file's (when `folder` has it); True if they changed."""
     if not (Path(folder) / OTHER_SUBJECTS_FILE).is_file():
         return False
@@ -193,8 +201,7 @@ def seed_other_subjects(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
     return store.write(work)
 
 
-def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
-                   problems: list[Problem] | None = None) -> int:
+def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR, problems: list[Problem] | None = None) -> int:
     """Bring the seed facts and the lexicon into the store; returns how many fact rows were added
     or updated.
 
@@ -208,26 +215,33 @@ def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
         return 0
 
     def work(db: sqlite3.Connection) -> int:
-        current = {(row[0], row[1]): row[2:] for row in db.execute(
-            "SELECT fact, lang, text, source, url, author_id, removed_at FROM facts"
-            " WHERE origin = 'seed'")}
+        current = {
+            (row[0], row[1]): row[2:]
+            for row in db.execute(
+                "SELECT fact, lang, text, source, url, author_id, removed_at FROM facts WHERE origin = 'seed'"
+            )
+        }
         now, changed = _now(), 0
         for item in seed:
             existing = current.get((item.fact, item.lang))
             if existing is None:
-                cursor = db.execute("INSERT INTO facts (fact, lang, text, source, url, origin, created_at,"
-                                    " updated_at) VALUES (?, ?, ?, ?, ?, 'seed', ?, ?)",
-                                    (item.fact, item.lang, item.text, item.source, item.url, now, now))
+                cursor = db.execute(
+                    "INSERT INTO facts (fact, lang, text, source, url, origin, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, 'seed', ?, ?)",
+                    (item.fact, item.lang, item.text, item.source, item.url, now, now),
+                )
                 _keep_revision(db, cursor.lastrowid, 1, item.text, item.source, item.url, None, None, now)
                 changed += 1
-            elif existing[3] is None and existing[4] is None and existing[:3] != (
-                    item.text, item.source, item.url):
+            elif existing[3] is None and existing[4] is None and existing[:3] != (item.text, item.source, item.url):
                 fact_id, revision = db.execute(
                     "SELECT id, revision + 1 FROM facts WHERE origin = 'seed' AND fact = ? AND lang = ?",
-                    (item.fact, item.lang)).fetchone()
-                db.execute("UPDATE facts SET text = ?, source = ?, url = ?, updated_at = ?, revision = ?,"
-                           " source_message_id = NULL WHERE id = ?",
-                           (item.text, item.source, item.url, now, revision, fact_id))
+                    (item.fact, item.lang),
+                ).fetchone()
+                db.execute(
+                    "UPDATE facts SET text = ?, source = ?, url = ?, updated_at = ?, revision = ?,"
+                    " source_message_id = NULL WHERE id = ?",
+                    (item.text, item.source, item.url, now, revision, fact_id),
+                )
                 _keep_revision(db, fact_id, revision, item.text, item.source, item.url, None, None, now)
                 changed += 1
         return changed
@@ -235,8 +249,15 @@ def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR,
     return store.write(work)
 
 
-def add_fact(store: Store, text: str, lang: str, source: str = ADMIN_SOURCE, url: str | None = None,
-             author_id: int | None = None, source_message_id: int | None = None) -> int:
+def add_fact(
+    store: Store,
+    text: str,
+    lang: str,
+    source: str = ADMIN_SOURCE,
+    url: str | None = None,
+    author_id: int | None = None,
+    source_message_id: int | None = None,
+) -> int:
     """Add an admin's fact (revision 1); returns its id. It is retrievable as soon as this returns.
     `source_message_id`: the logged answer it corrects, if it came from a correction."""
     text, source = _clean(text), _clean(source)
@@ -249,16 +270,23 @@ def add_fact(store: Store, text: str, lang: str, source: str = ADMIN_SOURCE, url
         cursor = db.execute(
             "INSERT INTO facts (lang, text, source, url, origin, author_id, created_at, updated_at,"
             " source_message_id) VALUES (?, ?, ?, ?, 'admin', ?, ?, ?, ?)",
-            (lang, text, source, url, author_id, now, now, source_message_id))
+            (lang, text, source, url, author_id, now, now, source_message_id),
+        )
         _keep_revision(db, cursor.lastrowid, 1, text, source, url, author_id, source_message_id, now)
         return int(cursor.lastrowid)
 
     return store.write(work)
 
 
-def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
-               source: str = ADMIN_SOURCE, url: str | None = None,
-               source_message_id: int | None = None) -> int:
+def amend_fact(
+    store: Store,
+    fact_id: int,
+    text: str,
+    author_id: int | None,
+    source: str = ADMIN_SOURCE,
+    url: str | None = None,
+    source_message_id: int | None = None,
+) -> int:
     """Give a live fact new words as a new revision (the old ones are kept); returns its number.
     The source becomes the admin's, since the words now are theirs."""
     text = _clean(text)
@@ -273,8 +301,7 @@ def amend_fact(store: Store, fact_id: int, text: str, author_id: int | None,
 
 def fact_history(store: Store, fact_id: int) -> list[FactRevision]:
     """Every revision of a fact, oldest first (empty if there is no such fact)."""
-    rows = store.read(f"SELECT {_REVISION_COLUMNS} FROM fact_revisions WHERE fact_id = ? ORDER BY revision",
-                      (fact_id,))
+    rows = store.read(f"SELECT {_REVISION_COLUMNS} FROM fact_revisions WHERE fact_id = ? ORDER BY revision", (fact_id,))
     return [FactRevision(*row) for row in rows]
 
 
@@ -287,33 +314,56 @@ def restore_fact(store: Store, fact_id: int, revision: int, author_id: int | Non
     return _revise(store, fact_id, old.text, old.source, old.url, author_id, old.source_message_id)
 
 
-def _revise(store: Store, fact_id: int, text: str, source: str, url: str | None, author_id: int | None,
-            source_message_id: int | None) -> int:
+def _revise(
+    store: Store,
+    fact_id: int,
+    text: str,
+    source: str,
+    url: str | None,
+    author_id: int | None,
+    source_message_id: int | None,
+) -> int:
     now = _now()
 
     def work(db: sqlite3.Connection) -> int:
         revision = db.execute("SELECT revision + 1 FROM facts WHERE id = ?", (fact_id,)).fetchone()[0]
-        db.execute("UPDATE facts SET text = ?, source = ?, url = ?, author_id = ?, updated_at = ?,"
-                   " removed_at = NULL, revision = ?, source_message_id = ? WHERE id = ?",
-                   (text, source, url, author_id, now, revision, source_message_id, fact_id))
+        db.execute(
+            "UPDATE facts SET text = ?, source = ?, url = ?, author_id = ?, updated_at = ?,"
+            " removed_at = NULL, revision = ?, source_message_id = ? WHERE id = ?",
+            (text, source, url, author_id, now, revision, source_message_id, fact_id),
+        )
         _keep_revision(db, fact_id, revision, text, source, url, author_id, source_message_id, now)
         return revision
 
     return store.write(work)
 
 
-def _keep_revision(db: sqlite3.Connection, fact_id: int, revision: int, text: str, source: str,
-                   url: str | None, author_id: int | None, source_message_id: int | None, at: str) -> None:
-    db.execute(f"INSERT INTO fact_revisions ({_REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               (fact_id, revision, text, source, url, author_id, source_message_id, at))
+def _keep_revision(
+    db: sqlite3.Connection,
+    fact_id: int,
+    revision: int,
+    text: str,
+    source: str,
+    url: str | None,
+    author_id: int | None,
+    source_message_id: int | None,
+    at: str,
+) -> None:
+    db.execute(
+        f"INSERT INTO fact_revisions ({_REVISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (fact_id, revision, text, source, url, author_id, source_message_id, at),
+    )
 
 
 def remove_fact(store: Store, fact_id: int, author_id: int | None) -> bool:
     """Take a fact out of retrieval (kept for the record); False if there was no live fact."""
     now = _now()
-    cursor = store.write(lambda db: db.execute(
-        "UPDATE facts SET removed_at = ?, updated_at = ?, author_id = ?"
-        " WHERE id = ? AND removed_at IS NULL", (now, now, author_id, fact_id)))
+    cursor = store.write(
+        lambda db: db.execute(
+            "UPDATE facts SET removed_at = ?, updated_at = ?, author_id = ? WHERE id = ? AND removed_at IS NULL",
+            (now, now, author_id, fact_id),
+        )
+    )
     return cursor.rowcount == 1
 
 
@@ -322,21 +372,24 @@ def get_fact(store: Store, fact_id: int) -> FactRow | None:
     return FactRow(*rows[0]) if rows else None
 
 
-def list_facts(store: Store, query: str | None = None, limit: int = 20,
-               include_removed: bool = False) -> list[FactRow]:
+def list_facts(store: Store, query: str | None = None, limit: int = 20, include_removed: bool = False) -> list[FactRow]:
     """Facts for an admin: those with all of `query`'s words, best first; the newest without it."""
     live = "" if include_removed else " AND facts.removed_at IS NULL"
     words = _WORDS.findall(strip_accents(query or "").lower())[:32]
     if query is None or not query.strip():
-        rows = store.read(f"SELECT {_COLUMNS} FROM facts WHERE 1{live}"
-                           " ORDER BY facts.updated_at DESC, facts.id DESC LIMIT ?", (limit,))
+        rows = store.read(
+            f"SELECT {_COLUMNS} FROM facts WHERE 1{live} ORDER BY facts.updated_at DESC, facts.id DESC LIMIT ?",
+            (limit,),
+        )
     elif not words:
         return []
     else:
         match = " ".join(f'"{word}"' for word in words)  # every word, as an admin expects
         rows = store.read(
             f"SELECT {_COLUMNS} FROM facts_fts JOIN facts ON facts.id = facts_fts.rowid"
-            f" WHERE facts_fts MATCH ?{live} ORDER BY bm25(facts_fts) LIMIT ?", (match, limit))
+            f" WHERE facts_fts MATCH ?{live} ORDER BY bm25(facts_fts) LIMIT ?",
+            (match, limit),
+        )
     return [FactRow(*row) for row in rows]
 
 
@@ -345,21 +398,26 @@ def knowledge_hash(store: Store) -> str:
     decides what is retrieved, so equal knowledge hashes equally and any amendment changes it."""
     rows = store.read("SELECT lang, text, source, url, revision FROM facts WHERE removed_at IS NULL")
     lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
-    lines += sorted(json.dumps(["synonym", *row], ensure_ascii=False)
-                    for row in store.read("SELECT lang, word, means FROM synonyms"))
-    lines += sorted(json.dumps(["other", *row], ensure_ascii=False)
-                    for row in store.read("SELECT word FROM other_subjects"))
+    lines += sorted(
+        json.dumps(["synonym", *row], ensure_ascii=False)
+        for row in store.read("SELECT lang, word, means FROM synonyms")
+    )
+    lines += sorted(
+        json.dumps(["other", *row], ensure_ascii=False) for row in store.read("SELECT word FROM other_subjects")
+    )
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def knowledge_stats(store: Store) -> dict:
     """Counts of live facts per origin and language, and of removed ones, with the hash."""
-    rows = store.read("SELECT origin, lang, removed_at IS NOT NULL, COUNT(*) FROM facts"
-                       " GROUP BY 1, 2, 3")
+    rows = store.read("SELECT origin, lang, removed_at IS NOT NULL, COUNT(*) FROM facts GROUP BY 1, 2, 3")
     live = {f"{origin}/{lang}": count for origin, lang, removed, count in rows if not removed}
-    return {"live": sum(live.values()), "by_origin_lang": dict(sorted(live.items())),
-            "removed": sum(count for *_, removed, count in rows if removed),
-            "knowledge_hash": knowledge_hash(store)}
+    return {
+        "live": sum(live.values()),
+        "by_origin_lang": dict(sorted(live.items())),
+        "removed": sum(count for *_, removed, count in rows if removed),
+        "knowledge_hash": knowledge_hash(store),
+    }
 
 
 def _clean(text: object) -> str:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .knowledge import (ADMIN_SOURCE, LANGS, FactRow, add_fact, amend_fact, knowledge_stats,
-                        list_facts, remove_fact)
+from .knowledge import ADMIN_SOURCE, LANGS, FactRow, add_fact, amend_fact, knowledge_stats, list_facts, remove_fact
 from .store import Store
 
 EXIT_NOT_FOUND = 1

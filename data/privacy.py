@@ -34,9 +34,7 @@ _PHONE_PT = re.compile(
     r"(?:\d{3}[ .-]?\d{3}[ .-]?\d{3}|\d{2}[ .-]\d{3}[ .-]\d{4}"
     r"|\d{3}(?:[ .-]\d{2}){3}|\d{2}[ .-]\d{3}(?:[ .-]\d{2}){2})" + _END
 )
-_PHONE_INTERNATIONAL = re.compile(
-    r"(?<![\w+])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){2,6}" + _END
-)
+_PHONE_INTERNATIONAL = re.compile(r"(?<![\w+])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,5}\)?){2,6}" + _END)
 _USERNAME = re.compile(r"(?<![\w@.])@[A-Za-z][A-Za-z0-9_]{3,31}\b")
 
 
@@ -63,7 +61,7 @@ def _portuguese(match: re.Match[str]) -> str | None:
     """A Portuguese first digit pair; dots only after +351, since "300.000.000" is money."""
     text = match.group()
     prefix = _PT_PREFIX.match(text)
-    number = text[prefix.end():] if prefix else text
+    number = text[prefix.end() :] if prefix else text
     if not _PT_NUMBER.match(number):
         return None
     return "[phone]" if prefix or "." not in number else None
@@ -97,6 +95,7 @@ def scrub_counted(text: str) -> tuple[str, int]:
     """The scrubbed text and how many pieces of personal data were replaced."""
     replaced = 0
     for pattern, replacement in _RULES:
+
         def substitute(match: re.Match[str], replacement=replacement) -> str:
             nonlocal replaced
             result = replacement if isinstance(replacement, str) else replacement(match)

@@ -1,12 +1,13 @@
 """How long built datasets are kept: until a message they hold is forgotten, and at most the newest
 KEEP_DATASETS (with their grounded copies).
 
-/forget beyond the database's rows: the store deletes the rows and leaves a tombstone (data/store.py); this then folds the WAL into
-the database and truncates it, and deletes every built dataset that holds a message the store no
-longer has, with its grounded copies. A dataset records the ids of the messages it holds (its
-manifest's `message_ids`, ids only); one built before that was recorded, holding feedback or
-corrections, is deleted too, since what it holds cannot be told. A grounded copy
-(`<dataset>-grounded-<hash>`, made by training) goes with its dataset.
+/forget beyond the database's rows: the store deletes the rows and leaves a tombstone
+(data/store.py); this then folds the WAL into the database and truncates it, and deletes every
+built dataset that holds a message the store no longer has, with its grounded copies. A dataset
+records the ids of the messages it holds (its manifest's `message_ids`, ids only); one built
+before that was recorded, holding feedback or corrections, is deleted too, since what it holds
+cannot be told. A grounded copy (`<dataset>-grounded-<hash>`, made by training) goes with its
+dataset.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
     if dropped:
         if _latest_name(home) in {path.name for path in dropped}:
             home.latest_dataset.unlink(missing_ok=True)
-        log.info("deleted %d dataset(s) holding forgotten messages: %s", len(dropped),
-                 [path.name for path in dropped])
+        log.info("deleted %d dataset(s) holding forgotten messages: %s", len(dropped), [path.name for path in dropped])
     return dropped
 
 
@@ -67,10 +67,16 @@ def prune_datasets(home: Home, keep: int, in_use: set[str] = frozenset()) -> lis
     dataset is gone. Returns the deleted folders."""
     if not home.datasets.is_dir():
         return []
-    built = sorted(folder for folder in home.datasets.iterdir()
-                   if folder.is_dir() and not folder.name.startswith(".") and GROUNDED_SUFFIX not in folder.name)
-    kept = {folder.name for folder in built[-keep:]} | {_latest_name(home)} | {
-        name.split(GROUNDED_SUFFIX)[0] for name in in_use}
+    built = sorted(
+        folder
+        for folder in home.datasets.iterdir()
+        if folder.is_dir() and not folder.name.startswith(".") and GROUNDED_SUFFIX not in folder.name
+    )
+    kept = (
+        {folder.name for folder in built[-keep:]}
+        | {_latest_name(home)}
+        | {name.split(GROUNDED_SUFFIX)[0] for name in in_use}
+    )
     removed = []
     for folder in built:
         if folder.name not in kept:

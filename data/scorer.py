@@ -25,10 +25,28 @@ RIGHT, DECLINED, WRONG = "right", "declined", "wrong"
 VERDICTS = (RIGHT, DECLINED, WRONG)
 # How the bot and its model say they do not know (the bot's own declines included), normalised.
 DECLINE_PHRASES = (
-    "only know about", "i only know", "don't know", "do not know", "found nothing", "no information",
-    "not sure", "can't answer", "cannot answer", "can't help", "cannot help", "i'm sorry", "sorry,",
-    "so sei", "nao sei", "nao encontrei", "nao tenho informac", "nao tenho essa informac",
-    "nao consigo responder", "nao posso responder", "desculpa", "lamento",
+    "only know about",
+    "i only know",
+    "don't know",
+    "do not know",
+    "found nothing",
+    "no information",
+    "not sure",
+    "can't answer",
+    "cannot answer",
+    "can't help",
+    "cannot help",
+    "i'm sorry",
+    "sorry,",
+    "so sei",
+    "nao sei",
+    "nao encontrei",
+    "nao tenho informac",
+    "nao tenho essa informac",
+    "nao consigo responder",
+    "nao posso responder",
+    "desculpa",
+    "lamento",
 )
 
 
@@ -67,8 +85,7 @@ class EvalReport:
 
     @property
     def accuracy_by_lang(self) -> dict[str, float | None]:
-        return {lang: _mean([item.passed for item in self.items if item.lang == lang])
-                for lang in LANGS}
+        return {lang: _mean([item.passed for item in self.items if item.lang == lang]) for lang in LANGS}
 
     def verdicts(self, lang: str | None = None) -> dict[str, float | None]:
         """Shares of right, declined and wrong answers (in `lang`, or all)."""
@@ -104,10 +121,12 @@ class EvalReport:
     def summary(self) -> str:
         by_lang = ", ".join(f"{lang} {_percent(value)}" for lang, value in self.accuracy_by_lang.items())
         shares = self.verdicts()
-        return (f"accuracy {_percent(self.accuracy)} ({by_lang}) | declined {_percent(shares[DECLINED])}"
-                f" | wrong {_percent(shares[WRONG])} | key facts"
-                f" {_percent(self.key_fact_recall)} | out-of-domain declined"
-                f" {_percent(self.ood_decline_rate)} | {len(self.items)} items, {len(self.ood)} ood")
+        return (
+            f"accuracy {_percent(self.accuracy)} ({by_lang}) | declined {_percent(shares[DECLINED])}"
+            f" | wrong {_percent(shares[WRONG])} | key facts"
+            f" {_percent(self.key_fact_recall)} | out-of-domain declined"
+            f" {_percent(self.ood_decline_rate)} | {len(self.items)} items, {len(self.ood)} ood"
+        )
 
 
 def contains(answer: str, phrase: str) -> bool:
@@ -125,8 +144,12 @@ def is_decline(answer: str) -> bool:
     return any(phrase in text for phrase in DECLINE_PHRASES)
 
 
-def evaluate(generate: Callable[[str, str], str], items: Sequence[EvalItem] | None = None,
-             ood_items: Sequence[OODItem] | None = None, limit: int | None = None) -> EvalReport:
+def evaluate(
+    generate: Callable[[str, str], str],
+    items: Sequence[EvalItem] | None = None,
+    ood_items: Sequence[OODItem] | None = None,
+    limit: int | None = None,
+) -> EvalReport:
     """Ask `generate(question, lang)` every item (sorted by id, at most `limit` of each kind).
 
     Without explicit items the seed's eval and out-of-domain files are used.
@@ -140,11 +163,11 @@ def evaluate(generate: Callable[[str, str], str], items: Sequence[EvalItem] | No
     results = []
     for item in chosen:
         answer = generate(item.question, item.lang)
-        groups = tuple(any(contains(answer, alternative) for alternative in group)
-                       for group in item.key_facts)
+        groups = tuple(any(contains(answer, alternative) for alternative in group) for group in item.key_facts)
         passed = all(groups)
-        results.append(ItemResult(item.id, item.lang, item.question, answer, passed, groups,
-                                  not passed and is_decline(answer)))
+        results.append(
+            ItemResult(item.id, item.lang, item.question, answer, passed, groups, not passed and is_decline(answer))
+        )
     ood_results = []
     for probe in chosen_ood:
         answer = generate(probe.question, probe.lang)

@@ -108,8 +108,9 @@ def load_seed(seed_dir: Path) -> Seed:
 def load_qa(seed_dir: Path, problems: list[Problem]) -> list[QAPair]:
     pairs = []
     for path, line, record in _records(seed_dir, QA_GLOB, problems):
-        reason = field_problem(record, {"id": str, "lang": str, "question": str, "answer": str,
-                                        "fact": (int, type(None))}) or _lang_problem(record)
+        reason = field_problem(
+            record, {"id": str, "lang": str, "question": str, "answer": str, "fact": (int, type(None))}
+        ) or _lang_problem(record)
         kind = record.get("kind", "qa")
         if reason is None and kind not in QA_KINDS:
             reason = f"'kind' should be one of {', '.join(QA_KINDS)}, got {kind!r}"
@@ -118,16 +119,27 @@ def load_qa(seed_dir: Path, problems: list[Problem]) -> list[QAPair]:
         if reason:
             report(problems, path, line, reason)
             continue
-        pairs.append(QAPair(record["id"], record["fact"], record["lang"], record["question"],
-                            record["answer"], kind, str(path), line))
+        pairs.append(
+            QAPair(
+                record["id"],
+                record["fact"],
+                record["lang"],
+                record["question"],
+                record["answer"],
+                kind,
+                str(path),
+                line,
+            )
+        )
     return pairs
 
 
 def load_eval(seed_dir: Path, problems: list[Problem], split: str = "heldout") -> list[EvalItem]:
     items = []
     for path, line, record in _records(seed_dir, EVAL_FILES[split][0], problems):
-        reason = field_problem(record, {"id": str, "fact": int, "lang": str, "question": str,
-                                        "key_facts": list}) or _lang_problem(record)
+        reason = field_problem(
+            record, {"id": str, "fact": int, "lang": str, "question": str, "key_facts": list}
+        ) or _lang_problem(record)
         groups = record.get("key_facts")
         if reason is None and not _is_groups(groups):
             reason = "'key_facts' should be a non-empty list of non-empty lists of non-empty strings"
@@ -138,8 +150,18 @@ def load_eval(seed_dir: Path, problems: list[Problem], split: str = "heldout") -
             report(problems, path, line, reason)
             continue
         key_facts = tuple(tuple(alternatives) for alternatives in groups)
-        items.append(EvalItem(record["id"], record["fact"], record["lang"], record["question"],
-                              key_facts, str(path), line, tuple(facts)))
+        items.append(
+            EvalItem(
+                record["id"],
+                record["fact"],
+                record["lang"],
+                record["question"],
+                key_facts,
+                str(path),
+                line,
+                tuple(facts),
+            )
+        )
     return items
 
 
@@ -147,20 +169,25 @@ def load_conversations(seed_dir: Path, problems: list[Problem], split: str = "he
     """The multi-turn set's conversations of one split."""
     conversations = []
     for path, line, record in _records(seed_dir, CONVERSATIONS_FILE, problems):
-        reason = field_problem(record, {"id": str, "split": str, "lang": str, "turns": list}) \
-            or _lang_problem(record)
+        reason = field_problem(record, {"id": str, "split": str, "lang": str, "turns": list}) or _lang_problem(record)
         turns = []
         for number, turn in enumerate(record.get("turns") or [], 1):
             if reason is not None:
                 break
-            if not isinstance(turn, dict) or not isinstance(turn.get("question"), str) \
-                    or turn.get("expected") not in (ANSWER, DECLINE):
+            if (
+                not isinstance(turn, dict)
+                or not isinstance(turn.get("question"), str)
+                or turn.get("expected") not in (ANSWER, DECLINE)
+            ):
                 reason = f"turn {number}: needs a 'question' and 'expected' {ANSWER!r} or {DECLINE!r}"
             elif turn["expected"] == ANSWER and not _is_groups(turn.get("key_facts")):
                 reason = f"turn {number}: an answer turn needs 'key_facts' (lists of phrasings)"
             else:
-                turns.append(ConversationTurn(turn["question"], turn["expected"],
-                                              tuple(tuple(group) for group in turn.get("key_facts") or ())))
+                turns.append(
+                    ConversationTurn(
+                        turn["question"], turn["expected"], tuple(tuple(group) for group in turn.get("key_facts") or ())
+                    )
+                )
         if reason is None and record["split"] not in SPLITS:
             reason = f"'split' should be one of {', '.join(SPLITS)}, got {record['split']!r}"
         if reason is None and not turns:
@@ -169,28 +196,28 @@ def load_conversations(seed_dir: Path, problems: list[Problem], split: str = "he
             report(problems, path, line, reason)
             continue
         if record["split"] == split:
-            conversations.append(Conversation(record["id"], record["split"], record["lang"], tuple(turns),
-                                              str(path), line))
+            conversations.append(
+                Conversation(record["id"], record["split"], record["lang"], tuple(turns), str(path), line)
+            )
     return conversations
 
 
 def load_ood(seed_dir: Path, problems: list[Problem], split: str = "heldout") -> list[OODItem]:
     items = []
     for path, line, record in _records(seed_dir, EVAL_FILES[split][1], problems):
-        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str}) \
-            or _lang_problem(record)
+        reason = field_problem(record, {"id": str, "lang": str, "question": str, "expected": str}) or _lang_problem(
+            record
+        )
         if reason is None and record["expected"] != "decline":
             reason = f"'expected' should be 'decline', got {record['expected']!r}"
         if reason:
             report(problems, path, line, reason)
             continue
-        items.append(OODItem(record["id"], record["lang"], record["question"], record["expected"],
-                             str(path), line))
+        items.append(OODItem(record["id"], record["lang"], record["question"], record["expected"], str(path), line))
     return items
 
 
-def consistency_problems(qa: list[QAPair], eval_items: list[EvalItem],
-                         ood: list[OODItem]) -> list[Problem]:
+def consistency_problems(qa: list[QAPair], eval_items: list[EvalItem], ood: list[OODItem]) -> list[Problem]:
     """The rules across files: unique ids and questions, eval facts taught, both languages."""
     problems: list[Problem] = []
     everything: list[QAPair | EvalItem | OODItem] = [*qa, *eval_items, *ood]
@@ -202,13 +229,18 @@ def consistency_problems(qa: list[QAPair], eval_items: list[EvalItem],
             report(problems, item.file, item.line, f"id {item.id!r} already used at {_at(earlier)}")
         earlier = first_by_question.setdefault(normalise(item.question), item)
         if earlier is not item:
-            report(problems, item.file, item.line,
-                   f"question of {item.id!r} duplicates {earlier.id!r} at {_at(earlier)}")
+            report(
+                problems, item.file, item.line, f"question of {item.id!r} duplicates {earlier.id!r} at {_at(earlier)}"
+            )
     taught = {pair.fact for pair in qa if pair.fact is not None}
     for item in eval_items:
         if item.fact not in taught:
-            report(problems, item.file, item.line,
-                   f"eval item {item.id!r} tests fact {item.fact}, which no training pair teaches")
+            report(
+                problems,
+                item.file,
+                item.line,
+                f"eval item {item.id!r} tests fact {item.fact}, which no training pair teaches",
+            )
     for name, items in (("qa", qa), ("eval", eval_items), ("out-of-domain", ood)):
         missing = sorted(set(LANGS) - {item.lang for item in items})
         if missing:
@@ -236,8 +268,11 @@ def _all_text(values: Iterable[object]) -> bool:
 
 
 def _is_groups(groups: object) -> bool:
-    return (isinstance(groups, list) and bool(groups)
-            and all(isinstance(group, list) and group and _all_text(group) for group in groups))
+    return (
+        isinstance(groups, list)
+        and bool(groups)
+        and all(isinstance(group, list) and group and _all_text(group) for group in groups)
+    )
 
 
 def _at(item: QAPair | EvalItem | OODItem) -> str:

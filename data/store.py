@@ -9,8 +9,9 @@ Opening a store takes three steps: the migrations bring the schema up to date, t
 forgotten users are applied (their rows are deleted again, should an upgrade or a restore have
 brought any back), then the seed facts of the knowledge base are imported (idempotent;
 data/knowledge.py), so any entry point that opens the store has the facts. Every connection sets
-`secure_delete`, so deleted rows are overwritten in the file rather than left in free pages. `Store(path, readonly=True)` does neither and never writes: it refuses a
-missing database or one whose schema is not this code's.
+`secure_delete`, so deleted rows are overwritten in the file rather than left in free pages.
+`Store(path, readonly=True)` does neither and never writes: it refuses a missing database or one
+whose schema is not this code's.
 """
 
 from __future__ import annotations
@@ -76,11 +77,23 @@ class CuratedExample:
 
 
 _MESSAGE_COLUMNS = ", ".join(field.name for field in fields(LoggedMessage))
-_FIELD_TYPES = {"question": str, "answer": str, "created_at": str, "id": int, "chat_id": int,
-                "user_id": int, "model_id": (str, type(None)), "adapter_version": (str, type(None)),
-                "latency_s": (float, int, type(None)), "prompt_tokens": (int, type(None)),
-                "completion_tokens": (int, type(None)), "telegram_message_id": (int, type(None)),
-                "lang": (str, type(None)), "source": str, "message_id": int}
+_FIELD_TYPES = {
+    "question": str,
+    "answer": str,
+    "created_at": str,
+    "id": int,
+    "chat_id": int,
+    "user_id": int,
+    "model_id": (str, type(None)),
+    "adapter_version": (str, type(None)),
+    "latency_s": (float, int, type(None)),
+    "prompt_tokens": (int, type(None)),
+    "completion_tokens": (int, type(None)),
+    "telegram_message_id": (int, type(None)),
+    "lang": (str, type(None)),
+    "source": str,
+    "message_id": int,
+}
 
 # Every vouched-for message once: its latest correction if any, else the asker's own thumbs-up.
 _CANDIDATES = """
@@ -108,19 +121,20 @@ WHERE NOT EXISTS (SELECT 1 FROM corrections WHERE message_id = m.id)
 # The admin audit (admin_events: user id, command name, time, no text) is kept.
 _FORGET = {
     "feedback": "DELETE FROM feedback WHERE rowid IN (SELECT f.rowid FROM {forgotten} t JOIN feedback f"
-                " ON f.user_id = t.user_id AND f.created_at <= t.forgotten_at)"
-                " OR message_id IN ({messages})",
+    " ON f.user_id = t.user_id AND f.created_at <= t.forgotten_at)"
+    " OR message_id IN ({messages})",
     "corrections": "DELETE FROM corrections WHERE id IN (SELECT c.id FROM {forgotten} t JOIN corrections c"
-                   " ON c.admin_id = t.user_id AND c.created_at <= t.forgotten_at)"
-                   " OR message_id IN ({messages})",
+    " ON c.admin_id = t.user_id AND c.created_at <= t.forgotten_at)"
+    " OR message_id IN ({messages})",
     "messages": "DELETE FROM messages WHERE id IN ({messages})",
     "chats": "DELETE FROM chats WHERE type = 'private' AND id IN (SELECT user_id FROM {forgotten})"
-             " AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = chats.id)",
+    " AND NOT EXISTS (SELECT 1 FROM messages WHERE chat_id = chats.id)",
     "users": "DELETE FROM users WHERE id IN (SELECT u.id FROM {forgotten} t JOIN users u"
-             " ON u.id = t.user_id AND u.created_at <= t.forgotten_at)",
+    " ON u.id = t.user_id AND u.created_at <= t.forgotten_at)",
 }
-_FORGOTTEN_MESSAGES = ("SELECT m.id FROM {forgotten} t JOIN messages m"
-                       " ON m.user_id = t.user_id AND m.created_at <= t.forgotten_at")
+_FORGOTTEN_MESSAGES = (
+    "SELECT m.id FROM {forgotten} t JOIN messages m ON m.user_id = t.user_id AND m.created_at <= t.forgotten_at"
+)
 
 
 def _forget_statements(forgotten: str) -> dict[str, str]:
@@ -174,7 +188,7 @@ class Store:
             self.close()
             raise
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -195,36 +209,53 @@ class Store:
 
     # -- users, chats, messages -------------------------------------------------------------
 
-    def upsert_user(self, user_id: int, name: str | None, language: str | None, *,
-                    asked_at: str | None = None) -> None:
+    def upsert_user(self, user_id: int, name: str | None, language: str | None, *, asked_at: str | None = None) -> None:
         """Record a user's name and language; not for a question `asked_at` before the user's /forget."""
         stamp = now()
 
         def work(db: sqlite3.Connection) -> None:
             if not _forgotten_since(db, user_id, asked_at):
-                db.execute("INSERT INTO users (id, name, language, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-                           " ON CONFLICT(id) DO UPDATE SET name = excluded.name, language = excluded.language,"
-                           " updated_at = excluded.updated_at", (user_id, name, language, stamp, stamp))
+                db.execute(
+                    "INSERT INTO users (id, name, language, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET name = excluded.name, language = excluded.language,"
+                    " updated_at = excluded.updated_at",
+                    (user_id, name, language, stamp, stamp),
+                )
 
         self.write(work)
 
-    def upsert_chat(self, chat_id: int, kind: str, title: str | None, *, user_id: int | None = None,
-                    asked_at: str | None = None) -> None:
+    def upsert_chat(
+        self, chat_id: int, kind: str, title: str | None, *, user_id: int | None = None, asked_at: str | None = None
+    ) -> None:
         """Record a chat's kind and title; not for a question of `user_id` `asked_at` before their /forget."""
         stamp = now()
 
         def work(db: sqlite3.Connection) -> None:
             if user_id is None or not _forgotten_since(db, user_id, asked_at):
-                db.execute("INSERT INTO chats (id, type, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-                           " ON CONFLICT(id) DO UPDATE SET type = excluded.type, title = excluded.title,"
-                           " updated_at = excluded.updated_at", (chat_id, kind, title, stamp, stamp))
+                db.execute(
+                    "INSERT INTO chats (id, type, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET type = excluded.type, title = excluded.title,"
+                    " updated_at = excluded.updated_at",
+                    (chat_id, kind, title, stamp, stamp),
+                )
 
         self.write(work)
 
-    def log_message(self, chat_id: int, user_id: int, question: str, answer: str, *,
-                    model_id: str | None, adapter_version: str | None, latency_s: float | None,
-                    prompt_tokens: int | None, completion_tokens: int | None,
-                    lang: str | None = None, asked_at: str | None = None) -> int | None:
+    def log_message(
+        self,
+        chat_id: int,
+        user_id: int,
+        question: str,
+        answer: str,
+        *,
+        model_id: str | None,
+        adapter_version: str | None,
+        latency_s: float | None,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        lang: str | None = None,
+        asked_at: str | None = None,
+    ) -> int | None:
         """Store one question and the bot's answer; returns the message id used by feedback.
 
         None, storing nothing, when the user /forgot after `asked_at` (the answer was in flight):
@@ -236,25 +267,42 @@ class Store:
             if _forgotten_since(db, user_id, asked_at):
                 return None
             # A message must never be lost because its chat or user was not registered first.
-            db.execute("INSERT OR IGNORE INTO chats (id, type, created_at, updated_at)"
-                       " VALUES (?, 'unknown', ?, ?)", (chat_id, stamp, stamp))
-            db.execute("INSERT OR IGNORE INTO users (id, created_at, updated_at) VALUES (?, ?, ?)",
-                       (user_id, stamp, stamp))
+            db.execute(
+                "INSERT OR IGNORE INTO chats (id, type, created_at, updated_at) VALUES (?, 'unknown', ?, ?)",
+                (chat_id, stamp, stamp),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO users (id, created_at, updated_at) VALUES (?, ?, ?)", (user_id, stamp, stamp)
+            )
             cursor = db.execute(
                 "INSERT INTO messages (chat_id, user_id, question, answer, lang, created_at,"
                 " model_id, adapter_version, latency_s, prompt_tokens, completion_tokens)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (chat_id, user_id, question, answer, lang, stamp, model_id, adapter_version,
-                 latency_s, prompt_tokens, completion_tokens))
+                (
+                    chat_id,
+                    user_id,
+                    question,
+                    answer,
+                    lang,
+                    stamp,
+                    model_id,
+                    adapter_version,
+                    latency_s,
+                    prompt_tokens,
+                    completion_tokens,
+                ),
+            )
             return int(cursor.lastrowid)
 
         return self.write(work)
 
     def attach_telegram_id(self, message_id: int, telegram_message_id: int) -> bool:
         """Link a logged message to the Telegram message that carried the answer."""
-        cursor = self.write(lambda db: db.execute(
-            "UPDATE messages SET telegram_message_id = ? WHERE id = ?",
-            (telegram_message_id, message_id)))
+        cursor = self.write(
+            lambda db: db.execute(
+                "UPDATE messages SET telegram_message_id = ? WHERE id = ?", (telegram_message_id, message_id)
+            )
+        )
         return cursor.rowcount == 1
 
     def message(self, message_id: int) -> LoggedMessage | None:
@@ -262,9 +310,11 @@ class Store:
         return self._first_message(rows)
 
     def message_by_telegram_id(self, chat_id: int, telegram_message_id: int) -> LoggedMessage | None:
-        rows = self.read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?"
-                          " AND telegram_message_id = ? ORDER BY id DESC LIMIT 1",
-                          (chat_id, telegram_message_id))
+        rows = self.read(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?"
+            " AND telegram_message_id = ? ORDER BY id DESC LIMIT 1",
+            (chat_id, telegram_message_id),
+        )
         return self._first_message(rows)
 
     # -- feedback, corrections, privacy -----------------------------------------------------
@@ -281,10 +331,12 @@ class Store:
             owner = db.execute("SELECT user_id FROM messages WHERE id = ?", (message_id,)).fetchone()
             if owner is None or owner[0] != user_id:
                 return False
-            db.execute("INSERT INTO feedback (message_id, user_id, value, created_at)"
-                       " VALUES (?, ?, ?, ?) ON CONFLICT(message_id, user_id) DO UPDATE"
-                       " SET value = excluded.value, created_at = excluded.created_at",
-                       (message_id, user_id, value, now()))
+            db.execute(
+                "INSERT INTO feedback (message_id, user_id, value, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(message_id, user_id) DO UPDATE"
+                " SET value = excluded.value, created_at = excluded.created_at",
+                (message_id, user_id, value, now()),
+            )
             return True
 
         return self.write(work)
@@ -295,14 +347,15 @@ class Store:
         if not text:
             raise ValueError("a correction needs some text")
         if len(text) > MAX_CORRECTION_CHARS:
-            raise ValueError(f"a correction is limited to {MAX_CORRECTION_CHARS} characters,"
-                             f" got {len(text)}")
+            raise ValueError(f"a correction is limited to {MAX_CORRECTION_CHARS} characters, got {len(text)}")
 
         def work(db: sqlite3.Connection) -> int:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (message_id,)).fetchone() is None:
                 raise ValueError(f"message {message_id} does not exist")
-            cursor = db.execute("INSERT INTO corrections (message_id, admin_id, text, created_at)"
-                                " VALUES (?, ?, ?, ?)", (message_id, admin_id, text, now()))
+            cursor = db.execute(
+                "INSERT INTO corrections (message_id, admin_id, text, created_at) VALUES (?, ?, ?, ?)",
+                (message_id, admin_id, text, now()),
+            )
             return int(cursor.lastrowid)
 
         return self.write(work)
@@ -313,20 +366,28 @@ class Store:
         until = now()
 
         def work(db: sqlite3.Connection) -> dict[str, int]:
-            db.execute("INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?) ON CONFLICT(user_id)"
-                       " DO UPDATE SET forgotten_at = excluded.forgotten_at", (user_id, until))
-            return {kind: db.execute(sql, {"user": user_id, "until": until}).rowcount
-                    for kind, sql in _FORGET_ONE.items()}
+            db.execute(
+                "INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?) ON CONFLICT(user_id)"
+                " DO UPDATE SET forgotten_at = excluded.forgotten_at",
+                (user_id, until),
+            )
+            return {
+                kind: db.execute(sql, {"user": user_id, "until": until}).rowcount for kind, sql in _FORGET_ONE.items()
+            }
 
         return self.write(work)
 
     def add_tombstones(self, tombstones: list[tuple[int, str]]) -> dict[str, int]:
         """Record forgets made elsewhere (the database a restore replaced; the later time wins) and
         delete what they cover; returns rows deleted per kind."""
+
         def work(db: sqlite3.Connection) -> dict[str, int]:
-            db.executemany("INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)"
-                           " ON CONFLICT(user_id) DO UPDATE SET forgotten_at = MAX(forgotten_at,"
-                           " excluded.forgotten_at)", tombstones)
+            db.executemany(
+                "INSERT INTO forgotten_users (user_id, forgotten_at) VALUES (?, ?)"
+                " ON CONFLICT(user_id) DO UPDATE SET forgotten_at = MAX(forgotten_at,"
+                " excluded.forgotten_at)",
+                tombstones,
+            )
             return self._apply_tombstones(db)
 
         return self.write(work)
@@ -343,9 +404,13 @@ class Store:
         """Keep (or stop keeping) a user's conversations out of training; remembered per user,
         through /forget too."""
         stamp = now()
-        self.write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO opt_outs (user_id, created_at) VALUES (?, ?)", (user_id, stamp))
-            if opted_out else db.execute("DELETE FROM opt_outs WHERE user_id = ?", (user_id,)))
+        self.write(
+            lambda db: (
+                db.execute("INSERT OR IGNORE INTO opt_outs (user_id, created_at) VALUES (?, ?)", (user_id, stamp))
+                if opted_out
+                else db.execute("DELETE FROM opt_outs WHERE user_id = ?", (user_id,))
+            )
+        )
 
     def is_opted_out(self, user_id: int) -> bool:
         return bool(self.read("SELECT 1 FROM opt_outs WHERE user_id = ?", (user_id,)))
@@ -354,24 +419,29 @@ class Store:
 
     def claim_job(self, name: str, period_key: str) -> bool:
         """True for exactly one caller per (job, period), across threads and processes."""
-        cursor = self.write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO job_runs (name, period_key, started_at) VALUES (?, ?, ?)",
-            (name, period_key, now())))
+        cursor = self.write(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO job_runs (name, period_key, started_at) VALUES (?, ?, ?)",
+                (name, period_key, now()),
+            )
+        )
         return cursor.rowcount == 1
 
     def release_job(self, name: str, period_key: str) -> None:
         """Give a claimed period back (its run could not start), so a retry can claim it."""
-        self.write(lambda db: db.execute("DELETE FROM job_runs WHERE name = ? AND period_key = ?",
-                                         (name, period_key)))
+        self.write(lambda db: db.execute("DELETE FROM job_runs WHERE name = ? AND period_key = ?", (name, period_key)))
 
     def last_job_period(self, name: str) -> str | None:
         """The latest period claimed for job `name` (ISO dates sort as text), or None."""
         return self.read("SELECT max(period_key) FROM job_runs WHERE name = ?", (name,))[0][0]
 
     def log_admin_event(self, user_id: int, command: str, allowed: bool) -> None:
-        self.write(lambda db: db.execute(
-            "INSERT INTO admin_events (user_id, command, allowed, created_at) VALUES (?, ?, ?, ?)",
-            (user_id, command, int(allowed), now())))
+        self.write(
+            lambda db: db.execute(
+                "INSERT INTO admin_events (user_id, command, allowed, created_at) VALUES (?, ?, ?, ?)",
+                (user_id, command, int(allowed), now()),
+            )
+        )
 
     def counts(self) -> dict[str, int]:
         row = self.read("""SELECT
@@ -381,29 +451,36 @@ class Store:
             (SELECT COUNT(*) FROM feedback WHERE value = -1),
             (SELECT COUNT(*) FROM corrections),
             (SELECT COUNT(*) FROM opt_outs)""")[0]
-        names = ("users", "chats", "messages", "feedback_up", "feedback_down", "corrections",
-                 "opted_out")
+        names = ("users", "chats", "messages", "feedback_up", "feedback_down", "corrections", "opted_out")
         return dict(zip(names, row))
 
     def thumbs_down_since(self, since: datetime) -> tuple[int, LoggedMessage | None]:
         """Answers rated 👎 since `since`, and the latest of them: what fans dislike, for /status."""
         after = since.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-        count = self.read("SELECT COUNT(DISTINCT message_id) FROM feedback"
-                           " WHERE value = -1 AND created_at >= ?", (after,))[0][0]
-        rows = self.read(f"SELECT {', '.join('m.' + name for name in _MESSAGE_COLUMNS.split(', '))}"
-                          " FROM feedback f JOIN messages m ON m.id = f.message_id"
-                          " WHERE f.value = -1 AND f.created_at >= ?"
-                          " ORDER BY f.created_at DESC, f.rowid DESC LIMIT 1", (after,))
+        count = self.read(
+            "SELECT COUNT(DISTINCT message_id) FROM feedback WHERE value = -1 AND created_at >= ?", (after,)
+        )[0][0]
+        rows = self.read(
+            f"SELECT {', '.join('m.' + name for name in _MESSAGE_COLUMNS.split(', '))}"
+            " FROM feedback f JOIN messages m ON m.id = f.message_id"
+            " WHERE f.value = -1 AND f.created_at >= ?"
+            " ORDER BY f.created_at DESC, f.rowid DESC LIMIT 1",
+            (after,),
+        )
         return count, self._first_message(rows)
 
     def curated_examples(self, problems: list[Problem] | None = None) -> list[CuratedExample]:
         """Vouched-for pairs for training, never from opted-out users; bad rows go to `problems`."""
-        rows = self.read(f"SELECT message_id, question, answer, source, created_at, lang, user_id"
-                          f" FROM ({_CANDIDATES}) ORDER BY message_id", {"opted_out": 0})
+        rows = self.read(
+            f"SELECT message_id, question, answer, source, created_at, lang, user_id"
+            f" FROM ({_CANDIDATES}) ORDER BY message_id",
+            {"opted_out": 0},
+        )
         examples = []
         for row in rows:
-            values = self._checked(row, ("message_id", "question", "answer", "source",
-                                         "created_at", "lang", "user_id"), problems)
+            values = self._checked(
+                row, ("message_id", "question", "answer", "source", "created_at", "lang", "user_id"), problems
+            )
             if values is not None:
                 values["lang"] = _primary_language(values["lang"])
                 examples.append(CuratedExample(**values))
@@ -419,12 +496,14 @@ class Store:
         if not rows:
             return None
         # The model may have said nothing: an empty answer is still a logged message (to correct).
-        values = self._checked(rows[0], tuple(field.name for field in fields(LoggedMessage)), None,
-                               blank_ok=("answer",))
+        values = self._checked(
+            rows[0], tuple(field.name for field in fields(LoggedMessage)), None, blank_ok=("answer",)
+        )
         return LoggedMessage(**values) if values is not None else None
 
-    def _checked(self, row: tuple, names: tuple[str, ...], problems: list[Problem] | None,
-                 blank_ok: tuple[str, ...] = ()) -> dict[str, object] | None:
+    def _checked(
+        self, row: tuple, names: tuple[str, ...], problems: list[Problem] | None, blank_ok: tuple[str, ...] = ()
+    ) -> dict[str, object] | None:
         """The row as a dict if every column has its expected type, else report it and give None."""
         values = dict(zip(names, row))
         for name, value in values.items():
@@ -432,18 +511,23 @@ class Store:
             bad_text = isinstance(value, str) and expected is str and not value.strip() and name not in blank_ok
             if bad_text or not isinstance(value, expected):
                 what = "undecodable text" if isinstance(value, UndecodableText) else repr(value)[:40]
-                report(problems if problems is not None else [], f"{self.path}#messages",
-                       int(values.get("message_id", values.get("id", 0)) or 0),
-                       f"corrupt row: {name} is {what}")
+                report(
+                    problems if problems is not None else [],
+                    f"{self.path}#messages",
+                    int(values.get("message_id", values.get("id", 0)) or 0),
+                    f"corrupt row: {name} is {what}",
+                )
                 return None
         return values
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise StoreError(f"database {self.path} has schema version {version}, newer than the"
-                             f" {len(MIGRATIONS)} this code knows; upgrade the code or point"
-                             f" DATABASE_PATH elsewhere")
+            raise StoreError(
+                f"database {self.path} has schema version {version}, newer than the"
+                f" {len(MIGRATIONS)} this code knows; upgrade the code or point"
+                f" DATABASE_PATH elsewhere"
+            )
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 db.execute(statement)
@@ -462,11 +546,13 @@ class Store:
             raise StoreError(f"no database at {self.path}")
         version = self.read("PRAGMA user_version")[0][0]
         if version != len(MIGRATIONS):
-            raise StoreError(f"database {self.path} has schema version {version}, this code knows"
-                             f" {len(MIGRATIONS)}; open it read-write once (e.g. start the bot) to migrate"
-                             if version < len(MIGRATIONS) else
-                             f"database {self.path} has schema version {version}, newer than the"
-                             f" {len(MIGRATIONS)} this code knows; upgrade the code")
+            raise StoreError(
+                f"database {self.path} has schema version {version}, this code knows"
+                f" {len(MIGRATIONS)}; open it read-write once (e.g. start the bot) to migrate"
+                if version < len(MIGRATIONS)
+                else f"database {self.path} has schema version {version}, newer than the"
+                f" {len(MIGRATIONS)} this code knows; upgrade the code"
+            )
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
@@ -478,15 +564,20 @@ class Store:
             if self._closed:
                 raise StoreError(f"store {self.path} is closed")
             target = f"{self.path.resolve().as_uri()}?mode=ro" if self.readonly else str(self.path)
-            connection = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, uri=self.readonly,
-                                         isolation_level=None, check_same_thread=False)
+            connection = sqlite3.connect(
+                target, timeout=BUSY_TIMEOUT_MS / 1000, uri=self.readonly, isolation_level=None, check_same_thread=False
+            )
             self._connections.append(connection)
         connection.text_factory = _decode_text
         self._local.connection = connection
         if not self.readonly:  # setting it writes the database header; a read-only store follows it
             self._retrying(lambda: connection.execute("PRAGMA journal_mode = WAL"))
-        for pragma in ("synchronous = FULL", "foreign_keys = ON", f"busy_timeout = {BUSY_TIMEOUT_MS}",
-                       "secure_delete = ON"):
+        for pragma in (
+            "synchronous = FULL",
+            "foreign_keys = ON",
+            f"busy_timeout = {BUSY_TIMEOUT_MS}",
+            "secure_delete = ON",
+        ):
             connection.execute(f"PRAGMA {pragma}")
         return connection
 
@@ -525,17 +616,22 @@ class Store:
                 if not _is_busy(error) or attempt >= WRITE_ATTEMPTS:
                     raise
                 log.debug("database busy, retrying (%s)", error)
-                time.sleep(0.05 * 2 ** attempt)
+                time.sleep(0.05 * 2**attempt)
 
 
 def _forgotten_since(db: sqlite3.Connection, user_id: int, asked_at: str | None) -> bool:
     """Whether the user /forgot at or after `asked_at` (None: not asked for a question)."""
-    return asked_at is not None and db.execute(
-        "SELECT 1 FROM forgotten_users WHERE user_id = ? AND forgotten_at >= ?", (user_id, asked_at)).fetchone() is not None
+    return (
+        asked_at is not None
+        and db.execute(
+            "SELECT 1 FROM forgotten_users WHERE user_id = ? AND forgotten_at >= ?", (user_id, asked_at)
+        ).fetchone()
+        is not None
+    )
 
 
 def _primary_language(tag: str | None) -> str | None:
-    """"pt-BR" -> "pt": the builder and scorer only care about the language, not the region."""
+    """ "pt-BR" -> "pt": the builder and scorer only care about the language, not the region."""
     if not tag:
         return None
     return tag.replace("_", "-").split("-")[0].lower() or None

@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="overrides MODEL_PATH")
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--temperature", type=float)
-    parser.add_argument("--no-grounding", action="store_true",
-                        help="answer without retrieved facts (same as GROUNDING=false)")
+    parser.add_argument(
+        "--no-grounding", action="store_true", help="answer without retrieved facts (same as GROUNDING=false)"
+    )
     args = parser.parse_args(argv)
     protect_home()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     try:
         # Libraries sometimes print(); stdout carries exactly one JSON object, so send them to stderr.
@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
             result = _answer(args)
     except Exception as error:  # every failure becomes a JSON error, the traceback goes to the log
         log.debug("failed", exc_info=True)
-        print(json.dumps({"prompt": args.prompt, "status": "error",
-                          "error": f"{type(error).__name__}: {error}"}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"prompt": args.prompt, "status": "error", "error": f"{type(error).__name__}: {error}"},
+                ensure_ascii=False,
+            )
+        )
         return 1
     result["seconds"] = round(time.perf_counter() - started, 3)
     print(json.dumps(result, ensure_ascii=False))
@@ -73,18 +77,26 @@ def _answer(args) -> dict:
     grounding = build_grounded(messages, index, settings)
     result = {"prompt": args.prompt, "grounding": settings.grounding, "lang": grounding.lang}
     if grounding.decline is not None:  # nothing relevant is known: say so without loading a model
-        return {**result, "response": grounding.decline, "status": "ok", "declined": True,
-                "facts": [], "sources": [], "citation": ""}
+        return {
+            **result,
+            "response": grounding.decline,
+            "status": "ok",
+            "declined": True,
+            "facts": [],
+            "sources": [],
+            "citation": "",
+        }
     engine = Engine(settings, adapter=adapter, max_batch=1)
     try:
         if grounding.facts:  # now bound the facts block with the model's own tokenizer
-            grounding = build_grounded(messages, index, settings,
-                                       lambda text: len(engine.tokenizer.encode(text)))
-        generation = engine.generate(grounding.messages, max_tokens=args.max_tokens,
-                                     temperature=args.temperature)
-        checked = guard(generation.text.strip(), [fact.text for fact in grounding.facts], args.prompt,
-                        lambda: engine.generate(grounding.messages, max_tokens=args.max_tokens,
-                                                temperature=0.0).text.strip())
+            grounding = build_grounded(messages, index, settings, lambda text: len(engine.tokenizer.encode(text)))
+        generation = engine.generate(grounding.messages, max_tokens=args.max_tokens, temperature=args.temperature)
+        checked = guard(
+            generation.text.strip(),
+            [fact.text for fact in grounding.facts],
+            args.prompt,
+            lambda: engine.generate(grounding.messages, max_tokens=args.max_tokens, temperature=0.0).text.strip(),
+        )
     finally:
         engine.close()
         if index is not None:
@@ -96,9 +108,18 @@ def _answer(args) -> dict:
         "response": answer,
         "status": "ok",
         "declined": False,
-        "facts": [{"id": fact.id, "fact": fact.fact, "lang": fact.lang, "score": round(fact.score, 2),
-                   "source": fact.source, "url": fact.url, "used": fact in used}
-                  for fact in grounding.facts],
+        "facts": [
+            {
+                "id": fact.id,
+                "fact": fact.fact,
+                "lang": fact.lang,
+                "score": round(fact.score, 2),
+                "source": fact.source,
+                "url": fact.url,
+                "used": fact in used,
+            }
+            for fact in grounding.facts
+        ],
         "sources": [{"source": fact.source, "url": fact.url} for fact in used],
         "citation": cite(answer, grounding.facts, grounding.lang, args.prompt),
         "model": generation.model,
@@ -115,8 +136,13 @@ def _answer(args) -> dict:
 def open_store(database: Path) -> None:
     """Have the data package open the store (migrations, then the seed facts), in a child process."""
     log.info("no knowledge base at %s yet: opening the store (python -m data knowledge stats)", database)
-    result = subprocess.run([sys.executable, "-m", "data", "knowledge", "stats"], capture_output=True,
-                            text=True, env={**os.environ, "DATABASE_PATH": str(database)}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "data", "knowledge", "stats"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_PATH": str(database)},
+        timeout=300,
+    )
     if result.returncode != 0:  # answered as before: ungrounded, with FactIndex's warning
         log.warning("could not open the store: %s", result.stderr.strip() or f"exit {result.returncode}")
 

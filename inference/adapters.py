@@ -69,9 +69,13 @@ def read_adapter(path: Path, version: str | None = None) -> Adapter:
         raise AdapterError(f"adapter {path}: fine_tune_type {config.get('fine_tune_type')!r} is not supported")
     try:
         params = config["lora_parameters"]
-        spec = LoraSpec(int(config["num_layers"]), int(params["rank"]), float(params["scale"]),
-                        float(params.get("dropout", 0.0)),
-                        tuple(params["keys"]) if params.get("keys") else None)
+        spec = LoraSpec(
+            int(config["num_layers"]),
+            int(params["rank"]),
+            float(params["scale"]),
+            float(params.get("dropout", 0.0)),
+            tuple(params["keys"]) if params.get("keys") else None,
+        )
     except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise AdapterError(f"adapter {path}: {CONFIG_FILE} lacks a valid {error}") from None
     if spec.num_layers < 1 or spec.rank < 1:
@@ -142,14 +146,22 @@ def check_fits(adapter: Adapter, expected: dict[str, tuple[int, ...]]) -> None:
     """Compare the adapter's tensors with the LoRA parameters its config creates on the model."""
     missing = sorted(set(expected) - set(adapter.shapes))
     extra = sorted(set(adapter.shapes) - set(expected))
-    wrong = [f"{n}: {adapter.shapes[n]} vs model {expected[n]}"
-             for n in sorted(set(expected) & set(adapter.shapes)) if adapter.shapes[n] != expected[n]]
+    wrong = [
+        f"{n}: {adapter.shapes[n]} vs model {expected[n]}"
+        for n in sorted(set(expected) & set(adapter.shapes))
+        if adapter.shapes[n] != expected[n]
+    ]
     if missing or extra or wrong:
-        detail = "; ".join(filter(None, [
-            f"missing {missing[:3]}" if missing else "",
-            f"unexpected {extra[:3]}" if extra else "",
-            f"shape mismatch {wrong[:3]}" if wrong else "",
-        ]))
+        detail = "; ".join(
+            filter(
+                None,
+                [
+                    f"missing {missing[:3]}" if missing else "",
+                    f"unexpected {extra[:3]}" if extra else "",
+                    f"shape mismatch {wrong[:3]}" if wrong else "",
+                ],
+            )
+        )
         raise AdapterError(f"adapter {adapter.path} does not fit the base model: {detail}")
 
 

@@ -17,13 +17,13 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .adapters import Adapter, AdapterError, read_adapter, read_production
-from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
 from .loading import load_base
+from .lora import apply_adapter, lora_layers, mount_layers, remove_adapter
 from .prompts import render_prompt
 from .sampling import make_sampler
 from .settings import InferenceSettings
@@ -64,7 +64,7 @@ class _Request:
     max_tokens: int
     temperature: float
     top_p: float
-    events: "queue.Queue[Chunk | BaseException]" = field(default_factory=queue.Queue)
+    events: queue.Queue[Chunk | BaseException] = field(default_factory=queue.Queue)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -90,8 +90,7 @@ class _Lane:
 
 
 class Engine:
-    def __init__(self, settings: InferenceSettings, *, adapter: Path | None | str = "auto",
-                 max_batch: int = 8):
+    def __init__(self, settings: InferenceSettings, *, adapter: Path | None | str = "auto", max_batch: int = 8):
         """Load the base model; `adapter` = a folder, None for none, "auto" = production pointer.
 
         All MLX work, loading included, happens on the engine's own thread: MLX streams belong to
@@ -119,7 +118,7 @@ class Engine:
             self._unusable_production(error)
             initial = None
         self._pending: OrderedDict[str, deque[_Request]] = OrderedDict()
-        self._swap_requests: "queue.Queue[tuple[Adapter | None, threading.Event, list]]" = queue.Queue()
+        self._swap_requests: queue.Queue[tuple[Adapter | None, threading.Event, list]] = queue.Queue()
         self._wake = threading.Condition()
         self._closed = False
         loaded: list = []
@@ -146,8 +145,14 @@ class Engine:
     def prompt_tokens(self, messages: list[dict]) -> list[int]:
         return render_prompt(self.tokenizer, messages, self.settings.system_prompt)
 
-    def stream(self, messages: list[dict], *, key: str = "default", max_tokens: int | None = None,
-               temperature: float | None = None) -> Iterator[Chunk]:
+    def stream(
+        self,
+        messages: list[dict],
+        *,
+        key: str = "default",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[Chunk]:
         """Yield text chunks as they are generated; the last chunk has `done` set."""
         request = self.submit(messages, key=key, max_tokens=max_tokens, temperature=temperature)
         try:
@@ -167,8 +172,14 @@ class Engine:
                 return chunk.done
         raise GenerationError("generation ended without a result")
 
-    def submit(self, messages: list[dict], *, key: str = "default", max_tokens: int | None = None,
-               temperature: float | None = None) -> _Request:
+    def submit(
+        self,
+        messages: list[dict],
+        *,
+        key: str = "default",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> _Request:
         if self._closed:
             raise GenerationError("the engine is closed")
         request = _Request(
@@ -243,15 +254,21 @@ class Engine:
                 return
             adapter = read_adapter(current[1], current[0]) if current else None
         except Exception as error:  # whatever is on disk, the serving loop goes on
-            log.error("production pointer changed but its adapter is unusable, still serving %s: %s",
-                      self.adapter_version or "the base model", error)
+            log.error(
+                "production pointer changed but its adapter is unusable, still serving %s: %s",
+                self.adapter_version or "the base model",
+                error,
+            )
             self._refuse(error)
             return
         self._swap_requests.put((adapter, threading.Event(), []))
 
     def _unusable_production(self, error: Exception) -> None:
-        log.error("the production adapter is unusable, serving the base model until a working version is "
-                  "promoted or rolled back to (python -m training rollback): %s", error)
+        log.error(
+            "the production adapter is unusable, serving the base model until a working version is "
+            "promoted or rolled back to (python -m training rollback): %s",
+            error,
+        )
         self._refuse(error)
 
     def _refuse(self, error: Exception) -> None:
@@ -316,7 +333,8 @@ class Engine:
         try:
             settings = self.settings
             self.model, self.tokenizer, self.info = load_base(
-                settings.model_path, settings.home.models, settings.device, settings.cpu_dtype)
+                settings.model_path, settings.home.models, settings.device, settings.cpu_dtype
+            )
             from mlx_lm.generate import generation_stream as stream
 
             self._lanes: list[_Lane] = []  # the last one serves new requests, the others drain
@@ -366,9 +384,12 @@ class Engine:
                     self._open_lane(adapter)
                 except Exception as error:  # reported to the caller (and here), serving goes on
                     outcome.append(error)
-                    log.error("could not swap to adapter %s, still serving %s: %s",
-                              adapter.version if adapter else None, self.adapter_version or "the base model",
-                              error)
+                    log.error(
+                        "could not swap to adapter %s, still serving %s: %s",
+                        adapter.version if adapter else None,
+                        self.adapter_version or "the base model",
+                        error,
+                    )
                 done.set()
                 continue
             for lane in self._lanes:
@@ -387,17 +408,24 @@ class Engine:
         self._mount(lane)
         try:
             if lane.generator is None:
-                lane.generator = BatchGenerator(self.model, completion_batch_size=self.max_batch,
-                                                prefill_batch_size=self.max_batch, stream=stream,
-                                                stop_tokens=[[t] for t in self.tokenizer.eos_token_ids])
+                lane.generator = BatchGenerator(
+                    self.model,
+                    completion_batch_size=self.max_batch,
+                    prefill_batch_size=self.max_batch,
+                    stream=stream,
+                    stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
+                )
             if new:
                 uids = lane.generator.insert(
-                    [r.prompt for r in new], [r.max_tokens for r in new],
+                    [r.prompt for r in new],
+                    [r.max_tokens for r in new],
                     samplers=[make_sampler(r.temperature, r.top_p) for r in new],
-                    logits_processors=[penalty for _ in new])
+                    logits_processors=[penalty for _ in new],
+                )
                 for uid, request in zip(uids, new):
-                    lane.active[uid] = _Active(request, self.tokenizer.detokenizer,
-                                               lane.adapter.version if lane.adapter else None)
+                    lane.active[uid] = _Active(
+                        request, self.tokenizer.detokenizer, lane.adapter.version if lane.adapter else None
+                    )
             responses = lane.generator.next_generated()
         except Exception as error:
             log.exception("generation failed")

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from .retrieval import GENERIC_TERMS, STOP_WORDS, fold, words
 
 # Words that open or fill an answer in capitals without naming anything.
-OPENERS = frozenset("""
+OPENERS = frozenset(
+    """
 yes no sorry sure well also however according sim nao desculpa claro bem segundo tambem contudo
-""".split())
+""".split()
+)
 _TOKENS = re.compile(r"\w+")
 _NUMBER = re.compile(r"\d+")
 
@@ -59,12 +61,12 @@ def unsupported(answer: str, sources: Iterable[str]) -> list[str]:
             vocabulary.add((word.lstrip("0") or "0") if word.isdigit() else word)
             vocabulary.update(number.lstrip("0") or "0" for number in _NUMBER.findall(word))
     prefixes = {word[:5] for word in vocabulary if len(word) >= 5 and not word.isdigit()}
-    return [claim for claim in claims(answer)
-            if claim not in vocabulary and not (len(claim) >= 5 and claim[:5] in prefixes)]
+    return [
+        claim for claim in claims(answer) if claim not in vocabulary and not (len(claim) >= 5 and claim[:5] in prefixes)
+    ]
 
 
-def guard(answer: str, facts: list[str], question: str,
-          regenerate: Callable[[], str] | None = None) -> Guarded:
+def guard(answer: str, facts: list[str], question: str, regenerate: Callable[[], str] | None = None) -> Guarded:
     """What to send for `answer`, generated from `facts` (texts, best first) for `question`.
 
     Without facts (an ungrounded prompt) there is nothing to check against: the answer is kept.

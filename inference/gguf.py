@@ -35,8 +35,9 @@ class GGUFError(ValueError):
 
 def convert_gguf_isolated(gguf: Path, out: Path) -> None:
     """Convert in a child process: MLX's GGUF reader can crash the process on a corrupt file."""
-    result = subprocess.run([sys.executable, "-m", "inference.gguf", str(gguf), str(out)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "inference.gguf", str(gguf), str(out)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         reason = lines[-1] if lines and result.returncode > 0 else f"the reader crashed (exit {result.returncode})"
@@ -155,9 +156,7 @@ def _write_tokenizer(meta: dict, out: Path) -> None:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if meta.get("tokenizer.ggml.pre") == "smollm":  # SmolLM splits digits one by one
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     else:
         tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()

@@ -20,8 +20,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .retrieval import (GENERIC_TERMS, Lexicon, Scored, fact_year, fold, lexicon_of, query_terms,
-                        score_candidates, search_terms, when_asked, words)
+from .retrieval import (
+    GENERIC_TERMS,
+    Lexicon,
+    Scored,
+    fact_year,
+    fold,
+    lexicon_of,
+    query_terms,
+    score_candidates,
+    search_terms,
+    when_asked,
+    words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +50,54 @@ RELATIVE_MIN_COVERAGE = 0.7
 # A fact saying one of these is about the present whatever year it names ("today holds 7,000").
 TODAY_WORDS = frozenset({"today", "hoje", "currently", "atualmente"})
 
-PT_MARKERS = frozenset("""
+PT_MARKERS = frozenset(
+    """
 o os um uma de do da dos das em no na nos nas ao aos pelo pela por para com que quem qual quais
 quando onde como foi e sao esta nao ja tem seu sua ele ela qual anos epoca clube treinador jogou
 ganhou quantos quantas golos marcou jogador equipa ola tudo bem obrigado obrigada sim porque eu
 voce tu isso isto aqui muito mais meu minha fundado fundou nasceu alcunha cores hino
 adeptos treinou taca campeao subiu desceu divisao jogo jogos contra vitoria derrota eram
 sabes diz conta fala quero saber depois antes entao tambem
-""".split())
-EN_MARKERS = frozenset("""
+""".split()
+)
+EN_MARKERS = frozenset(
+    """
 the who what when where which how is was were did does of in and to for with by from club coach
 season won many much played scored goals player team stadium cup first did year hello hi thanks
 thank yes you your he she they his her it about tell me know founded born nickname colours colors
 anthem fans coached league promoted relegated lost game games against victory defeat have has
 are then after before also want
-""".split())
+""".split()
+)
 # Pronouns by which a question points back at the previous one's subject.
-REFERRING_WORDS = frozenset("""
+REFERRING_WORDS = frozenset(
+    """
 he him his she her they them their ele ela eles elas dele dela deles delas lhe lhes
-""".split())
+""".split()
+)
 _WORDS = re.compile(r"\w+")
 _PT_LETTERS = re.compile(r"[ãõçâêôàÃÕÇÂÊÔÀ]")
 
 INSTRUCTIONS = {
-    "en": ("You are the SC Farense fans' assistant. Answer the question using only the facts below."
-           " Reply in English, in one or two short sentences."),
-    "pt": ("És o assistente dos adeptos do SC Farense. Responde à pergunta usando apenas os factos"
-           " abaixo. Responde em português de Portugal, em uma ou duas frases curtas."),
+    "en": (
+        "You are the SC Farense fans' assistant. Answer the question using only the facts below."
+        " Reply in English, in one or two short sentences."
+    ),
+    "pt": (
+        "És o assistente dos adeptos do SC Farense. Responde à pergunta usando apenas os factos"
+        " abaixo. Responde em português de Portugal, em uma ou duas frases curtas."
+    ),
 }
 FACTS_HEADING = {"en": "Facts:", "pt": "Factos:"}
 NO_FACTS = {
-    "en": ("You are the SC Farense fans' assistant. No fact about this question was found, so say"
-           " briefly that you only know about SC Farense."),
-    "pt": ("És o assistente dos adeptos do SC Farense. Não foi encontrado nenhum facto sobre esta"
-           " pergunta, por isso diz em poucas palavras que só sabes sobre o SC Farense."),
+    "en": (
+        "You are the SC Farense fans' assistant. No fact about this question was found, so say"
+        " briefly that you only know about SC Farense."
+    ),
+    "pt": (
+        "És o assistente dos adeptos do SC Farense. Não foi encontrado nenhum facto sobre esta"
+        " pergunta, por isso diz em poucas palavras que só sabes sobre o SC Farense."
+    ),
 }
 DECLINE = {
     "en": "Sorry, I only know about SC Farense, and I found nothing on that.",
@@ -101,7 +126,7 @@ class Grounding:
 
 
 def detect_language(text: str, default: str = "en") -> str:
-    """"pt" or "en" from marker words and Portuguese letters; `default` when it cannot tell."""
+    """ "pt" or "en" from marker words and Portuguese letters; `default` when it cannot tell."""
     tokens = _WORDS.findall(fold(text))
     pt = sum(word in PT_MARKERS for word in tokens) + (1 if _PT_LETTERS.search(text) else 0)
     en = sum(word in EN_MARKERS for word in tokens)
@@ -144,10 +169,11 @@ class FactIndex:
     """
 
     _MATCH = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
-    _VERSION = ("SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms),"
-                " (SELECT count(*) FROM other_subjects) FROM facts WHERE removed_at IS NULL")
-    _LIVE = ("SELECT id, lang, text, source, url, fact, origin FROM facts WHERE removed_at IS NULL"
-             " ORDER BY id")
+    _VERSION = (
+        "SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms),"
+        " (SELECT count(*) FROM other_subjects) FROM facts WHERE removed_at IS NULL"
+    )
+    _LIVE = "SELECT id, lang, text, source, url, fact, origin FROM facts WHERE removed_at IS NULL ORDER BY id"
     _LEXICON = "SELECT lang, word, means FROM synonyms"
     _OTHERS = "SELECT word FROM other_subjects"
 
@@ -160,8 +186,7 @@ class FactIndex:
         self._warned = False
         self._knowledge: _Knowledge | None = None
 
-    def search(self, question: str, k: int = 3, lang: str | None = None,
-               min_score: float | None = None) -> list[Fact]:
+    def search(self, question: str, k: int = 3, lang: str | None = None, min_score: float | None = None) -> list[Fact]:
         """The `k` most relevant live facts, each fact once, best first.
 
         Relevant: the fact holds at least `min_score` of the question's telling words (coverage,
@@ -183,8 +208,9 @@ class FactIndex:
             self._warn(error)
             return []
         when, said = when_asked(question)
-        terms = [term for term in search_terms(question, query_lang, known.lexicon, known.others)
-                 if term.word not in said]
+        terms = [
+            term for term in search_terms(question, query_lang, known.lexicon, known.others) if term.word not in said
+        ]
         if not terms:
             return []
         query = " OR ".join(term.fts() for term in terms)
@@ -193,17 +219,22 @@ class FactIndex:
         except sqlite3.Error as error:
             raise RetrievalError(f"knowledge base query {query[:200]!r} failed: {error}") from error
         documents = {known.group_of[key] for key in matched if key in known.group_of}
-        scored = score_candidates(terms, {number: self._texts(known, number, query_lang)
-                                          for number in documents},
-                                  len(known.texts), known.average_words)
-        relevant = [item for item in scored
-                    if item.coverage >= threshold
-                    or (item.matched >= 2 and item.score >= MIN_EVIDENCE)]
+        scored = score_candidates(
+            terms,
+            {number: self._texts(known, number, query_lang) for number in documents},
+            len(known.texts),
+            known.average_words,
+        )
+        relevant = [
+            item for item in scored if item.coverage >= threshold or (item.matched >= 2 and item.score >= MIN_EVIDENCE)
+        ]
         relevant = self._in_time(known, relevant, when)
         facts = []
         for item in relevant[:k]:
-            if (item.score < RELATIVE_MIN_SCORE * relevant[0].score
-                    or item.coverage < RELATIVE_MIN_COVERAGE * relevant[0].coverage):
+            if (
+                item.score < RELATIVE_MIN_SCORE * relevant[0].score
+                or item.coverage < RELATIVE_MIN_COVERAGE * relevant[0].coverage
+            ):
                 break
             facts.append(self._version_in(known, item.key, lang, item.score))
         return facts
@@ -216,8 +247,9 @@ class FactIndex:
         except sqlite3.Error as error:
             self._warn(error)
             return None
-        rows = sorted((row for row in known.rows.values() if row[5] == number),
-                      key=lambda row: (row[1] != lang, row[0]))
+        rows = sorted(
+            (row for row in known.rows.values() if row[5] == number), key=lambda row: (row[1] != lang, row[0])
+        )
         return Fact(*rows[0][:5], 0.0, rows[0][5]) if rows else None
 
     @staticmethod
@@ -233,9 +265,11 @@ class FactIndex:
             return []
         year = known.years
         if when == "now":
-            relevant = [item for item in relevant
-                        if year[item.key] >= known.current or TODAY_WORDS & set(
-                            words(known.texts[item.key]))]
+            relevant = [
+                item
+                for item in relevant
+                if year[item.key] >= known.current or TODAY_WORDS & set(words(known.texts[item.key]))
+            ]
         else:
             latest = max(year[item.key] for item in relevant)
             relevant = [item for item in relevant if year[item.key] == latest]
@@ -251,8 +285,7 @@ class FactIndex:
         own = [known.rows[key][2] for key in ids if known.rows[key][1] == lang]
         if not own or len(own) == len(ids):
             return known.texts[number], ""
-        return "\n".join(own), "\n".join(known.rows[key][2] for key in ids
-                                          if known.rows[key][1] != lang)
+        return "\n".join(own), "\n".join(known.rows[key][2] for key in ids if known.rows[key][1] != lang)
 
     def _version_in(self, known: _Knowledge, number: int, lang: str | None, score: float) -> Fact:
         """Document `number` as a Fact in `lang` when it has that version, else its first one."""
@@ -288,8 +321,7 @@ class FactIndex:
         years = [fact_year(text) for text in texts]
         this_year = datetime.now(timezone.utc).year
         current = max((year for year in years if year <= this_year), default=this_year) - 1
-        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others,
-                           years, current)
+        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others, years, current)
         self._knowledge = known
         return known
 
@@ -331,9 +363,13 @@ class FactIndex:
     def _warn(self, error: sqlite3.Error) -> None:
         if not self._warned:
             self._warned = True
-            log.warning("knowledge base %s unavailable, answering without facts: %s"
-                        " (it is created when the bot or `python -m data knowledge stats` first"
-                        " opens the store)", self.db_path, error)
+            log.warning(
+                "knowledge base %s unavailable, answering without facts: %s"
+                " (it is created when the bot or `python -m data knowledge stats` first"
+                " opens the store)",
+                self.db_path,
+                error,
+            )
         else:
             log.debug("knowledge base %s unavailable: %s", self.db_path, error)
 
@@ -347,8 +383,7 @@ def facts_block(facts: list[Fact], lang: str) -> str:
     return "\n".join([FACTS_HEADING[lang], *(f"- {fact.text}" for fact in facts)])
 
 
-def fit_budget(facts: list[Fact], lang: str, budget: int,
-               count_tokens: Callable[[str], int]) -> list[Fact]:
+def fit_budget(facts: list[Fact], lang: str, budget: int, count_tokens: Callable[[str], int]) -> list[Fact]:
     """The best facts whose block fits in `budget` tokens; the best one is cut to fit if it must."""
     kept: list[Fact] = []
     for fact in facts:
@@ -364,8 +399,7 @@ def fit_budget(facts: list[Fact], lang: str, budget: int,
 
 
 def _with_text(fact: Fact, words: list[str]) -> Fact:
-    return Fact(fact.id, fact.lang, " ".join(words) + " …", fact.source, fact.url, fact.score,
-                fact.fact)
+    return Fact(fact.id, fact.lang, " ".join(words) + " …", fact.source, fact.url, fact.score, fact.fact)
 
 
 def grounded_messages(messages: list[dict], facts: list[Fact], lang: str) -> list[dict]:
@@ -380,9 +414,14 @@ def grounded_messages(messages: list[dict], facts: list[Fact], lang: str) -> lis
     return [{"role": "system", "content": system}, *rest]
 
 
-def build_grounded(messages: list[dict], index: FactIndex | None, settings,
-                   count_tokens: Callable[[str], int] = approximate_tokens,
-                   previous_question: str | None = None, default_lang: str = "en") -> Grounding:
+def build_grounded(
+    messages: list[dict],
+    index: FactIndex | None,
+    settings,
+    count_tokens: Callable[[str], int] = approximate_tokens,
+    previous_question: str | None = None,
+    default_lang: str = "en",
+) -> Grounding:
     """The one prompt constructor for serving, the CLI, training data and the gate.
 
     `settings` needs grounding, retrieval_top_k, retrieval_min_score and grounding_context_tokens
@@ -399,26 +438,26 @@ def build_grounded(messages: list[dict], index: FactIndex | None, settings,
     The answer's language is the question's; when the question does not tell ("Hassan?"),
     `default_lang` (the user's own language, e.g. their Telegram client's).
     """
-    question = next((str(message.get("content", "")) for message in reversed(messages)
-                     if message.get("role") == "user"), "")
+    question = next(
+        (str(message.get("content", "")) for message in reversed(messages) if message.get("role") == "user"), ""
+    )
     lang = detect_language(question, default_lang if default_lang in INSTRUCTIONS else "en")
     if not settings.grounding or index is None or not index.available():
         return Grounding(list(messages), [], lang, None)
     if previous_question and is_follow_up(question, lang):
         question = f"{previous_question.strip()}\n{question}"
         messages = [*messages[:-1], {"role": "user", "content": question}]
-    found = index.search(question, k=settings.retrieval_top_k, lang=lang,
-                         min_score=settings.retrieval_min_score)
+    found = index.search(question, k=settings.retrieval_top_k, lang=lang, min_score=settings.retrieval_min_score)
     facts = fit_budget(found, lang, settings.grounding_context_tokens, count_tokens)
-    return Grounding(grounded_messages(messages, facts, lang), facts, lang,
-                     None if facts else DECLINE[lang])
+    return Grounding(grounded_messages(messages, facts, lang), facts, lang, None if facts else DECLINE[lang])
 
 
 def is_follow_up(question: str, lang: str) -> bool:
     """Whether a question leans on the one before: no telling word of its own, or a pronoun."""
     said = when_asked(question)[1]
-    return (not [term for term in search_terms(question, lang) if term.word not in said]
-            or not REFERRING_WORDS.isdisjoint(words(question)))
+    return not [
+        term for term in search_terms(question, lang) if term.word not in said
+    ] or not REFERRING_WORDS.isdisjoint(words(question))
 
 
 def used_facts(answer: str, facts: list[Fact], question: str = "") -> list[Fact]:

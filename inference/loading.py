@@ -54,10 +54,12 @@ def load_base(model_path: str, models_root: Path, device: str = "auto", cpu_dtyp
         model.set_dtype(getattr(mx, dtype))
     mx.eval(model.parameters())
     blas = blas_in_use()
-    info = ModelInfo(Path(reference).name if Path(reference).exists() else reference,
-                     reference, chosen, dtype, blas.name)
-    log.info("model %s on %s, weights %s, BLAS %s (%s)", info.model_id, chosen, dtype,
-             blas.name, blas.path or blas.reason)
+    info = ModelInfo(
+        Path(reference).name if Path(reference).exists() else reference, reference, chosen, dtype, blas.name
+    )
+    log.info(
+        "model %s on %s, weights %s, BLAS %s (%s)", info.model_id, chosen, dtype, blas.name, blas.path or blas.reason
+    )
     return model, tokenizer, info
 
 

@@ -13,8 +13,7 @@ from .adapters import Adapter, check_fits
 
 def remove_adapter(model: nn.Module) -> None:
     """Replace every LoRA layer by the base linear layer it wraps."""
-    wrapped = [(name, module.linear) for name, module in model.named_modules()
-               if isinstance(module, LoRALinear)]
+    wrapped = [(name, module.linear) for name, module in model.named_modules() if isinstance(module, LoRALinear)]
     if wrapped:
         model.update_modules(tree_unflatten(wrapped))
 
@@ -41,11 +40,17 @@ def apply_adapter(model: nn.Module, adapter: Adapter) -> None:
     if spec.keys:
         parameters["keys"] = list(spec.keys)
     linear_to_lora_layers(model, spec.num_layers, parameters)
-    expected = {name: tuple(value.shape) for name, value in tree_flatten(model.trainable_parameters())
-                if name.endswith((".lora_a", ".lora_b"))}
+    expected = {
+        name: tuple(value.shape)
+        for name, value in tree_flatten(model.trainable_parameters())
+        if name.endswith((".lora_a", ".lora_b"))
+    }
     if not expected:
-        expected = {name: tuple(value.shape) for name, value in tree_flatten(model.parameters())
-                    if name.endswith((".lora_a", ".lora_b"))}
+        expected = {
+            name: tuple(value.shape)
+            for name, value in tree_flatten(model.parameters())
+            if name.endswith((".lora_a", ".lora_b"))
+        }
     check_fits(adapter, expected)
     try:
         weights = mx.load(str(adapter.path / "adapters.safetensors"))

@@ -39,14 +39,21 @@ def expected_lora_shapes(model_folder: Path, spec: LoraSpec) -> dict[str, tuple[
 
             model, _ = load_model(Path(model_folder), lazy=True)
             if spec.num_layers > len(model.layers):
-                raise AdapterError(f"the adapter wants LoRA on {spec.num_layers} layers, the base model "
-                                   f"{Path(model_folder).name} has {len(model.layers)}")
+                raise AdapterError(
+                    f"the adapter wants LoRA on {spec.num_layers} layers, the base model "
+                    f"{Path(model_folder).name} has {len(model.layers)}"
+                )
             parameters = {"rank": spec.rank, "scale": spec.scale, "dropout": spec.dropout}
             if spec.keys:
                 parameters["keys"] = list(spec.keys)
             linear_to_lora_layers(model, spec.num_layers, parameters)
-            result.append({name: tuple(value.shape) for name, value in tree_flatten(model.parameters())
-                           if name.endswith((".lora_a", ".lora_b"))})
+            result.append(
+                {
+                    name: tuple(value.shape)
+                    for name, value in tree_flatten(model.parameters())
+                    if name.endswith((".lora_a", ".lora_b"))
+                }
+            )
         except BaseException as error:
             result.append(error)
         finally:
@@ -58,6 +65,7 @@ def expected_lora_shapes(model_folder: Path, spec: LoraSpec) -> dict[str, tuple[
     if isinstance(result[0], AdapterError):
         raise result[0]
     if isinstance(result[0], BaseException):
-        raise AdapterError(f"cannot check the adapter against {model_folder}: "
-                           f"{type(result[0]).__name__}: {result[0]}") from result[0]
+        raise AdapterError(
+            f"cannot check the adapter against {model_folder}: {type(result[0]).__name__}: {result[0]}"
+        ) from result[0]
     return result[0]

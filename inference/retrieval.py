@@ -45,7 +45,8 @@ GENERIC_TERMS = frozenset({"farense", "sporting", "clube", "club", "sc", "faro",
 
 # Words that say nothing about which fact is meant: after the Snowball project's English and
 # Portuguese stop word lists (folded), plus question words and chat filler.
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her
 hers herself it its itself they them their theirs themselves what which who whom this that these
 those am is are was were be been being have has had having do does did doing would should could
@@ -69,20 +70,31 @@ teve tivemos tiveram tivera tiveramos tenha tenhamos tenham tivesse tivessemos t
 tivermos tiverem terei tera teremos terao teria teriamos teriam ser ter porque onde quais quanto
 quantos quanta quantas diz diga dizer sabes sabe conta qualquer algum alguma agora ainda fica ficam
 vez muito entao antes podes pode ano sempre neste nesta nestes nestas deste desta destes destas
-""".split())
+""".split()
+)
 # When a question is set in time. "Now" asks about the latest season the facts know; "last time"
 # asks for the most recent of the matching facts; a question about the future ("next game") has
 # no answer in a knowledge base of what happened.
-NOW_WORDS = frozenset("now current currently nowadays today presently moment agora atual atualmente"
-                      " actual actualmente hoje momento".split())
-NOW_PAIRS = frozenset({("this", "season"), ("this", "year"), ("last", "year"), ("esta", "epoca"),
-                       ("este", "ano"), ("ano", "passado"), ("epoca", "passada"),
-                       ("last", "season"), ("this", "term")})
-LATEST_PAIRS = frozenset({("last", "time"), ("ultima", "vez"), ("most", "recent"),
-                          ("mais", "recente")})
+NOW_WORDS = frozenset(
+    "now current currently nowadays today presently moment agora atual atualmente"
+    " actual actualmente hoje momento".split()
+)
+NOW_PAIRS = frozenset(
+    {
+        ("this", "season"),
+        ("this", "year"),
+        ("last", "year"),
+        ("esta", "epoca"),
+        ("este", "ano"),
+        ("ano", "passado"),
+        ("epoca", "passada"),
+        ("last", "season"),
+        ("this", "term"),
+    }
+)
+LATEST_PAIRS = frozenset({("last", "time"), ("ultima", "vez"), ("most", "recent"), ("mais", "recente")})
 LATEST_WORDS = frozenset({"latest", "recently", "recentemente"})
-FUTURE_WORDS = frozenset({"upcoming", "tomorrow", "proximo", "proxima", "proximos", "proximas",
-                          "amanha"})
+FUTURE_WORDS = frozenset({"upcoming", "tomorrow", "proximo", "proxima", "proximos", "proximas", "amanha"})
 _YEAR = re.compile(r"\b(19\d\d|20\d\d)\b")
 _WORDS = re.compile(r"\w+")
 _STEMMERS = {"en": "english", "pt": "portuguese"}
@@ -118,8 +130,7 @@ class Term:
         Portugal")."""
         if self.other:
             return token == self.word or any(token == word for word, _ in self.also)
-        return any(_matches(word, stem, self.lang, token)
-                   for word, stem in ((self.word, self.stem), *self.also))
+        return any(_matches(word, stem, self.lang, token) for word, stem in ((self.word, self.stem), *self.also))
 
     @property
     def starts(self) -> set[str]:
@@ -136,15 +147,14 @@ def _atom(word: str, stem_: str) -> str:
     if word.isdigit():
         return f'"{word}"'
     prefix = _prefix(word, stem_)
-    return f'"{prefix[:max(len(prefix) - 1, 2)]}"*'
+    return f'"{prefix[: max(len(prefix) - 1, 2)]}"*'
 
 
 def _matches(word: str, stem_: str, lang: str, token: str) -> bool:
     if token == word or word.isdigit() or token[:2] != word[:2]:
         return token == word
     prefix = _prefix(word, stem_)
-    return ((len(prefix) >= MIN_PREFIX and token.startswith(prefix))
-            or stem(token, lang) == stem_)
+    return (len(prefix) >= MIN_PREFIX and token.startswith(prefix)) or stem(token, lang) == stem_
 
 
 def fold(text: str) -> str:
@@ -168,15 +178,15 @@ def query_terms(text: str) -> list[str]:
 
 
 def when_asked(text: str) -> tuple[str | None, frozenset[str]]:
-    """"now", "latest" or "future" when the question is set in time, else None; with the words
+    """ "now", "latest" or "future" when the question is set in time, else None; with the words
     that said so, which say nothing about which fact is meant ("time" in "last time")."""
     folded = words(text)
     pairs = set(zip(folded, folded[1:]))
     if FUTURE_WORDS.intersection(folded) or any(
-            first == "next" and second not in STOP_WORDS for first, second in pairs):
+        first == "next" and second not in STOP_WORDS for first, second in pairs
+    ):
         return "future", frozenset()
-    for when, singles, doubles in (("now", NOW_WORDS, NOW_PAIRS),
-                                   ("latest", LATEST_WORDS, LATEST_PAIRS)):
+    for when, singles, doubles in (("now", NOW_WORDS, NOW_PAIRS), ("latest", LATEST_WORDS, LATEST_PAIRS)):
         said = singles.intersection(folded).union(*(pairs & doubles))
         if said:
             return when, frozenset(said)
@@ -200,8 +210,7 @@ def stem(word: str, lang: str) -> str:
     if found is None:
         stemmers = getattr(_local, "stemmers", None)
         if stemmers is None:
-            stemmers = _local.stemmers = {code: Stemmer.Stemmer(name)
-                                          for code, name in _STEMMERS.items()}
+            stemmers = _local.stemmers = {code: Stemmer.Stemmer(name) for code, name in _STEMMERS.items()}
         if len(_stems) > 65536:  # odd user text: start over rather than grow without end
             _stems.clear()
         found = _stems[(word, lang)] = fold(stemmers[lang].stemWord(word))
@@ -220,8 +229,9 @@ def lexicon_of(rows) -> Lexicon:
     return {key: tuple(words) for key, words in found.items()}
 
 
-def search_terms(text: str, lang: str, lexicon: Lexicon | None = None,
-                 others: frozenset[str] = frozenset()) -> list[Term]:
+def search_terms(
+    text: str, lang: str, lexicon: Lexicon | None = None, others: frozenset[str] = frozenset()
+) -> list[Term]:
     """The question's telling words as terms; generic words only if there is nothing else.
 
     Words are stemmed folded, as the facts' words are, so both sides always agree. A word the
@@ -234,9 +244,15 @@ def search_terms(text: str, lang: str, lexicon: Lexicon | None = None,
     for word in telling:
         stemmed = stem(word, lang)
         also = (lexicon or {}).get((lang, stemmed), ())
-        found.append(Term(word, stemmed, lang,
-                          tuple((means, stem(means, lang)) for means in also if means != word),
-                          word in others))
+        found.append(
+            Term(
+                word,
+                stemmed,
+                lang,
+                tuple((means, stem(means, lang)) for means in also if means != word),
+                word in others,
+            )
+        )
     return found
 
 
@@ -265,8 +281,9 @@ class Scored:
     # a fact holding both, never by one about Hassan at Benfica or one about Farense's stadium)
 
 
-def score_candidates(terms: list[Term], candidates: dict[int, str | tuple[str, str]],
-                     live_facts: int, average_words: float) -> list[Scored]:
+def score_candidates(
+    terms: list[Term], candidates: dict[int, str | tuple[str, str]], live_facts: int, average_words: float
+) -> list[Scored]:
     """bm25 and coverage of each candidate (key -> text), best first.
 
     A candidate may be (text in the question's language, text in the other one): the other
@@ -282,13 +299,18 @@ def score_candidates(terms: list[Term], candidates: dict[int, str | tuple[str, s
     for found in tokens.values():
         for token in found:
             by_start.setdefault(token[:2], set()).add(token)
-    matching = [[token for start in term.starts for token in by_start.get(start, ())
-                 if term.matches(token)] for term in terms]
+    matching = [
+        [token for start in term.starts for token in by_start.get(start, ()) if term.matches(token)] for term in terms
+    ]
     exact = [{term.word, *(word for word, _ in term.also)} for term in terms]
-    counts = {key: [sum(found[token] for token in words_of_term if token in found)
-                    + sum(others[key][word] for word in written if word in others[key])
-                    for words_of_term, written in zip(matching, exact)]
-              for key, found in tokens.items()}
+    counts = {
+        key: [
+            sum(found[token] for token in words_of_term if token in found)
+            + sum(others[key][word] for word in written if word in others[key])
+            for words_of_term, written in zip(matching, exact)
+        ]
+        for key, found in tokens.items()
+    }
     df = [sum(1 for per_term in counts.values() if per_term[i]) for i in range(len(terms))]
     idf = [math.log(1 + (live_facts - n + 0.5) / (n + 0.5)) for n in df]
     own = [not term.other for term in terms]
@@ -297,16 +319,12 @@ def score_candidates(terms: list[Term], candidates: dict[int, str | tuple[str, s
     scored = []
     about_others = not all(own)
     for key, per_term in counts.items():
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * (sum(tokens[key].values())
-                                                  + sum(others[key].values())) / average)
-        score = sum(weight * tf * (BM25_K1 + 1) / (tf + norm)
-                    for weight, tf in zip(idf, per_term) if tf)
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * (sum(tokens[key].values()) + sum(others[key].values())) / average)
+        score = sum(weight * tf * (BM25_K1 + 1) / (tf + norm) for weight, tf in zip(idf, per_term) if tf)
         if about_others and not any(tf for tf, counted in zip(per_term, own) if not counted):
             scored.append(Scored(key, score, 0.0, 0))
             continue
-        coverage = sum(weight for weight, tf, counted in zip(idf, per_term, own)
-                       if tf and counted) / total
-        scored.append(Scored(key, score, coverage,
-                             sum(1 for tf, counted in zip(per_term, own) if tf and counted)))
+        coverage = sum(weight for weight, tf, counted in zip(idf, per_term, own) if tf and counted) / total
+        scored.append(Scored(key, score, coverage, sum(1 for tf, counted in zip(per_term, own) if tf and counted)))
     scored.sort(key=lambda item: (-item.score, item.key))
     return scored

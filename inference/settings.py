@@ -13,7 +13,6 @@ from pydantic import Field
 
 from common.settings import HomeSettings
 
-
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant for fans of SC Farense, the football club of Faro, Portugal. "
     "Reply in the same language as the user. Keep answers short and factual; if you do not "
@@ -42,9 +41,11 @@ class InferenceSettings(HomeSettings):
     )
     retrieval_top_k: int = Field(default=3, ge=1, le=10, description="Facts put in the prompt at most")
     retrieval_min_score: float = Field(
-        default=RETRIEVAL_MIN_SCORE, ge=0.0, le=1.0,
+        default=RETRIEVAL_MIN_SCORE,
+        ge=0.0,
+        le=1.0,
         description="Share (0-1, rare words weigh more) of the question's words a fact must hold to"
-                    " be used; when no fact does, the bot declines",
+        " be used; when no fact does, the bot declines",
     )
     grounding_context_tokens: int = Field(
         default=256, ge=16, le=4096, description="Token budget of the facts block in the prompt"

@@ -56,13 +56,16 @@ def read(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
 
 
 def is_groups(groups: object) -> bool:
-    return (isinstance(groups, list) and bool(groups)
-            and all(isinstance(g, list) and g and all(isinstance(a, str) and a.strip() for a in g)
-                    for g in groups))
+    return (
+        isinstance(groups, list)
+        and bool(groups)
+        and all(isinstance(g, list) and g and all(isinstance(a, str) and a.strip() for a in g) for g in groups)
+    )
 
 
-def check_answer(where: str, record: dict, fact: object, lang: str,
-                 texts: dict[tuple[int, str], str], problems: list[str]) -> None:
+def check_answer(
+    where: str, record: dict, fact: object, lang: str, texts: dict[tuple[int, str], str], problems: list[str]
+) -> None:
     """An answerable question: facts exist, and the own fact's text states every key fact."""
     facts = record.get("facts")
     if not (isinstance(facts, list) and facts and all(isinstance(f, int) for f in facts)):
@@ -141,9 +144,11 @@ def main(seed_dir: Path) -> int:
             check_answer(where, record, fact, record["lang"], texts, problems)
         all_facts = {fact for fact, _ in texts}
         missing = {lang: sorted(all_facts - covered[lang]) for lang in LANGS}
-        summary.append(f"{name}: {len(rows)} items ({', '.join(f'{k} {v}' for k, v in sorted(langs.items()))});"
-                       f" facts covered en {len(covered['en'])}/{len(all_facts)},"
-                       f" pt {len(covered['pt'])}/{len(all_facts)}")
+        summary.append(
+            f"{name}: {len(rows)} items ({', '.join(f'{k} {v}' for k, v in sorted(langs.items()))});"
+            f" facts covered en {len(covered['en'])}/{len(all_facts)},"
+            f" pt {len(covered['pt'])}/{len(all_facts)}"
+        )
         if name == "dev.jsonl":
             for lang in LANGS:
                 if missing[lang]:
@@ -198,8 +203,10 @@ def main(seed_dir: Path) -> int:
                     check_answer(at, turn, fact, lang, texts, problems)
                 elif kind != "decline":
                     problems.append(f"{at}: 'expected' should be 'answer' or 'decline'")
-        summary.append(f"{MULTITURN}: {len(rows)} conversations (splits {dict(splits)}, langs {dict(langs)},"
-                       f" turns per conversation {dict(sorted(turns.items()))}, turns expected {dict(expected)})")
+        summary.append(
+            f"{MULTITURN}: {len(rows)} conversations (splits {dict(splits)}, langs {dict(langs)},"
+            f" turns per conversation {dict(sorted(turns.items()))}, turns expected {dict(expected)})"
+        )
 
     print("\n".join(summary))
     print(f"ids: {len(ids)} unique checked; questions repeated across/within files: {repeats}")

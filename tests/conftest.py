@@ -92,6 +92,7 @@ def isolated_env(tmp_path, monkeypatch, models_root):
 
 # --- the knowledge base ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def db_path(tmp_path) -> Path:
     """A fresh store: opening it creates the schema and imports the seed facts."""
@@ -114,6 +115,7 @@ def index(db_path):
 
 # --- training ----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return write_dataset(tmp_path / "dataset")
@@ -127,6 +129,7 @@ def tiny_env(monkeypatch, tiny_model_dir) -> dict:
 
 
 # --- the Telegram bot, end to end: the real Application polling the loopback Bot API -------------
+
 
 @pytest.fixture
 def roomy_server(monkeypatch):
@@ -156,18 +159,34 @@ def start_bot(tiny_model_dir, isolated_env, monkeypatch):
     running = []
 
     # A real training run, kept tiny: a few short batches, two validation batches.
-    tiny_training = ("--iters", "4", "--batch-size", "2", "--val-batches", "2",
-                     "--lora-layers", "2", "--eval-every", "4")
+    tiny_training = (
+        "--iters",
+        "4",
+        "--batch-size",
+        "2",
+        "--val-batches",
+        "2",
+        "--lora-layers",
+        "2",
+        "--eval-every",
+        "4",
+    )
 
     def start(*, train_args=tiny_training, max_tokens=24, **overrides):
-        options = dict(telegram_bot_token=BOT_TOKEN, telegram_base_url=server.base_url,
-                       admin_user_ids=(BOT_ADMIN,), stream_edit_interval=0.05) | overrides
+        options = (
+            dict(
+                telegram_bot_token=BOT_TOKEN,
+                telegram_base_url=server.base_url,
+                admin_user_ids=(BOT_ADMIN,),
+                stream_edit_interval=0.05,
+            )
+            | overrides
+        )
         settings = BotSettings.load(**options)
         engine = Engine(InferenceSettings.load(temperature=0.0, max_tokens=max_tokens))
         data_settings = DataSettings.load()
         store = Store(data_settings.home.database)
-        application = build_application(settings, engine, store, data_settings=data_settings,
-                                        train_args=train_args)
+        application = build_application(settings, engine, store, data_settings=data_settings, train_args=train_args)
         bot = RunningBot(server, application, engine, store)
         running.append(bot)
         return bot.start()

@@ -17,21 +17,28 @@ from pathlib import Path
 
 from data.settings import PACKAGE_SEED_DIR
 
-WORDS = ("lions faro black white stadium sao luis algarve founded nineteen ten cup final league "
-         "promotion coach captain goal season olhanense rival estadio").split()
+WORDS = (
+    "lions faro black white stadium sao luis algarve founded nineteen ten cup final league "
+    "promotion coach captain goal season olhanense rival estadio"
+).split()
 
 
 def chat(question: str, answer: str) -> dict:
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
-def write_dataset(folder: Path, *, train: int = 20, valid: int = 8, seed: int = 0,
-                  min_words: int = 2, max_words: int = 30) -> Path:
+def write_dataset(
+    folder: Path, *, train: int = 20, valid: int = 8, seed: int = 0, min_words: int = 2, max_words: int = 30
+) -> Path:
     """A memorisable Q/A set with answers of very different lengths, plus a manifest."""
     rng = random.Random(seed)
-    rows = [chat(f"Tell me fact {i} about Farense?",
-                 " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) + ".")
-            for i in range(train + valid)]
+    rows = [
+        chat(
+            f"Tell me fact {i} about Farense?",
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) + ".",
+        )
+        for i in range(train + valid)
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "train.jsonl", rows[:train])
     write_jsonl(folder / "valid.jsonl", rows[train:])
@@ -47,18 +54,25 @@ def write_jsonl(path: Path, rows: list) -> None:
 def train_here(dataset: Path, *, resume: bool = False, run_id: str | None = None, **flags):
     """A run in this process (as `python -m training run` would do it); returns (Run, Outcome)."""
     from inference.settings import InferenceSettings
+    from training.settings import TrainingSettings
     from training.trainer.launch import launch
     from training.trainer.reporting import Reporter
-    from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(dataset=dataset, **flags)
     return launch(settings, InferenceSettings.load(), resume=resume, run_id=run_id, reporter=Reporter(False))
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=env if env is not None else dict(os.environ))
+def cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(*args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env if env is not None else dict(os.environ),
+    )
 
 
 def command(*args: str) -> list[str]:
@@ -67,8 +81,11 @@ def command(*args: str) -> list[str]:
 
 def clean_env(home: Path, models_root: Path, model_dir: Path) -> dict:
     """For children started outside a test's isolated_env: no developer TRAIN_/MODEL_ settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TRAIN_", "MODEL_", "ADAPTER_", "FARENSE_", "SYSTEM_PROMPT"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TRAIN_", "MODEL_", "ADAPTER_", "FARENSE_", "SYSTEM_PROMPT"))
+    }
     return env | {"FARENSE_HOME": str(home), "MODELS_DIR": str(models_root), "MODEL_PATH": str(model_dir)}
 
 
@@ -97,28 +114,46 @@ def adapter(folder: Path) -> dict:
 
 SYSTEM_PROMPT = "You answer questions about SC Farense."
 # Fast on the tiny llama: ~0.3 s a step; 30 steps take val loss from ~11.2 to ~10.6.
-TRAIN_ARGS = ["--iters", "30", "--batch-size", "4", "--learning-rate", "2e-3", "--warmup-steps", "2",
-              "--eval-every", "10", "--val-batches", "4"]
+TRAIN_ARGS = [
+    "--iters",
+    "30",
+    "--batch-size",
+    "4",
+    "--learning-rate",
+    "2e-3",
+    "--warmup-steps",
+    "2",
+    "--eval-every",
+    "10",
+    "--val-batches",
+    "4",
+]
 
 
-def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False,
-               garble_answers: bool = False) -> Path:
+def write_seed(
+    folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False, garble_answers: bool = False
+) -> Path:
     """A small seed cut from the real one (66 pairs, 22 held-out and some dev items); optionally with every answer
     moved to another question, or spelled backwards — data that teaches nothing true."""
     folder.mkdir(parents=True, exist_ok=True)
-    qa = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("qa-*.jsonl"))
-          for line in path.read_text().splitlines()]
+    qa = [
+        json.loads(line)
+        for path in sorted(PACKAGE_SEED_DIR.glob("qa-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
     qa = [pair for pair in qa if pair["fact"] in facts]
     if shuffle_answers:
         answers = [pair["answer"] for pair in qa]
         qa = [pair | {"answer": answers[(i * 7 + 3) % len(answers)]} for i, pair in enumerate(qa)]
     if garble_answers:  # a tiny random model learns word statistics, not facts: this it notices
         qa = [pair | {"answer": pair["answer"][::-1]} for pair in qa]
-    items = [json.loads(line) for path in sorted(PACKAGE_SEED_DIR.glob("eval-*.jsonl"))
-             for line in path.read_text().splitlines()]
+    items = [
+        json.loads(line)
+        for path in sorted(PACKAGE_SEED_DIR.glob("eval-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
     (folder / "qa-test.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in qa))
-    (folder / "eval-test.jsonl").write_text(
-        "".join(json.dumps(item) + "\n" for item in items if item["fact"] in facts))
+    (folder / "eval-test.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items if item["fact"] in facts))
     dev = [json.loads(line) for line in (PACKAGE_SEED_DIR / "dev.jsonl").read_text().splitlines()]
     (folder / "dev.jsonl").write_text("".join(json.dumps(item) + "\n" for item in dev if item["fact"] in facts))
     return folder
@@ -126,18 +161,33 @@ def write_seed(folder: Path, facts: range = range(1, 13), shuffle_answers: bool 
 
 def lifecycle_env(monkeypatch, tiny_model_dir: Path, seed: Path) -> None:
     """Serve and train the tiny llama with a short prompt, and keep the gate small."""
-    for name, value in {"MODEL_PATH": str(tiny_model_dir), "SYSTEM_PROMPT": SYSTEM_PROMPT,
-                        "SEED_DIR": str(seed), "GATE_EVAL_LIMIT": "4", "GATE_MAX_TOKENS": "16",
-                        "GATE_MIN_IMPROVEMENT": "0.005", "GATE_ALLOWED_ACCURACY_DROP": "0",
-                        "GATE_MAX_REGRESSION": "0",
-                        "GATE_MAX_DEGENERATE": "0.1", "KEEP_ADAPTERS": "10", "PIPELINE_TRAIN_ARGS": ""}.items():
+    for name, value in {
+        "MODEL_PATH": str(tiny_model_dir),
+        "SYSTEM_PROMPT": SYSTEM_PROMPT,
+        "SEED_DIR": str(seed),
+        "GATE_EVAL_LIMIT": "4",
+        "GATE_MAX_TOKENS": "16",
+        "GATE_MIN_IMPROVEMENT": "0.005",
+        "GATE_ALLOWED_ACCURACY_DROP": "0",
+        "GATE_MAX_REGRESSION": "0",
+        "GATE_MAX_DEGENERATE": "0.1",
+        "KEEP_ADAPTERS": "10",
+        "PIPELINE_TRAIN_ARGS": "",
+    }.items():
         monkeypatch.setenv(name, value)
 
 
 def seed_pairs(count: int, start: int = 0) -> list[dict]:
-    return [{"id": f"f{i:03d}-en-1", "fact": i, "lang": "en",
-             "question": f"Question {i} about SC Farense?", "answer": f"Answer {i}."}
-            for i in range(start, start + count)]
+    return [
+        {
+            "id": f"f{i:03d}-en-1",
+            "fact": i,
+            "lang": "en",
+            "question": f"Question {i} about SC Farense?",
+            "answer": f"Answer {i}.",
+        }
+        for i in range(start, start + count)
+    ]
 
 
 def write_qa_seed(folder: Path, pairs: list[dict], files: int = 1) -> Path:
@@ -180,8 +230,9 @@ class RunningBot:
         """Send a message and wait for the bot's final answer (the one with the 👍/👎 buttons)."""
         since = len(self.server.calls())
         self.server.push_message(chat_id, user_id, text, **kwargs)
-        final = self.server.wait_for(lambda c: c.ok and c.params.get("chat_id") == chat_id
-                                     and "reply_markup" in c.params, timeout, since)
+        final = self.server.wait_for(
+            lambda c: c.ok and c.params.get("chat_id") == chat_id and "reply_markup" in c.params, timeout, since
+        )
         self.settle()
         return final
 
@@ -200,7 +251,7 @@ class RunningBot:
         await app.start()
         await app.updater.start_polling(poll_interval=0, timeout=1)
 
-    def start(self) -> "RunningBot":
+    def start(self) -> RunningBot:
         self.run(self._start())
         return self
 
@@ -262,8 +313,10 @@ def simulate_nights(home: Path, nights: int, *, scale: float = 1.0, log_bytes_pe
         shutil.copytree(dataset, grounded)
         run = Run(settings.home.runs / f"{made:%Y%m%d-%H%M%S}-{night:03d}")  # as new_run names it
         run.checkpoints.mkdir(parents=True)
-        run.write_json("config.json", {"dataset": {"path": str(grounded)},
-                                       "valid_batches": {"valid_path": str(grounded / "valid.jsonl")}})
+        run.write_json(
+            "config.json",
+            {"dataset": {"path": str(grounded)}, "valid_batches": {"valid_path": str(grounded / "valid.jsonl")}},
+        )
         for step in range(KEPT_CHECKPOINTS):
             folder = run.checkpoints / f"step-{(step + 1) * 200:07d}"
             folder.mkdir(parents=True)
@@ -275,8 +328,13 @@ def simulate_nights(home: Path, nights: int, *, scale: float = 1.0, log_bytes_pe
             (run.dir / "adapters" / name / "adapters.safetensors").write_bytes(os.urandom(adapter_bytes))
         run.set_status(FINISHED)
         for label in ("nightly", "manual") if night % 10 == 0 else ("nightly",):
-            archive = create_backup(settings.home.database, settings.home.adapters, settings.home.backups,
-                                    label=label, keep=settings.backup_keep if label == "nightly" else None).path
+            archive = create_backup(
+                settings.home.database,
+                settings.home.adapters,
+                settings.home.backups,
+                label=label,
+                keep=settings.backup_keep if label == "nightly" else None,
+            ).path
             archive.rename(archive.with_name(f"farense-backup-{made.strftime(STAMP)}.{night}-{label}.tar.gz"))
         (settings.home.logs).mkdir(exist_ok=True)
         with open(settings.home.logs / "service.log", "ab") as log:

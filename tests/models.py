@@ -13,8 +13,16 @@ from pathlib import Path
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def make_tiny_model(out: Path, tokenizer_source: Path, *, seed: int = 0, layers: int = 2,
-                    hidden: int = 64, heads: int = 4, kv_heads: int = 2) -> Path:
+def make_tiny_model(
+    out: Path,
+    tokenizer_source: Path,
+    *,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> Path:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
@@ -40,16 +48,18 @@ def make_tiny_model(out: Path, tokenizer_source: Path, *, seed: int = 0, layers:
     model = llama.Model(llama.ModelArgs.from_dict(config))
     mx.eval(model.parameters())
     out.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())),
-                        metadata={"format": "mlx"})
+    mx.save_safetensors(
+        str(out / "model.safetensors"), dict(tree_flatten(model.parameters())), metadata={"format": "mlx"}
+    )
     (out / "config.json").write_text(json.dumps(config, indent=2))
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source / name, out / name)
     return out
 
 
-def make_adapter(model_dir: Path, out: Path, *, rank: int = 4, num_layers: int = 2, seed: int = 1,
-                 scale: float = 20.0) -> Path:
+def make_adapter(
+    model_dir: Path, out: Path, *, rank: int = 4, num_layers: int = 2, seed: int = 1, scale: float = 20.0
+) -> Path:
     """A LoRA adapter in mlx-lm's format with random (non-zero) weights, so it changes outputs."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -60,8 +70,11 @@ def make_adapter(model_dir: Path, out: Path, *, rank: int = 4, num_layers: int =
     params = {"rank": rank, "scale": scale, "dropout": 0.0}
     linear_to_lora_layers(model, num_layers, params)
     mx.random.seed(seed)
-    weights = {name: mx.random.normal(value.shape) * 0.05
-               for name, value in tree_flatten(model.parameters()) if name.endswith((".lora_a", ".lora_b"))}
+    weights = {
+        name: mx.random.normal(value.shape) * 0.05
+        for name, value in tree_flatten(model.parameters())
+        if name.endswith((".lora_a", ".lora_b"))
+    }
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "adapters.safetensors"), weights)
     config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}

@@ -10,8 +10,9 @@ from data.store import Store
 
 
 def run_bot(stdin: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot"], input=stdin, capture_output=True, text=True,
-                          timeout=120, env=os.environ | env)
+    return subprocess.run(
+        [sys.executable, "-m", "bot"], input=stdin, capture_output=True, text=True, timeout=120, env=os.environ | env
+    )
 
 
 def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_model_dir, isolated_env):
@@ -36,7 +37,10 @@ def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_mod
 def test_bad_settings_and_a_missing_model_exit_2_with_one_clear_line(tmp_path):
     bad = run_bot("", ADMIN_USER_IDS="12,Ana")
     assert bad.returncode == 2 and bad.stdout == ""
-    assert "ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by commas or spaces; 'Ana'" in bad.stderr
+    assert (
+        "ADMIN_USER_IDS must be Telegram user ids (positive integers) separated by commas or spaces; 'Ana'"
+        in bad.stderr
+    )
     assert "Traceback" not in bad.stderr
 
     missing = run_bot("", MODEL_PATH=str(tmp_path / "no-such-model"))
@@ -52,14 +56,24 @@ def test_with_a_token_it_long_polls_telegram_and_stops_cleanly_on_sigterm(tiny_m
     from .helpers import BOT_TOKEN
 
     with BotApiServer(BOT_TOKEN) as server:
-        env = os.environ | {"MODEL_PATH": str(tiny_model_dir), "MAX_TOKENS": "8", "TEMPERATURE": "0",
-                            "TELEGRAM_BOT_TOKEN": BOT_TOKEN, "TELEGRAM_BASE_URL": server.base_url}
-        process = subprocess.Popen([sys.executable, "-m", "bot"], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        env = os.environ | {
+            "MODEL_PATH": str(tiny_model_dir),
+            "MAX_TOKENS": "8",
+            "TEMPERATURE": "0",
+            "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+            "TELEGRAM_BASE_URL": server.base_url,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             server.push_message(4242, 4242, "Quando foi fundado o Farense?")  # the first poll gets it
-            answer = server.wait_for(lambda c: c.method == "sendMessage" and "reply_markup" in c.params,
-                                     timeout=60)
+            answer = server.wait_for(lambda c: c.method == "sendMessage" and "reply_markup" in c.params, timeout=60)
         finally:
             process.send_signal(signal.SIGTERM)
             server.state.close()  # ends the pending long poll now rather than at its timeout
@@ -111,14 +125,17 @@ def test_console_cites_sources_declines_and_admins_the_knowledge_base(tiny_model
         return out.getvalue()
 
     try:
-        out = run("Who knocked Farense out of the UEFA Cup?\nQual é o hino do Farense?\n"
-                  "/correct Chama-se «Avante, Leões».\nQual é o hino do Farense?\n/facts hino\n")
+        out = run(
+            "Who knocked Farense out of the UEFA Cup?\nQual é o hino do Farense?\n"
+            "/correct Chama-se «Avante, Leões».\nQual é o hino do Farense?\n/facts hino\n"
+        )
         answers = [block.split("\nyou> ")[0] for block in out.split("bot> ")[1:]]
         assert answers[0].startswith("Olympique Lyonnais") and "\nSource: " in answers[0]
         assert answers[1].strip() == DECLINE["pt"]
         assert "Correction saved" in out and "the next answer to that question uses it." in out
-        assert answers[2] == ("hino Farense — Chama-se «Avante, Leões».\n"
-                              "Fonte: Farense bot admin")  # the corrected fact, at once
+        assert answers[2] == (
+            "hino Farense — Chama-se «Avante, Leões».\nFonte: Farense bot admin"
+        )  # the corrected fact, at once
         fact = list_facts(store, "Avante")[0]
         assert f"#{fact.id} [pt, admin, by 1, from message 2, r2] hino Farense" in out  # /facts found it
 

@@ -127,7 +127,12 @@ def test_a_correction_adds_a_fact_the_next_question_retrieves(start_bot):
     assert "added in the knowledge base — the next answer to that question uses it." in replies[0]
     fact = list_facts(bot.store, "maior ídolo")[0]
     assert (fact.text, fact.lang, fact.origin, fact.author_id, fact.source) == (
-        fix, "pt", "admin", BOT_ADMIN, ADMIN_SOURCE)
+        fix,
+        "pt",
+        "admin",
+        BOT_ADMIN,
+        ADMIN_SOURCE,
+    )
     assert f"#{fact.id} " in replies[0]
 
     prompts = record_prompts(bot)  # the real tiny model answers now
@@ -135,7 +140,8 @@ def test_a_correction_adds_a_fact_the_next_question_retrieves(start_bot):
     assert final.params["text"] != DECLINE["pt"]
     assert fix in prompts[0][0]["content"]  # the very next question is grounded on the correction
     assert [(c.question, c.answer, c.source) for c in bot.store.curated_examples()] == [
-        (IDOL, fix, "correction")]  # and it is training data, as before
+        (IDOL, fix, "correction")
+    ]  # and it is training data, as before
 
 
 def test_a_correction_of_an_answer_that_used_one_fact_amends_that_fact(start_bot):
@@ -148,8 +154,9 @@ def test_a_correction_of_an_answer_that_used_one_fact_amends_that_fact(start_bot
     assert before.origin == "seed" and "Lyonnais" in before.text
 
     fix = "Olympique Lyonnais knocked Farense out of the UEFA Cup in the first round of 1995-96."
-    replies = command(bot, BOT_ADMIN, f"/correct {fix}", language_code="en",
-                      reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1])
+    replies = command(
+        bot, BOT_ADMIN, f"/correct {fix}", language_code="en", reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1]
+    )
     assert f"Fact #{before.id} amended (revision 2) in the knowledge base — the next answer" in replies[0]
     after = get_fact(bot.store, before.id)
     assert (after.text, after.source, after.author_id, after.url) == (fix, ADMIN_SOURCE, BOT_ADMIN, None)
@@ -166,10 +173,13 @@ def test_a_correction_sharing_no_word_with_the_question_is_still_found_by_it(sta
     record_prompts(bot, LYON)
     question = "Qual é o hino do Farense?"
     assert bot.ask(BOT_ADMIN, BOT_ADMIN, question).params["text"] == DECLINE["pt"]
-    replies = command(bot, BOT_ADMIN, "/correct Chama-se «Avante, Leões».",
-                      reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1])
-    assert ("added in the knowledge base, led by telling words of the question (revision 2) — the next answer to"
-            " that question uses it.") in replies[0]
+    replies = command(
+        bot, BOT_ADMIN, "/correct Chama-se «Avante, Leões».", reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1]
+    )
+    assert (
+        "added in the knowledge base, led by telling words of the question (revision 2) — the next answer to"
+        " that question uses it."
+    ) in replies[0]
     fact = list_facts(bot.store, "Avante")[0]
     assert fact.text == "hino Farense — Chama-se «Avante, Leões»."  # led by the question's telling words: found
     assert fact.id in [f.id for f in bot.services.conversations.ground(question).facts]
@@ -189,14 +199,14 @@ def test_admin_lists_searches_and_removes_facts_and_others_are_refused(start_bot
         assert command(bot, USER, text, language_code="en") == [NOT_ADMIN]
     assert get_fact(bot.store, fact_id).removed_at is None
 
-    assert command(bot, BOT_ADMIN, "/fact_remove") == [
-        "Usage: /fact_remove <id> — the number /facts shows after #."]
+    assert command(bot, BOT_ADMIN, "/fact_remove") == ["Usage: /fact_remove <id> — the number /facts shows after #."]
     removed = command(bot, BOT_ADMIN, f"/fact_remove #{fact_id}")[0]
     assert removed.startswith(f"Removed fact #{fact_id}: Hassan Nader é um antigo avançado marroquino")
     assert get_fact(bot.store, fact_id).removed_at is not None
     assert fact_id not in [f.id for f in bot.services.conversations.ground("Quem foi Hassan Nader?").facts]
     assert command(bot, BOT_ADMIN, f"/fact_remove {fact_id}") == [
-        f"There is no fact #{fact_id} to remove (see /facts)."]
+        f"There is no fact #{fact_id} to remove (see /facts)."
+    ]
     with bot.store._connection() as db:
         audit = db.execute("SELECT user_id, command, allowed FROM admin_events ORDER BY id").fetchall()
     assert (USER, "facts", 0) in audit and (USER, "fact_remove", 0) in audit
@@ -205,8 +215,7 @@ def test_admin_lists_searches_and_removes_facts_and_others_are_refused(start_bot
 
 def test_admin_help_and_command_menus_name_the_knowledge_commands(start_bot):
     bot = start_bot()
-    for language, expected in (("en", "/facts <words> — search them"),
-                               ("pt", "/facts <palavras> — procurá-los")):
+    for language, expected in (("en", "/facts <words> — search them"), ("pt", "/facts <palavras> — procurá-los")):
         admin_help = command(bot, BOT_ADMIN, "/help", language_code=language)[0]
         assert expected in admin_help and "/fact_remove <id>" in admin_help
     assert "/fact_remove" not in command(bot, USER, "/help")[0]  # fans do not see admin commands

@@ -98,15 +98,24 @@ def test_progress_text_follows_stages_steps_and_evaluations():
     progress = ProgressText("Retraining…")
     progress.update({"event": "stage", "stage": "dataset"})
     assert progress.render() == "Retraining…\nStage: dataset"
-    for event in ({"event": "stage", "stage": "train"}, {"event": "eval", "step": 0, "val_loss": 3.21},
-                  {"event": "step", "step": 3, "total": 600, "loss": 2.5, "eta_s": 3725.0}):
+    for event in (
+        {"event": "stage", "stage": "train"},
+        {"event": "eval", "step": 0, "val_loss": 3.21},
+        {"event": "step", "step": 3, "total": 600, "loss": 2.5, "eta_s": 3725.0},
+    ):
         progress.update(event)
     assert progress.render() == "Retraining…\nStage: train\nstep 3/600 · loss 2.500 · val 3.210 · ETA 1h02m"
 
 
 def test_language_is_portuguese_for_any_pt_code():
     assert [language(code) for code in ("pt", "pt-BR", "PT-pt", "en", "es", None)] == [
-        "pt", "pt", "pt", "en", "en", "en"]
+        "pt",
+        "pt",
+        "pt",
+        "en",
+        "en",
+        "en",
+    ]
 
 
 def test_loss_plot_reads_both_metric_formats_and_skips_bad_lines(tmp_path):
@@ -114,8 +123,13 @@ def test_loss_plot_reads_both_metric_formats_and_skips_bad_lines(tmp_path):
     old, new = tmp_path / "runs" / "20250101-000000-aaaa", tmp_path / "runs" / "20250102-000000-bbbb"
     for run in (old, new):
         run.mkdir(parents=True)
-    lines = [{"kind": "train", "step": 1, "loss": 3.0}, {"step": 2, "train_loss": 2.5, "val_loss": 2.8},
-             {"kind": "eval", "step": 2, "val_loss": 2.7}, "not json", {"kind": "train"}]
+    lines = [
+        {"kind": "train", "step": 1, "loss": 3.0},
+        {"step": 2, "train_loss": 2.5, "val_loss": 2.8},
+        {"kind": "eval", "step": 2, "val_loss": 2.7},
+        "not json",
+        {"kind": "train"},
+    ]
     (new / "metrics.jsonl").write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines))
     (old / "metrics.jsonl").write_text("")
     assert latest_run(Home(tmp_path)) == new

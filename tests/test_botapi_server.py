@@ -70,9 +70,7 @@ def test_wrong_token_and_unknown_method(server):
         asyncio.run(scenario())
     unknown = httpx.post(f"{server.base_url}{TOKEN}/sendTelepathy")
     assert unknown.status_code == 404
-    assert unknown.json() == {
-        "ok": False, "error_code": 404, "description": "Not Found: method not found"
-    }
+    assert unknown.json() == {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
     assert [c.response["error_code"] for c in server.calls()] == [401, 404]
 
 
@@ -126,9 +124,7 @@ def test_injected_updates_parse_as_ptb_objects(server):
         assert edit.edited_message.message_id == first["message_id"]
         assert edit.edited_message.text == "⚽ olá de novo" and edit.edited_message.edit_date
         assert command.message.chat.title == "Adeptos"
-        assert command.message.parse_entities() == {
-            command.message.entities[0]: "/jogo@farense_test_bot"
-        }
+        assert command.message.parse_entities() == {command.message.entities[0]: "/jogo@farense_test_bot"}
         assert photo.message.caption == "legenda" and photo.message.photo[-1].width == 320
         assert photo.message.reply_to_message.text == "⚽ olá de novo"  # its current state
         assert sticker.message.sticker.emoji == "⚽"
@@ -145,7 +141,9 @@ def test_send_message_echoes_reply_and_inline_keyboard(server):
 
     async def scenario(bot: Bot) -> None:
         sent = await bot.send_message(
-            CHAT, "O Farense marcou dois!", reply_markup=keyboard,
+            CHAT,
+            "O Farense marcou dois!",
+            reply_markup=keyboard,
             reply_parameters=ReplyParameters(question["message_id"]),
         )
         assert sent.message_id == question["message_id"] + 1
@@ -168,9 +166,7 @@ def test_send_photo_uploads_multipart_bytes_that_can_be_downloaded(server):
     png = make_png(64, 48)
 
     async def scenario(bot: Bot) -> None:
-        sent = await bot.send_photo(
-            CHAT, photo=png, caption="<b>Golo!</b>", parse_mode=ParseMode.HTML
-        )
+        sent = await bot.send_photo(CHAT, photo=png, caption="<b>Golo!</b>", parse_mode=ParseMode.HTML)
         assert (sent.photo[-1].width, sent.photo[-1].height) == (64, 48)
         assert sent.caption == "Golo!" and sent.caption_entities[0].type == MessageEntity.BOLD
         file = await bot.get_file(sent.photo[-1].file_id)
@@ -206,7 +202,9 @@ def test_injected_faults_surface_as_ptb_errors(server, monkeypatch):
 
     run_with_bot(server, scenario)
     assert server.calls("sendMessage")[0].response == {
-        "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 3",
         "parameters": {"retry_after": 3},
     }
 
@@ -263,9 +261,7 @@ def test_edit_delete_and_current_message_state(server):
 
 
 def test_commands_drafts_callbacks_and_chat_info(server):
-    _, group_msg = server.push_message(
-        GROUP, 7, "@farense_test_bot próximo jogo?", chat_type="supergroup"
-    )
+    _, group_msg = server.push_message(GROUP, 7, "@farense_test_bot próximo jogo?", chat_type="supergroup")
     _, own = server.push_message(CHAT, CHAT, "oi")
 
     async def scenario(bot: Bot) -> None:

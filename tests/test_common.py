@@ -38,8 +38,11 @@ def imported_packages(package: str) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_common_is_a_leaf_and_inference_and_data_import_only_it(package):
-    wrong = {module: sorted(names - ALLOWED[package])
-             for module, names in imported_packages(package).items() if names - ALLOWED[package]}
+    wrong = {
+        module: sorted(names - ALLOWED[package])
+        for module, names in imported_packages(package).items()
+        if names - ALLOWED[package]
+    }
     assert not wrong
 
 
@@ -80,10 +83,19 @@ def test_replace_dir_swaps_a_folder_in_one_rename(tmp_path):
 
 def test_a_lock_held_by_another_process_is_busy(tmp_path):
     lock = tmp_path / "x.lock"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from common.files import acquire_lock;"
-                               f" h = acquire_lock({str(lock)!r}, shared=True); print('held', flush=True);"
-                               " sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              cwd=REPO)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from common.files import acquire_lock;"
+            f" h = acquire_lock({str(lock)!r}, shared=True); print('held', flush=True);"
+            " sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert is_locked(lock)
@@ -103,8 +115,13 @@ def test_protect_tightens_the_homes_parts_and_nothing_else(tmp_path):
     import stat
 
     home = Home(tmp_path / "h")
-    for path in (home.database, home.logs / "bot.log", home.datasets / "d" / "train.jsonl",
-                 home.root / "notes-of-the-owner.txt", home.models / "m" / "config.json"):
+    for path in (
+        home.database,
+        home.logs / "bot.log",
+        home.datasets / "d" / "train.jsonl",
+        home.root / "notes-of-the-owner.txt",
+        home.models / "m" / "config.json",
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
         path.chmod(0o644)
@@ -117,7 +134,16 @@ def test_protect_tightens_the_homes_parts_and_nothing_else(tmp_path):
     finally:
         os.umask(before)
     mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
-    assert [mode(p) for p in (home.root, home.database, home.logs, home.logs / "bot.log", home.datasets,
-                              home.datasets / "d", home.datasets / "d" / "train.jsonl")] == [
-        0o700, 0o600, 0o700, 0o600, 0o700, 0o700, 0o600]
+    assert [
+        mode(p)
+        for p in (
+            home.root,
+            home.database,
+            home.logs,
+            home.logs / "bot.log",
+            home.datasets,
+            home.datasets / "d",
+            home.datasets / "d" / "train.jsonl",
+        )
+    ] == [0o700, 0o600, 0o700, 0o600, 0o700, 0o700, 0o600]
     assert mode(home.root / "notes-of-the-owner.txt") == 0o644 and mode(home.models) == 0o755

@@ -51,15 +51,26 @@ def test_full_build_from_seed_store_and_extra_files(tmp_path):
     store.add_correction(hidden_fix, ADMIN, "Secret correction.")
     store.set_opt_out(OPTED_OUT, True)
     extra = tmp_path / "extra.jsonl"
-    extra.write_text("\n".join([
-        json.dumps({"messages": [{"role": "system", "content": "ignored"},
-                                 {"role": "user", "content": "Extra chat question?"},
-                                 {"role": "assistant", "content": "Extra chat answer."}]}),
-        "{not json",
-        json.dumps({"question": "Extra plain question?", "answer": "Mail me at a@b.pt"}),
-        json.dumps({"question": "No answer"}),
-        json.dumps({"messages": [{"role": "user", "content": "Only a user turn"}]}),
-    ]) + "\n")
+    extra.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "ignored"},
+                            {"role": "user", "content": "Extra chat question?"},
+                            {"role": "assistant", "content": "Extra chat answer."},
+                        ]
+                    }
+                ),
+                "{not json",
+                json.dumps({"question": "Extra plain question?", "answer": "Mail me at a@b.pt"}),
+                json.dumps({"question": "No answer"}),
+                json.dumps({"messages": [{"role": "user", "content": "Only a user turn"}]}),
+            ]
+        )
+        + "\n"
+    )
 
     result = build_dataset(make_settings(tmp_path, seed), store, [extra])
     store.close()
@@ -67,22 +78,24 @@ def test_full_build_from_seed_store_and_extra_files(tmp_path):
     folder = result.path
     assert folder.parent == tmp_path / "home" / "datasets"
     assert latest_dataset(make_settings(tmp_path, seed)) == folder
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "test.jsonl", "train.jsonl",
-                                                        "valid.jsonl"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest == result.manifest
     assert manifest["sources"] == {"seed": 30, "feedback": 1, "correction": 1, "extra": 2}
-    assert manifest["dropped"] == {"duplicates": 0, "superseded": 0, "opted_out": 2, "instructions": 0,
-                                   "over_user_cap": 0}
+    assert manifest["dropped"] == {
+        "duplicates": 0,
+        "superseded": 0,
+        "opted_out": 2,
+        "instructions": 0,
+        "over_user_cap": 0,
+    }
     assert manifest["scrubbed_replacements"] == 2
     for name in builder.SPLITS:
         data = (folder / f"{name}.jsonl").read_bytes()
-        assert manifest["splits"][name] == {"count": data.count(b"\n"),
-                                            "sha256": hashlib.sha256(data).hexdigest()}
+        assert manifest["splits"][name] == {"count": data.count(b"\n"), "sha256": hashlib.sha256(data).hexdigest()}
     assert folder.name.endswith("-" + manifest["content_hash"][:12])
     problems = {(Path(p["file"]).name, p["line"]): p["reason"] for p in manifest["problems"]}
-    assert set(problems) == {("qa-99.jsonl", 1), ("extra.jsonl", 2), ("extra.jsonl", 4),
-                             ("extra.jsonl", 5)}
+    assert set(problems) == {("qa-99.jsonl", 1), ("extra.jsonl", 2), ("extra.jsonl", 4), ("extra.jsonl", 5)}
     assert problems[("extra.jsonl", 5)] == "expected exactly one user and one assistant message"
 
     pairs = [pair for split in everything(folder).values() for pair in split]
@@ -96,8 +109,13 @@ def test_full_build_from_seed_store_and_extra_files(tmp_path):
 
 def test_corrections_supersede_other_answers_and_duplicates_collapse(tmp_path):
     pairs = seed_pairs(12) + [
-        {"id": "dup", "fact": 1, "lang": "en", "question": "question 1 ABOUT sc farense?",
-         "answer": "  answer 1. "},  # same as f001 once normalised
+        {
+            "id": "dup",
+            "fact": 1,
+            "lang": "en",
+            "question": "question 1 ABOUT sc farense?",
+            "answer": "  answer 1. ",
+        },  # same as f001 once normalised
         {"id": "old", "fact": 1, "lang": "pt", "question": "Quem é o treinador?", "answer": "O antigo."},
     ]
     seed = write_qa_seed(tmp_path / "seed", pairs)
@@ -132,8 +150,13 @@ def test_a_thumbs_up_weighs_less_than_the_seed_and_each_user_adds_at_most_their_
     assert ("Question 3 about SC Farense?", "A fan's other answer.") not in pairs  # the seed's answer stands
     assert sorted(q for q, _ in pairs if q.startswith("Other")) == ["Other question 0?", "Other question 1?"]
     assert not [q for q, _ in pairs if "Zorblax" in q]
-    assert result.manifest["dropped"] | {"duplicates": 0} == {"duplicates": 0, "superseded": 1, "opted_out": 0,
-                                                              "instructions": 1, "over_user_cap": 3}
+    assert result.manifest["dropped"] | {"duplicates": 0} == {
+        "duplicates": 0,
+        "superseded": 1,
+        "opted_out": 0,
+        "instructions": 1,
+        "over_user_cap": 3,
+    }
 
 
 def test_same_inputs_in_another_order_give_identical_files(tmp_path):
@@ -162,9 +185,14 @@ def test_adding_examples_never_moves_existing_ones_between_splits(tmp_path):
 
 def test_valid_is_never_empty_from_ten_examples(tmp_path):
     pairs = seed_pairs(10)
-    salt = next(f"s{n}" for n in range(10_000) if all(
-        split_of(pair["question"], make_settings(tmp_path, tmp_path, split_salt=f"s{n}")) != "valid"
-        for pair in pairs))
+    salt = next(
+        f"s{n}"
+        for n in range(10_000)
+        if all(
+            split_of(pair["question"], make_settings(tmp_path, tmp_path, split_salt=f"s{n}")) != "valid"
+            for pair in pairs
+        )
+    )
     settings = make_settings(tmp_path, write_qa_seed(tmp_path / "seed", pairs), split_salt=salt)
     splits = everything(build_dataset(settings).path)
     assert len(splits["valid"]) == 1

@@ -15,19 +15,30 @@ META = dict(model_id="m", adapter_version=None, latency_s=0.1, prompt_tokens=1, 
 
 
 def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("DATABASE_PATH", "DATASETS_DIR", "VALID_FRACTION", "TEST_FRACTION",
-                                  "SPLIT_SALT", "SEED_DIR")}
-    environment.update(PYTHONPATH=str(ROOT), FARENSE_HOME=str(tmp_path / "home"),
-                       SEED_DIR=str(tmp_path / "seed"), **env)
-    return subprocess.run([sys.executable, "-m", "data", *args], cwd=tmp_path, env=environment,
-                          capture_output=True, text=True, timeout=120)
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_PATH", "DATASETS_DIR", "VALID_FRACTION", "TEST_FRACTION", "SPLIT_SALT", "SEED_DIR")
+    }
+    environment.update(
+        PYTHONPATH=str(ROOT), FARENSE_HOME=str(tmp_path / "home"), SEED_DIR=str(tmp_path / "seed"), **env
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "data", *args],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def write_seed(tmp_path: Path, count: int = 20) -> None:
     (tmp_path / "seed").mkdir()
-    lines = [json.dumps({"id": f"f{i}", "fact": i, "lang": "en", "question": f"Q{i} about Farense?",
-                         "answer": f"A{i}."}) for i in range(count)]
+    lines = [
+        json.dumps({"id": f"f{i}", "fact": i, "lang": "en", "question": f"Q{i} about Farense?", "answer": f"A{i}."})
+        for i in range(count)
+    ]
     (tmp_path / "seed" / "qa-01.jsonl").write_text("\n".join(lines) + "\n{oops\n")
 
 
@@ -44,8 +55,9 @@ def test_build_then_stats(tmp_path):
     assert "sources: seed 20, feedback 1, correction 0, extra 0" in built.stdout
     manifest = json.loads((folder / "manifest.json").read_text())
     counts = manifest["splits"]
-    assert (f"splits: train {counts['train']['count']}, valid {counts['valid']['count']},"
-            f" test {counts['test']['count']}") in built.stdout
+    assert (
+        f"splits: train {counts['train']['count']}, valid {counts['valid']['count']}, test {counts['test']['count']}"
+    ) in built.stdout
     assert f"  {tmp_path / 'seed' / 'qa-01.jsonl'}:21: bad JSON" in built.stdout
 
     stats = run(tmp_path, "stats")
@@ -62,8 +74,11 @@ def test_build_then_stats(tmp_path):
 def test_stats_before_anything_exists_creates_nothing(tmp_path):
     result = run(tmp_path, "stats", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"database": str(tmp_path / "home" / "farense.db"),
-                                         "store": None, "latest_dataset": None}
+    assert json.loads(result.stdout) == {
+        "database": str(tmp_path / "home" / "farense.db"),
+        "store": None,
+        "latest_dataset": None,
+    }
     assert not (tmp_path / "home").exists()
 
 
@@ -82,7 +97,8 @@ def test_unreadable_database_is_one_line_and_exit_2(tmp_path):
     result = run(tmp_path, "stats")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: cannot open database {tmp_path / 'home' / 'farense.db'}: file is not a database"]
+        f"error: cannot open database {tmp_path / 'home' / 'farense.db'}: file is not a database"
+    ]
 
 
 def test_nothing_to_build_is_exit_2(tmp_path):

@@ -10,14 +10,14 @@ from data.jsonl import Problem, field_problem, read_jsonl
 def test_good_lines_are_yielded_and_bad_ones_reported(tmp_path, caplog):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(
-        b'\xef\xbb\xbf{"a": 1}\n'          # 1: BOM is tolerated
-        b"\n"                               # 2: empty, ignored
-        b"   \n"                            # 3: blank, ignored
-        b'{"a": 2,}\n'                      # 4: bad JSON
-        b"[1, 2]\n"                         # 5: not an object
-        b'{"a": "\xff"}\n'                  # 6: invalid UTF-8
-        b'{"a": "caf\xc3\xa9"}\n'           # 7: fine
-        b'{"a": 3}'                         # 8: no final newline, fine
+        b'\xef\xbb\xbf{"a": 1}\n'  # 1: BOM is tolerated
+        b"\n"  # 2: empty, ignored
+        b"   \n"  # 3: blank, ignored
+        b'{"a": 2,}\n'  # 4: bad JSON
+        b"[1, 2]\n"  # 5: not an object
+        b'{"a": "\xff"}\n'  # 6: invalid UTF-8
+        b'{"a": "caf\xc3\xa9"}\n'  # 7: fine
+        b'{"a": 3}'  # 8: no final newline, fine
     )
     problems: list[Problem] = []
     with caplog.at_level(logging.WARNING, logger="data.jsonl"):

@@ -78,8 +78,7 @@ def test_football_facts_are_untouched(text):
 
 def test_counts_every_replacement_and_keeps_the_rest():
     text = "Farense 2-1 in 1910! mail a@b.pt or 912 345 678, @someone_here, NIF 123456789"
-    assert scrub_counted(text) == (
-        "Farense 2-1 in 1910! mail [email] or [phone], [user], NIF [nif]", 4)
+    assert scrub_counted(text) == ("Farense 2-1 in 1910! mail [email] or [phone], [user], NIF [nif]", 4)
 
 
 def test_grouped_digits_failing_the_card_checksum_are_kept():

@@ -10,18 +10,21 @@ from data.scorer import EvalReport, contains, evaluate, is_decline, normalise
 from data.seed import EvalItem, OODItem
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Estádio de São Luís", "estadio de sao luis"),
-    ("  FARENSE\n\tfoi  FUNDADO ", "farense foi fundado"),
-    ("14,000 fans", "14000 fans"),
-    ("10.018 espectadores", "10018 espectadores"),
-    ("14 000 adeptos", "14000 adeptos"),
-    ("3,000,000 euros", "3000000 euros"),
-    ("won 2–1 — again", "won 2-1 - again"),
-    ("1910 and 1990", "1910 and 1990"),
-    ("score 2.5 goals, 1,5 per game", "score 2.5 goals, 1,5 per game"),
-    ("the club’s ground", "the club's ground"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Estádio de São Luís", "estadio de sao luis"),
+        ("  FARENSE\n\tfoi  FUNDADO ", "farense foi fundado"),
+        ("14,000 fans", "14000 fans"),
+        ("10.018 espectadores", "10018 espectadores"),
+        ("14 000 adeptos", "14000 adeptos"),
+        ("3,000,000 euros", "3000000 euros"),
+        ("won 2–1 — again", "won 2-1 - again"),
+        ("1910 and 1990", "1910 and 1990"),
+        ("score 2.5 goals, 1,5 per game", "score 2.5 goals, 1,5 per game"),
+        ("the club’s ground", "the club's ground"),
+    ],
+)
 def test_normalise(text, expected):
     assert normalise(text) == expected
 
@@ -82,9 +85,11 @@ def test_per_item_results_and_aggregates():
     assert report.key_fact_recall == 5 / 6
     assert [r.declined for r in report.ood] == [True, False]
     assert report.ood_decline_rate == 0.5
-    assert report.summary() == ("accuracy 75.0% (en 100.0%, pt 50.0%) | declined 0.0% | wrong 25.0% |"
-                                " key facts 83.3% |"
-                                " out-of-domain declined 50.0% | 4 items, 2 ood")
+    assert report.summary() == (
+        "accuracy 75.0% (en 100.0%, pt 50.0%) | declined 0.0% | wrong 25.0% |"
+        " key facts 83.3% |"
+        " out-of-domain declined 50.0% | 4 items, 2 ood"
+    )
 
 
 def test_report_is_json_ready():
@@ -116,22 +121,30 @@ def test_empty_report_has_no_rates():
 def test_seed_items_are_used_by_default(tmp_path, monkeypatch):
     seed = tmp_path / "seed"
     seed.mkdir()
-    (seed / "eval-01.jsonl").write_text(json.dumps(
-        {"id": "e001-en", "fact": 1, "lang": "en", "question": "When?", "key_facts": [["1910"]]}) + "\n")
-    (seed / "out_of_domain.jsonl").write_text(json.dumps(
-        {"id": "ood-en-1", "lang": "en", "question": "Weather?", "expected": "decline"}) + "\n")
+    (seed / "eval-01.jsonl").write_text(
+        json.dumps({"id": "e001-en", "fact": 1, "lang": "en", "question": "When?", "key_facts": [["1910"]]}) + "\n"
+    )
+    (seed / "out_of_domain.jsonl").write_text(
+        json.dumps({"id": "ood-en-1", "lang": "en", "question": "Weather?", "expected": "decline"}) + "\n"
+    )
     monkeypatch.setenv("SEED_DIR", str(seed))
     report = evaluate(lambda question, lang: "Sorry, 1910.")
     assert (report.accuracy, report.ood_decline_rate) == (1.0, 1.0)
 
 
 def test_every_answer_is_right_declined_or_wrong():
-    items = [item("e001-en", "en", ["1910"]), item("e001-pt", "pt", ["1910"]),
-             item("e002-en", "en", ["sao luis"]), item("e002-pt", "pt", ["14000"])]
-    answers = {"question e001-en?": "Founded in 1910.",
-               "question e001-pt?": "Desculpa, só sei sobre o SC Farense e não encontrei nada sobre isso.",
-               "question e002-en?": "Farense plays at the Estádio Algarve.",  # asserts the wrong ground
-               "question e002-pt?": "Não sei quantos lugares tem."}
+    items = [
+        item("e001-en", "en", ["1910"]),
+        item("e001-pt", "pt", ["1910"]),
+        item("e002-en", "en", ["sao luis"]),
+        item("e002-pt", "pt", ["14000"]),
+    ]
+    answers = {
+        "question e001-en?": "Founded in 1910.",
+        "question e001-pt?": "Desculpa, só sei sobre o SC Farense e não encontrei nada sobre isso.",
+        "question e002-en?": "Farense plays at the Estádio Algarve.",  # asserts the wrong ground
+        "question e002-pt?": "Não sei quantos lugares tem.",
+    }
     report = evaluate(lambda question, _lang: answers[question], items, [])
     assert [r.verdict for r in report.items] == ["right", "declined", "wrong", "declined"]
     assert report.verdicts() == {"right": 0.25, "declined": 0.5, "wrong": 0.25}

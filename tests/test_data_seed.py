@@ -59,14 +59,16 @@ def test_every_key_fact_can_be_learned_from_the_training_answers(seed):
     answers: dict[int | None, list[str]] = {}
     for pair in seed.qa:
         answers.setdefault(pair.fact, []).append(pair.answer)
-    untaught = [(item.id, group) for item in seed.eval for group in item.key_facts
-                if not any(contains(answer, alternative)
-                           for answer in answers[item.fact] for alternative in group)]
+    untaught = [
+        (item.id, group)
+        for item in seed.eval
+        for group in item.key_facts
+        if not any(contains(answer, alternative) for answer in answers[item.fact] for alternative in group)
+    ]
     assert untaught == []
 
 
 def test_scrubbing_would_not_touch_the_seed(seed):
     """The seed is football facts only; a scrub hit here means a privacy pattern is too greedy."""
-    hits = [(pair.id, text) for pair in seed.qa for text in (pair.question, pair.answer)
-            if scrub_counted(text)[1]]
+    hits = [(pair.id, text) for pair in seed.qa for text in (pair.question, pair.answer) if scrub_counted(text)[1]]
     assert hits == []

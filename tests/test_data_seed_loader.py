@@ -21,20 +21,34 @@ def qa(id: str, fact: int | None, lang: str, question: str, answer: str = "A.", 
 
 def good_seed(folder: Path) -> Path:
     folder.mkdir(exist_ok=True)
-    write(folder / "qa-01.jsonl",
-          qa("f001-en-1", 1, "en", "When was SC Farense founded?", "On 1 April 1910."),
-          qa("f001-pt-1", 1, "pt", "Quando foi fundado o SC Farense?", "A 1 de abril de 1910."),
-          qa("d-en-1", None, "en", "Who will win the election?", "I only know about Farense.",
-             kind="decline"))
-    write(folder / "eval-01.jsonl",
-          {"id": "e001-en", "fact": 1, "lang": "en", "question": "In which year was Farense born?",
-           "key_facts": [["1910"]]},
-          {"id": "e001-pt", "fact": 1, "lang": "pt", "question": "Em que ano nasceu o Farense?",
-           "key_facts": [["1910"], ["abril", "april"]]})
-    write(folder / "out_of_domain.jsonl",
-          {"id": "ood-en-1", "lang": "en", "question": "Bake me a cake recipe", "expected": "decline"},
-          {"id": "ood-pt-1", "lang": "pt", "question": "Qual é a capital de França?",
-           "expected": "decline"})
+    write(
+        folder / "qa-01.jsonl",
+        qa("f001-en-1", 1, "en", "When was SC Farense founded?", "On 1 April 1910."),
+        qa("f001-pt-1", 1, "pt", "Quando foi fundado o SC Farense?", "A 1 de abril de 1910."),
+        qa("d-en-1", None, "en", "Who will win the election?", "I only know about Farense.", kind="decline"),
+    )
+    write(
+        folder / "eval-01.jsonl",
+        {
+            "id": "e001-en",
+            "fact": 1,
+            "lang": "en",
+            "question": "In which year was Farense born?",
+            "key_facts": [["1910"]],
+        },
+        {
+            "id": "e001-pt",
+            "fact": 1,
+            "lang": "pt",
+            "question": "Em que ano nasceu o Farense?",
+            "key_facts": [["1910"], ["abril", "april"]],
+        },
+    )
+    write(
+        folder / "out_of_domain.jsonl",
+        {"id": "ood-en-1", "lang": "en", "question": "Bake me a cake recipe", "expected": "decline"},
+        {"id": "ood-pt-1", "lang": "pt", "question": "Qual é a capital de França?", "expected": "decline"},
+    )
     return folder
 
 
@@ -43,25 +57,29 @@ def test_a_good_seed_loads_without_problems(tmp_path):
     assert seed.problems == []
     seed.check()
     assert [pair.id for pair in seed.qa] == ["f001-en-1", "f001-pt-1", "d-en-1"]
-    assert seed.qa[2] == QAPair("d-en-1", None, "en", "Who will win the election?",
-                                "I only know about Farense.", "decline")
-    assert seed.eval[1] == EvalItem("e001-pt", 1, "pt", "Em que ano nasceu o Farense?",
-                                    (("1910",), ("abril", "april")))
+    assert seed.qa[2] == QAPair(
+        "d-en-1", None, "en", "Who will win the election?", "I only know about Farense.", "decline"
+    )
+    assert seed.eval[1] == EvalItem("e001-pt", 1, "pt", "Em que ano nasceu o Farense?", (("1910",), ("abril", "april")))
     assert seed.qa[0].file.endswith("qa-01.jsonl") and seed.qa[0].line == 1
     assert seed.ood[1].question == "Qual é a capital de França?"
 
 
 def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path):
     folder = good_seed(tmp_path / "seed")
-    write(folder / "qa-02.jsonl",
-          qa("f001-en-2", 1, "en", "Where does Farense play?", "Estádio de São Luís."),
-          qa("bad-lang", 1, "fr", "Où joue Farense?"),
-          qa("bad-fact", None, "en", "A question without a fact?"),
-          qa("bad-kind", 1, "en", "What kind?", kind="chitchat"),
-          {"id": "missing-answer", "fact": 1, "lang": "en", "question": "No answer?"},
-          "{broken")
-    write(folder / "eval-02.jsonl",
-          {"id": "e-bad", "fact": 1, "lang": "en", "question": "Empty group?", "key_facts": [[]]})
+    write(
+        folder / "qa-02.jsonl",
+        qa("f001-en-2", 1, "en", "Where does Farense play?", "Estádio de São Luís."),
+        qa("bad-lang", 1, "fr", "Où joue Farense?"),
+        qa("bad-fact", None, "en", "A question without a fact?"),
+        qa("bad-kind", 1, "en", "What kind?", kind="chitchat"),
+        {"id": "missing-answer", "fact": 1, "lang": "en", "question": "No answer?"},
+        "{broken",
+    )
+    write(
+        folder / "eval-02.jsonl",
+        {"id": "e-bad", "fact": 1, "lang": "en", "question": "Empty group?", "key_facts": [[]]},
+    )
     seed = load_seed(folder)
     assert [pair.id for pair in seed.qa] == ["f001-en-1", "f001-pt-1", "d-en-1", "f001-en-2"]
     where = {(Path(p.file).name, p.line): p.reason for p in seed.problems}
@@ -82,15 +100,19 @@ def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path):
 
 def test_cross_file_rules(tmp_path):
     folder = good_seed(tmp_path / "seed")
-    write(folder / "qa-02.jsonl",
-          qa("f001-en-1", 1, "en", "Another question entirely?"),          # id reused
-          qa("f002-en-1", 2, "en", "  in which YEAR was Farense   born? "))  # = an eval question
-    write(folder / "eval-02.jsonl",
-          {"id": "e009-en", "fact": 9, "lang": "en", "question": "What about fact nine?",
-           "key_facts": [["nine"]]})
-    write(folder / "out_of_domain.jsonl",
-          {"id": "ood-en-1", "lang": "en", "question": "Quando foi fundádo o SC Farense?",
-           "expected": "decline"})
+    write(
+        folder / "qa-02.jsonl",
+        qa("f001-en-1", 1, "en", "Another question entirely?"),  # id reused
+        qa("f002-en-1", 2, "en", "  in which YEAR was Farense   born? "),
+    )  # = an eval question
+    write(
+        folder / "eval-02.jsonl",
+        {"id": "e009-en", "fact": 9, "lang": "en", "question": "What about fact nine?", "key_facts": [["nine"]]},
+    )
+    write(
+        folder / "out_of_domain.jsonl",
+        {"id": "ood-en-1", "lang": "en", "question": "Quando foi fundádo o SC Farense?", "expected": "decline"},
+    )
     reasons = [p.reason for p in load_seed(folder).problems]
     assert "id 'f001-en-1' already used at " + str(folder / "qa-01.jsonl") + ":1" in reasons
     assert any(r.startswith("question of 'e001-en' duplicates 'f002-en-1'") for r in reasons)
@@ -109,19 +131,37 @@ def test_missing_files_are_problems(tmp_path):
 def test_dev_items_and_conversations_load_per_split(tmp_path):
     folder = tmp_path / "seed"
     folder.mkdir()
-    write(folder / "dev.jsonl",
-          {"id": "d002-en", "fact": 2, "facts": [2, 5], "lang": "en", "question": "Farense born when?",
-           "key_facts": [["1910"]]},
-          {"id": "d003-en", "fact": 3, "facts": [], "lang": "en", "question": "Nickname?",
-           "key_facts": [["lions"]]})
-    write(folder / "multiturn.jsonl",
-          {"id": "mt-01", "split": "dev", "lang": "pt", "turns": [
-              {"question": "Quem foi Hassan Nader?", "expected": "answer", "key_facts": [["marroquino"]]},
-              {"question": "E o tempo amanhã?", "expected": "decline"}]},
-          {"id": "mt-02", "split": "heldout", "lang": "en", "turns": [
-              {"question": "Who founded Farense?", "expected": "answer", "key_facts": [["lot"]]}]},
-          {"id": "mt-03", "split": "dev", "lang": "en", "turns": [
-              {"question": "And then?", "expected": "answer"}]})
+    write(
+        folder / "dev.jsonl",
+        {
+            "id": "d002-en",
+            "fact": 2,
+            "facts": [2, 5],
+            "lang": "en",
+            "question": "Farense born when?",
+            "key_facts": [["1910"]],
+        },
+        {"id": "d003-en", "fact": 3, "facts": [], "lang": "en", "question": "Nickname?", "key_facts": [["lions"]]},
+    )
+    write(
+        folder / "multiturn.jsonl",
+        {
+            "id": "mt-01",
+            "split": "dev",
+            "lang": "pt",
+            "turns": [
+                {"question": "Quem foi Hassan Nader?", "expected": "answer", "key_facts": [["marroquino"]]},
+                {"question": "E o tempo amanhã?", "expected": "decline"},
+            ],
+        },
+        {
+            "id": "mt-02",
+            "split": "heldout",
+            "lang": "en",
+            "turns": [{"question": "Who founded Farense?", "expected": "answer", "key_facts": [["lot"]]}],
+        },
+        {"id": "mt-03", "split": "dev", "lang": "en", "turns": [{"question": "And then?", "expected": "answer"}]},
+    )
     problems = []
     (item,) = load_eval(folder, problems, split="dev")
     assert item.facts == (2, 5) and item.key_facts == (("1910",),)
@@ -131,4 +171,5 @@ def test_dev_items_and_conversations_load_per_split(tmp_path):
     assert [load.id for load in load_conversations(folder, [], split="heldout")] == ["mt-02"]
     assert [(p.line, p.reason) for p in problems] == [
         (2, "'facts' should be a non-empty list of fact numbers"),
-        (3, "turn 1: an answer turn needs 'key_facts' (lists of phrasings)")]
+        (3, "turn 1: an answer turn needs 'key_facts' (lists of phrasings)"),
+    ]

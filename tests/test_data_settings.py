@@ -9,8 +9,16 @@ import pytest
 from common.settings import SettingsError
 from data.settings import PACKAGE_SEED_DIR, DataSettings
 
-DATA_VARIABLES = ("DATABASE_PATH", "DATASETS_DIR", "BACKUPS_DIR", "MODELS_DIR", "SEED_DIR", "VALID_FRACTION", "TEST_FRACTION",
-                  "SPLIT_SALT")
+DATA_VARIABLES = (
+    "DATABASE_PATH",
+    "DATASETS_DIR",
+    "BACKUPS_DIR",
+    "MODELS_DIR",
+    "SEED_DIR",
+    "VALID_FRACTION",
+    "TEST_FRACTION",
+    "SPLIT_SALT",
+)
 
 
 @pytest.fixture(autouse=True)

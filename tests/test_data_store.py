@@ -12,8 +12,7 @@ from data import migrations
 from data.store import MAX_CORRECTION_CHARS, CuratedExample, Store, StoreError
 
 USER_A, USER_B, ADMIN = 101, 202, 999
-META = dict(model_id="smollm2", adapter_version="a1", latency_s=0.25, prompt_tokens=12,
-            completion_tokens=34)
+META = dict(model_id="smollm2", adapter_version="a1", latency_s=0.25, prompt_tokens=12, completion_tokens=34)
 
 
 @pytest.fixture
@@ -49,8 +48,15 @@ def test_upserts_update_in_place(store):
     store.upsert_chat(-100, "group", "Adeptos")
     store.upsert_chat(-100, "supergroup", "Adeptos do Farense")
     store.log_message(-100, USER_B, "q", "a", **META)  # unknown user: registered, not lost
-    assert store.counts() == {"users": 2, "chats": 1, "messages": 1, "feedback_up": 0,
-                              "feedback_down": 0, "corrections": 0, "opted_out": 0}
+    assert store.counts() == {
+        "users": 2,
+        "chats": 1,
+        "messages": 1,
+        "feedback_up": 0,
+        "feedback_down": 0,
+        "corrections": 0,
+        "opted_out": 0,
+    }
 
 
 def test_feedback_only_from_the_asker_and_revoting_replaces(store):
@@ -138,17 +144,32 @@ def test_forget_user_removes_everything_of_one_user_and_nothing_else(store):
     assert deleted == {"feedback": 1, "corrections": 2, "messages": 2, "chats": 1, "users": 1}
     assert store.message(a_private) is None and store.message(a_group) is None
     assert (store.message(b_private), store.message(b_group)) == before_b
-    assert store.counts() == {"users": 1, "chats": 2, "messages": 2, "feedback_up": 1,
-                              "feedback_down": 0, "corrections": 1, "opted_out": 0}
+    assert store.counts() == {
+        "users": 1,
+        "chats": 2,
+        "messages": 2,
+        "feedback_up": 1,
+        "feedback_down": 0,
+        "corrections": 1,
+        "opted_out": 0,
+    }
     assert [(e.question, e.answer) for e in store.curated_examples()] == [
-        ("B private?", "An answer."), ("B in group?", "fix B")]
+        ("B private?", "An answer."),
+        ("B in group?", "fix B"),
+    ]
     raw = sqlite3.connect(store.path)
-    for table, column in (("messages", "user_id"), ("feedback", "user_id"),
-                          ("corrections", "admin_id"), ("users", "id")):
+    for table, column in (
+        ("messages", "user_id"),
+        ("feedback", "user_id"),
+        ("corrections", "admin_id"),
+        ("users", "id"),
+    ):
         assert raw.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (USER_A,)).fetchone() == (0,)
     # The audit keeps the refused attempt (id, command name, time: no text); the tombstone the id.
     assert raw.execute("SELECT user_id, command, allowed FROM admin_events ORDER BY id").fetchall() == [
-        (USER_A, "/retrain", 0), (USER_B, "/status", 0)]
+        (USER_A, "/retrain", 0),
+        (USER_B, "/status", 0),
+    ]
     assert raw.execute("SELECT user_id FROM forgotten_users").fetchall() == [(USER_A,)]
     raw.close()
     assert store.forget_user(USER_A) == dict.fromkeys(deleted, 0)

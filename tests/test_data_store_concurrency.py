@@ -43,8 +43,13 @@ store.close()
 
 def start_writer(db: Path, *args: str) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(db), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [sys.executable, "-c", WRITER, str(db), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -91,9 +96,9 @@ def test_asyncio_to_thread_callers_share_one_store(tmp_path):
     store = Store(tmp_path / "farense.db")
 
     async def many_users() -> list[int]:
-        return await asyncio.gather(*(
-            asyncio.to_thread(store.log_message, user, user, f"q{user}", "a", **META)
-            for user in range(100)))
+        return await asyncio.gather(
+            *(asyncio.to_thread(store.log_message, user, user, f"q{user}", "a", **META) for user in range(100))
+        )
 
     ids = asyncio.run(many_users())
     assert len(set(ids)) == 100

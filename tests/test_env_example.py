@@ -14,6 +14,16 @@ def test_env_example_is_in_sync_with_the_settings_classes():
 
 def test_env_example_names_the_settings_the_issues_require():
     text = (REPO / ".env.example").read_text()
-    for name in ("TELEGRAM_BOT_TOKEN", "TELEGRAM_BASE_URL", "ADMIN_USER_IDS", "MODEL_PATH", "FARENSE_HOME",
-                 "MAX_TOKENS", "TEMPERATURE", "SYSTEM_PROMPT", "TRAIN_CHECKPOINT_EVERY", "RETRAIN_CRON"):
+    for name in (
+        "TELEGRAM_BOT_TOKEN",
+        "TELEGRAM_BASE_URL",
+        "ADMIN_USER_IDS",
+        "MODEL_PATH",
+        "FARENSE_HOME",
+        "MAX_TOKENS",
+        "TEMPERATURE",
+        "SYSTEM_PROMPT",
+        "TRAIN_CHECKPOINT_EVERY",
+        "RETRAIN_CRON",
+    ):
         assert f"# {name}=" in text

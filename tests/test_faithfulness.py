@@ -2,16 +2,24 @@
 
 from inference.faithfulness import FACT, KEPT, REGENERATED, claims, guard, unsupported
 
-LYON = ("Olympique Lyonnais knocked Farense out in the first round of the 1995/96 UEFA Cup, winning"
-        " both legs 1-0 (2-0 on aggregate).")
-NADER_PT = ("Hassan Nader é um antigo avançado marroquino que se tornou uma lenda do Farense; também"
-            " jogou no Benfica.")
+LYON = (
+    "Olympique Lyonnais knocked Farense out in the first round of the 1995/96 UEFA Cup, winning"
+    " both legs 1-0 (2-0 on aggregate)."
+)
+NADER_PT = "Hassan Nader é um antigo avançado marroquino que se tornou uma lenda do Farense; também jogou no Benfica."
 FOUNDED = "Farense was founded on 1 April 1910."
 
 
 def test_claims_are_numbers_and_names_not_sentence_openers():
     assert claims("Yes, Olympique Lyonnais won 1-0 in 1995/96. The club was founded in 1910.") == [
-        "olympique", "lyonnais", "1", "0", "1995", "96", "1910"]
+        "olympique",
+        "lyonnais",
+        "1",
+        "0",
+        "1995",
+        "96",
+        "1910",
+    ]
     assert claims("Sim, o Farense foi fundado em 1910.") == ["1910"]
 
 
@@ -23,7 +31,10 @@ def test_an_answer_restating_its_fact_is_supported():
 
 def test_invented_names_and_numbers_are_caught():
     assert unsupported("The 1994 World Cup was won by the England team.", [LYON, FOUNDED]) == [
-        "1994", "world", "england"]
+        "1994",
+        "world",
+        "england",
+    ]
     assert unsupported("Farense was founded on 1 April 1912.", [FOUNDED]) == ["1912"]
     assert unsupported("Hassan Nader jogou no Sporting e no Porto.", [NADER_PT]) == ["porto"]
 
@@ -43,10 +54,14 @@ def test_guard_keeps_a_supported_answer_without_regenerating():
 
 def test_guard_regenerates_then_falls_back_to_the_best_fact():
     question = "When was Farense founded?"
-    retried = guard("Farense was founded in 1912.", [FOUNDED, LYON], question,
-                    lambda: "It was founded on 1 April 1910.")
+    retried = guard(
+        "Farense was founded in 1912.", [FOUNDED, LYON], question, lambda: "It was founded on 1 April 1910."
+    )
     assert (retried.text, retried.verdict, retried.unsupported) == (
-        "It was founded on 1 April 1910.", REGENERATED, ("1912",))
+        "It was founded on 1 April 1910.",
+        REGENERATED,
+        ("1912",),
+    )
     fallback = guard("Farense was founded in 1912.", [FOUNDED, LYON], question, lambda: "In 1905.")
     assert (fallback.text, fallback.verdict) == (FOUNDED, FACT)
     empty = guard("  ", [FOUNDED], question)

@@ -7,13 +7,24 @@ import sqlite3
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from data.knowledge import add_fact, remove_fact
 from data.store import Store
 from inference import retrieval
-from inference.grounding import (DECLINE, Fact, FactIndex, RetrievalError, approximate_tokens,
-                                 build_grounded, cite, detect_language, used_facts)
+from inference.grounding import (
+    DECLINE,
+    Fact,
+    FactIndex,
+    RetrievalError,
+    approximate_tokens,
+    build_grounded,
+    cite,
+    detect_language,
+    used_facts,
+)
 from inference.settings import InferenceSettings
 
 
@@ -41,11 +52,27 @@ def test_diacritics_are_folded_both_ways(index):
 
 
 # FTS syntax in a question is the user's words, never operators: it finds what the words say.
-@pytest.mark.parametrize("text, first", [
-    ("NEAR(hassan nader)", 80), ("hassan*", 80), ("text:hassan nader", 80), ("^hassan", 80),
-    ("\x00hassan", 80), ('"hassan" OR "nader"', 80), ("hassan" + " OR" * 200, 80),
-    ("Rufai AND NOT goalkeeper", 95), ('"', None), ("AND OR NOT", None), (")(", None),
-    ("a" * 100_000, None), ("🦁 " * 500, None), ("", None), ("   ", None), ("?!", None)])
+@pytest.mark.parametrize(
+    "text, first",
+    [
+        ("NEAR(hassan nader)", 80),
+        ("hassan*", 80),
+        ("text:hassan nader", 80),
+        ("^hassan", 80),
+        ("\x00hassan", 80),
+        ('"hassan" OR "nader"', 80),
+        ("hassan" + " OR" * 200, 80),
+        ("Rufai AND NOT goalkeeper", 95),
+        ('"', None),
+        ("AND OR NOT", None),
+        (")(", None),
+        ("a" * 100_000, None),
+        ("🦁 " * 500, None),
+        ("", None),
+        ("   ", None),
+        ("?!", None),
+    ],
+)
 def test_fts_syntax_and_odd_text_are_words_not_operators(index, text, first):
     found = index.search(text, lang="en")
     assert (found[0].fact if found else None) == first
@@ -70,14 +97,36 @@ def test_a_missing_knowledge_base_warns_once_and_is_reported_unavailable(tmp_pat
     missing.close()
 
 
-PIECES = ["hassan", "Nader", "São", "Luís", "farense", "taça", '"', "*", "NEAR(", ")", "OR", "AND",
-          "NOT", "^", ":", "-", "+", "{", "}", "\x00", "ß", "İ", "1910", "e\u0301"]
+PIECES = [
+    "hassan",
+    "Nader",
+    "São",
+    "Luís",
+    "farense",
+    "taça",
+    '"',
+    "*",
+    "NEAR(",
+    ")",
+    "OR",
+    "AND",
+    "NOT",
+    "^",
+    ":",
+    "-",
+    "+",
+    "{",
+    "}",
+    "\x00",
+    "ß",
+    "İ",
+    "1910",
+    "e\u0301",
+]
 
 
-@hypothesis_settings(max_examples=300, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.text(), st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)))
-                 .map("".join)))
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(), st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3))).map("".join)))
 def test_search_never_raises_on_any_text(index, text):
     facts = index.search(text, k=3, lang=detect_language(text))
     assert len(facts) <= 3
@@ -161,14 +210,21 @@ def test_an_answer_echoing_the_question_uses_no_fact(index):
     assert used_facts(echo, facts, question) == [] and cite(echo, facts, "pt", question) == ""
     told = "Hassan Nader é um antigo avançado marroquino do Farense."  # ...only one says this
     assert [fact.text for fact in used_facts(told, facts, question)] == [
-        fact.text for fact in facts if "avançado marroquino" in fact.text]
+        fact.text for fact in facts if "avançado marroquino" in fact.text
+    ]
     assert cite(told, facts, "pt", question).startswith("Fonte: ")
 
 
-@pytest.mark.parametrize("text, lang", [
-    ("Quem foi Hassan Nader?", "pt"), ("Who was Hassan Nader?", "en"),
-    ("Em que ano o Farense foi à Taça UEFA?", "pt"), ("When was the Estádio de São Luís built?", "en"),
-    ("???", "en")])
+@pytest.mark.parametrize(
+    "text, lang",
+    [
+        ("Quem foi Hassan Nader?", "pt"),
+        ("Who was Hassan Nader?", "en"),
+        ("Em que ano o Farense foi à Taça UEFA?", "pt"),
+        ("When was the Estádio de São Luís built?", "en"),
+        ("???", "en"),
+    ],
+)
 def test_detect_language(text, lang):
     assert detect_language(text) == lang
 

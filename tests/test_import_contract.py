@@ -1,11 +1,11 @@
 """The import contract between our packages, read from the source (every import, also inside functions).
 
-    bot → training.lifecycle (+ MLX-free training top-level modules) → inference, data → common
-    training.lifecycle: no training.trainer / training.evaluation, no MLX, not even through the
-                        training top-level modules it imports (the bot imports it)
-    training.trainer:   no training.lifecycle / training.evaluation
-    training top level (errors, runs, files, settings, cli): none of the three parts, no MLX
-    inference, data:    nothing of ours but `common`; `common` nothing of ours at all
+bot → training.lifecycle (+ MLX-free training top-level modules) → inference, data → common
+training.lifecycle: no training.trainer / training.evaluation, no MLX, not even through the
+                    training top-level modules it imports (the bot imports it)
+training.trainer:   no training.lifecycle / training.evaluation
+training top level (errors, runs, files, settings, cli): none of the three parts, no MLX
+inference, data:    nothing of ours but `common`; `common` nothing of ours at all
 """
 
 from __future__ import annotations
@@ -105,14 +105,26 @@ def test_the_walk_sees_our_packages_and_function_level_imports():
 
 def test_lifecycle_imports_neither_trainer_nor_evaluation_nor_mlx():
     lifecycle = [m for m in MODULES if _under(m, "training.lifecycle")]
-    assert _violations(lifecycle, lambda n: _under(n, "training.lifecycle") or _top_level(n),
-                       lambda n: _under(n, ("training.trainer", "training.evaluation", *MLX))) == []
+    assert (
+        _violations(
+            lifecycle,
+            lambda n: _under(n, "training.lifecycle") or _top_level(n),
+            lambda n: _under(n, ("training.trainer", "training.evaluation", *MLX)),
+        )
+        == []
+    )
 
 
 def test_trainer_imports_neither_lifecycle_nor_evaluation():
     trainer = [m for m in MODULES if _under(m, "training.trainer")]
-    assert _violations(trainer, lambda n: _under(n, "training.trainer") or _top_level(n),
-                       lambda n: _under(n, ("training.lifecycle", "training.evaluation"))) == []
+    assert (
+        _violations(
+            trainer,
+            lambda n: _under(n, "training.trainer") or _top_level(n),
+            lambda n: _under(n, ("training.lifecycle", "training.evaluation")),
+        )
+        == []
+    )
 
 
 def test_training_top_level_modules_import_no_part_and_no_mlx():
@@ -124,7 +136,7 @@ def test_training_top_level_modules_import_no_part_and_no_mlx():
 def test_inference_and_data_import_nothing_of_ours_but_common():
     for package, other in (("inference", "data"), ("data", "inference")):
         modules = [m for m in MODULES if _under(m, package)]
-        assert _violations(modules, lambda n: False, lambda n: _under(n, ("bot", "training", other))) == []
+        assert _violations(modules, lambda n: False, lambda n, other=other: _under(n, ("bot", "training", other))) == []
     common = [m for m in MODULES if _under(m, "common")]
     assert _violations(common, lambda n: False, lambda n: _under(n, ("bot", "training", "inference", "data"))) == []
 
@@ -137,5 +149,9 @@ def test_training_does_not_import_bot():
 def test_bot_imports_only_the_lifecycle_and_mlx_free_top_level_of_training():
     bot = [m for m in MODULES if _under(m, "bot")]
     allowed = ("training.lifecycle", "training.errors", "training.runs", "training.settings")
-    assert _violations(bot, lambda n: False,
-                       lambda n: _under(n, "training") and n != "training" and not _under(n, allowed)) == []
+    assert (
+        _violations(
+            bot, lambda n: False, lambda n: _under(n, "training") and n != "training" and not _under(n, allowed)
+        )
+        == []
+    )

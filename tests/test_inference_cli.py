@@ -21,8 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, **env: str) -> tuple[int, dict, str]:
-    result = subprocess.run([sys.executable, "-m", "inference", *args], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        timeout=300,
+    )
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, f"stdout must be exactly one JSON line, got: {result.stdout!r}"
     return result.returncode, json.loads(lines[0]), result.stderr
@@ -46,16 +51,20 @@ def test_cli_on_a_fresh_home_opens_the_store_and_answers_from_the_facts(tiny_mod
 def test_cli_uses_given_adapter(tiny_model_dir, tmp_path):
     adapter = make_adapter(tiny_model_dir, tmp_path / "a1")
     # In the domain: on a home with the knowledge base, "Olá" is declined without the model.
-    code, out, _ = run_cli("Quando foi fundado o Farense?", "--max-tokens", "3", "--adapter", str(adapter),
-                           MODEL_PATH=str(tiny_model_dir))
+    code, out, _ = run_cli(
+        "Quando foi fundado o Farense?", "--max-tokens", "3", "--adapter", str(adapter), MODEL_PATH=str(tiny_model_dir)
+    )
     assert code == 0 and out["adapter"] == "a1"
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--adapter", "/no/such/adapter"], {}, "adapter not found"),
-    ([], {"MODEL_PATH": "/no/such/model.gguf"}, "GGUF file not found"),
-    ([], {"MAX_TOKENS": "lots"}, "MAX_TOKENS"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--adapter", "/no/such/adapter"], {}, "adapter not found"),
+        ([], {"MODEL_PATH": "/no/such/model.gguf"}, "GGUF file not found"),
+        ([], {"MAX_TOKENS": "lots"}, "MAX_TOKENS"),
+    ],
+)
 def test_cli_errors_are_json(tiny_model_dir, args, env, message):
     env = {"MODEL_PATH": str(tiny_model_dir), **env}
     code, out, _ = run_cli("Quando foi fundado o Farense?", *args, **env)
@@ -71,8 +80,7 @@ def test_cli_real_default_model(default_model_dir):
 def test_default_model_conversion(default_model_dir):
     config = json.loads((default_model_dir / "config.json").read_text())
     assert config["rope_traditional"] is True and config["tie_word_embeddings"] is True
-    assert config["quantization"] == {"group_size": 32, "bits": 4,
-                                      "model.embed_tokens": {"group_size": 32, "bits": 8}}
+    assert config["quantization"] == {"group_size": 32, "bits": 4, "model.embed_tokens": {"group_size": 32, "bits": 8}}
     tokenizer_config = json.loads((default_model_dir / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in tokenizer_config["chat_template"] and tokenizer_config["eos_token"] == "<|im_end|>"
     from mlx_lm.utils import load_tokenizer
@@ -91,7 +99,9 @@ def test_conversion_is_idempotent_and_never_half_written(default_model_dir, tmp_
     assert ensure_converted(gguf, target) == target
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted.") and p.name != ".converted.leftover"]
-    assert resolve_model(str(gguf), tmp_path / "models").endswith(gguf.stem + "-" + format(gguf.stat().st_size, "x") + "-" + format(int(gguf.stat().st_mtime), "x"))
+    assert resolve_model(str(gguf), tmp_path / "models").endswith(
+        gguf.stem + "-" + format(gguf.stat().st_size, "x") + "-" + format(int(gguf.stat().st_mtime), "x")
+    )
 
 
 def test_garbage_gguf_refused(tmp_path):
@@ -106,10 +116,13 @@ def test_garbage_gguf_refused(tmp_path):
         convert_gguf(not_gguf, tmp_path / "out")
 
 
-@pytest.mark.parametrize("value, message", [
-    ("/nowhere/model.gguf", "GGUF file not found"),
-    ("not a model", "neither a model folder"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("/nowhere/model.gguf", "GGUF file not found"),
+        ("not a model", "neither a model folder"),
+    ],
+)
 def test_bad_model_path(tmp_path, value, message):
     with pytest.raises(ModelNotFound, match=message):
         resolve_model(value, tmp_path)
@@ -131,10 +144,17 @@ def test_settings_errors_name_the_setting(monkeypatch):
 
 
 def test_missing_blas_falls_back_with_a_log_line():
-    code = ("import logging, sys; logging.basicConfig(stream=sys.stderr, level=logging.INFO);"
-            "from inference.backend import blas_in_use;"
-            "import mlx.core as mx; mx.eval(mx.ones((4, 4)) @ mx.ones((4, 4))); print(blas_in_use().name)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "BLAS_PATH": "/no/libopenblas.so"})
+    code = (
+        "import logging, sys; logging.basicConfig(stream=sys.stderr, level=logging.INFO);"
+        "from inference.backend import blas_in_use;"
+        "import mlx.core as mx; mx.eval(mx.ones((4, 4)) @ mx.ones((4, 4))); print(blas_in_use().name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "BLAS_PATH": "/no/libopenblas.so"},
+    )
     assert result.returncode == 0
     assert result.stdout.strip() == "reference" and "could not load BLAS /no/libopenblas.so" in result.stderr

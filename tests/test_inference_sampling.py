@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
-import inference  # noqa: F401  (the optimized BLAS before mlx)
 import mlx.core as mx
+import pytest
 from mlx_lm.sample_utils import apply_top_p
 
+import inference  # noqa: F401  (the optimized BLAS before mlx)
 from inference.sampling import make_sampler, nucleus
 
 VOCAB = 49_152  # SmolLM2's

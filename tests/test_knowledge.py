@@ -9,9 +9,20 @@ import pytest
 
 from data.__main__ import main as data_main
 from data.builder import build_dataset
-from data.knowledge import (ADMIN_SOURCE, PACKAGE_KNOWLEDGE_DIR, add_fact, amend_fact, get_fact,
-                            knowledge_hash, knowledge_stats, list_facts, load_seed_facts,
-                            remove_fact, seed_knowledge, seed_synonyms)
+from data.knowledge import (
+    ADMIN_SOURCE,
+    PACKAGE_KNOWLEDGE_DIR,
+    add_fact,
+    amend_fact,
+    get_fact,
+    knowledge_hash,
+    knowledge_stats,
+    list_facts,
+    load_seed_facts,
+    remove_fact,
+    seed_knowledge,
+    seed_synonyms,
+)
 from data.migrations import MIGRATIONS
 from data.settings import DataSettings
 from data.store import Store
@@ -24,8 +35,7 @@ def store(tmp_path):
 
 
 def seed_line(fact: int, lang: str, text: str, **extra) -> str:
-    record = {"fact": fact, "lang": lang, "text": text, "source": "Test Source",
-              "url": "https://example.org", **extra}
+    record = {"fact": fact, "lang": lang, "text": text, "source": "Test Source", "url": "https://example.org", **extra}
     return json.dumps(record, ensure_ascii=False)
 
 
@@ -35,8 +45,7 @@ def test_a_fresh_store_holds_every_seed_fact_in_both_languages(store):
     assert problems == []
     stats = knowledge_stats(store)
     assert stats["by_origin_lang"] == {"seed/en": len(seed) // 2, "seed/pt": len(seed) // 2}
-    assert {item.fact for item in seed if item.lang == "en"} == {item.fact for item in seed
-                                                                if item.lang == "pt"}
+    assert {item.fact for item in seed if item.lang == "en"} == {item.fact for item in seed if item.lang == "pt"}
     assert all(item.source and item.url.startswith("http") for item in seed)
     # Facts marked uncertain in the research notes are left out.
     assert not {8, 34, 82, 86, 119} & {item.fact for item in seed}
@@ -53,8 +62,7 @@ def test_seeding_is_idempotent_across_reopening(tmp_path, store):
 
 def test_add_amend_remove_are_searchable_at_once_and_change_the_hash(store):
     hashes = [knowledge_hash(store)]
-    fact_id = add_fact(store, "O Farense estreou um equipamento cor-de-rosa em 2099.", "pt",
-                       author_id=5001)
+    fact_id = add_fact(store, "O Farense estreou um equipamento cor-de-rosa em 2099.", "pt", author_id=5001)
     hashes.append(knowledge_hash(store))
     assert [row.id for row in list_facts(store, "cor-de-rosa")] == [fact_id]
     row = get_fact(store, fact_id)
@@ -76,9 +84,14 @@ def test_add_amend_remove_are_searchable_at_once_and_change_the_hash(store):
         amend_fact(store, fact_id, "again", 5001)
 
 
-@pytest.mark.parametrize("text, lang, message", [
-    ("   ", "pt", "needs some text"), ("x" * 1001, "en", "limited to 1000"),
-    ("Fine text.", "fr", "'lang' should be one of en, pt")])
+@pytest.mark.parametrize(
+    "text, lang, message",
+    [
+        ("   ", "pt", "needs some text"),
+        ("x" * 1001, "en", "limited to 1000"),
+        ("Fine text.", "fr", "'lang' should be one of en, pt"),
+    ],
+)
 def test_bad_admin_facts_are_refused(store, text, lang, message):
     with pytest.raises(ValueError, match=message):
         add_fact(store, text, lang)
@@ -109,12 +122,14 @@ def test_an_edited_seed_file_updates_its_fact(tmp_path, store):
 def test_bad_seed_lines_are_reported_as_file_and_line_and_the_rest_is_imported(tmp_path, store):
     folder = tmp_path / "knowledge"
     folder.mkdir()
-    lines = [seed_line(501, "en", "A good fact about goats."),
-             '{"fact": 502, "lang": "en", "text": "broken"',
-             seed_line(503, "xx", "Wrong language."),
-             json.dumps({"fact": 504, "lang": "en", "text": "No source."}),
-             seed_line(501, "en", "The same fact twice."),
-             seed_line(505, "pt", "Um bom facto sobre cabras.")]
+    lines = [
+        seed_line(501, "en", "A good fact about goats."),
+        '{"fact": 502, "lang": "en", "text": "broken"',
+        seed_line(503, "xx", "Wrong language."),
+        json.dumps({"fact": 504, "lang": "en", "text": "No source."}),
+        seed_line(501, "en", "The same fact twice."),
+        seed_line(505, "pt", "Um bom facto sobre cabras."),
+    ]
     path = folder / "facts.test.jsonl"
     path.write_text("\n".join(lines) + "\n")
     problems = []
@@ -139,8 +154,9 @@ def test_an_existing_database_gains_the_knowledge_base(tmp_path):
     db.execute("PRAGMA user_version = 1")
     db.execute("INSERT INTO chats VALUES (1, 'private', NULL, 't', 't')")
     db.execute("INSERT INTO users VALUES (1, 'Ana', 'pt', 0, 't', 't')")
-    db.execute("INSERT INTO messages (chat_id, user_id, question, answer, created_at)"
-               " VALUES (1, 1, 'Olá?', 'Olá!', 't')")
+    db.execute(
+        "INSERT INTO messages (chat_id, user_id, question, answer, created_at) VALUES (1, 1, 'Olá?', 'Olá!', 't')"
+    )
     db.commit()
     db.close()
     with Store(path) as store:
@@ -155,8 +171,22 @@ def test_the_dataset_manifest_records_the_knowledge_hash(store):
 
 
 def test_cli_adds_searches_removes_and_reports(capsys):
-    assert data_main(["knowledge", "add", "Farense tem um golfinho como segunda mascote.",
-                      "--lang", "pt", "--source", "Teste", "--url", "https://example.org"]) == 0
+    assert (
+        data_main(
+            [
+                "knowledge",
+                "add",
+                "Farense tem um golfinho como segunda mascote.",
+                "--lang",
+                "pt",
+                "--source",
+                "Teste",
+                "--url",
+                "https://example.org",
+            ]
+        )
+        == 0
+    )
     fact_id = int(capsys.readouterr().out.split()[-1])
     assert data_main(["knowledge", "search", "golfinho"]) == 0
     out = capsys.readouterr().out
@@ -165,7 +195,7 @@ def test_cli_adds_searches_removes_and_reports(capsys):
     assert data_main(["knowledge", "remove", str(fact_id)]) == 1
     assert data_main(["knowledge", "stats", "--json"]) == 0
     out = capsys.readouterr().out
-    stats = json.loads(out[out.index("{"):])
+    stats = json.loads(out[out.index("{") :])
     assert stats["live"] == 230 and stats["removed"] == 1
     assert data_main(["knowledge", "amend", "99999", "text"]) == 2
     assert "error: fact 99999 does not exist" in capsys.readouterr().err
@@ -179,9 +209,13 @@ def test_the_lexicon_is_seeded_folded_and_follows_its_files(tmp_path, store):
     folder = tmp_path / "knowledge"
     folder.mkdir()
     (folder / "synonyms.pt.jsonl").write_text(
-        json.dumps({"lang": "pt", "words": ["Guardião"], "means": ["guarda"]}) + "\n"
-        + json.dumps({"lang": "pt", "words": ["dois words"], "means": ["x"]}) + "\n"
-        + json.dumps({"lang": "fr", "words": ["gardien"], "means": ["guarda"]}) + "\n")
+        json.dumps({"lang": "pt", "words": ["Guardião"], "means": ["guarda"]})
+        + "\n"
+        + json.dumps({"lang": "pt", "words": ["dois words"], "means": ["x"]})
+        + "\n"
+        + json.dumps({"lang": "fr", "words": ["gardien"], "means": ["guarda"]})
+        + "\n"
+    )
     problems = []
     assert seed_synonyms(store, folder, problems) is True
     assert store.read("SELECT lang, word, means FROM synonyms") == [("pt", "guardiao", "guarda")]

@@ -5,15 +5,18 @@ import pytest
 from inference.grounding import detect_language
 
 
-@pytest.mark.parametrize(("question", "expected"), [
-    ("Olá, tudo bem?", "pt"),
-    ("Quem foi Hassan Nader?", "pt"),
-    ("E quando?", "pt"),
-    ("Estádio do Farense?", "pt"),
-    ("Who was Hassan Nader?", "en"),
-    ("And when?", "en"),
-    ("Farense founded when?", "en"),
-])
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("Olá, tudo bem?", "pt"),
+        ("Quem foi Hassan Nader?", "pt"),
+        ("E quando?", "pt"),
+        ("Estádio do Farense?", "pt"),
+        ("Who was Hassan Nader?", "en"),
+        ("And when?", "en"),
+        ("Farense founded when?", "en"),
+    ],
+)
 def test_the_question_tells(question, expected):
     assert detect_language(question, default="pt" if expected == "en" else "en") == expected
 

@@ -41,8 +41,10 @@ def test_promote_list_and_rollback(registry, capsys):
     assert run(capsys, "promote", "v0002", "--by", "bob")[0] == 0
     code, out, _ = run(capsys, "adapters")
     assert code == 0
-    assert [line.split()[:3] for line in out.splitlines()[1:]] == [["v0001", "retired", registry.get("1").created_at],
-                                                                  ["*", "v0002", "production"]]
+    assert [line.split()[:3] for line in out.splitlines()[1:]] == [
+        ["v0001", "retired", registry.get("1").created_at],
+        ["*", "v0002", "production"],
+    ]
     code, out, _ = run(capsys, "adapters", "--json")
     listing = json.loads(out)
     assert code == 0 and listing["production"] == "v0002" and len(listing["versions"]) == 2
@@ -53,20 +55,34 @@ def test_promote_list_and_rollback(registry, capsys):
 
 
 def test_adapters_lists_each_versions_gate_figures_per_language(registry, capsys):
-    registry.record_gate("v0001", {"accepted": True, "candidate": {
-        "val_loss": 0.91, "accuracy": 0.625, "accuracy_by_lang": {"en": 0.75, "pt": 0.5}, "wrong_rate": 0.125}}, True)
+    registry.record_gate(
+        "v0001",
+        {
+            "accepted": True,
+            "candidate": {
+                "val_loss": 0.91,
+                "accuracy": 0.625,
+                "accuracy_by_lang": {"en": 0.75, "pt": 0.5},
+                "wrong_rate": 0.125,
+            },
+        },
+        True,
+    )
     code, out, _ = run(capsys, "adapters")
     header, first = out.splitlines()[:2]
     assert header.split()[-4:] == ["EN", "PT", "wrong", "gate"]
     assert first.split()[-6:] == ["0.9100", "62.5%", "75.0%", "50.0%", "12.5%", "accepted"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["promote", "v9"], "no adapter version v0009 (registered: v0001, v0002)"),
-    (["promote", "latest"], "'latest' is not a version"),
-    (["rollback"], "nothing to roll back"),
-    (["gate", "1"], "its training run (none recorded) is gone"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["promote", "v9"], "no adapter version v0009 (registered: v0001, v0002)"),
+        (["promote", "latest"], "'latest' is not a version"),
+        (["rollback"], "nothing to roll back"),
+        (["gate", "1"], "its training run (none recorded) is gone"),
+    ],
+)
 def test_expected_errors_are_one_line_exit_2(registry, capsys, argv, message):
     code, out, err = run(capsys, argv[0], *argv[1:])
     assert code == 2 and out == ""
@@ -96,8 +112,7 @@ def test_busy_pipeline_exits_2(registry, capsys):
 
 
 def test_module_entry_point_has_no_traceback(registry):
-    done = subprocess.run([sys.executable, "-m", "training", "promote", "v7"],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "training", "promote", "v7"], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == "training: error: no adapter version v0007 (registered: v0001, v0002)"
 

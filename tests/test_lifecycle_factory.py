@@ -23,9 +23,11 @@ from .models import make_adapter
 def shipped(tmp_path, tiny_model_dir, monkeypatch):
     """A factory adapter for the tiny model, written from a version gated in another home."""
     elsewhere = Registry(tmp_path / "build-home", base_model=tiny_model_dir)
-    entry = elsewhere.add_candidate(make_adapter(tiny_model_dir, tmp_path / "trained"),
-                                    manifest={"content_hash": "d" * 64, "splits": {"train": {"count": 5}}},
-                                    metrics={"best_val_loss": 1.25})
+    entry = elsewhere.add_candidate(
+        make_adapter(tiny_model_dir, tmp_path / "trained"),
+        manifest={"content_hash": "d" * 64, "splits": {"train": {"count": 5}}},
+        metrics={"best_val_loss": 1.25},
+    )
     elsewhere.record_gate(entry.version, {"accepted": True, "criteria": [], "answers": [{"id": "x"}]}, True)
     root = tmp_path / "factory"
     monkeypatch.setattr(factory, "FACTORY_ROOT", root)
@@ -33,8 +35,9 @@ def shipped(tmp_path, tiny_model_dir, monkeypatch):
     return folder
 
 
-def test_a_fresh_home_serves_the_factory_adapter_from_the_first_answer(shipped, tiny_model_dir, isolated_env,
-                                                                      monkeypatch):
+def test_a_fresh_home_serves_the_factory_adapter_from_the_first_answer(
+    shipped, tiny_model_dir, isolated_env, monkeypatch
+):
     monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
     manifest = json.loads((shipped / MANIFEST).read_text())
     assert manifest["base_model"] == tiny_model_dir.name and "answers" not in manifest["gate"]
@@ -65,8 +68,7 @@ def test_other_weights_get_no_factory_adapter(shipped, tiny_model_dir, tmp_path,
     assert Registry(isolated_env, base_model=changed).versions() == []
 
 
-def test_a_base_model_without_an_adapter_trains_its_first_right_after_start(start_bot, isolated_env,
-                                                                             tiny_model_dir):
+def test_a_base_model_without_an_adapter_trains_its_first_right_after_start(start_bot, isolated_env, tiny_model_dir):
     bot = start_bot(first_training_at_start=True)
 
     def told() -> list[str]:
@@ -83,8 +85,9 @@ def test_a_base_model_without_an_adapter_trains_its_first_right_after_start(star
 
 def test_a_bot_with_an_adapter_does_not_train_at_start(start_bot, isolated_env, tiny_model_dir, tmp_path):
     registry = Registry(isolated_env, base_model=tiny_model_dir)
-    registry.promote(registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a")).version, by="test",
-                     reason="test")
+    registry.promote(
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a")).version, by="test", reason="test"
+    )
     bot = start_bot(first_training_at_start=True)
     assert bot.services.scheduler.get_job(FIRST_JOB_ID) is None
     assert bot.engine.adapter_version == "v0001"

@@ -15,8 +15,8 @@ import pytest
 from data.seed import load_eval
 from data.settings import PACKAGE_SEED_DIR
 from training.evaluation.gate import _criteria, degenerate, gate_items, gate_version
-from training.lifecycle.settings import LifecycleSettings
 from training.lifecycle.registry import REJECTED, Registry
+from training.lifecycle.settings import LifecycleSettings
 
 from .helpers import SYSTEM_PROMPT, TRAIN_ARGS, lifecycle_env, write_seed
 from .models import make_adapter
@@ -30,12 +30,18 @@ def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("trained")
     seed = write_seed(root / "seed")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "GATE_"))}
-    env.update(FARENSE_HOME=str(root / "home"), MODEL_PATH=str(tiny_model_dir), SYSTEM_PROMPT=SYSTEM_PROMPT,
-               SEED_DIR=str(seed))
+    env.update(
+        FARENSE_HOME=str(root / "home"), MODEL_PATH=str(tiny_model_dir), SYSTEM_PROMPT=SYSTEM_PROMPT, SEED_DIR=str(seed)
+    )
     subprocess.run([sys.executable, "-m", "data", "build"], env=env, cwd=root, check=True, capture_output=True)
     dataset = next(p for p in (root / "home" / "datasets").iterdir() if p.is_dir())
-    done = subprocess.run([sys.executable, "-m", "training", "run", "--events", "--dataset", str(dataset),
-                           *TRAIN_ARGS], env=env, cwd=root, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "run", "--events", "--dataset", str(dataset), *TRAIN_ARGS],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return Path(json.loads(done.stdout.splitlines()[0])["run_dir"])
 
@@ -48,13 +54,20 @@ def registry(monkeypatch, tmp_path, tiny_model_dir, isolated_env) -> Registry:
 
 def add_trained(registry: Registry, run: Path):
     manifest = json.loads((run / "manifest.json").read_text())
-    return registry.add_candidate(run / "adapters" / "best", run_dir=run, manifest=manifest,
-                                  metrics=json.loads((run / "status.json").read_text()))
+    return registry.add_candidate(
+        run / "adapters" / "best", run_dir=run, manifest=manifest, metrics=json.loads((run / "status.json").read_text())
+    )
 
 
 def measured(accuracy: float, wrong_rate: float) -> dict:
-    return {"val_loss": 1.0, "champion_val_loss": None, "accuracy": accuracy, "wrong_rate": wrong_rate,
-            "error": None, "degenerate_share": 0.0}
+    return {
+        "val_loss": 1.0,
+        "champion_val_loss": None,
+        "accuracy": accuracy,
+        "wrong_rate": wrong_rate,
+        "error": None,
+        "degenerate_share": 0.0,
+    }
 
 
 def test_a_candidate_that_answers_wrong_more_often_is_refused_even_when_it_is_right_more_often(isolated_env):
@@ -73,8 +86,7 @@ def test_gate_asks_dev_questions_not_held_out_ones(registry, trained_run):
     assert report["answers"] and {answer["id"] for answer in report["answers"]} <= dev
 
 
-def test_trained_candidate_passes_then_noisy_candidate_is_rejected(registry, trained_run, tiny_model_dir,
-                                                                  tmp_path):
+def test_trained_candidate_passes_then_noisy_candidate_is_rejected(registry, trained_run, tiny_model_dir, tmp_path):
     first = add_trained(registry, trained_run)
     report = gate_version(registry, first.version)
     assert report["accepted"], report["criteria"]
@@ -104,8 +116,9 @@ def test_nan_adapter_is_rejected_by_the_sanity_checks(registry, trained_run, tin
 
     folder = make_adapter(tiny_model_dir, tmp_path / "nan", rank=8, num_layers=2)
     weights = mx.load(str(folder / "adapters.safetensors"))
-    mx.save_safetensors(str(folder / "adapters.safetensors"),
-                        {name: value * float("nan") for name, value in weights.items()})
+    mx.save_safetensors(
+        str(folder / "adapters.safetensors"), {name: value * float("nan") for name, value in weights.items()}
+    )
     candidate = registry.add_candidate(folder, run_dir=trained_run)  # well-formed, so registered
     report = gate_version(registry, candidate.version)
     rows = {row["name"]: row for row in report["criteria"]}
@@ -127,15 +140,22 @@ def test_eval_subset_is_balanced_spread_and_stable():
     assert len(gate_items(english_only + [i for i in items if i.lang == "pt"], 10)) == 10  # pt fills in
 
 
-@pytest.mark.parametrize("text, verdict", [
-    ("", "empty"), ("  \n\n ", "empty"),
-    ("Council Council Council Council Council Council Council Council Council", "repetitive"),
-    ("the club of the club of the club of the club of Faro", "repetitive"),
-    ("'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):", "repetitive"),
-    ("Farense was founded on 1 April 1910 in Faro, in the Algarve.", None),
-    ("O Farense foi fundado a 1 de abril de 1910, em Faro, no Algarve. Joga no Estádio de São Luís, "
-     "com capacidade para cerca de 7000 espectadores, e o seu equipamento é preto e branco.", None),
-])
+@pytest.mark.parametrize(
+    "text, verdict",
+    [
+        ("", "empty"),
+        ("  \n\n ", "empty"),
+        ("Council Council Council Council Council Council Council Council Council", "repetitive"),
+        ("the club of the club of the club of the club of Faro", "repetitive"),
+        ("'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):'):", "repetitive"),
+        ("Farense was founded on 1 April 1910 in Faro, in the Algarve.", None),
+        (
+            "O Farense foi fundado a 1 de abril de 1910, em Faro, no Algarve. Joga no Estádio de São Luís, "
+            "com capacidade para cerca de 7000 espectadores, e o seu equipamento é preto e branco.",
+            None,
+        ),
+    ],
+)
 def test_degenerate_answers_are_recognised(text, verdict):
     assert degenerate(text) == verdict
 

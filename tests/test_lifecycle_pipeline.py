@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
+from common.home import Home
 from inference.adapters import read_production
 from training import runs
-from common.home import Home
 from training.lifecycle.pipeline import pipeline_state, run_pipeline
 from training.lifecycle.registry import REJECTED, Registry
 
@@ -32,13 +32,24 @@ def home(monkeypatch, tmp_path, tiny_model_dir, isolated_env):
 
 def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypatch, tmp_path):
     events, promoted = [], []
-    first = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=events.append,
-                         on_promoted=promoted.append, train_args=TRAIN_ARGS)
+    first = run_pipeline(
+        trigger="nightly",
+        requested_by="scheduler",
+        on_progress=events.append,
+        on_promoted=promoted.append,
+        train_args=TRAIN_ARGS,
+    )
     assert first.outcome == "promoted" and first.version == "v0001", first.message
     assert promoted == ["v0001"] and read_production(home)[0] == "v0001"
     # A fresh home: the pipeline opens the store, which seeds the facts, so it trains on grounded prompts.
-    assert [e["stage"] for e in events if e["event"] == "stage"] == ["dataset", "ground", "train", "register",
-                                                                     "gate", "promote"]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == [
+        "dataset",
+        "ground",
+        "train",
+        "register",
+        "gate",
+        "promote",
+    ]
     assert {"start", "step", "eval", "done"} <= {e["event"] for e in events}
     assert first.message.startswith("Promoted v0001 over base model (nightly, by scheduler).")
     assert "✓ val_loss" in first.message and first.report["accepted"] and first.run_dir.is_dir()
@@ -46,14 +57,18 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
     assert registered.run_dir == first.run_dir and registered.metrics["best_val_loss"] < 11
     assert registered.dataset["counts"]["train"] > 0 and registered.gate["accepted"]
 
-    unchanged = run_pipeline(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True,
-                             train_args=TRAIN_ARGS)
+    unchanged = run_pipeline(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True, train_args=TRAIN_ARGS)
     assert unchanged.outcome == "skipped" and "production v0001 was trained on" in unchanged.message
     assert [v.version for v in Registry(home).versions()] == ["v0001"]
 
     monkeypatch.setenv("SEED_DIR", str(write_seed(tmp_path / "garbled", garble_answers=True)))
-    second = run_pipeline(trigger="retrain", requested_by="admin 42", on_promoted=promoted.append,
-                          skip_if_unchanged=True, train_args=TRAIN_ARGS)
+    second = run_pipeline(
+        trigger="retrain",
+        requested_by="admin 42",
+        on_promoted=promoted.append,
+        skip_if_unchanged=True,
+        train_args=TRAIN_ARGS,
+    )
     assert second.outcome == "rejected" and second.version == "v0002", second.message
     assert "Production unchanged: v0001" in second.message and "✗ champion_val_loss" in second.message
     assert promoted == ["v0001"] and read_production(home)[0] == "v0001"
@@ -68,7 +83,10 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
     assert registry.rollback(by="admin 42", reason="answers got worse").version == "v0001"
     assert read_production(home)[0] == "v0001"
     assert [(h["action"], h["version"]) for h in registry.history()] == [
-        ("promote", "v0001"), ("promote", "v0002"), ("rollback", "v0001")]
+        ("promote", "v0001"),
+        ("promote", "v0002"),
+        ("rollback", "v0001"),
+    ]
 
 
 def test_killed_training_fails_safely_and_the_next_pipeline_resumes_it(home):
@@ -81,8 +99,9 @@ def test_killed_training_fails_safely_and_the_next_pipeline_resumes_it(home):
             seen["state"] = pipeline_state(home)
             os.kill(seen["state"]["child_pid"], signal.SIGKILL)
 
-    failed = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=kill_at_first_checkpoint,
-                          train_args=args)
+    failed = run_pipeline(
+        trigger="nightly", requested_by="scheduler", on_progress=kill_at_first_checkpoint, train_args=args
+    )
     assert failed.outcome == "failed" and "killed by SIGKILL" in failed.message, failed.message
     assert "Production unchanged: base model" in failed.message
     assert seen["busy"].outcome == "busy" and f"pid {os.getpid()}" in seen["busy"].message
@@ -93,8 +112,7 @@ def test_killed_training_fails_safely_and_the_next_pipeline_resumes_it(home):
     assert pipeline_state(home)["last"]["outcome"] == "failed"
 
     events: list[dict] = []
-    resumed = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=events.append,
-                           train_args=args)
+    resumed = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=events.append, train_args=args)
     start = next(e for e in events if e["event"] == "start")
     assert start["resumed"] and start["step"] == 10 and start["run_id"] == failed.run_dir.name
     assert [e["stage"] for e in events if e["event"] == "stage"][0] == "train"  # no new dataset
@@ -103,8 +121,9 @@ def test_killed_training_fails_safely_and_the_next_pipeline_resumes_it(home):
 
 def test_training_that_cannot_start_fails_with_its_reason(home, tiny_model_dir, tmp_path):
     registry = Registry(home)
-    registry.promote(registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a")).version,
-                     by="test", reason="setup")
+    registry.promote(
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a")).version, by="test", reason="setup"
+    )
     result = run_pipeline(trigger="nightly", requested_by="scheduler", train_args=FAIL_FAST)
     assert result.outcome == "failed" and result.version is None
     assert "Training failed" in result.message and "TRAIN_ITERS" in result.message
@@ -128,10 +147,18 @@ def test_stale_lock_of_a_dead_pipeline_is_taken_over(home, caplog):
 
 def test_pipeline_started_elsewhere_makes_this_one_busy(home):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from training.lifecycle.pipeline import _pipeline_lock\n"
-         "with _pipeline_lock(Path(sys.argv[1]), trigger='nightly', requested_by='cron'):\n"
-         "    print('locked', flush=True); sys.stdin.read()", str(home)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from training.lifecycle.pipeline import _pipeline_lock\n"
+            "with _pipeline_lock(Path(sys.argv[1]), trigger='nightly', requested_by='cron'):\n"
+            "    print('locked', flush=True); sys.stdin.read()",
+            str(home),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         busy = run_pipeline(trigger="retrain", requested_by="admin", train_args=FAIL_FAST)
@@ -151,8 +178,9 @@ def test_pipeline_going_down_stops_its_child_with_a_checkpoint(home):
             raise SystemExit("the bot is shutting down")
 
     with pytest.raises(SystemExit):
-        run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=shutdown_at_first_step,
-                     train_args=TRAIN_ARGS)
+        run_pipeline(
+            trigger="nightly", requested_by="scheduler", on_progress=shutdown_at_first_step, train_args=TRAIN_ARGS
+        )
     assert not runs.pid_alive(seen["child"])
     run = runs.all_runs(home)[0]
     assert run.status()["state"] == "cancelled" and any(run.checkpoints.glob("step-*"))  # resumable

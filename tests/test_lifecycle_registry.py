@@ -15,9 +15,12 @@ from training.lifecycle.registry import CANDIDATE, PRODUCTION, RETIRED, Registry
 
 from .models import make_adapter, make_tiny_model
 
-MANIFEST = {"content_hash": "abc123", "created_at": "2026-01-01T00:00:00+00:00",
-            "splits": {"train": {"count": 40}, "valid": {"count": 5}, "test": {"count": 5}},
-            "sources": {"seed": 50}}
+MANIFEST = {
+    "content_hash": "abc123",
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "splits": {"train": {"count": 40}, "valid": {"count": 5}, "test": {"count": 5}},
+    "sources": {"seed": 50},
+}
 
 
 @pytest.fixture
@@ -34,8 +37,9 @@ def only_versions(registry: Registry) -> list[str]:
     """Every entry of adapters/ except the pointer, the history and the lock: versions, or debris."""
     if not registry.root.is_dir():
         return []
-    return sorted(p.name for p in registry.root.iterdir()
-                  if p.name not in ("production.json", "history.jsonl", ".lock"))
+    return sorted(
+        p.name for p in registry.root.iterdir() if p.name not in ("production.json", "history.jsonl", ".lock")
+    )
 
 
 def test_candidates_are_numbered_with_their_record(registry, adapter, tmp_path):
@@ -46,8 +50,11 @@ def test_candidates_are_numbered_with_their_record(registry, adapter, tmp_path):
     assert first.status == CANDIDATE and first.run_id == "20260101-000000-abcd"
     assert first.dataset["content_hash"] == "abc123" and first.dataset["counts"]["train"] == 40
     assert first.metrics == {"best_val_loss": 1.5} and first.gate is None and first.created_at
-    assert sorted(p.name for p in first.path.iterdir()) == ["adapter_config.json", "adapters.safetensors",
-                                                             "version.json"]
+    assert sorted(p.name for p in first.path.iterdir()) == [
+        "adapter_config.json",
+        "adapters.safetensors",
+        "version.json",
+    ]
     assert registry.get("1") == registry.get("v0001") == first
     assert registry.production() is None and registry.history() == []
     with pytest.raises(RegistryError, match="no adapter version v0007"):
@@ -74,8 +81,11 @@ def test_promote_and_rollback_switch_the_pointer_and_keep_history(registry, adap
 
     history = registry.history()
     assert [(h["action"], h["version"], h["from"], h["by"]) for h in history] == [
-        ("promote", v1, None, "alice"), ("promote", v2, v1, "bob"),
-        ("rollback", v1, v2, "carol"), ("rollback", None, v1, "carol")]
+        ("promote", v1, None, "alice"),
+        ("promote", v2, v1, "bob"),
+        ("rollback", v1, v2, "carol"),
+        ("rollback", None, v1, "carol"),
+    ]
     assert all(h["at"] and h["reason"] for h in history) and registry.get(v3).status == CANDIDATE
 
 
@@ -111,8 +121,7 @@ def test_pruning_keeps_newest_and_never_production_or_previous(isolated_env, tin
 
 def test_concurrent_adds_get_distinct_numbers(registry, adapter):
     added: list[str] = []
-    threads = [threading.Thread(target=lambda: added.append(registry.add_candidate(adapter).version))
-               for _ in range(4)]
+    threads = [threading.Thread(target=lambda: added.append(registry.add_candidate(adapter).version)) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -143,8 +152,11 @@ def test_adapter_for_another_model_is_never_registered(registry, tiny_model_dir,
     with pytest.raises(AdapterError, match="does not fit the base model: shape mismatch"):
         registry.add_candidate(make_adapter(other, tmp_path / "wrong", rank=4, num_layers=2))
     with pytest.raises(AdapterError, match="wants LoRA on 5 layers"):
-        registry.add_candidate(make_adapter(make_tiny_model(tmp_path / "deep", tiny_model_dir, layers=5),
-                                            tmp_path / "deep-adapter", num_layers=5))
+        registry.add_candidate(
+            make_adapter(
+                make_tiny_model(tmp_path / "deep", tiny_model_dir, layers=5), tmp_path / "deep-adapter", num_layers=5
+            )
+        )
     assert registry.versions() == []
 
 

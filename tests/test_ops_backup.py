@@ -40,9 +40,18 @@ def fill(home: Path) -> dict[str, int]:
     with Store(home / "farense.db") as store:
         for chat, question in CHATS.items():
             for turn in range(3):
-                message = store.log_message(chat, chat, f"{question} ({turn})", f"Answer {turn} for {chat}",
-                                            model_id="tiny", adapter_version=None, latency_s=0.2,
-                                            prompt_tokens=20, completion_tokens=5, lang="pt")
+                message = store.log_message(
+                    chat,
+                    chat,
+                    f"{question} ({turn})",
+                    f"Answer {turn} for {chat}",
+                    model_id="tiny",
+                    adapter_version=None,
+                    latency_s=0.2,
+                    prompt_tokens=20,
+                    completion_tokens=5,
+                    lang="pt",
+                )
             store.set_feedback(message, chat, 1)
         store.add_correction(1, 5001, "Em 1910, em Faro.")
         store.set_opt_out(4444, True)
@@ -58,8 +67,9 @@ def promote_adapter(home: Path, model_dir: Path, tmp_path: Path) -> Registry:
 
 
 def data_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data", *argv], capture_output=True, text=True, timeout=120,
-                          env=os.environ | (env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "data", *argv], capture_output=True, text=True, timeout=120, env=os.environ | (env or {})
+    )
 
 
 def test_backup_wipe_restore_round_trip_through_the_cli(isolated_env, tiny_model_dir, tmp_path):
@@ -76,6 +86,7 @@ def test_backup_wipe_restore_round_trip_through_the_cli(isolated_env, tiny_model
     for suffix in ("-wal", "-shm"):
         Path(f"{home / 'farense.db'}{suffix}").unlink(missing_ok=True)
     import shutil
+
     shutil.rmtree(home / "adapters")
 
     restored = data_cli("restore", str(archive))
@@ -93,8 +104,7 @@ def test_backup_wipe_restore_round_trip_through_the_cli(isolated_env, tiny_model
     assert listing.returncode == 0 and archive.name in listing.stdout
 
 
-def test_a_restore_into_another_home_points_production_at_the_restored_folder(isolated_env, tiny_model_dir,
-                                                                               tmp_path):
+def test_a_restore_into_another_home_points_production_at_the_restored_folder(isolated_env, tiny_model_dir, tmp_path):
     fill(isolated_env)
     promote_adapter(isolated_env, tiny_model_dir, tmp_path)
     archive = create_backup(isolated_env / "farense.db", isolated_env / "adapters", tmp_path / "backups").path
@@ -110,8 +120,17 @@ def test_restore_saves_what_it_replaces_and_returns_to_the_backup(isolated_env, 
     fill(isolated_env)
     archive = create_backup(isolated_env / "farense.db", isolated_env / "adapters", isolated_env / "backups").path
     with Store(isolated_env / "farense.db") as store:  # life goes on after the backup
-        store.log_message(4242, 4242, "Later", "Later answer", model_id="tiny", adapter_version=None,
-                          latency_s=0.1, prompt_tokens=1, completion_tokens=1)
+        store.log_message(
+            4242,
+            4242,
+            "Later",
+            "Later answer",
+            model_id="tiny",
+            adapter_version=None,
+            latency_s=0.1,
+            prompt_tokens=1,
+            completion_tokens=1,
+        )
         assert store.counts()["messages"] == 10
     result = restore_backup(archive, Home(isolated_env))
     with Store(isolated_env / "farense.db") as store:
@@ -134,24 +153,45 @@ def tampered(archive: Path, out: Path, change) -> Path:
     return out
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda name, data: (name, data[:-1] + bytes([data[-1] ^ 1])) if name == "farense.db" else (name, data),
-     "farense.db does not match its checksum"),
-    (lambda name, data: None if name.endswith("adapters.safetensors") else (name, data), "missing"),
-    (lambda name, data: (name, data) if name != "manifest.json" else ("../manifest.json", data),
-     "not part of a backup"),
-    (lambda name, data: (name, json.dumps({**json.loads(data), "format": 99}).encode())
-     if name == "manifest.json" else (name, data), "unknown backup format"),
-])
-def test_a_damaged_archive_is_refused_and_nothing_is_replaced(damage, message, isolated_env, tiny_model_dir,
-                                                              tmp_path):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda name, data: (name, data[:-1] + bytes([data[-1] ^ 1])) if name == "farense.db" else (name, data),
+            "farense.db does not match its checksum",
+        ),
+        (lambda name, data: None if name.endswith("adapters.safetensors") else (name, data), "missing"),
+        (
+            lambda name, data: (name, data) if name != "manifest.json" else ("../manifest.json", data),
+            "not part of a backup",
+        ),
+        (
+            lambda name, data: (
+                (name, json.dumps({**json.loads(data), "format": 99}).encode())
+                if name == "manifest.json"
+                else (name, data)
+            ),
+            "unknown backup format",
+        ),
+    ],
+)
+def test_a_damaged_archive_is_refused_and_nothing_is_replaced(damage, message, isolated_env, tiny_model_dir, tmp_path):
     fill(isolated_env)
     promote_adapter(isolated_env, tiny_model_dir, tmp_path)
     good = create_backup(isolated_env / "farense.db", isolated_env / "adapters", tmp_path / "backups").path
     bad = tampered(good, tmp_path / "bad.tar.gz", damage)
     with Store(isolated_env / "farense.db") as store:
-        store.log_message(1, 1, "q", "a", model_id=None, adapter_version=None, latency_s=None,
-                          prompt_tokens=None, completion_tokens=None)
+        store.log_message(
+            1,
+            1,
+            "q",
+            "a",
+            model_id=None,
+            adapter_version=None,
+            latency_s=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+        )
     with pytest.raises(BackupError, match=message):
         restore_backup(bad, Home(isolated_env))
     with Store(isolated_env / "farense.db") as store:
@@ -206,8 +246,19 @@ def test_a_backup_taken_while_the_bot_writes_is_consistent(isolated_env, tmp_pat
     def writer():
         with Store(isolated_env / "farense.db") as store:
             while not stop.is_set():
-                written.append(store.log_message(7, 7, "busy?", "yes", model_id=None, adapter_version=None,
-                                                 latency_s=None, prompt_tokens=None, completion_tokens=None))
+                written.append(
+                    store.log_message(
+                        7,
+                        7,
+                        "busy?",
+                        "yes",
+                        model_id=None,
+                        adapter_version=None,
+                        latency_s=None,
+                        prompt_tokens=None,
+                        completion_tokens=None,
+                    )
+                )
 
     thread = threading.Thread(target=writer)
     thread.start()
@@ -235,6 +286,7 @@ def test_nightly_retraining_backs_up_first_and_keeps_backup_keep(isolated_env, t
         reports.append(text)
 
     from datetime import datetime
+
     try:
         with Store(isolated_env / "farense.db") as store:
             for night in (1, 2, 3):
@@ -246,6 +298,8 @@ def test_nightly_retraining_backs_up_first_and_keeps_backup_keep(isolated_env, t
     nightly = list_backups(isolated_env / "backups", "nightly")
     assert len(reports) == 3 and len(nightly) == 2  # the oldest nightly one was pruned
     assert reports[-1].startswith("Nightly retraining (2025-05-03): busy")
-    assert reports[-1].splitlines()[-1] == (f"Backup: {nightly[-1].name} (schema {len(backup.MIGRATIONS)}, "
-                                            "9 messages, 3 users, 3 feedback, 1 corrections, no adapters)")
+    assert reports[-1].splitlines()[-1] == (
+        f"Backup: {nightly[-1].name} (schema {len(backup.MIGRATIONS)}, "
+        "9 messages, 3 users, 3 feedback, 1 corrections, no adapters)"
+    )
     assert manual.exists()  # BACKUP_KEEP prunes nightly backups only

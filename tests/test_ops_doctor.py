@@ -21,8 +21,19 @@ from .botapi import BotApiServer
 from .models import make_adapter
 
 TOKEN = "123456789:AAHdoctorDOCTORdoctor-0123456789abcd"
-CHECKS = ["settings", "token", "telegram", "model", "backend", "disk", "memory", "database", "registry",
-          "scheduler", "backups"]
+CHECKS = [
+    "settings",
+    "token",
+    "telegram",
+    "model",
+    "backend",
+    "disk",
+    "memory",
+    "database",
+    "registry",
+    "scheduler",
+    "backups",
+]
 
 
 @pytest.fixture
@@ -38,8 +49,13 @@ def checks() -> dict[str, tuple[str, str, str]]:
 
 
 def doctor_cli(**env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot", "doctor", "--timeout", "2"], capture_output=True,
-                          text=True, timeout=180, env=os.environ | env)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "doctor", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=os.environ | env,
+    )
 
 
 def test_console_mode_on_a_fresh_home_passes_with_warnings(tiny_env, isolated_env):
@@ -71,7 +87,10 @@ def test_doctor_warns_of_no_admins_and_a_cleartext_bot_api_url(tiny_env, isolate
     assert "0 admin(s), but ADMIN_USER_IDS is empty" in line
     assert "TELEGRAM_BASE_URL is not https (http://192.0.2.1): the bot token travels in cleartext" in line
     spaced = doctor_cli(TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_BASE_URL="http://192.0.2.1/bot", ADMIN_USER_IDS="111 222")
-    assert "2 admin(s), but TELEGRAM_BASE_URL is not https" in spaced.stdout and "ADMIN_USER_IDS is empty" not in spaced.stdout
+    assert (
+        "2 admin(s), but TELEGRAM_BASE_URL is not https" in spaced.stdout
+        and "ADMIN_USER_IDS is empty" not in spaced.stdout
+    )
     assert TOKEN not in result.stdout + result.stderr + spaced.stdout + spaced.stderr
 
 
@@ -101,8 +120,17 @@ def test_invalid_settings_fail_once_and_the_dependent_checks_are_skipped(tiny_en
 
 def test_a_damaged_or_newer_database_fails_with_the_restore_fix(tiny_env, isolated_env):
     with Store(isolated_env / "farense.db") as store:
-        store.log_message(1, 1, "q", "a", model_id=None, adapter_version=None, latency_s=None, prompt_tokens=None,
-                          completion_tokens=None)
+        store.log_message(
+            1,
+            1,
+            "q",
+            "a",
+            model_id=None,
+            adapter_version=None,
+            latency_s=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+        )
     assert checks()["database"][:2][0] == OK
     db = sqlite3.connect(isolated_env / "farense.db")
     db.execute("PRAGMA user_version = 99")
@@ -125,8 +153,12 @@ def test_registry_damage_fails_and_an_interrupted_change_is_repaired(tiny_env, i
 
     (registry.root / ".incoming-v0002-123").mkdir()  # what a registry change killed mid-way leaves
     assert checks()["registry"][0] == WARN
-    repaired = subprocess.run([sys.executable, "-m", "bot", "doctor", "--repair", "--timeout", "1"],
-                              capture_output=True, text=True, timeout=180)
+    repaired = subprocess.run(
+        [sys.executable, "-m", "bot", "doctor", "--repair", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert "repair: removed .incoming-v0002-123" in repaired.stdout
     assert "[ ok ] registry" in repaired.stdout
 

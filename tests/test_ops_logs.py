@@ -72,7 +72,11 @@ def test_one_json_line_per_event_with_chat_and_run_and_no_secrets(isolated_env, 
         assert datetime.fromisoformat(line["time"]).tzinfo is not None
     first = lines[0]
     assert (first["level"], first["component"], first["chat"], first["run"]) == (
-        "INFO", "bot.conversation", -1001234567890, "nightly-20250501-030000")
+        "INFO",
+        "bot.conversation",
+        -1001234567890,
+        "nightly-20250501-030000",
+    )
     assert first["msg"] == "answered chat -1001234567890 (user 912345678) in 1.50s"  # ids are not "phones"
     assert lines[1]["msg"] == "HTTP Request: POST https://api.telegram.org/bot<token>/getMe"
     assert lines[2]["msg"] == "question from Ana: call me on [phone] or [email]"
@@ -105,11 +109,22 @@ def test_the_log_rotates_at_its_size_cap(isolated_env, root_logging):
 def test_the_running_bot_logs_json_lines_per_chat_without_token_or_personal_data(tiny_model_dir, isolated_env):
     question = f"O meu email é {PERSONAL[0]} e o telefone {PERSONAL[1]}: quando foi fundado o Farense?"
     with BotApiServer(TOKEN) as server:
-        env = os.environ | {"MODEL_PATH": str(tiny_model_dir), "MAX_TOKENS": "8", "TEMPERATURE": "0",
-                            "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_BASE_URL": server.base_url,
-                            "LOG_STDERR_LEVEL": "WARNING"}  # as the service runs it
-        process = subprocess.Popen([sys.executable, "-m", "bot"], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        env = os.environ | {
+            "MODEL_PATH": str(tiny_model_dir),
+            "MAX_TOKENS": "8",
+            "TEMPERATURE": "0",
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_BASE_URL": server.base_url,
+            "LOG_STDERR_LEVEL": "WARNING",
+        }  # as the service runs it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             server.push_message(4242, 4242, question)
             answer = server.wait_for(lambda c: c.method == "sendMessage" and "reply_markup" in c.params, timeout=60)

@@ -20,9 +20,19 @@ from bot.os_service import LABEL, NAME, ServiceSpec, bot_running, hold_running_l
 # Every key the unit may use, per section, and how often; anything else is a mistake.
 UNIT_KEYS = {
     "Unit": {"Description": 1, "Documentation": 1, "After": 1, "Wants": 1, "StartLimitIntervalSec": 1},
-    "Service": {"Type": 1, "WorkingDirectory": 1, "Environment": None, "ExecStart": 1, "Restart": 1,
-                "RestartSec": 1, "TimeoutStopSec": 1, "UMask": 1, "StandardOutput": 1, "StandardError": 1,
-                "User": 1},
+    "Service": {
+        "Type": 1,
+        "WorkingDirectory": 1,
+        "Environment": None,
+        "ExecStart": 1,
+        "Restart": 1,
+        "RestartSec": 1,
+        "TimeoutStopSec": 1,
+        "UMask": 1,
+        "StandardOutput": 1,
+        "StandardError": 1,
+        "User": 1,
+    },
     "Install": {"WantedBy": 1},
 }
 RESTART = {"no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"}
@@ -107,8 +117,13 @@ def systemd_verify(unit: Path) -> None:
 
 
 def render_cli(platform: str, out: Path, *extra: str, cwd: Path | None = None) -> Path:
-    result = subprocess.run([sys.executable, "-m", "bot", "service", "render", "--platform", platform,
-                             "--out", str(out), *extra], capture_output=True, text=True, timeout=120, cwd=cwd)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "service", "render", "--platform", platform, "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr
     return Path(result.stdout.strip())
 
@@ -141,9 +156,20 @@ def test_the_launchd_plist_parses_and_keeps_the_bot_alive_after_failures_only(is
     assert job["StandardOutPath"] == job["StandardErrorPath"] == str(isolated_env / "logs" / "service.log")
     assert job["EnvironmentVariables"]["FARENSE_HOME"] == str(isolated_env)
     assert job["EnvironmentVariables"]["LOG_STDERR_LEVEL"] == "WARNING" and "UserName" not in job
-    assert set(job) <= {"Label", "ProgramArguments", "WorkingDirectory", "EnvironmentVariables", "RunAtLoad",
-                        "KeepAlive", "ThrottleInterval", "ExitTimeOut", "ProcessType", "Umask", "StandardOutPath",
-                        "StandardErrorPath"}
+    assert set(job) <= {
+        "Label",
+        "ProgramArguments",
+        "WorkingDirectory",
+        "EnvironmentVariables",
+        "RunAtLoad",
+        "KeepAlive",
+        "ThrottleInterval",
+        "ExitTimeOut",
+        "ProcessType",
+        "Umask",
+        "StandardOutPath",
+        "StandardErrorPath",
+    }
     assert job["Umask"] == 0o077
     if shutil.which("plutil"):
         lint = subprocess.run(["plutil", "-lint", str(plist)], capture_output=True, text=True)
@@ -164,16 +190,20 @@ def test_awkward_paths_are_escaped_and_system_scope_runs_as_the_user(tmp_path):
     assert service["User"] == [spec.user] and sections["Install"]["WantedBy"] == ["multi-user.target"]
     if shutil.which("systemd-analyze"):
         systemd_verify(unit)
-    job = plistlib.loads(render_launchd(ServiceSpec.here(Path("state dir"), system=True, workdir=workdir,
-                                                         platform="macos")).encode())
+    job = plistlib.loads(
+        render_launchd(ServiceSpec.here(Path("state dir"), system=True, workdir=workdir, platform="macos")).encode()
+    )
     assert job["WorkingDirectory"] == str(workdir) and job["UserName"] == spec.user
 
 
-@pytest.mark.parametrize("change, problem", [
-    (("Restart=on-failure", "Restart=sometimes"), "sometimes"),
-    (("RestartSec=30", "RestartSec=30\nRestartSecs=5"), "RestartSecs"),
-    (("WantedBy=default.target", "WantedBy=default.target\n[Bogus]"), "Bogus"),
-])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (("Restart=on-failure", "Restart=sometimes"), "sometimes"),
+        (("RestartSec=30", "RestartSec=30\nRestartSecs=5"), "RestartSecs"),
+        (("WantedBy=default.target", "WantedBy=default.target\n[Bogus]"), "Bogus"),
+    ],
+)
 def test_the_validators_catch_a_broken_unit(change, problem, tmp_path):
     """The checks above would fail on a wrong unit: both the strict parser and systemd-analyze."""
     spec = ServiceSpec.here(tmp_path, workdir=tmp_path, platform="linux")
@@ -189,17 +219,24 @@ def test_the_validators_catch_a_broken_unit(change, problem, tmp_path):
 def test_install_needs_the_token_in_env_file_and_nothing_is_installed_or_controlled_without_it(isolated_env, tmp_path):
     env = os.environ | {"HOME": str(tmp_path / "user-home")}  # where a user unit would go
     (tmp_path / ".env").write_text("ADMIN_USER_IDS=5001\n")
-    install = subprocess.run([sys.executable, "-m", "bot", "service", "install"], capture_output=True, text=True,
-                             timeout=120, env=env | {"TELEGRAM_BOT_TOKEN": "123:only-in-this-shell"})
+    install = subprocess.run(
+        [sys.executable, "-m", "bot", "service", "install"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env | {"TELEGRAM_BOT_TOKEN": "123:only-in-this-shell"},
+    )
     # the service reads .env, not this shell: a token exported here would not reach it
     assert install.returncode == 2 and f"TELEGRAM_BOT_TOKEN is not set in {tmp_path / '.env'}" in install.stderr
     assert not (tmp_path / "user-home").exists()
-    status = subprocess.run([sys.executable, "-m", "bot", "service", "status"], capture_output=True, text=True,
-                            timeout=120, env=env)
+    status = subprocess.run(
+        [sys.executable, "-m", "bot", "service", "status"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert status.returncode == 0, status.stderr
     assert "(not installed)" in status.stdout and "bot: not running" in status.stdout
-    stop = subprocess.run([sys.executable, "-m", "bot", "service", "stop"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    stop = subprocess.run(
+        [sys.executable, "-m", "bot", "service", "stop"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert stop.returncode == 2 and "not installed" in stop.stderr
 
 

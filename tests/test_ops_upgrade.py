@@ -28,7 +28,8 @@ def load_fixture(version: int, path: Path) -> None:
     assert fixture.is_file(), (
         f"{fixture.relative_to(FIXTURES.parents[2])} is missing: every schema version before the current one "
         f"(v{CURRENT}) needs a fixture. Create it with `python tests/fixtures/schema/make_fixture.py {version}` "
-        "(it applies the first migrations and sample rows) and commit it.")
+        "(it applies the first migrations and sample rows) and commit it."
+    )
     db = sqlite3.connect(path)
     db.executescript(fixture.read_text(encoding="utf-8"))
     db.close()
@@ -46,8 +47,11 @@ def row_counts(path: Path) -> dict[str, int]:
     db = sqlite3.connect(path)
     try:
         kinds = {row[1]: row[2] for row in db.execute("PRAGMA table_list")}
-        return {name: db.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
-                for name, kind in kinds.items() if kind == "table" and not name.startswith("sqlite")}
+        return {
+            name: db.execute(f'SELECT COUNT(*) FROM "{name}"').fetchone()[0]
+            for name, kind in kinds.items()
+            if kind == "table" and not name.startswith("sqlite")
+        }
     finally:
         db.close()
 
@@ -63,8 +67,10 @@ def migrated_by_hand(version: int, path: Path) -> None:
 
 def test_every_earlier_schema_version_has_a_fixture():
     missing = [f"v{version}.sql" for version in range(1, CURRENT) if not (FIXTURES / f"v{version}.sql").is_file()]
-    assert not missing, (f"missing schema fixtures {missing} in tests/fixtures/schema: run "
-                         f"`python tests/fixtures/schema/make_fixture.py N` for each and commit them")
+    assert not missing, (
+        f"missing schema fixtures {missing} in tests/fixtures/schema: run "
+        f"`python tests/fixtures/schema/make_fixture.py N` for each and commit them"
+    )
 
 
 @pytest.mark.parametrize("version", range(CURRENT))
@@ -78,14 +84,24 @@ def test_a_database_of_each_earlier_version_upgrades_with_its_rows(version, tmp_
         migrated_by_hand(version, reference)
         assert schema(old) == schema(reference), (
             f"v{version}.sql no longer matches the first {version} migrations: a migration was edited "
-            "(append a new one instead)")
+            "(append a new one instead)"
+        )
     before = row_counts(old)
 
     with Store(old) as store:
         counts = store.counts()
         examples = store.curated_examples()
-        new_id = store.log_message(4242, 4242, "E agora?", "Agora joga em casa.", model_id="m", adapter_version=None,
-                                   latency_s=0.5, prompt_tokens=9, completion_tokens=4)
+        new_id = store.log_message(
+            4242,
+            4242,
+            "E agora?",
+            "Agora joga em casa.",
+            model_id="m",
+            adapter_version=None,
+            latency_s=0.5,
+            prompt_tokens=9,
+            completion_tokens=4,
+        )
         assert store.message(new_id).answer == "Agora joga em casa."
         forgotten = store.forget_user(4343)
 
@@ -102,7 +118,8 @@ def test_a_database_of_each_earlier_version_upgrades_with_its_rows(version, tmp_
     kept = [name for name in before if name not in seeded]
     assert {name: after[name] for name in kept} == {
         name: before[name] + (name == "messages") + (name == "forgotten_users") - forgotten.get(name, 0)
-        for name in kept}  # the forget leaves its tombstone
+        for name in kept
+    }  # the forget leaves its tombstone
     if version >= 1:  # the v1 sample rows, read through today's code
         assert counts["messages"] == 4 and counts["feedback_up"] == 1 and counts["corrections"] == 1
         assert counts["opted_out"] == 1
@@ -114,15 +131,23 @@ def test_a_database_of_each_earlier_version_upgrades_with_its_rows(version, tmp_
         match = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
         assert len(db.execute(match, ("golfinho",)).fetchall()) == 1
         assert db.execute(match, ("polvo",)).fetchall() == []
-        unrecorded = "SELECT COUNT(*) FROM facts WHERE (id, revision) NOT IN (SELECT fact_id, revision FROM fact_revisions)"
+        unrecorded = (
+            "SELECT COUNT(*) FROM facts WHERE (id, revision) NOT IN (SELECT fact_id, revision FROM fact_revisions)"
+        )
         assert db.execute(unrecorded).fetchone()[0] == 0  # every fact's current words are in its history
         db.close()
 
 
 def test_the_bot_backs_up_an_older_database_then_migrates_it(tiny_model_dir, isolated_env):
     load_fixture(1, isolated_env / "farense.db")
-    result = subprocess.run([sys.executable, "-m", "bot"], input="", capture_output=True, text=True, timeout=120,
-                            env=os.environ | {"MODEL_PATH": str(tiny_model_dir)})
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"MODEL_PATH": str(tiny_model_dir)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     archives = list_backups(isolated_env / "backups")
     if CURRENT > 1:

@@ -22,16 +22,20 @@ QUESTION = f"Was the {WORD} ever the mascot of SC Farense?"
 
 
 def run_cli(package: str, *argv: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", package, *argv], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-m", package, *argv], capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
 
 def files_holding(root: Path, word: str) -> list[Path]:
     """`grep -rl word root`, in Python: every file whose bytes hold the word."""
-    return sorted(path for path in root.rglob("*")
-                  if path.is_file() and not path.is_symlink() and word.encode() in path.read_bytes())
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink() and word.encode() in path.read_bytes()
+    )
 
 
 def rated_up(bot, question: str) -> int:
@@ -48,8 +52,9 @@ def rated_up(bot, question: str) -> int:
 def forget(bot) -> str:
     since = len(bot.server.calls())
     bot.server.push_message(FAN, FAN, "/forget", language_code="en")
-    reply = bot.server.wait_for(lambda c: c.method == "sendMessage" and "Deleted" in c.params.get("text", ""),
-                                60, since).params["text"]
+    reply = bot.server.wait_for(
+        lambda c: c.method == "sendMessage" and "Deleted" in c.params.get("text", ""), 60, since
+    ).params["text"]
     bot.settle()
     return reply
 
@@ -96,13 +101,17 @@ def test_forget_while_the_answer_is_generated_stores_nothing_and_replies_after_i
     assert generating.wait(60), "the answer never started"
     bot.server.push_message(FAN, FAN, "/forget")
     threading.Timer(1.0, release.set).start()  # the forget is handled while the answer is generated
-    forgot = bot.server.wait_for(lambda c: c.method == "sendMessage" and "guardado sobre si" in c.params.get("text", ""),
-                                 60, since)
+    forgot = bot.server.wait_for(
+        lambda c: c.method == "sendMessage" and "guardado sobre si" in c.params.get("text", ""), 60, since
+    )
     bot.settle()
 
     calls = bot.server.calls()[since:]
-    answer = [c for c in calls if c.method in ("sendMessage", "editMessageText")
-              and c.params.get("chat_id") == FAN and c is not forgot][-1]
+    answer = [
+        c
+        for c in calls
+        if c.method in ("sendMessage", "editMessageText") and c.params.get("chat_id") == FAN and c is not forgot
+    ][-1]
     assert calls.index(answer) < calls.index(forgot), "the reply to /forget came before the answer"
     assert "reply_markup" not in answer.params  # nothing stored, nothing to rate
     counts = bot.store.counts()
@@ -130,13 +139,23 @@ def test_optout_and_the_refused_admin_attempts_survive_forget(start_bot):
 
 # -- point 13: the home is the owner's alone ---------------------------------------------------------
 
+
 def test_every_entry_point_keeps_the_home_for_its_owner(isolated_env):
     from data.store import Store
 
     home = isolated_env
     with Store(home / "farense.db") as store:
-        store.log_message(FAN, FAN, QUESTION, "No.", model_id=None, adapter_version=None, latency_s=None,
-                          prompt_tokens=None, completion_tokens=None)
+        store.log_message(
+            FAN,
+            FAN,
+            QUESTION,
+            "No.",
+            model_id=None,
+            adapter_version=None,
+            latency_s=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+        )
     run_cli("data", "build")
     (home / "logs").mkdir()
     (home / "logs" / "bot.log").write_text("a fan's question\n")
@@ -147,13 +166,14 @@ def test_every_entry_point_keeps_the_home_for_its_owner(isolated_env):
     run_cli("data", "build")
     everything = [path for path in home.rglob("*") if "models" not in path.parts]
     assert everything and all(path.stat().st_mode & 0o077 == 0 for path in everything), [
-        (str(path), oct(path.stat().st_mode)) for path in everything if path.stat().st_mode & 0o077]
+        (str(path), oct(path.stat().st_mode)) for path in everything if path.stat().st_mode & 0o077
+    ]
 
 
 # -- point 14: bounded disk ------------------------------------------------------------------------
 
-def test_retention_keeps_the_newest_runs_datasets_and_backups_and_rotates_the_service_log(isolated_env,
-                                                                                         monkeypatch):
+
+def test_retention_keeps_the_newest_runs_datasets_and_backups_and_rotates_the_service_log(isolated_env, monkeypatch):
     from common.home import Home
     from data.backup import NAME, list_backups
 
@@ -162,8 +182,13 @@ def test_retention_keeps_the_newest_runs_datasets_and_backups_and_rotates_the_se
     home = Home(isolated_env)
     simulate_nights(isolated_env, 30, scale=0.01, log_bytes_per_night=50_000)
     before = home.disk_use()
-    for name, value in {"KEEP_RUNS": "4", "KEEP_DATASETS": "3", "BACKUP_MAX_AGE_DAYS": "14",
-                        "LOG_MAX_MB": "1", "LOG_BACKUPS": "2"}.items():
+    for name, value in {
+        "KEEP_RUNS": "4",
+        "KEEP_DATASETS": "3",
+        "BACKUP_MAX_AGE_DAYS": "14",
+        "LOG_MAX_MB": "1",
+        "LOG_BACKUPS": "2",
+    }.items():
         monkeypatch.setenv(name, value)
 
     result = run_cli("bot", "retention")
@@ -189,10 +214,16 @@ def test_status_and_doctor_show_the_disk_use_of_the_home_by_part(start_bot):
     status = bot.server.wait_for("sendMessage", since=since).params["text"]
     bot.settle()
     disk = next(line for line in status.splitlines() if line.startswith("Disk: "))
-    assert all(part in disk for part in ("database", "models", "adapters", "runs", "datasets", "backups",
-                                         "logs", "total"))
-    doctor = subprocess.run([sys.executable, "-m", "bot", "doctor", "--timeout", "0.5"], capture_output=True,
-                            text=True, timeout=300, env=dict(os.environ))
+    assert all(
+        part in disk for part in ("database", "models", "adapters", "runs", "datasets", "backups", "logs", "total")
+    )
+    doctor = subprocess.run(
+        [sys.executable, "-m", "bot", "doctor", "--timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert "FARENSE_HOME uses database" in doctor.stdout, doctor.stdout + doctor.stderr
 
 
@@ -223,8 +254,15 @@ def test_the_nightly_job_applies_retention_and_reports_it(isolated_env, tiny_mod
 
     try:
         with Store(isolated_env / "farense.db") as store:
-            asyncio.run(nightly_retrain(retrainer, store, datetime(2025, 5, 1, 3), notify,
-                                        functools.partial(retention_report, DataSettings.load(), BotSettings.load())))
+            asyncio.run(
+                nightly_retrain(
+                    retrainer,
+                    store,
+                    datetime(2025, 5, 1, 3),
+                    notify,
+                    functools.partial(retention_report, DataSettings.load(), BotSettings.load()),
+                )
+            )
     finally:
         retrainer._lock.release()
         engine.close()

@@ -36,8 +36,10 @@ def test_plain_lines_off_a_terminal_with_counts_status_and_eta():
     with Progress("work", 100, stream=quiet) as progress:  # a log file: a line now and then, and the last
         for done in range(1, 101):
             progress.update(done)
-    assert [line.split(" elapsed")[0] for line in quiet.getvalue().splitlines()] == ["work: 0/100 it (0%)",
-                                                                                   "work: 100/100 it (100%)"]
+    assert [line.split(" elapsed")[0] for line in quiet.getvalue().splitlines()] == [
+        "work: 0/100 it (0%)",
+        "work: 100/100 it (100%)",
+    ]
 
 
 def test_a_bar_on_a_terminal():
@@ -50,12 +52,24 @@ def test_a_bar_on_a_terminal():
 
 
 def test_training_shows_progress_and_its_events_keep_their_shape(dataset, tiny_env):
-    result = cli("run", "--dataset", dataset, "--events", "--iters", "6", "--eval-every", "3", "--val-batches", "2",
-                 env=tiny_env)
+    result = cli(
+        "run", "--dataset", dataset, "--events", "--iters", "6", "--eval-every", "3", "--val-batches", "2", env=tiny_env
+    )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [e["event"] for e in events if e["event"] != "checkpoint"] == \
-        ["start", "eval", "step", "step", "step", "eval", "step", "step", "step", "eval", "done"]
+    assert [e["event"] for e in events if e["event"] != "checkpoint"] == [
+        "start",
+        "eval",
+        "step",
+        "step",
+        "step",
+        "eval",
+        "step",
+        "step",
+        "step",
+        "eval",
+        "done",
+    ]
     assert all(set(e) == STEP_EVENT_KEYS for e in events if e["event"] == "step")
     assert "training: 0/6 step (0%)" in result.stderr
     assert re.search(r"training: 6/6 step \(100%\) loss \d+\.\d{3} val \d+\.\d{3} tok_s \d+ elapsed", result.stderr)
@@ -92,7 +106,11 @@ def test_converting_a_model_says_so(tmp_path, default_model_dir):
     downloads = tmp_path / "models" / "downloads"
     downloads.mkdir(parents=True)
     shutil.copy(default_model_dir.parent / "downloads" / DEFAULT_GGUF_NAME, downloads)
-    code = f"from inference.modelstore import ensure_default_model; ensure_default_model(__import__('pathlib').Path({str(tmp_path / 'models')!r}))"
+    models = str(tmp_path / "models")
+    code = (
+        "from pathlib import Path; from inference.modelstore import ensure_default_model; "
+        f"ensure_default_model(Path({models!r}))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"converting {DEFAULT_GGUF_NAME} to an mlx-lm model (once): 0/1 model (0%)" in result.stderr

@@ -13,8 +13,8 @@ import pytest
 from telegram.error import InvalidToken
 
 from bot.settings import BotSettings
-from inference.adapters import read_production
 from common.settings import SettingsError
+from inference.adapters import read_production
 from training.lifecycle.registry import Registry
 
 from .botapi import BotApiServer
@@ -46,15 +46,19 @@ def audit(store):
 def test_every_admin_command_refuses_non_admins_in_every_form(start_bot, isolated_env, tiny_model_dir, tmp_path):
     registry = Registry(isolated_env, base_model=tiny_model_dir)
     for seed in (1, 2):
-        registry.promote(registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"a{seed}",
-                                                             seed=seed)).version, by="test", reason="setup")
+        registry.promote(
+            registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed)).version,
+            by="test",
+            reason="setup",
+        )
     bot = start_bot(rate_limit_per_minute=1000, updates_per_minute=1000, max_tokens=4)
     server = bot.server
     server.push_message(GROUP, BOT_ADMIN, "olá", chat_type="group", first_name="Admin")
     answer = bot.ask(GROUP, USER, "@farense_test_bot Quem fundou o Farense?", chat_type="group", language_code="en")
     answer_message = server.sent_messages(GROUP)[-1]
-    admin_message = next(m for (c, _), m in server.state.messages.items()
-                         if c == GROUP and m["from"]["id"] == BOT_ADMIN)
+    admin_message = next(
+        m for (c, _), m in server.state.messages.items() if c == GROUP and m["from"]["id"] == BOT_ADMIN
+    )
     forwarded_from_admin = {"type": "user", "date": 0, "sender_user": admin_message["from"]}
     start = len(server.calls())
 
@@ -63,8 +67,12 @@ def test_every_admin_command_refuses_non_admins_in_every_form(start_bot, isolate
         attempts += [
             (USER, USER, command, {}),  # private chat
             (USER, GROUP, command, {"chat_type": "group"}),
-            (USER, GROUP, command.replace(" ", "@farense_test_bot ", 1) if " " in command
-             else command + "@farense_test_bot", {"chat_type": "group"}),
+            (
+                USER,
+                GROUP,
+                command.replace(" ", "@farense_test_bot ", 1) if " " in command else command + "@farense_test_bot",
+                {"chat_type": "group"},
+            ),
             (USER, GROUP, command, {"chat_type": "group", "reply_to_message": answer_message}),
             (USER, GROUP, command, {"chat_type": "group", "reply_to_message": admin_message}),
             (USER, USER, command, {"forward_origin": forwarded_from_admin}),  # an admin's words, forwarded
@@ -110,16 +118,32 @@ def test_votes_cannot_be_forged_onto_someone_elses_answer(start_bot, caplog):
     mine_id = int(mine.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
     their_id = int(theirs.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
     on_their_message = theirs.response["result"]["message_id"]
-    forged = [f"fb:{mine_id}:down", f"fb:{mine_id}:up", f"fb:{mine_id + 1000}:up", f"fb:{mine_id}:up\n",
-              f"fb:{mine_id}:up:x", f"fb: {mine_id}:up", "fb:١:up", "fb:" + "9" * 30 + ":up", "fb:-1:up",
-              "fb:0:up", "fb::up", "status", "rollback", "", "fb:%d:sideways" % mine_id]
+    forged = [
+        f"fb:{mine_id}:down",
+        f"fb:{mine_id}:up",
+        f"fb:{mine_id + 1000}:up",
+        f"fb:{mine_id}:up\n",
+        f"fb:{mine_id}:up:x",
+        f"fb: {mine_id}:up",
+        "fb:١:up",
+        "fb:" + "9" * 30 + ":up",
+        "fb:-1:up",
+        "fb:0:up",
+        "fb::up",
+        "status",
+        "rollback",
+        "",
+        f"fb:{mine_id}:sideways",
+    ]
     caplog.set_level(logging.WARNING)
     start = len(server.calls())
-    queries = [server.push_callback_query(OTHER, OTHER, on_their_message, data)["callback_query"]["id"]
-               for data in forged]  # OTHER presses "buttons" that name USER's answer (or nonsense)
+    queries = [
+        server.push_callback_query(OTHER, OTHER, on_their_message, data)["callback_query"]["id"] for data in forged
+    ]  # OTHER presses "buttons" that name USER's answer (or nonsense)
     bot.settle()
-    answered = {c.params["callback_query_id"]: c.params.get("text") for c in sent(since(bot, start),
-                                                                                  "answerCallbackQuery")}
+    answered = {
+        c.params["callback_query_id"]: c.params.get("text") for c in sent(since(bot, start), "answerCallbackQuery")
+    }
     assert set(answered) == set(queries)  # every press is answered: no spinner left, no crash
     refused = [data for data, query in zip(forged, queries) if answered[query]]
     assert refused == forged[:3] + ["fb:0:up"]  # well-formed but not OTHER's to rate; the rest is stale
@@ -140,8 +164,12 @@ def test_forget_deletes_only_the_senders_data_whatever_it_names(start_bot):
     server = bot.server
     for user in (USER, OTHER, BOT_ADMIN):
         final = bot.ask(user, user, f"Pergunta de {user}?")
-        server.push_callback_query(user, user, final.response["result"]["message_id"],
-                                   final.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+        server.push_callback_query(
+            user,
+            user,
+            final.response["result"]["message_id"],
+            final.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"],
+        )
         bot.ask(GROUP, user, f"@farense_test_bot Pergunta de grupo de {user}?", chat_type="group")
     bot.settle()
     other_rows = [bot.store.message(i) for i in range(1, 7)]
@@ -200,17 +228,27 @@ def test_the_token_never_appears_in_logs_errors_or_status(start_bot, caplog, mon
 
 @pytest.mark.parametrize("server_token", [BOT_TOKEN.replace("FARENSE", "OTHER"), None])
 def test_a_refused_or_unreachable_telegram_at_start_is_one_line_without_the_token(
-        server_token, tiny_model_dir, isolated_env):
+    server_token, tiny_model_dir, isolated_env
+):
     """PTB's own InvalidToken message (and its log line) quote the token; neither may reach stderr."""
     server = BotApiServer(server_token or BOT_TOKEN).start()
     base_url = server.base_url
     if server_token is None:
         server.stop()  # nothing listens there any more
     try:
-        env = os.environ | {"MODEL_PATH": str(tiny_model_dir), "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
-                            "TELEGRAM_BASE_URL": base_url}
-        process = subprocess.Popen([sys.executable, "-m", "bot"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env)
+        env = os.environ | {
+            "MODEL_PATH": str(tiny_model_dir),
+            "TELEGRAM_BOT_TOKEN": BOT_TOKEN,
+            "TELEGRAM_BASE_URL": base_url,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             out, err = process.communicate(timeout=120)
         finally:

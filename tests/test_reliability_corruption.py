@@ -22,9 +22,9 @@ from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError
 from inference.engine import Engine
 from inference.settings import InferenceSettings
 from training import runs
-from training.trainer import checkpoint
 from training.lifecycle.pipeline import run_pipeline
 from training.lifecycle.registry import Registry
+from training.trainer import checkpoint
 
 from .helpers import BOT_ADMIN, lifecycle_env, train_here, write_dataset, write_seed
 from .models import make_adapter
@@ -61,32 +61,42 @@ def _nan(folder: Path) -> None:
 CORRUPTIONS = {
     "weights: empty file": (lambda f: (f / WEIGHTS_FILE).write_bytes(b""), "not a safetensors file"),
     "weights: 5 bytes": (lambda f: (f / WEIGHTS_FILE).write_bytes(b"\1\2\3\4\5"), "not a safetensors file"),
-    "weights: random garbage": (lambda f: (f / WEIGHTS_FILE).write_bytes(random.Random(7).randbytes(4096)),
-                                "corrupt safetensors header"),
+    "weights: random garbage": (
+        lambda f: (f / WEIGHTS_FILE).write_bytes(random.Random(7).randbytes(4096)),
+        "corrupt safetensors header",
+    ),
     "weights: truncated by half": (_truncate, "truncated"),
     "weights: missing": (lambda f: (f / WEIGHTS_FILE).unlink(), "is missing"),
     "weights: header length past the end": (
-        lambda f: (f / WEIGHTS_FILE).write_bytes(struct.pack("<Q", 10_000) + b"{}"), "corrupt safetensors header"),
+        lambda f: (f / WEIGHTS_FILE).write_bytes(struct.pack("<Q", 10_000) + b"{}"),
+        "corrupt safetensors header",
+    ),
     "weights: header not an object": (lambda f: _header(f, b'["a", 1]'), "header is not a JSON object"),
     "weights: offsets not numbers": (
         lambda f: _header(f, b'{"x.lora_a": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}'),
-        "corrupt entry for tensor 'x.lora_a'"),
+        "corrupt entry for tensor 'x.lora_a'",
+    ),
     "weights: infinite shape": (
         lambda f: _header(f, b'{"x.lora_a": {"dtype": "F32", "shape": [1e999], "data_offsets": [0, 4]}}'),
-        "corrupt entry for tensor 'x.lora_a'"),
+        "corrupt entry for tensor 'x.lora_a'",
+    ),
     "weights: no LoRA tensors": (
         lambda f: _header(f, b'{"x.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'),
-        "holds no LoRA tensors"),
+        "holds no LoRA tensors",
+    ),
     "config: missing": (lambda f: (f / CONFIG_FILE).unlink(), "adapter_config.json is missing"),
     "config: not JSON": (lambda f: (f / CONFIG_FILE).write_text('{"num_layers": 2,'), "is not valid JSON"),
     "config: a JSON list": (lambda f: (f / CONFIG_FILE).write_text("[2, 4]"), "is not a JSON object"),
     "config: no lora_parameters": (lambda f: _config(f, lambda c: {"num_layers": 2}), "lacks a valid"),
-    "config: rank 0": (lambda f: _config(f, lambda c: c | {"lora_parameters": c["lora_parameters"] | {"rank": 0}}),
-                       "rank of at least 1"),
+    "config: rank 0": (
+        lambda f: _config(f, lambda c: c | {"lora_parameters": c["lora_parameters"] | {"rank": 0}}),
+        "rank of at least 1",
+    ),
     "config: more layers than the model": (lambda f: _config(f, lambda c: c | {"num_layers": 5}), "5 layers"),
     "config: rank not that of the weights": (
         lambda f: _config(f, lambda c: c | {"lora_parameters": c["lora_parameters"] | {"rank": 8}}),
-        "does not fit the base model"),
+        "does not fit the base model",
+    ),
     "weights: NaN values": (_nan, "non-finite"),
 }
 FIT_ONLY = ("config: more layers than the model", "config: rank not that of the weights", "weights: NaN values")
@@ -108,8 +118,9 @@ def test_a_damaged_adapter_is_never_registered_nor_promoted(kind, isolated_env, 
     assert registry.versions() == []
 
     # The same damage to a version already registered: promotion re-verifies and refuses it.
-    v1, v2 = (registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"good{s}", seed=s)).version
-              for s in (1, 2))
+    v1, v2 = (
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"good{s}", seed=s)).version for s in (1, 2)
+    )
     registry.promote(v1, by="test", reason="setup")
     CORRUPTIONS[kind][0](registry.root / v2)
     with pytest.raises(AdapterError) as refused:
@@ -119,7 +130,8 @@ def test_a_damaged_adapter_is_never_registered_nor_promoted(kind, isolated_env, 
 
 
 def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
-        start_bot, isolated_env, tiny_model_dir, tmp_path, caplog):
+    start_bot, isolated_env, tiny_model_dir, tmp_path, caplog
+):
     registry = Registry(isolated_env, base_model=tiny_model_dir)
     for seed in (1, 2):
         registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"good{seed}", seed=seed))
@@ -160,7 +172,8 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
 
 
 def test_a_damaged_production_adapter_at_start_serves_the_base_model_and_says_why(
-        isolated_env, tiny_model_dir, tmp_path, caplog):
+    isolated_env, tiny_model_dir, tmp_path, caplog
+):
     registry = Registry(isolated_env, base_model=tiny_model_dir)
     for seed in (1, 2):
         registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"good{seed}", seed=seed))
@@ -194,8 +207,9 @@ def test_a_damaged_production_adapter_at_start_serves_the_base_model_and_says_wh
 
 def test_torn_history_line_is_skipped_and_said(isolated_env, tiny_model_dir, tmp_path, caplog):
     registry = Registry(isolated_env, base_model=tiny_model_dir)
-    registry.promote(registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a")).version,
-                     by="test", reason="setup")
+    registry.promote(
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "a")).version, by="test", reason="setup"
+    )
     with open(registry.root / "history.jsonl", "a") as handle:
         handle.write('{"at": "2026-01-01T03:00:00+0000", "action": "prom')  # a crash mid-append
     with caplog.at_level(logging.WARNING, logger="training.lifecycle.registry"):
@@ -204,20 +218,20 @@ def test_torn_history_line_is_skipped_and_said(isolated_env, tiny_model_dir, tmp
 
 
 def test_a_run_whose_checkpoints_are_all_corrupt_is_not_resumed_but_trained_afresh(
-        monkeypatch, tmp_path, tiny_model_dir, isolated_env, caplog):
+    monkeypatch, tmp_path, tiny_model_dir, isolated_env, caplog
+):
     lifecycle_env(monkeypatch, tiny_model_dir, write_seed(tmp_path / "seed"))
-    args = ["--iters", "4", "--batch-size", "2", "--val-batches", "2", "--eval-every", "2",
-            "--checkpoint-every", "2"]
-    interrupted, _ = train_here(write_dataset(tmp_path / "dataset"), iters=4, batch_size=2, val_batches=2,
-                                eval_every=2, checkpoint_every=2)
+    args = ["--iters", "4", "--batch-size", "2", "--val-batches", "2", "--eval-every", "2", "--checkpoint-every", "2"]
+    interrupted, _ = train_here(
+        write_dataset(tmp_path / "dataset"), iters=4, batch_size=2, val_batches=2, eval_every=2, checkpoint_every=2
+    )
     status = json.loads((interrupted.dir / "status.json").read_text())
     (interrupted.dir / "status.json").write_text(json.dumps(status | {"state": "failed"}))  # as if it crashed
     for folder in checkpoint.checkpoints(interrupted.checkpoints):
         (folder / "index.json").write_text("{garbage")
     events: list[dict] = []
     with caplog.at_level(logging.WARNING, logger="training.lifecycle.pipeline"):
-        result = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=events.append,
-                              train_args=args)
+        result = run_pipeline(trigger="nightly", requested_by="scheduler", on_progress=events.append, train_args=args)
     assert f"cannot resume {interrupted.id}" in caplog.text and "checkpoint" in caplog.text
     assert result.outcome in ("promoted", "rejected"), result.message
     assert result.run_dir != interrupted.dir and runs.Run(result.run_dir).status()["state"] == "finished"
@@ -229,8 +243,12 @@ def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, i
     answers = [bot.ask(USER, USER, f"Pergunta {n} sobre o Farense?") for n in range(3)]
     ids = [bot.store.message_by_telegram_id(USER, a.response["result"]["message_id"]).id for a in answers]
     for answer in answers:  # 👍 on all three: all would be training data
-        bot.server.push_callback_query(USER, USER, answer.response["result"]["message_id"],
-                                       answer.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
+        bot.server.push_callback_query(
+            USER,
+            USER,
+            answer.response["result"]["message_id"],
+            answer.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"],
+        )
     bot.settle()
     raw = sqlite3.connect(bot.store.path)
     raw.execute("UPDATE messages SET answer = x'00ff' WHERE id = ?", (ids[0],))  # a blob, not text
@@ -241,8 +259,10 @@ def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, i
     with caplog.at_level(logging.WARNING):
         build = build_dataset(DataSettings.load(), bot.store)
     problems = {p["line"]: p["reason"] for p in build.manifest["problems"] if "#messages" in p["file"]}
-    assert problems == {ids[0]: "corrupt row: answer is b'\\x00\\xff'",
-                        ids[1]: "corrupt row: question is undecodable text"}
+    assert problems == {
+        ids[0]: "corrupt row: answer is b'\\x00\\xff'",
+        ids[1]: "corrupt row: question is undecodable text",
+    }
     assert build.manifest["sources"]["feedback"] == 1  # the intact one only
     since = len(bot.server.calls())
     bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status")
@@ -255,17 +275,20 @@ def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, i
     assert bot.store.counts()["messages"] == 0
 
 
-@pytest.mark.parametrize("line, reason", [
-    (b'{"question": "Q?", "answer": "A."', "bad JSON"),
-    (b'["Q?", "A."]', "expected a JSON object, got list"),
-    (b'{"question": "Q?"}', "missing key 'answer'"),
-    (b'{"question": 7, "answer": "A."}', "'question' should be str, got int"),
-    (b'{"question": "  ", "answer": "A."}', "'question' is empty"),
-    (b'{"question": "Q\xff?", "answer": "A."}', "invalid UTF-8"),
-    (b'{"question": "Q\\ud800?", "answer": "A."}', "'question' is not valid Unicode"),
-    (b'{"messages": [{"role": "user", "content": "Q?"}]}', "exactly one user and one assistant"),
-    (b'{"messages": "Q?"}', "'messages' should be a list of objects"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b'{"question": "Q?", "answer": "A."', "bad JSON"),
+        (b'["Q?", "A."]', "expected a JSON object, got list"),
+        (b'{"question": "Q?"}', "missing key 'answer'"),
+        (b'{"question": 7, "answer": "A."}', "'question' should be str, got int"),
+        (b'{"question": "  ", "answer": "A."}', "'question' is empty"),
+        (b'{"question": "Q\xff?", "answer": "A."}', "invalid UTF-8"),
+        (b'{"question": "Q\\ud800?", "answer": "A."}', "'question' is not valid Unicode"),
+        (b'{"messages": [{"role": "user", "content": "Q?"}]}', "exactly one user and one assistant"),
+        (b'{"messages": "Q?"}', "'messages' should be a list of objects"),
+    ],
+)
 def test_malformed_jsonl_lines_are_reported_with_their_place_and_the_rest_is_built(line, reason, tmp_path):
     from .helpers import seed_pairs
     from .helpers import write_qa_seed as write_qa

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.home import Home
 from inference.adapters import read_adapter, read_production
 from training import runs
-from training.trainer import checkpoint
-from common.home import Home
 from training.lifecycle.pipeline import pipeline_state, run_pipeline
 from training.lifecycle.registry import PRODUCTION, Registry
+from training.trainer import checkpoint
 
 from .helpers import clean_env, command, events, lifecycle_env, metrics, write_dataset, write_seed
 from .models import make_adapter
@@ -156,19 +156,27 @@ def check_registry(home: Path, model: Path, allowed: set[str | None] | None = No
         assert history[-1]["version"] == serving, (history[-1], repaired)
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == [".lock"], repaired
     for entry in entries:
-        assert sorted(p.name for p in entry.path.iterdir()) == ["adapter_config.json", "adapters.safetensors",
-                                                                "version.json"]
+        assert sorted(p.name for p in entry.path.iterdir()) == [
+            "adapter_config.json",
+            "adapters.safetensors",
+            "version.json",
+        ]
     return serving
 
 
 def run_child(code: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env if env is not None else dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env if env is not None else dict(os.environ),
+    )
 
 
 # --- promotion: every phase, deterministically ---------------------------------------------------
 
-SWITCH = r'''
+SWITCH = r"""
 import sys
 from pathlib import Path
 from training.lifecycle.registry import Registry
@@ -178,19 +186,23 @@ if sys.argv[3] == "promote":
 else:
     registry.rollback(by="admin", reason="answers got worse")
 print("survived")
-'''
+"""
 
 
-@pytest.mark.parametrize("point, after", [
-    ("promote:1:before", "v0001"),  # killed before the pointer moved: still the old version
-    ("promote:1:after", "v0002"),  # pointer moved; neither status nor history written yet
-    ("promote:2:after", "v0002"),  # the old version retired, the new one not yet marked
-    ("promote:3:after", "v0002"),  # statuses written, the history line not
-    ("rollback:1:after", "v0001"),
-    ("rollback:3:after", "v0001"),
-])
+@pytest.mark.parametrize(
+    "point, after",
+    [
+        ("promote:1:before", "v0001"),  # killed before the pointer moved: still the old version
+        ("promote:1:after", "v0002"),  # pointer moved; neither status nor history written yet
+        ("promote:2:after", "v0002"),  # the old version retired, the new one not yet marked
+        ("promote:3:after", "v0002"),  # statuses written, the history line not
+        ("rollback:1:after", "v0001"),
+        ("rollback:3:after", "v0001"),
+    ],
+)
 def test_promotion_killed_at_each_phase_leaves_old_or_new_and_a_working_registry(
-        point, after, kill_hook, isolated_env, tiny_model_dir, tmp_path):
+    point, after, kill_hook, isolated_env, tiny_model_dir, tmp_path
+):
     registry = Registry(isolated_env, base_model=tiny_model_dir)
     for seed in (1, 2):
         registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed))
@@ -220,7 +232,7 @@ def test_promotion_killed_at_each_phase_leaves_old_or_new_and_a_working_registry
 
 # --- promotion: random points, many times -------------------------------------------------------
 
-CHURN = r'''
+CHURN = r"""
 import sys
 from pathlib import Path
 from training.lifecycle.registry import Registry, RegistryError
@@ -246,18 +258,22 @@ while True:
     except RegistryError:  # e.g. nothing to roll back to
         pass
     print("done", flush=True)
-'''
+"""
 
 
 def churn_and_kill(home: Path, model: Path, adapter: Path, kills: int, rng: random.Random) -> Counter:
     """Kill a process that promotes, rolls back and adds versions nonstop, `kills` times; check each time."""
     interrupted: Counter = Counter()
     for _ in range(kills):
-        child = subprocess.Popen([sys.executable, "-c", CHURN, str(home), str(model), str(adapter)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHURN, str(home), str(model), str(adapter)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(child.stdout))
+        reader = threading.Thread(target=lambda lines=lines, child=child: lines.extend(child.stdout))
         reader.start()
         threading.Event().wait(rng.uniform(0.05, 0.6))  # a random point of the churn
         child.send_signal(signal.SIGKILL)
@@ -293,9 +309,23 @@ def test_soak_promotions_killed_at_random_points(isolated_env, tiny_model_dir, t
 
 # --- training: a step, a checkpoint write ------------------------------------------------------
 
+
 def run_args(iters: int) -> tuple:
-    return ("--iters", iters, "--batch-size", 4, "--eval-every", 4, "--learning-rate", "1e-3",
-            "--warmup-steps", 2, "--checkpoint-every", 2, "--events")
+    return (
+        "--iters",
+        iters,
+        "--batch-size",
+        4,
+        "--eval-every",
+        4,
+        "--learning-rate",
+        "1e-3",
+        "--warmup-steps",
+        2,
+        "--checkpoint-every",
+        2,
+        "--events",
+    )
 
 
 def check_runs(home: Path) -> None:
@@ -310,22 +340,29 @@ def check_runs(home: Path) -> None:
                 read_adapter(saved)
 
 
-def kill_training_repeatedly(root: Path, model: Path, models_root: Path, *, iters: int, kills: int,
-                             rng: random.Random) -> list[tuple[int, str]]:
+def kill_training_repeatedly(
+    root: Path, model: Path, models_root: Path, *, iters: int, kills: int, rng: random.Random
+) -> list[tuple[int, str]]:
     """Train once without interruption, then again with SIGKILLs at random moments (steps,
     evaluations, checkpoint and adapter writes), resuming after each; both must end the same."""
     data = write_dataset(root / "dataset")
     reference_home, home = root / "reference", root / "killed"
-    done = subprocess.run(command("run", "--dataset", data, *run_args(iters)), capture_output=True, text=True,
-                          env=clean_env(reference_home, models_root, model), timeout=600)
+    done = subprocess.run(
+        command("run", "--dataset", data, *run_args(iters)),
+        capture_output=True,
+        text=True,
+        env=clean_env(reference_home, models_root, model),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     reference = reference_home / "runs" / events(done.stdout)[-1]["run_id"]
 
     env = clean_env(home, models_root, model)
     argv, codes, run_id, finished = ["--dataset", data, *run_args(iters)], [], None, False
     while len(codes) < kills:
-        child = subprocess.Popen(command("run", *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env)
+        child = subprocess.Popen(
+            command("run", *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         seen = []
         for line in child.stdout:  # kill once the run can be resumed: after its first checkpoint
             seen.append(json.loads(line))
@@ -350,8 +387,12 @@ def kill_training_repeatedly(root: Path, model: Path, models_root: Path, *, iter
 
     run_dir = home / "runs" / run_id
     assert [m["step"] for m in metrics(run_dir, "train")] == list(range(1, iters + 1))
-    np.testing.assert_allclose([m["loss"] for m in metrics(run_dir, "train")],
-                               [m["loss"] for m in metrics(reference, "train")], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        [m["loss"] for m in metrics(run_dir, "train")],
+        [m["loss"] for m in metrics(reference, "train")],
+        atol=1e-5,
+        rtol=0,
+    )
     import mlx.core as mx
 
     final, expected = (mx.load(str(d / "adapters" / "final" / "adapters.safetensors")) for d in (run_dir, reference))
@@ -362,18 +403,15 @@ def kill_training_repeatedly(root: Path, model: Path, models_root: Path, *, iter
     return codes
 
 
-def test_training_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir,
-                                                                              models_root):
-    kills = kill_training_repeatedly(tmp_path, tiny_model_dir, models_root, iters=8, kills=2,
-                                     rng=random.Random(SEED))
+def test_training_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, tiny_model_dir, models_root):
+    kills = kill_training_repeatedly(tmp_path, tiny_model_dir, models_root, iters=8, kills=2, rng=random.Random(SEED))
     print(f"\ntraining kills (exit code, last event before the kill): {kills}")
     assert kills and all(code in (-signal.SIGKILL, 0) for code, _ in kills)
 
 
 @pytest.mark.soak
 def test_soak_training_killed_at_random_points(tmp_path, tiny_model_dir, models_root):
-    kills = kill_training_repeatedly(tmp_path, tiny_model_dir, models_root, iters=40, kills=12,
-                                     rng=random.Random(SEED))
+    kills = kill_training_repeatedly(tmp_path, tiny_model_dir, models_root, iters=40, kills=12, rng=random.Random(SEED))
     print(f"\ntraining kills (exit code, last event before the kill): {kills}")
     assert sum(code == -signal.SIGKILL for code, _ in kills) >= 10
 
@@ -385,19 +423,51 @@ def lifecycle_home(monkeypatch, tmp_path, tiny_model_dir, isolated_env):
 
 
 def pipeline_child(*train_args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", "pipeline", "--events", "--trigger", "nightly",
-                           "--by", "scheduler", "--", *train_args], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "pipeline",
+            "--events",
+            "--trigger",
+            "nightly",
+            "--by",
+            "scheduler",
+            "--",
+            *train_args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
 
 
 def test_pipeline_killed_in_a_checkpoint_write_then_in_the_promotion_recovers(
-        lifecycle_home, kill_hook, tiny_model_dir, tmp_path):
+    lifecycle_home, kill_hook, tiny_model_dir, tmp_path
+):
     home = lifecycle_home
     registry = Registry(home)
-    registry.promote(registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "old")).version,
-                     by="test", reason="setup")  # v0001 serves; a candidate must beat it
-    args = ["--iters", "12", "--batch-size", "4", "--learning-rate", "2e-3", "--warmup-steps", "2",
-            "--eval-every", "4", "--val-batches", "2", "--checkpoint-every", "4"]
+    registry.promote(
+        registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "old")).version, by="test", reason="setup"
+    )  # v0001 serves; a candidate must beat it
+    args = [
+        "--iters",
+        "12",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "2e-3",
+        "--warmup-steps",
+        "2",
+        "--eval-every",
+        "4",
+        "--val-batches",
+        "2",
+        "--checkpoint-every",
+        "4",
+    ]
 
     # 1. The training child dies while writing its second checkpoint (files written, not in place).
     kill_hook("checkpoint:2")
@@ -427,8 +497,10 @@ def test_pipeline_killed_in_a_checkpoint_write_then_in_the_promotion_recovers(
     assert not list(run.checkpoints.glob(".step-*"))
     assert check_registry(home, tiny_model_dir, {"v0002"}) == "v0002"
     history = Registry(home).history()
-    assert [(h["action"], h["version"], h["from"]) for h in history] == [("promote", "v0001", None),
-                                                                        ("promote", "v0002", "v0001")]
+    assert [(h["action"], h["version"], h["from"]) for h in history] == [
+        ("promote", "v0001", None),
+        ("promote", "v0002", "v0001"),
+    ]
     state = pipeline_state(home)
     assert state["running"] is False  # its pid is gone: /status does not claim a run in progress
     assert lock_is_free(Home(home).pipeline_lock)

@@ -28,8 +28,13 @@ from inference.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, read_ada
 
 from .helpers import BOT_ADMIN
 
-EXAMPLES = {"message text": 150, "callback data": 150, "command arguments": 100, "dataset builder": 80,
-            "adapter files": 300}
+EXAMPLES = {
+    "message text": 150,
+    "callback data": 150,
+    "command arguments": 100,
+    "dataset builder": 80,
+    "adapter files": 300,
+}
 FUZZ = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=True)
 MAX_QUESTION = 1000
 BOT_USERNAME = "farense_test_bot"
@@ -39,19 +44,41 @@ HELP_START = ("Olá! Respondo a perguntas", "Hi! I answer questions")
 # Telegram text: any Unicode scalar value (lone surrogates cannot travel in UTF-8), control
 # characters included; Markdown/HTML specials, huge texts, empty and blank texts on purpose.
 CHARS = st.characters(blacklist_categories=("Cs",))
-SPECIAL = st.text(st.sampled_from(list("*_[]()~`>#+-=|{}.!<>&;\\\"'/@ \n\t\r\x00\u200b\u202e")), min_size=1,
-                  max_size=40)
-MARKUP = st.sampled_from(["<b>bold</b>", "*bold* _it_ `code` [link](http://x.y)", "&amp; &lt;tag&gt;",
-                          "<a href='tg://user?id=1'>x</a>", "```\ncode\n```", "||spoiler||", "\\", "@",
-                          f"@{BOT_USERNAME}", f"@{BOT_USERNAME} ", "/", "/start", "/unknown_command x",
-                          "", " ", "\n\n", "\x00", "\u200b", "🦁" * 3000])
+SPECIAL = st.text(
+    st.sampled_from(list("*_[]()~`>#+-=|{}.!<>&;\\\"'/@ \n\t\r\x00\u200b\u202e")), min_size=1, max_size=40
+)
+MARKUP = st.sampled_from(
+    [
+        "<b>bold</b>",
+        "*bold* _it_ `code` [link](http://x.y)",
+        "&amp; &lt;tag&gt;",
+        "<a href='tg://user?id=1'>x</a>",
+        "```\ncode\n```",
+        "||spoiler||",
+        "\\",
+        "@",
+        f"@{BOT_USERNAME}",
+        f"@{BOT_USERNAME} ",
+        "/",
+        "/start",
+        "/unknown_command x",
+        "",
+        " ",
+        "\n\n",
+        "\x00",
+        "\u200b",
+        "🦁" * 3000,
+    ]
+)
 HUGE = st.builds(lambda piece, times: piece * times, st.text(CHARS, min_size=1, max_size=4), st.integers(300, 3000))
 TEXTS = st.one_of(st.text(CHARS, max_size=80), SPECIAL, MARKUP, HUGE, st.builds("{} {}".format, MARKUP, SPECIAL))
 
 
 @pytest.fixture
 def fuzz_bot(roomy_server, start_bot):  # noqa: F811
-    return start_bot(max_tokens=3, rate_limit_per_minute=100_000, updates_per_minute=100_000, max_question_chars=MAX_QUESTION)
+    return start_bot(
+        max_tokens=3, rate_limit_per_minute=100_000, updates_per_minute=100_000, max_question_chars=MAX_QUESTION
+    )
 
 
 def errors(caplog) -> list[str]:
@@ -95,8 +122,10 @@ def test_fuzz_message_text(fuzz_bot, caplog):
             assert [c.params["text"][:22] for c in replies] == [HELP_START[1][:22]]
         elif len(question) > MAX_QUESTION:
             seen["too long"] += 1
-            assert len(replies) == 1 and f"({len(question)} characters; the limit is {MAX_QUESTION})" in \
-                replies[0].params["text"]
+            assert (
+                len(replies) == 1
+                and f"({len(question)} characters; the limit is {MAX_QUESTION})" in replies[0].params["text"]
+            )
         else:
             seen["answered"] += 1
             final = [c for c in replies if "reply_markup" in c.params]
@@ -114,8 +143,11 @@ def test_fuzz_message_text(fuzz_bot, caplog):
 CALLBACK_DATA = st.one_of(
     st.text(CHARS, max_size=64).filter(lambda d: len(d.encode()) <= 64),
     st.builds("fb:{}:{}".format, st.integers(-5, 10**20), st.sampled_from(["up", "down", "UP", "", "up\n", "x"])),
-    st.builds("fb:{}:{}".format, st.text(st.characters(whitelist_categories=("Nd",)), min_size=1, max_size=3),
-              st.sampled_from(["up", "down"])),
+    st.builds(
+        "fb:{}:{}".format,
+        st.text(st.characters(whitelist_categories=("Nd",)), min_size=1, max_size=3),
+        st.sampled_from(["up", "down"]),
+    ),
     st.sampled_from(["fb", "fb:", "fb::", "fb:1", "fb:1:", ":::", "fb:1:up:down", "status", "/rollback"]),
 )
 
@@ -125,8 +157,10 @@ def test_fuzz_callback_data(fuzz_bot, caplog):
     caplog.set_level(logging.WARNING)
     USER, OTHER = 4242, 4343
     answers = {user: bot.ask(user, user, f"Pergunta de {user}?") for user in (USER, OTHER)}
-    ids = {user: int(a.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
-           for user, a in answers.items()}
+    ids = {
+        user: int(a.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])
+        for user, a in answers.items()
+    }
     votes: dict[int, int] = {}  # what the store must hold: USER's own valid votes only
     count = itertools.count(1)
 
@@ -160,8 +194,12 @@ def test_fuzz_callback_data(fuzz_bot, caplog):
     print(f"\ncallback data: {next(count) - 1} examples; votes stored {votes}")
 
 
-ARGUMENTS = st.one_of(st.text(CHARS, max_size=60), SPECIAL, MARKUP,
-                      st.builds(lambda c, n: c * n, st.text(CHARS, min_size=1, max_size=3), st.integers(1000, 2500)))
+ARGUMENTS = st.one_of(
+    st.text(CHARS, max_size=60),
+    SPECIAL,
+    MARKUP,
+    st.builds(lambda c, n: c * n, st.text(CHARS, min_size=1, max_size=3), st.integers(1000, 2500)),
+)
 
 
 def test_fuzz_command_arguments(fuzz_bot, caplog):
@@ -175,9 +213,12 @@ def test_fuzz_command_arguments(fuzz_bot, caplog):
     count = itertools.count(1)
 
     @settings(max_examples=EXAMPLES["command arguments"], **FUZZ)
-    @given(st.sampled_from(["correct", "forget", "start", "help", "reset", "optout", "optin", "status",
-                            "rollback"]), st.sampled_from([" ", "\n", "  ", "\t"]), ARGUMENTS,
-           st.sampled_from([BOT_ADMIN, SOMEONE]))
+    @given(
+        st.sampled_from(["correct", "forget", "start", "help", "reset", "optout", "optin", "status", "rollback"]),
+        st.sampled_from([" ", "\n", "  ", "\t"]),
+        ARGUMENTS,
+        st.sampled_from([BOT_ADMIN, SOMEONE]),
+    )
     def one(name: str, separator: str, argument: str, sender: int) -> None:
         next(count)
         text = f"/{name}{separator}{argument}"
@@ -223,12 +264,27 @@ def test_fuzz_command_arguments(fuzz_bot, caplog):
 PAIR_TEXT = st.text(CHARS, min_size=1, max_size=40).filter(lambda t: t.strip())
 VALID = st.one_of(
     st.builds(lambda q, a: {"question": q, "answer": a}, PAIR_TEXT, PAIR_TEXT),
-    st.builds(lambda q, a: {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": q},
-                                         {"role": "assistant", "content": a}]}, PAIR_TEXT, PAIR_TEXT),
-    st.sampled_from([{"question": "Who founded Farense?", "answer": "Founded in 1910."},  # duplicates
-                     {"question": "WHO  founded farense?", "answer": "founded in 1910."},
-                     {"question": "Call me on 912 345 678?", "answer": "Write to ana@example.pt."}]),
+    st.builds(
+        lambda q, a: {
+            "messages": [
+                {"role": "system", "content": "x"},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        },
+        PAIR_TEXT,
+        PAIR_TEXT,
+    ),
+    st.sampled_from(
+        [
+            {"question": "Who founded Farense?", "answer": "Founded in 1910."},  # duplicates
+            {"question": "WHO  founded farense?", "answer": "founded in 1910."},
+            {"question": "Call me on 912 345 678?", "answer": "Write to ana@example.pt."},
+        ]
+    ),
 )
+
+
 def _not_blank_line(data: bytes) -> bool:
     """A line the reader must report (blank lines, Unicode whitespace included, are just skipped)."""
     if b"\n" in data or data.startswith(b"\xef\xbb\xbf"):
@@ -248,12 +304,26 @@ def _is_pair(data: bytes) -> bool:  # random bytes that happen to be a good reco
 
 
 INVALID = st.one_of(
-    st.sampled_from([b"{", b"[1, 2]", b"null", b'"text"', b"{}", b'{"question": "q"}',
-                     b'{"question": " ", "answer": "a"}',
-                     b'{"question": 1, "answer": "a"}', b'{"messages": []}', b'{"messages": "x"}',
-                     b'{"messages": [{"role": "user", "content": "q"}]}', b'{"question": "q\\ud800", "answer": "a"}',
-                     b'{"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]}',
-                     b"\xff\xfe garbage", b'{"question": "q", "answer": "a"', b"\x00"]),
+    st.sampled_from(
+        [
+            b"{",
+            b"[1, 2]",
+            b"null",
+            b'"text"',
+            b"{}",
+            b'{"question": "q"}',
+            b'{"question": " ", "answer": "a"}',
+            b'{"question": 1, "answer": "a"}',
+            b'{"messages": []}',
+            b'{"messages": "x"}',
+            b'{"messages": [{"role": "user", "content": "q"}]}',
+            b'{"question": "q\\ud800", "answer": "a"}',
+            b'{"messages": [{"role": "bot", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+            b"\xff\xfe garbage",
+            b'{"question": "q", "answer": "a"',
+            b"\x00",
+        ]
+    ),
     st.binary(min_size=1, max_size=30).filter(_not_blank_line),
 )
 
@@ -268,13 +338,18 @@ def test_fuzz_dataset_builder(tmp_path):
     runs = itertools.count(1)
 
     @settings(max_examples=EXAMPLES["dataset builder"], **FUZZ)
-    @given(st.lists(st.one_of(VALID.map(lambda r: ("ok", r)), INVALID.map(lambda b: ("bad", b)),
-                              st.just(("blank", b"   "))), max_size=25))
+    @given(
+        st.lists(
+            st.one_of(VALID.map(lambda r: ("ok", r)), INVALID.map(lambda b: ("bad", b)), st.just(("blank", b"   "))),
+            max_size=25,
+        )
+    )
     def one(lines: list) -> None:
         number = next(runs)
         extra = tmp_path / f"extra-{number}.jsonl"
-        raw = [json.dumps(item, ensure_ascii=bool(number % 2)).encode() if kind == "ok" else item
-               for kind, item in lines]
+        raw = [
+            json.dumps(item, ensure_ascii=bool(number % 2)).encode() if kind == "ok" else item for kind, item in lines
+        ]
         extra.write_bytes(b"\n".join(raw) + b"\n")
         settings_ = DataSettings.load(farense_home=tmp_path / f"home-{number}", seed_dir=seed)
         build = build_dataset(settings_, extra_jsonl=[extra])  # never raises: the seed alone is enough
@@ -290,8 +365,9 @@ def test_fuzz_dataset_builder(tmp_path):
                 messages = json.loads(text)["messages"]
                 outputs.append((normalise(messages[0]["content"]), normalise(messages[1]["content"])))
         assert len(outputs) == len(set(outputs)) == sum(manifest["sources"].values())
-        kept_or_dropped = (sum(manifest["sources"].values()) + manifest["dropped"]["duplicates"]
-                           + manifest["dropped"]["instructions"])
+        kept_or_dropped = (
+            sum(manifest["sources"].values()) + manifest["dropped"]["duplicates"] + manifest["dropped"]["instructions"]
+        )
         assert kept_or_dropped == len(valid) + 4  # nothing lost: kept, or counted as dropped and why
         for record in valid:  # each valid pair is in the dataset (scrubbed of personal data)
             if "messages" in record:
@@ -307,26 +383,49 @@ def test_fuzz_dataset_builder(tmp_path):
 
 # --- adapter files -----------------------------------------------------------------------------
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
-                                                                                       max_size=4), max_leaves=12)
-TENSOR = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", 3]),
-                                "shape": st.one_of(st.lists(st.integers(-2, 70), max_size=3), JSON),
-                                "data_offsets": st.one_of(st.lists(st.integers(-5, 5000), min_size=2, max_size=2),
-                                                          JSON)})
-HEADER = st.one_of(JSON, st.dictionaries(st.sampled_from(["a.lora_a", "b.lora_b", "c.weight", "__metadata__"]),
-                                         st.one_of(TENSOR, JSON), max_size=3))
-CONFIG = st.one_of(JSON, st.fixed_dictionaries(
-    {"num_layers": st.one_of(st.integers(-2, 4), JSON), "fine_tune_type": st.sampled_from(["lora", "dora", 5]),
-     "lora_parameters": st.one_of(JSON, st.fixed_dictionaries(
-         {"rank": st.one_of(st.integers(-1, 8), JSON), "scale": st.one_of(st.floats(), JSON),
-          "keys": st.one_of(st.none(), JSON)}))}))
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+TENSOR = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", 3]),
+        "shape": st.one_of(st.lists(st.integers(-2, 70), max_size=3), JSON),
+        "data_offsets": st.one_of(st.lists(st.integers(-5, 5000), min_size=2, max_size=2), JSON),
+    }
+)
+HEADER = st.one_of(
+    JSON,
+    st.dictionaries(
+        st.sampled_from(["a.lora_a", "b.lora_b", "c.weight", "__metadata__"]), st.one_of(TENSOR, JSON), max_size=3
+    ),
+)
+CONFIG = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {
+            "num_layers": st.one_of(st.integers(-2, 4), JSON),
+            "fine_tune_type": st.sampled_from(["lora", "dora", 5]),
+            "lora_parameters": st.one_of(
+                JSON,
+                st.fixed_dictionaries(
+                    {
+                        "rank": st.one_of(st.integers(-1, 8), JSON),
+                        "scale": st.one_of(st.floats(), JSON),
+                        "keys": st.one_of(st.none(), JSON),
+                    }
+                ),
+            ),
+        }
+    ),
+)
 
 
 def _damage(data: bytes, at: int, cut: bool, patch: bytes) -> bytes:
     """A real file truncated at `at`, or with `patch` written over it there."""
     at = at % (len(data) + 1)
-    return data[:at] if cut else data[:at] + patch + data[at + len(patch):]
+    return data[:at] if cut else data[:at] + patch + data[at + len(patch) :]
 
 
 def test_fuzz_adapter_files(tmp_path, tiny_model_dir):
@@ -339,16 +438,33 @@ def test_fuzz_adapter_files(tmp_path, tiny_model_dir):
     outcomes = {"refused": 0, "accepted": 0}
 
     @settings(max_examples=EXAMPLES["adapter files"], **FUZZ)
-    @given(st.one_of(
-        st.binary(max_size=200),
-        st.builds(lambda header, pad, declared: struct.pack("<Q", len(header) if declared is None else declared)
-                  + header + pad, HEADER.map(lambda h: json.dumps(h).encode()), st.binary(max_size=64),
-                  st.none() | st.integers(0, 2**64 - 1)),
-        st.builds(_damage, st.just(real_weights), st.integers(0, 2**31), st.booleans(),
-                  st.binary(min_size=1, max_size=8)),
-    ), st.one_of(CONFIG.map(json.dumps), st.text(max_size=30), st.just(real_config),
-                 st.builds(lambda at, cut, patch: _damage(real_config.encode(), at, cut, patch).decode(
-                     "utf-8", "replace"), st.integers(0, 400), st.booleans(), st.binary(min_size=1, max_size=4))))
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.builds(
+                lambda header, pad, declared: (
+                    struct.pack("<Q", len(header) if declared is None else declared) + header + pad
+                ),
+                HEADER.map(lambda h: json.dumps(h).encode()),
+                st.binary(max_size=64),
+                st.none() | st.integers(0, 2**64 - 1),
+            ),
+            st.builds(
+                _damage, st.just(real_weights), st.integers(0, 2**31), st.booleans(), st.binary(min_size=1, max_size=8)
+            ),
+        ),
+        st.one_of(
+            CONFIG.map(json.dumps),
+            st.text(max_size=30),
+            st.just(real_config),
+            st.builds(
+                lambda at, cut, patch: _damage(real_config.encode(), at, cut, patch).decode("utf-8", "replace"),
+                st.integers(0, 400),
+                st.booleans(),
+                st.binary(min_size=1, max_size=4),
+            ),
+        ),
+    )
     def one(weights: bytes, config: str) -> None:
         (folder / WEIGHTS_FILE).write_bytes(weights)
         (folder / CONFIG_FILE).write_text(config, encoding="utf-8", errors="surrogatepass")
@@ -386,11 +502,19 @@ def test_an_empty_answer_stays_a_logged_message_that_an_admin_can_correct(fuzz_b
     row = bot.store.message_by_telegram_id(group, final.response["result"]["message_id"])
     assert row is not None and row.answer == ""
     since = len(server.calls())
-    server.push_message(group, BOT_ADMIN, "/correct Foi fundado em 1910.", chat_type="group",
-                        reply_to_message=server.sent_messages(group)[-1], language_code="en")
+    server.push_message(
+        group,
+        BOT_ADMIN,
+        "/correct Foi fundado em 1910.",
+        chat_type="group",
+        reply_to_message=server.sent_messages(group)[-1],
+        language_code="en",
+    )
     bot.settle()
     replies = [c.params["text"] for c in server.calls()[since:] if c.method == "sendMessage"]
     assert len(replies) == 1 and replies[0].startswith(
-        "Correction saved — it will be used in the next training run.\nFact #")  # and a new fact
+        "Correction saved — it will be used in the next training run.\nFact #"
+    )  # and a new fact
     assert [(e.question, e.answer) for e in bot.store.curated_examples()] == [
-        ("Quando foi fundado o Farense?", "Foi fundado em 1910.")]
+        ("Quando foi fundado o Farense?", "Foi fundado em 1910.")
+    ]

@@ -20,14 +20,21 @@ import pytest
 from bot.conversation import PUMP_THREADS
 
 FIRST_USER = 10_000
-QUESTIONS = ("Quando foi fundado o Farense?", "Who is Farense's greatest idol?", "Onde joga o Farense?",
-             "What are Farense's colours?", "Quem treina o Farense?")
+QUESTIONS = (
+    "Quando foi fundado o Farense?",
+    "Who is Farense's greatest idol?",
+    "Onde joga o Farense?",
+    "What are Farense's colours?",
+    "Quem treina o Farense?",
+)
 
 
 @pytest.fixture
 def load_bot(roomy_server, start_bot):
     """The bot as in production (1 s between streamed drafts), short answers, no rate limit in the way."""
-    return lambda: start_bot(max_tokens=8, stream_edit_interval=1.0, rate_limit_per_minute=1000, updates_per_minute=1000)
+    return lambda: start_bot(
+        max_tokens=8, stream_edit_interval=1.0, rate_limit_per_minute=1000, updates_per_minute=1000
+    )
 
 
 class Sampler(threading.Thread):
@@ -58,8 +65,12 @@ def run_load(bot, users: int, messages: int, round_offset: int = 0) -> dict:
     started = time.perf_counter()
     for round_ in range(round_offset, round_offset + messages):
         for user in user_ids:
-            server.push_message(user, user, f"[{user}#{round_}] {QUESTIONS[(user + round_) % len(QUESTIONS)]}",
-                                first_name=f"User {user}")
+            server.push_message(
+                user,
+                user,
+                f"[{user}#{round_}] {QUESTIONS[(user + round_) % len(QUESTIONS)]}",
+                first_name=f"User {user}",
+            )
     bot.settle(timeout=3600)
     elapsed = time.perf_counter() - started
     sampler.stop.set()
@@ -68,20 +79,33 @@ def run_load(bot, users: int, messages: int, round_offset: int = 0) -> dict:
     calls = server.calls()[since:]
     finals = [c for c in calls if c.method == "sendMessage" and "reply_markup" in c.params and c.ok]
     with store._connection() as db:
-        rows = db.execute("SELECT id, user_id, question, answer FROM messages WHERE id > ? ORDER BY id",
-                          (rows_before,)).fetchall()
+        rows = db.execute(
+            "SELECT id, user_id, question, answer FROM messages WHERE id > ? ORDER BY id", (rows_before,)
+        ).fetchall()
     # Fairness: replay the answers in the order they were logged; how far apart do users get?
     answered, spread = Counter({user: 0 for user in user_ids}), 0
     for _, user, _, _ in rows:
         answered[user] += 1
         spread = max(spread, max(answered.values()) - min(answered.values()))
-    per_user_rounds = {user: [int(q.split("#")[1].split("]")[0]) for _, u, q, _ in rows if u == user]
-                       for user in user_ids}
-    return {"users": users, "messages": messages, "sent": users * messages, "seconds": elapsed,
-            "per_second": users * messages / elapsed, "rows": rows, "finals": finals, "calls": calls,
-            "lost_rows": users * messages - len(rows), "max_engine_queue": max(sampler.engine_queue, default=0),
-            "max_update_queue": max(sampler.update_queue, default=0), "max_spread": spread,
-            "per_user_rounds": per_user_rounds, "answered": answered}
+    per_user_rounds = {
+        user: [int(q.split("#")[1].split("]")[0]) for _, u, q, _ in rows if u == user] for user in user_ids
+    }
+    return {
+        "users": users,
+        "messages": messages,
+        "sent": users * messages,
+        "seconds": elapsed,
+        "per_second": users * messages / elapsed,
+        "rows": rows,
+        "finals": finals,
+        "calls": calls,
+        "lost_rows": users * messages - len(rows),
+        "max_engine_queue": max(sampler.engine_queue, default=0),
+        "max_update_queue": max(sampler.update_queue, default=0),
+        "max_spread": spread,
+        "per_user_rounds": per_user_rounds,
+        "answered": answered,
+    }
 
 
 def check(result: dict, caplog) -> None:
@@ -94,10 +118,14 @@ def check(result: dict, caplog) -> None:
     finals = Counter(c.params["chat_id"] for c in result["finals"])
     assert len(finals) == users and set(finals.values()) == {messages}  # everyone answered, every time
     for user, rounds in result["per_user_rounds"].items():  # ...and sees the answers in the order asked
-        rows = {row_id: round_ for (row_id, u, _, _), round_ in
-                zip((r for r in result["rows"] if r[1] == user), rounds)}
-        delivered = [rows[int(c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])]
-                     for c in result["finals"] if c.params["chat_id"] == user]
+        rows = {
+            row_id: round_ for (row_id, u, _, _), round_ in zip((r for r in result["rows"] if r[1] == user), rounds)
+        }
+        delivered = [
+            rows[int(c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1])]
+            for c in result["finals"]
+            if c.params["chat_id"] == user
+        ]
         assert delivered == rounds, (user, delivered)
     assert [c.summary() for c in result["calls"] if not c.ok] == []
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -106,11 +134,13 @@ def check(result: dict, caplog) -> None:
 
 
 def report(label: str, result: dict, rss: list[float]) -> str:
-    line = (f"{label}: {result['users']} users × {result['messages']} messages = {result['sent']} in "
-            f"{result['seconds']:.1f} s ({result['per_second']:.1f} msg/s); lost rows {result['lost_rows']}; "
-            f"max model queue {result['max_engine_queue']} (bound {PUMP_THREADS}); max update queue "
-            f"{result['max_update_queue']}; max spread of answered counts {result['max_spread']}; "
-            f"RSS {' → '.join(f'{r:.0f}' for r in rss)} MiB")
+    line = (
+        f"{label}: {result['users']} users × {result['messages']} messages = {result['sent']} in "
+        f"{result['seconds']:.1f} s ({result['per_second']:.1f} msg/s); lost rows {result['lost_rows']}; "
+        f"max model queue {result['max_engine_queue']} (bound {PUMP_THREADS}); max update queue "
+        f"{result['max_update_queue']}; max spread of answered counts {result['max_spread']}; "
+        f"RSS {' → '.join(f'{r:.0f}' for r in rss)} MiB"
+    )
     print("\n" + line)
     return line
 

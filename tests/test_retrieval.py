@@ -28,8 +28,7 @@ def numbers(index: FactIndex, question: str, lang: str) -> list[int | None]:
 
 
 def grounded(index, settings, question: str, previous: str | None = None):
-    return build_grounded([{"role": "user", "content": question}], index, settings,
-                          previous_question=previous)
+    return build_grounded([{"role": "user", "content": question}], index, settings, previous_question=previous)
 
 
 def test_a_portuguese_verb_form_finds_its_other_forms():
@@ -44,22 +43,27 @@ def test_who_founded_farense_finds_the_founders_in_either_language(index):
     assert 7 in numbers(index, "Who founded Farense?", "en")
 
 
-@pytest.mark.parametrize("question, lang, fact", [
-    ("When was Farense born?", "en", 2), ("Quando nasceu o Farense?", "pt", 2),
-    ("Who is the boss of Farense's fans' ultras group?", "en", 120),
-    ("Qual foi o guardião nigeriano do Farense?", "pt", 95),
-    ("How many people fit in São Luís?", "en", 20)])
+@pytest.mark.parametrize(
+    "question, lang, fact",
+    [
+        ("When was Farense born?", "en", 2),
+        ("Quando nasceu o Farense?", "pt", 2),
+        ("Who is the boss of Farense's fans' ultras group?", "en", 120),
+        ("Qual foi o guardião nigeriano do Farense?", "pt", 95),
+        ("How many people fit in São Luís?", "en", 20),
+    ],
+)
 def test_words_fans_use_find_what_the_facts_say_otherwise(index, question, lang, fact):
     assert fact in numbers(index, question, lang)
 
 
 def test_the_other_language_version_matches_words_as_written_not_by_prefix(index):
-    """"capital" must not find "capitão" in the PT version of the fact about Gralho."""
+    """ "capital" must not find "capitão" in the PT version of the fact about Gralho."""
     assert index.search("What is the capital of France?", lang="en") == []
 
 
 def test_a_fact_is_found_by_words_of_its_other_language_version(index):
-    """"playmaker" is only in the EN version of fact 99 (PT: "médio criativo"), and is found."""
+    """ "playmaker" is only in the EN version of fact 99 (PT: "médio criativo"), and is found."""
     found = index.search("Quem foi o playmaker do Farense?", lang="pt")
     assert found[0].fact == 99 and found[0].lang == "pt" and "médio criativo" in found[0].text
 
@@ -79,41 +83,66 @@ def test_who_was_hassan_nader_puts_the_fact_saying_who_he_was_first(index):
 
 # Not here: "Who won the Champions League last year?" shares "won" and "league" with a fact
 # (bm25 6.9 > MIN_EVIDENCE); rejecting it (7.0) declined 20 more held-out Farense questions.
-@pytest.mark.parametrize("question", [
-    "What's the weather like in Faro tomorrow?",
-    "Tell me a joke", "Olá, tudo bem?", "Qual é a capital de Espanha?",
-    "My child has a fever, how much paracetamol should I give her?"])
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What's the weather like in Faro tomorrow?",
+        "Tell me a joke",
+        "Olá, tudo bem?",
+        "Qual é a capital de Espanha?",
+        "My child has a fever, how much paracetamol should I give her?",
+    ],
+)
 def test_questions_about_something_else_find_nothing(index, question):
     assert index.search(question) == []
 
 
-@pytest.mark.parametrize("question, lang", [
-    ("Qual é o estádio do Benfica?", "pt"), ("Who is the coach of FC Porto?", "en"),
-    ("Quem é o presidente do Sporting de Braga?", "pt"), ("When was Portimonense founded?", "en")])
+@pytest.mark.parametrize(
+    "question, lang",
+    [
+        ("Qual é o estádio do Benfica?", "pt"),
+        ("Who is the coach of FC Porto?", "en"),
+        ("Quem é o presidente do Sporting de Braga?", "pt"),
+        ("When was Portimonense founded?", "en"),
+    ],
+)
 def test_a_question_about_another_club_is_declined_though_facts_name_that_club(index, question, lang):
     assert index.search(question, lang=lang) == []
 
 
-@pytest.mark.parametrize("question, lang, fact", [
-    ("Did Hassan play for Benfica?", "en", 85), ("Quando é que o Farense venceu o FC Porto?", "pt", 33),
-    ("Who scored Lyon's goal in the first leg?", "en", 70)])
-def test_a_question_about_farense_and_another_club_finds_the_fact_naming_both(index, question,
-                                                                            lang, fact):
+@pytest.mark.parametrize(
+    "question, lang, fact",
+    [
+        ("Did Hassan play for Benfica?", "en", 85),
+        ("Quando é que o Farense venceu o FC Porto?", "pt", 33),
+        ("Who scored Lyon's goal in the first leg?", "en", 70),
+    ],
+)
+def test_a_question_about_farense_and_another_club_finds_the_fact_naming_both(index, question, lang, fact):
     assert fact in numbers(index, question, lang)
 
 
-@pytest.mark.parametrize("question, lang, fact", [
-    ("Who is the coach now?", "en", 60), ("Quem é o treinador atual do Farense?", "pt", 60),
-    ("Quando é que o Farense desceu de divisão pela última vez?", "pt", 56),
-    ("When did Farense get relegated last time?", "en", 56)])
-def test_a_question_about_now_or_the_last_time_gets_the_most_recent_fact_first(index, question,
-                                                                               lang, fact):
+@pytest.mark.parametrize(
+    "question, lang, fact",
+    [
+        ("Who is the coach now?", "en", 60),
+        ("Quem é o treinador atual do Farense?", "pt", 60),
+        ("Quando é que o Farense desceu de divisão pela última vez?", "pt", 56),
+        ("When did Farense get relegated last time?", "en", 56),
+    ],
+)
+def test_a_question_about_now_or_the_last_time_gets_the_most_recent_fact_first(index, question, lang, fact):
     assert numbers(index, question, lang)[0] == fact
 
 
-@pytest.mark.parametrize("question, lang", [
-    ("Who is Farense's captain this season?", "en"), ("When is Farense's next home game?", "en"),
-    ("Quem é o melhor marcador do Farense esta época?", "pt")])
+@pytest.mark.parametrize(
+    "question, lang",
+    [
+        ("Who is Farense's captain this season?", "en"),
+        ("When is Farense's next home game?", "en"),
+        ("Quem é o melhor marcador do Farense esta época?", "pt"),
+    ],
+)
 def test_a_question_about_now_or_the_future_with_only_old_facts_is_declined(index, question, lang):
     assert index.search(question, lang=lang) == []
 
@@ -178,10 +207,12 @@ def test_the_dev_questions_are_apart_from_the_held_out_ones_and_answerable(name)
     (Some natural questions are also training questions: the retriever is not trained on them.)"""
     problems: list = []
     known = {fact.fact for fact in load_seed_facts(PACKAGE_KNOWLEDGE_DIR, problems)}
-    dev = [json.loads(line) for line in
-           (PACKAGE_SEED_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-    held_out = {item.question for item in [*load_eval(PACKAGE_SEED_DIR, problems),
-                                           *load_ood(PACKAGE_SEED_DIR, problems)]}
+    dev = [
+        json.loads(line) for line in (PACKAGE_SEED_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    held_out = {
+        item.question for item in [*load_eval(PACKAGE_SEED_DIR, problems), *load_ood(PACKAGE_SEED_DIR, problems)]
+    }
     assert not problems and len(dev) >= 40
     assert {record["lang"] for record in dev} == {"en", "pt"}
     assert all(set(record.get("facts", [])) <= known for record in dev)

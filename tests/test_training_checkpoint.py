@@ -13,8 +13,7 @@ from training.trainer.checkpoint import CheckpointError
 
 from .helpers import adapter, cli, mark, train_here
 
-CONFIG = {"iters": 9, "batch_size": 4, "eval_every": 3, "checkpoint_every": 3, "learning_rate": 1e-3,
-          "warmup_steps": 2}
+CONFIG = {"iters": 9, "batch_size": 4, "eval_every": 3, "checkpoint_every": 3, "learning_rate": 1e-3, "warmup_steps": 2}
 
 
 def _fingerprint(run):
@@ -22,7 +21,8 @@ def _fingerprint(run):
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one_and_resumes_to_the_same_end(
-        dataset, tiny_env, caplog):
+    dataset, tiny_env, caplog
+):
     run, _ = train_here(dataset, **CONFIG)
     final = adapter(run.final)
     steps = [p.name for p in checkpoint.checkpoints(run.checkpoints)]
@@ -69,12 +69,17 @@ def test_resume_refuses_changed_settings_or_data_and_leaves_the_run_resumable(da
     changed_env = cli("run", "--resume")
     monkeypatch.delenv("TRAIN_LORA_RANK")
     with open(dataset / "train.jsonl", "a") as handle:
-        handle.write(json.dumps({"messages": [{"role": "user", "content": "New?"},
-                                              {"role": "assistant", "content": "Yes."}]}) + "\n")
+        handle.write(
+            json.dumps({"messages": [{"role": "user", "content": "New?"}, {"role": "assistant", "content": "Yes."}]})
+            + "\n"
+        )
     changed_data = cli("run", "--resume")
 
-    for result, named in ((changed_flag, "TRAIN_LEARNING_RATE: 0.001 → 0.01"), (changed_env, "TRAIN_LORA_RANK: 8 → 4"),
-                          (changed_data, "dataset content_hash")):
+    for result, named in (
+        (changed_flag, "TRAIN_LEARNING_RATE: 0.001 → 0.01"),
+        (changed_env, "TRAIN_LORA_RANK: 8 → 4"),
+        (changed_data, "dataset content_hash"),
+    ):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, result.stderr
         assert lines[-1].startswith("training: error: cannot resume") and named in lines[-1]

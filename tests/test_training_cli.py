@@ -10,13 +10,29 @@ from training.trainer.memory import GB, MemoryBudgetError, ModelShape, estimate_
 
 from .helpers import cli, train_here
 
-SMOLLM2 = ModelShape(weight_bytes=int(0.54 * GB), lora_params=1_302_528, layers=30, lora_layers=16, hidden=576,
-                     intermediate=1536, heads=9, vocab=49152, dtype_bytes=4)
+SMOLLM2 = ModelShape(
+    weight_bytes=int(0.54 * GB),
+    lora_params=1_302_528,
+    layers=30,
+    lora_layers=16,
+    hidden=576,
+    intermediate=1536,
+    heads=9,
+    vocab=49152,
+    dtype_bytes=4,
+)
 
 
 def _plan(budget_gb: float, checkpoint: str = "auto"):
-    return plan(SMOLLM2, batch_size=8, grad_accumulation=1, max_seq_length=256, longest=200,
-                grad_checkpoint=checkpoint, budget_gb=budget_gb)
+    return plan(
+        SMOLLM2,
+        batch_size=8,
+        grad_accumulation=1,
+        max_seq_length=256,
+        longest=200,
+        grad_checkpoint=checkpoint,
+        budget_gb=budget_gb,
+    )
 
 
 def test_the_tuner_keeps_the_wanted_batch_when_it_fits_and_splits_it_when_memory_is_short():
@@ -46,7 +62,11 @@ def test_cli_refuses_a_tiny_memory_budget_with_one_line_and_exit_code_2(dataset,
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("training: error: not enough memory to train") and "TRAIN_MEMORY_BUDGET_GB" in last
     assert "Traceback" not in result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"event": "error", "message": last[17:], "exit_code": 2}
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "event": "error",
+        "message": last[17:],
+        "exit_code": 2,
+    }
 
 
 def test_the_memory_estimate_covers_what_a_real_run_used(dataset, tiny_env):
@@ -56,8 +76,11 @@ def test_the_memory_estimate_covers_what_a_real_run_used(dataset, tiny_env):
     run, _ = train_here(dataset, iters=4, batch_size=4, eval_every=2)
 
     chosen = run.config()["plan"]
-    peak = max(m["peak_memory_gb"] for m in json.loads("[" + ",".join(
-        (run.dir / "metrics.jsonl").read_text().splitlines()) + "]") if "peak_memory_gb" in m)
+    peak = max(
+        m["peak_memory_gb"]
+        for m in json.loads("[" + ",".join((run.dir / "metrics.jsonl").read_text().splitlines()) + "]")
+        if "peak_memory_gb" in m
+    )
     assert 0 < peak - held_before <= chosen["estimated_gb"]
 
 
@@ -69,7 +92,8 @@ def test_bad_setting_is_one_line_naming_the_variable_with_exit_code_2(monkeypatc
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "training: error: invalid settings: TRAIN_ITERS: Input should be a valid integer, unable to parse "
-        "string as an integer (got 'abc')"]
+        "string as an integer (got 'abc')"
+    ]
 
 
 def test_nothing_to_resume_and_a_missing_dataset_are_usage_errors(tmp_path, tiny_env):

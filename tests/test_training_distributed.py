@@ -26,16 +26,31 @@ ITERS = 12
 # Batches of 3 rows split 2 + 1 over the ranks (the last, of 2 rows, 1 + 1): uneven shares, so the
 # losses only match if each rank's share is weighted by its assistant tokens. Two micro-batches per
 # step exercise the accumulation.
-CONFIG = ("--iters", ITERS, "--batch-size", 3, "--grad-accumulation", 2, "--eval-every", 4,
-          "--learning-rate", "1e-3", "--warmup-steps", 2, "--events")
+CONFIG = (
+    "--iters",
+    ITERS,
+    "--batch-size",
+    3,
+    "--grad-accumulation",
+    2,
+    "--eval-every",
+    4,
+    "--learning-rate",
+    "1e-3",
+    "--warmup-steps",
+    2,
+    "--events",
+)
 TOLERANCE = 1e-5  # float32 sums in another order; measured differences are ~2e-6
 
 
 def _summary(run_dir) -> dict:
-    return {"losses": [m["loss"] for m in metrics(run_dir, "train")],
-            "steps": [m["step"] for m in metrics(run_dir, "train")],
-            "evals": [(m["step"], m["val_loss"]) for m in metrics(run_dir, "eval")],
-            "final": {k: np.array(v) for k, v in adapter(run_dir / "adapters" / "final").items()}}
+    return {
+        "losses": [m["loss"] for m in metrics(run_dir, "train")],
+        "steps": [m["step"] for m in metrics(run_dir, "train")],
+        "evals": [(m["step"], m["val_loss"]) for m in metrics(run_dir, "eval")],
+        "final": {k: np.array(v) for k, v in adapter(run_dir / "adapters" / "final").items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +58,7 @@ def reference(tmp_path_factory, tiny_model_dir, models_root):
     """One process, the same global batch, never interrupted."""
     root = tmp_path_factory.mktemp("single")
     data = write_dataset(root / "dataset")
-    result = cli("run", "--dataset", data, *CONFIG, env=clean_env(root / "home", models_root, tiny_model_dir),
-                 cwd=root)
+    result = cli("run", "--dataset", data, *CONFIG, env=clean_env(root / "home", models_root, tiny_model_dir), cwd=root)
     assert result.returncode == 0, result.stderr
     done = events(result.stdout)[-1]
     assert done["event"] == "done" and done["status"] == "finished"
@@ -59,8 +73,9 @@ def _differences(run_dir, reference) -> dict:
     assert set(run["final"]) == set(reference["final"])
     numbers = {
         "train_loss": float(np.max(np.abs(np.subtract(run["losses"], reference["losses"])))),
-        "val_loss": float(np.max(np.abs(np.subtract([v for _, v in run["evals"]],
-                                                   [v for _, v in reference["evals"]])))),
+        "val_loss": float(
+            np.max(np.abs(np.subtract([v for _, v in run["evals"]], [v for _, v in reference["evals"]])))
+        ),
         "adapter": max(float(np.max(np.abs(run["final"][k] - reference["final"][k]))) for k in run["final"]),
     }
     assert all(value <= TOLERANCE for value in numbers.values()), numbers
@@ -68,8 +83,9 @@ def _differences(run_dir, reference) -> dict:
 
 
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen(command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ))
+    return subprocess.Popen(
+        command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
 
 
 def test_two_ranks_on_the_ring_equal_one_process_with_the_same_global_batch(reference, tiny_env, isolated_env):
@@ -96,7 +112,8 @@ def test_two_ranks_on_the_ring_equal_one_process_with_the_same_global_batch(refe
 
 
 def test_sigterm_then_sigkill_of_the_launcher_each_leave_a_checkpoint_and_distributed_resumes_end_equal(
-        reference, tiny_env, isolated_env):
+    reference, tiny_env, isolated_env
+):
     # SIGTERM: forwarded to the ranks, which finish the step, checkpoint and end "cancelled" (exit 0)
     child = _start("--dataset", reference["dataset"], "--local-ranks", 2, "--checkpoint-every", 1000, *CONFIG)
     seen = []
@@ -150,8 +167,9 @@ def test_sigterm_then_sigkill_of_the_launcher_each_leave_a_checkpoint_and_distri
     _differences(run_dir, reference)
 
 
-def test_the_pipeline_trains_on_two_ranks_when_train_distributed_is_set(tiny_model_dir, isolated_env, monkeypatch,
-                                                                         tmp_path):
+def test_the_pipeline_trains_on_two_ranks_when_train_distributed_is_set(
+    tiny_model_dir, isolated_env, monkeypatch, tmp_path
+):
     from training.lifecycle.pipeline import run_pipeline
 
     from .helpers import lifecycle_env, write_seed
@@ -160,23 +178,49 @@ def test_the_pipeline_trains_on_two_ranks_when_train_distributed_is_set(tiny_mod
     monkeypatch.setenv("TRAIN_DISTRIBUTED", "2")  # the ranks inherit it too: they must not relaunch
     progress = []
 
-    result = run_pipeline(trigger="retrain", requested_by="admin", on_progress=progress.append,
-                          train_args=["--iters", "6", "--batch-size", "4", "--learning-rate", "2e-3",
-                                      "--warmup-steps", "2", "--eval-every", "3", "--val-batches", "4"])
+    result = run_pipeline(
+        trigger="retrain",
+        requested_by="admin",
+        on_progress=progress.append,
+        train_args=[
+            "--iters",
+            "6",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "2e-3",
+            "--warmup-steps",
+            "2",
+            "--eval-every",
+            "3",
+            "--val-batches",
+            "4",
+        ],
+    )
 
     assert result.outcome in ("promoted", "rejected") and result.version == "v0001", result.message
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["distributed"] == {"world_size": 2, "backend": "ring"}
     assert [e["step"] for e in progress if e.get("event") == "step"] == list(range(1, 7))
-    assert [e["stage"] for e in progress if e.get("event") == "stage"][:5] == ["dataset", "ground", "train", "register",
-                                                                         "gate"]
+    assert [e["stage"] for e in progress if e.get("event") == "stage"][:5] == [
+        "dataset",
+        "ground",
+        "train",
+        "register",
+        "gate",
+    ]
 
 
 def test_a_failure_on_rank_0_ends_every_rank_with_rank_0s_error_and_exit_code(tiny_env, isolated_env):
     result = cli("run", "--resume", "--local-ranks", 2, "--events")  # nothing to resume: exit 2
 
     assert result.returncode == 2, result.stderr
-    assert events(result.stdout) == [{"event": "error", "exit_code": 2,
-                                      "message": f"no unfinished run with a checkpoint under {isolated_env / 'runs'}"}]
+    assert events(result.stdout) == [
+        {
+            "event": "error",
+            "exit_code": 2,
+            "message": f"no unfinished run with a checkpoint under {isolated_env / 'runs'}",
+        }
+    ]
     assert "[rank 1]" in result.stderr and "rank 0 failed" in result.stderr  # rank 1 just ended, quietly
     assert "Traceback" not in result.stderr

@@ -52,8 +52,7 @@ def write_dataset(folder: Path, lines: dict[str, list[dict]]) -> Path:
 
 
 def pair(question: str, answer: str, **extra) -> dict:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            **extra}
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
 
 
 def read(folder: Path, split: str = "train") -> list[dict]:
@@ -67,18 +66,23 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
     retrieved = [fact.fact for fact in hassan]
     uncertain = (8, 34, 82, 86, 119)  # left out of the knowledge base
     wrong = next(number for number in range(1, 120) if number not in retrieved and number not in uncertain)
-    lines = {"train": [
-        pair(HASSAN, "A Moroccan striker.", source="seed", fact=retrieved[0], kind="qa"),  # retrieved as is
-        pair(HASSAN, "Something else.", source="seed", fact=wrong, kind="qa"),  # its fact is injected
-        pair("Who won the Champions League in 2005?", "Not my club.", source="seed", fact=None, kind="decline"),
-        pair("Qual é a capital da Mongólia?", "Ulan Bator.", source="feedback"),  # nothing retrieved
-        pair("Who scored for Farense in 1922?", "Nobody knows.", source="seed", fact=34, kind="qa"),
-    ], "valid": [pair(HASSAN, "A striker.", source="seed", fact=retrieved[0], kind="qa")]}
+    lines = {
+        "train": [
+            pair(HASSAN, "A Moroccan striker.", source="seed", fact=retrieved[0], kind="qa"),  # retrieved as is
+            pair(HASSAN, "Something else.", source="seed", fact=wrong, kind="qa"),  # its fact is injected
+            pair("Who won the Champions League in 2005?", "Not my club.", source="seed", fact=None, kind="decline"),
+            pair("Qual é a capital da Mongólia?", "Ulan Bator.", source="feedback"),  # nothing retrieved
+            pair("Who scored for Farense in 1922?", "Nobody knows.", source="seed", fact=34, kind="qa"),
+        ],
+        "valid": [pair(HASSAN, "A striker.", source="seed", fact=retrieved[0], kind="qa")],
+    }
     dataset = write_dataset(tmp_path / "built", lines)
 
     first = ground_dataset(dataset, tmp_path / "one", index, serving, tokenizer)
     train = read(first.path)
-    assert sum(line.get("kind") != "near_miss" for line in train) == 4  # the pair about fact 34 (not in the knowledge base) is dropped
+    assert (
+        sum(line.get("kind") != "near_miss" for line in train) == 4
+    )  # the pair about fact 34 (not in the knowledge base) is dropped
     kept, injected, declined, fed_back = [line for line in train if line.get("kind") != "near_miss"]
     assert kept["messages"][0]["role"] == "system" and kept["shown_facts"][0] == retrieved[0]
     assert kept["messages"][-1] == {"role": "assistant", "content": "A Moroccan striker."}
@@ -91,8 +95,14 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
     assert fed_back["messages"][0] == build_grounded(fed_back["messages"][1:2], index, serving).messages[0]
     manifest = first.manifest
     near_misses = manifest["counts"]["near_miss"]  # HASSAN's pairs may get one each (their hash decides)
-    assert manifest["counts"] == {"retrieved": 2, "injected": 1, "declined": 2, "near_miss": near_misses,
-                                  "unknown_fact": 1, "skipped": 0}
+    assert manifest["counts"] == {
+        "retrieved": 2,
+        "injected": 1,
+        "declined": 2,
+        "near_miss": near_misses,
+        "unknown_fact": 1,
+        "skipped": 0,
+    }
     assert manifest["parent"]["content_hash"] == "parent-hash" and len(manifest["knowledge_hash"]) == 64
     assert manifest["splits"]["train"]["count"] == 4 + near_misses and manifest["splits"]["valid"]["count"] == 1
 
@@ -113,15 +123,16 @@ def test_ground_dataset_shows_the_right_fact_declines_and_is_content_hashed(know
     index.close()
 
 
-def test_a_share_of_seed_pairs_also_teaches_declining_when_only_related_facts_are_shown(
-        knowledge, tokenizer, tmp_path):
+def test_a_share_of_seed_pairs_also_teaches_declining_when_only_related_facts_are_shown(knowledge, tokenizer, tmp_path):
     serving = InferenceSettings.load()
     index = FactIndex(knowledge)
     seed = load_seed(DataSettings.load().seed_dir)
-    pairs = [pair(qa.question, qa.answer, source="seed", fact=qa.fact, kind="qa")
-             for qa in seed.qa if qa.kind == "qa"][:120]
-    grounded = read(ground_dataset(write_dataset(tmp_path / "built", {"train": pairs}), None, index, serving,
-                                   tokenizer).path)
+    pairs = [pair(qa.question, qa.answer, source="seed", fact=qa.fact, kind="qa") for qa in seed.qa if qa.kind == "qa"][
+        :120
+    ]
+    grounded = read(
+        ground_dataset(write_dataset(tmp_path / "built", {"train": pairs}), None, index, serving, tokenizer).path
+    )
     near_misses = [line for line in grounded if line["kind"] == "near_miss"]
     answered = {line["messages"][-2]["content"]: line for line in grounded if line["kind"] == "qa"}
     assert 5 <= len(near_misses) <= 0.25 * len(pairs)
@@ -142,11 +153,11 @@ def _fact_text(db: Path, number: int) -> str:
 
 
 def test_pipeline_grounds_before_training_and_the_gate_answers_from_retrieved_facts(
-        monkeypatch, tmp_path, tiny_model_dir, isolated_env, knowledge):
+    monkeypatch, tmp_path, tiny_model_dir, isolated_env, knowledge
+):
     lifecycle_env(monkeypatch, tiny_model_dir, write_seed(tmp_path / "seed"))
     events = []
-    result = run_pipeline(trigger="manual", requested_by="test", on_progress=events.append,
-                          train_args=TRAIN_ARGS)
+    result = run_pipeline(trigger="manual", requested_by="test", on_progress=events.append, train_args=TRAIN_ARGS)
     assert result.outcome in ("promoted", "rejected"), result.message
     stages = [e["stage"] for e in events if e["event"] == "stage"]
     assert stages[:3] == ["dataset", "ground", "train"]
@@ -156,8 +167,10 @@ def test_pipeline_grounds_before_training_and_the_gate_answers_from_retrieved_fa
     first = json.loads((trained_on / "train.jsonl").read_text().splitlines()[0])
     assert first["messages"][0]["role"] == "system"
     assert first["messages"][0]["content"].startswith(("You are the SC Farense", "És o assistente"))
-    assert Registry(isolated_env).get(result.version).dataset["content_hash"] == \
-        json.loads((trained_on / "manifest.json").read_text())["content_hash"]
+    assert (
+        Registry(isolated_env).get(result.version).dataset["content_hash"]
+        == json.loads((trained_on / "manifest.json").read_text())["content_hash"]
+    )
 
     report = result.report
     assert report["grounding"] is True
@@ -170,16 +183,16 @@ def test_pipeline_grounds_before_training_and_the_gate_answers_from_retrieved_fa
     index.close()
 
 
-def test_served_answers_put_the_retrieved_fact_in_the_prompt_and_decline_without_generating(
-        knowledge, tiny_model_dir):
+def test_served_answers_put_the_retrieved_fact_in_the_prompt_and_decline_without_generating(knowledge, tiny_model_dir):
     from inference.loading import load_base
     from training.evaluation.evaluate import served_answers
 
     model, tokenizer, _ = load_base(str(tiny_model_dir), tiny_model_dir.parent)
     serving = InferenceSettings.load()
     index = FactIndex(knowledge)
-    grounded, off_topic = served_answers(model, tokenizer, [HASSAN, "Translate 'good morning' into German."],
-                                         serving, index, grounded=True, max_tokens=4)
+    grounded, off_topic = served_answers(
+        model, tokenizer, [HASSAN, "Translate 'good morning' into German."], serving, index, grounded=True, max_tokens=4
+    )
     best = index.search(HASSAN, k=1, lang="en")[0]
     assert best.text in grounded.prompt[0]["content"] and grounded.facts[0] == best.fact
     assert not grounded.declined
@@ -189,18 +202,27 @@ def test_served_answers_put_the_retrieved_fact_in_the_prompt_and_decline_without
     index.close()
 
 
-def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, tiny_model_dir, tmp_path,
-                                                                     isolated_env):
+def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, tiny_model_dir, tmp_path, isolated_env):
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
     env = dict(os.environ, MODEL_PATH=str(tiny_model_dir))
-    done = subprocess.run([sys.executable, "-m", "training", "evaluate", "--adapter", str(adapter),
-                           "--limit", "2", "--max-tokens", "4"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--adapter", str(adapter), "--limit", "2", "--max-tokens", "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     probes = len(load_ood(DataSettings.load().seed_dir, []))
     assert lines[0].startswith(f"2 heldout items (1 EN, 1 PT), {probes} out-of-domain probes")
     assert [line.split()[0] for line in lines[3:]] == [
-        "base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval", "adapter+retrieval+guard"]
+        "base",
+        "base+retrieval",
+        "base+retrieval+guard",
+        "adapter",
+        "adapter+retrieval",
+        "adapter+retrieval+guard",
+    ]
     assert "EN r/d/w" in lines[1] and "PT r/d/w" in lines[1] and "OOD decl" in lines[1]
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert rows["base+retrieval"][5] != "0.0%"  # out-of-domain questions retrieve nothing: declined
@@ -209,6 +231,10 @@ def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, t
     assert int(rows["base+retrieval+guard"][6]) > 0 and rows["base+retrieval"][6] == "-"
     assert rows["base+retrieval"][3] == "0.0%"
 
-    bad = subprocess.run([sys.executable, "-m", "training", "evaluate", "--configs", "base,magic"],
-                         env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--configs", "base,magic"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "unknown configuration(s) magic" in bad.stderr

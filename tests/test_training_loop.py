@@ -28,10 +28,10 @@ def test_gradients_reach_lora_only_and_the_compiled_step_matches_the_plain_one(d
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    from training.settings import TrainingSettings
     from training.trainer.batching import collate, load_examples
     from training.trainer.distributed import OneRank
     from training.trainer.loop import make_loss, make_optimizer, make_step
-    from training.settings import TrainingSettings
 
     settings = TrainingSettings.load(learning_rate=1e-3, warmup_steps=0, iters=10)
     losses = {}
@@ -41,12 +41,14 @@ def test_gradients_reach_lora_only_and_the_compiled_step_matches_the_plain_one(d
         batch = collate(examples[:4], 0)
         before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
         optimizer = make_optimizer(settings)
-        forward, apply = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0,
-                                   compiled=compiled, dist=OneRank())
+        forward, apply = make_step(
+            model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0, compiled=compiled, dist=OneRank()
+        )
         losses[compiled] = []
         for _ in range(3):
-            loss, _, grads = forward(batch.inputs, batch.positions, batch.labels, batch.weights,
-                                     batch.weights.sum(), None)
+            loss, _, grads = forward(
+                batch.inputs, batch.positions, batch.labels, batch.weights, batch.weights.sum(), None
+            )
             apply(grads)
             mx.eval(model.parameters(), optimizer.state, loss)
             losses[compiled].append(loss.item())
@@ -62,11 +64,11 @@ def test_gradients_reach_lora_only_and_the_compiled_step_matches_the_plain_one(d
 def test_gradient_checkpointing_gives_the_same_step_and_touches_only_that_model(dataset, tiny_model_dir):
     import mlx.core as mx
 
+    from training.settings import TrainingSettings
     from training.trainer.batching import collate, load_examples
-    from training.trainer.lora import adapter_weights, use_grad_checkpoint
     from training.trainer.distributed import OneRank
     from training.trainer.loop import make_loss, make_optimizer, make_step
-    from training.settings import TrainingSettings
+    from training.trainer.lora import adapter_weights, use_grad_checkpoint
 
     results = []
     for checkpointed in (False, True):
@@ -75,12 +77,14 @@ def test_gradient_checkpointing_gives_the_same_step_and_touches_only_that_model(
             use_grad_checkpoint(model)
         batch = collate(load_examples(dataset / "train.jsonl", tokenizer, SYSTEM, 256)[:4], 0)
         optimizer = make_optimizer(TrainingSettings.load(learning_rate=1e-3, warmup_steps=0, iters=10))
-        forward, apply = make_step(model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0,
-                                   compiled=False, dist=OneRank())
+        forward, apply = make_step(
+            model, optimizer, make_loss(model), accumulation=1, grad_clip=1.0, compiled=False, dist=OneRank()
+        )
         losses = []
         for _ in range(2):
-            loss, _, grads = forward(batch.inputs, batch.positions, batch.labels, batch.weights,
-                                     batch.weights.sum(), None)
+            loss, _, grads = forward(
+                batch.inputs, batch.positions, batch.labels, batch.weights, batch.weights.sum(), None
+            )
             apply(grads)
             mx.eval(model.parameters(), optimizer.state, loss)
             losses.append(loss.item())
@@ -93,8 +97,7 @@ def test_gradient_checkpointing_gives_the_same_step_and_touches_only_that_model(
 
 
 def test_micro_batches_with_accumulation_and_checkpointing_make_one_step_each(dataset, tiny_env):
-    run, outcome = train_here(dataset, iters=3, batch_size=2, grad_accumulation=2, grad_checkpoint="on",
-                              eval_every=3)
+    run, outcome = train_here(dataset, iters=3, batch_size=2, grad_accumulation=2, grad_checkpoint="on", eval_every=3)
 
     plan = run.config()["plan"]
     assert (plan["batch_size"], plan["grad_accumulation"], plan["grad_checkpoint"]) == (2, 2, True)
@@ -104,8 +107,9 @@ def test_micro_batches_with_accumulation_and_checkpointing_make_one_step_each(da
 
 
 def test_the_tiny_model_learns_a_small_memorisable_set(dataset, tiny_env):
-    run, outcome = train_here(dataset, iters=30, batch_size=4, learning_rate=1e-3, warmup_steps=4,
-                              eval_every=10, patience=5)
+    run, outcome = train_here(
+        dataset, iters=30, batch_size=4, learning_rate=1e-3, warmup_steps=4, eval_every=10, patience=5
+    )
 
     losses = [m["loss"] for m in metrics(run.dir, "train")]
     evals = [m["val_loss"] for m in metrics(run.dir, "eval")]
@@ -133,8 +137,18 @@ def test_lr_zero_stops_early_and_best_is_the_first_evaluation(dataset, tiny_env)
 
 def test_best_adapter_holds_the_weights_of_the_lowest_evaluation(dataset, tiny_env):
     # A high learning rate makes validation loss go up and down; every evaluation step is checkpointed.
-    run, outcome = train_here(dataset, iters=24, batch_size=4, learning_rate=0.05, warmup_steps=0,
-                              eval_every=3, checkpoint_every=3, keep_checkpoints=100, patience=100, min_delta=0.0)
+    run, outcome = train_here(
+        dataset,
+        iters=24,
+        batch_size=4,
+        learning_rate=0.05,
+        warmup_steps=0,
+        eval_every=3,
+        checkpoint_every=3,
+        keep_checkpoints=100,
+        patience=100,
+        min_delta=0.0,
+    )
 
     evals = {m["step"]: m["val_loss"] for m in metrics(run.dir, "eval") if m["step"] > 0}
     best_step = min(evals, key=evals.get)
@@ -150,8 +164,9 @@ def test_best_adapter_holds_the_weights_of_the_lowest_evaluation(dataset, tiny_e
 
 
 def test_min_delta_larger_than_any_gain_stops_after_patience(dataset, tiny_env):
-    run, outcome = train_here(dataset, iters=40, batch_size=4, learning_rate=2e-3, eval_every=3, patience=1,
-                              min_delta=100.0)
+    run, outcome = train_here(
+        dataset, iters=40, batch_size=4, learning_rate=2e-3, eval_every=3, patience=1, min_delta=100.0
+    )
 
     assert outcome.state == "early_stopped" and outcome.step == 6
     assert not (run.dir / "checkpoints" / "step-0000006").exists()

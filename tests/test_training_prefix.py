@@ -68,8 +68,9 @@ def test_loss_and_gradients_with_the_shared_prefix_equal_the_plain_ones(dataset,
     loss_and_grad = nn.value_and_grad(model, make_loss(model))
     results = {}
     for shared in (0, batch.shared):
-        (value, count), grads = loss_and_grad(model, batch.inputs, batch.positions, batch.labels, batch.weights,
-                                              None, shared)
+        (value, count), grads = loss_and_grad(
+            model, batch.inputs, batch.positions, batch.labels, batch.weights, None, shared
+        )
         mx.eval(value, count, grads)
         results[shared] = (value.item(), count.item(), {k: np.array(v) for k, v in tree_flatten(grads)})
     (plain, plain_count, plain_grads), (shared, shared_count, shared_grads) = results[0], results[batch.shared]

@@ -13,8 +13,19 @@ import pytest
 from .helpers import adapter, clean_env, cli, command, events, metrics, write_dataset
 
 ITERS = 16
-CONFIG = ("--iters", ITERS, "--batch-size", 4, "--eval-every", 4, "--learning-rate", "1e-3",
-          "--warmup-steps", 2, "--events")
+CONFIG = (
+    "--iters",
+    ITERS,
+    "--batch-size",
+    4,
+    "--eval-every",
+    4,
+    "--learning-rate",
+    "1e-3",
+    "--warmup-steps",
+    2,
+    "--events",
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +33,26 @@ def reference(tmp_path_factory, tiny_model_dir, models_root):
     """Run A: the same configuration, never interrupted."""
     root = tmp_path_factory.mktemp("reference")
     data = write_dataset(root / "dataset")
-    result = cli("run", "--dataset", data, "--checkpoint-every", 4, *CONFIG,
-                 env=clean_env(root / "home", models_root, tiny_model_dir), cwd=root)
+    result = cli(
+        "run",
+        "--dataset",
+        data,
+        "--checkpoint-every",
+        4,
+        *CONFIG,
+        env=clean_env(root / "home", models_root, tiny_model_dir),
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr
     done = events(result.stdout)[-1]
     assert done["event"] == "done" and done["status"] == "finished"
     run_dir = root / "home" / "runs" / done["run_id"]
-    return {"dataset": data, "losses": [m["loss"] for m in metrics(run_dir, "train")],
-            "evals": [m["val_loss"] for m in metrics(run_dir, "eval")], "final": adapter(run_dir / "adapters" / "final")}
+    return {
+        "dataset": data,
+        "losses": [m["loss"] for m in metrics(run_dir, "train")],
+        "evals": [m["val_loss"] for m in metrics(run_dir, "eval")],
+        "final": adapter(run_dir / "adapters" / "final"),
+    }
 
 
 def _same_result(run_dir, reference) -> None:
@@ -44,12 +67,14 @@ def _same_result(run_dir, reference) -> None:
 
 
 def _start(*args):
-    return subprocess.Popen(command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ))
+    return subprocess.Popen(
+        command("run", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
 
 
 def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_and_ends_like_the_uninterrupted_one(
-        reference, tiny_env, isolated_env):
+    reference, tiny_env, isolated_env
+):
     child = _start("--dataset", reference["dataset"], "--checkpoint-every", 4, *CONFIG)
     seen = []
     for line in child.stdout:

@@ -19,18 +19,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("training.trainer.launch:main", "train a LoRA adapter (new run, or --resume an interrupted one)"),
     "status": ("training.lifecycle.commands:status", "show the latest training runs"),
     "adapters": ("training.lifecycle.commands:adapters", "list registered adapter versions; * marks production"),
-    "promote": ("training.lifecycle.commands:promote",
-                "put a registered adapter version into production (files are verified first)"),
-    "rollback": ("training.lifecycle.commands:rollback",
-                 "go back to the previous production adapter (or the base model)"),
-    "gate": ("training.evaluation.gate:main", "compare a version with production on validation loss and eval questions"),
+    "promote": (
+        "training.lifecycle.commands:promote",
+        "put a registered adapter version into production (files are verified first)",
+    ),
+    "rollback": (
+        "training.lifecycle.commands:rollback",
+        "go back to the previous production adapter (or the base model)",
+    ),
+    "gate": (
+        "training.evaluation.gate:main",
+        "compare a version with production on validation loss and eval questions",
+    ),
     "pipeline": ("training.lifecycle.commands:pipeline", "build the dataset, train, gate, and promote or reject, once"),
-    "ground": ("training.evaluation.grounding:main",
-               "rewrite a built dataset with the prompts as served (retrieved facts included)"),
-    "evaluate": ("training.evaluation.evaluate:main",
-                 "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT"),
-    "factory": ("training.lifecycle.factory:main",
-                "write a registered version as the factory adapter of the configured base model"),
+    "ground": (
+        "training.evaluation.grounding:main",
+        "rewrite a built dataset with the prompts as served (retrieved facts included)",
+    ),
+    "evaluate": (
+        "training.evaluation.evaluate:main",
+        "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT",
+    ),
+    "factory": (
+        "training.lifecycle.factory:main",
+        "write a registered version as the factory adapter of the configured base model",
+    ),
 }
 
 USAGE = "usage: python -m training [-v] COMMAND ...  (COMMAND --help for its options)"

@@ -17,9 +17,9 @@ import logging
 import sys
 from collections.abc import Callable
 
+from common.settings import SettingsError
 from inference.adapters import AdapterError
 from inference.modelstore import ModelNotFound
-from common.settings import SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

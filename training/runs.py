@@ -105,7 +105,9 @@ def new_run(home: Path) -> Run:
     """A new run folder; its id is its creation time to the millisecond, so names sort by age."""
     while True:
         now = time.time()
-        run = Run(Home(home).runs / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}")
+        run = Run(
+            Home(home).runs / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}"
+        )
         try:
             run.dir.mkdir(parents=True)
         except FileExistsError:

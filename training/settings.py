@@ -19,9 +19,24 @@ from common.settings import Settings
 # Settings that change the numbers a run produces. Resuming compares them; the others (how often to
 # save, how much memory there is) may change between a crash and its resume.
 FINGERPRINTED = (
-    "iters", "batch_size", "learning_rate", "min_lr_ratio", "warmup_steps", "weight_decay",
-    "grad_clip", "grad_accumulation", "lora_rank", "lora_scale", "lora_dropout", "lora_layers",
-    "max_seq_length", "eval_every", "val_batches", "patience", "min_delta", "seed",
+    "iters",
+    "batch_size",
+    "learning_rate",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "grad_clip",
+    "grad_accumulation",
+    "lora_rank",
+    "lora_scale",
+    "lora_dropout",
+    "lora_layers",
+    "max_seq_length",
+    "eval_every",
+    "val_batches",
+    "patience",
+    "min_delta",
+    "seed",
 )
 
 
@@ -46,8 +61,12 @@ class TrainingSettings(Settings):
     lora_scale: float = Field(default=20.0, gt=0.0)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     lora_layers: int = Field(default=16, ge=1, description="Last N transformer blocks get LoRA")
-    max_seq_length: int = Field(default=512, ge=16, le=32768, description=(
-        "Longer examples are cut; grounded prompts (facts + question) run to ~370 tokens"))
+    max_seq_length: int = Field(
+        default=512,
+        ge=16,
+        le=32768,
+        description=("Longer examples are cut; grounded prompts (facts + question) run to ~370 tokens"),
+    )
     eval_every: int = Field(default=50, ge=1)
     val_batches: int = Field(default=50, ge=1)
     patience: int = Field(default=2, ge=1, description="Evaluations without improvement before stopping")
@@ -88,7 +107,7 @@ class TrainingSettings(Settings):
         return None if value == "" else value
 
     @classmethod
-    def load(cls, **overrides) -> "TrainingSettings":
+    def load(cls, **overrides) -> TrainingSettings:
         """Read the environment; CLI flags come in as overrides (None: not given). Raises SettingsError."""
         return super().load(**{k: v for k, v in overrides.items() if v is not None})
 

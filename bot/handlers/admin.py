@@ -31,6 +31,7 @@ PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far b
 
 def admin_only(handler):
     """Refuse non-admins politely; record who tried what in the store and the log."""
+
     @functools.wraps(handler)
     async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         services, user = services_of(context), update.effective_user
@@ -43,8 +44,9 @@ def admin_only(handler):
             return
         if update.effective_chat.type != ChatType.PRIVATE and command not in IN_GROUPS:
             log.info("admin %s: /%s in a group, pointed to the private chat", user.id, command)
-            await update.message.reply_text(text("admin_private_only", user_language(update),
-                                                 username=context.bot.username))
+            await update.message.reply_text(
+                text("admin_private_only", user_language(update), username=context.bot.username)
+            )
             return
         log.info("admin %s: /%s", user.id, command)
         await handler(update, context)
@@ -71,8 +73,10 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
     loop = asyncio.get_running_loop()
     result = await services.retrainer.run(
-        trigger="admin", requested_by=str(update.effective_user.id),
-        on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event))
+        trigger="admin",
+        requested_by=str(update.effective_user.id),
+        on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event),
+    )
     await progress.finish(f"Retraining: {result.outcome}\n{result.message}")
 
 
@@ -80,8 +84,9 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/rollback` serves the previous adapter, `/rollback v0003` that version."""
     services = services_of(context)
-    await update.message.reply_text(await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id,
-                                                            _argument(update.message)))
+    await update.message.reply_text(
+        await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id, _argument(update.message))
+    )
 
 
 @admin_only
@@ -93,21 +98,26 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     target = message.reply_to_message
     logged = None
     if target is not None and fix:
-        logged = await asyncio.to_thread(services.store.message_by_telegram_id, message.chat_id,
-                                         target.message_id)
+        logged = await asyncio.to_thread(services.store.message_by_telegram_id, message.chat_id, target.message_id)
     if logged is None:
         await message.reply_text(text("correct_usage", user_language(update)))
         return
-    await message.reply_text(await asyncio.to_thread(admin_ops.correct, services, logged.id,
-                                                     update.effective_user.id, fix))
+    await message.reply_text(
+        await asyncio.to_thread(admin_ops.correct, services, logged.id, update.effective_user.id, fix)
+    )
 
 
 @admin_only
 async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/facts` lists the newest facts of the knowledge base, `/facts <words>` searches it,
     `/facts history <id>` and `/facts restore <id> <revision>` show and restore a fact's revisions."""
-    report = await asyncio.to_thread(admin_ops.facts_text, services_of(context), _argument(update.message),
-                                     update.effective_user.id, user_language(update))
+    report = await asyncio.to_thread(
+        admin_ops.facts_text,
+        services_of(context),
+        _argument(update.message),
+        update.effective_user.id,
+        user_language(update),
+    )
     for part in split_text(report):
         await update.message.reply_text(part)
 
@@ -115,8 +125,11 @@ async def facts(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 @admin_only
 async def fact_remove(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/fact_remove <id>` takes a fact out of the answers."""
-    await update.message.reply_text(await asyncio.to_thread(
-        admin_ops.remove_fact_text, services_of(context), _argument(update.message), update.effective_user.id))
+    await update.message.reply_text(
+        await asyncio.to_thread(
+            admin_ops.remove_fact_text, services_of(context), _argument(update.message), update.effective_user.id
+        )
+    )
 
 
 def _argument(message: Message) -> str:

@@ -32,8 +32,7 @@ async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     counts = await services.conversations.forget_user(user.id, services.data_settings.home)
     lang = user_language(update)
     summary = deleted_summary(counts, lang)
-    await update.message.reply_text(text("forgot", lang, details=summary) if summary
-                                    else text("forgot_nothing", lang))
+    await update.message.reply_text(text("forgot", lang, details=summary) if summary else text("forgot_nothing", lang))
 
 
 async def opt_out(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -29,8 +29,7 @@ async def limit_updates(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     allowed, tell = services.conversations.update_limiter.check(user.id)
     if allowed:
         return
-    log.info("rate limit: user %s sent more than %d updates in a minute", user.id,
-             services.settings.updates_per_minute)
+    log.info("rate limit: user %s sent more than %d updates in a minute", user.id, services.settings.updates_per_minute)
     if tell and message is not None:
         await message.reply_text(text("rate_limited", user_language(update)))
     elif update.callback_query is not None:  # stops the button's spinner; the notice only once

@@ -30,7 +30,8 @@ def addressed(message: Message, bot: Bot) -> bool:
         return True
     mention = f"@{bot.username}".lower()
     entities = message.parse_entities([MessageEntity.MENTION]) or message.parse_caption_entities(
-        [MessageEntity.MENTION])
+        [MessageEntity.MENTION]
+    )
     return any(value.lower() == mention for value in entities.values())
 
 
@@ -44,33 +45,44 @@ async def on_question(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await message.reply_text(text("help", lang, backup_days=services.data_settings.backup_max_age_days))
         return
     if len(question) > services.settings.max_question_chars:
-        await message.reply_text(text("too_long", lang, length=len(question),
-                                      limit=services.settings.max_question_chars))
+        await message.reply_text(
+            text("too_long", lang, length=len(question), limit=services.settings.max_question_chars)
+        )
         return
     allowed, tell = services.conversations.rate_limiter.check(user.id)
     if not allowed:
-        log.info("rate limit: user %s asked more than %d questions in a minute", user.id,
-                 services.settings.rate_limit_per_minute)
+        log.info(
+            "rate limit: user %s asked more than %d questions in a minute",
+            user.id,
+            services.settings.rate_limit_per_minute,
+        )
         if tell:
             await message.reply_text(text("rate_limited", lang))
         return
-    asker = Asker(chat_id=message.chat_id, user_id=user.id, name=user.full_name,
-                  language=user.language_code, chat_type=message.chat.type,
-                  chat_title=message.chat.title)
+    asker = Asker(
+        chat_id=message.chat_id,
+        user_id=user.id,
+        name=user.full_name,
+        language=user.language_code,
+        chat_type=message.chat.type,
+        chat_title=message.chat.title,
+    )
     reply = StreamingReply(context.bot, message, services.settings.stream_edit_interval)
     delivering: list[Answer] = []
 
     async def deliver(answer: Answer) -> None:
         delivering.append(answer)
         stored = answer.message_id is not None  # not when the asker /forgot meanwhile: nothing to rate
-        sent = await reply.finish(answer.reply or text("empty_answer", lang),
-                                  feedback_buttons(answer.message_id) if stored else None)
+        sent = await reply.finish(
+            answer.reply or text("empty_answer", lang), feedback_buttons(answer.message_id) if stored else None
+        )
         if stored:
             await asyncio.to_thread(services.store.attach_telegram_id, answer.message_id, sent.message_id)
 
     try:  # no await before ask(): it is what keeps a chat's questions (and answers) in order
-        await services.conversations.ask(asker, question, reply.partial,
-                                         busy=lambda: typing(context.bot, message.chat_id), deliver=deliver)
+        await services.conversations.ask(
+            asker, question, reply.partial, busy=lambda: typing(context.bot, message.chat_id), deliver=deliver
+        )
     except Exception:
         if delivering:  # answered and logged, but Telegram refused it: for the error handler
             raise
@@ -90,8 +102,9 @@ async def on_feedback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await query.answer()
         return
     _, message_id, vote = query.data.split(":")
-    recorded = await asyncio.to_thread(services_of(context).store.set_feedback, int(message_id),
-                                       query.from_user.id, 1 if vote == "up" else -1)
+    recorded = await asyncio.to_thread(
+        services_of(context).store.set_feedback, int(message_id), query.from_user.id, 1 if vote == "up" else -1
+    )
     if not recorded:
         log.info("refused a vote by user %s on message %s", query.from_user.id, message_id)
     await query.answer(text("vote_thanks" if recorded else "vote_refused", user_language(update)))

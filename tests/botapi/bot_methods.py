@@ -50,9 +50,7 @@ def set_my_commands(state: Any, p: dict, files: dict) -> bool:
             raise bad_request("BOT_COMMAND_INVALID")
         if not 1 <= len(command.get("description") or "") <= 256:
             raise bad_request("command description must be non-empty")
-    state.commands[_commands_key(p)] = [
-        {"command": c["command"], "description": c["description"]} for c in commands
-    ]
+    state.commands[_commands_key(p)] = [{"command": c["command"], "description": c["description"]} for c in commands]
     return True
 
 

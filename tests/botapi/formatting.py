@@ -113,8 +113,7 @@ def parse_html(text: str) -> tuple[str, list[dict]]:
                 raise ParseError(f"Unexpected end tag at byte offset {offset}")
             if stack[-1][0] != tag:
                 raise ParseError(
-                    f'Unmatched end tag at byte offset {offset}, expected "</{stack[-1][0]}>", '
-                    f'found "</{tag}>"'
+                    f'Unmatched end tag at byte offset {offset}, expected "</{stack[-1][0]}>", found "</{tag}>"'
                 )
             _, start, type_, extra = stack.pop()
             language = extra.pop("language", None) if type_ == "code" else None

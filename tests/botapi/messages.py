@@ -26,9 +26,7 @@ NOT_MODIFIED = (
 )
 
 
-def _formatted(
-    p: dict, key: str, *, caption: bool = False, allow_empty: bool = False
-) -> tuple[str, list]:
+def _formatted(p: dict, key: str, *, caption: bool = False, allow_empty: bool = False) -> tuple[str, list]:
     """Text (or caption) after entity parsing, with the length and emptiness rules."""
     raw = p.get(key) or ""
     entities_key = "caption_entities" if caption else "entities"
@@ -105,9 +103,7 @@ def _send(state: Any, p: dict, **content: Any) -> dict:
     return copy.deepcopy(message)
 
 
-def _upload(
-    state: Any, p: dict, files: dict[str, UploadedFile], field: str
-) -> UploadedFile | StoredFile:
+def _upload(state: Any, p: dict, files: dict[str, UploadedFile], field: str) -> UploadedFile | StoredFile:
     """The new upload for `field` (direct or attach://), or a file reused by file_id."""
     value = p.get(field)
     if isinstance(value, str) and value.startswith("attach://"):

@@ -40,9 +40,7 @@ class BotApiServer(UpdateInjector):
     def start(self) -> BotApiServer:
         self._httpd = HttpServer(("127.0.0.1", 0), Handler)
         self._httpd.api = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -78,9 +76,7 @@ class BotApiServer(UpdateInjector):
 
     # --- request handling (called from HTTP threads) ----------------------------------
 
-    def handle(
-        self, token: str, method: str, params: dict, files: dict[str, UploadedFile]
-    ) -> tuple[int, dict]:
+    def handle(self, token: str, method: str, params: dict, files: dict[str, UploadedFile]) -> tuple[int, dict]:
         started = time.time()
         name, handler = METHODS.get(method.lower(), (method, None))
         try:
@@ -142,9 +138,7 @@ class BotApiServer(UpdateInjector):
                 if m["from"]["id"] == BOT_SENDER["id"] and (chat_id is None or c == chat_id)
             ]
 
-    def wait_for(
-        self, predicate: Callable[[Call], bool] | str, timeout: float = 10.0, since: int = 0
-    ) -> Call:
+    def wait_for(self, predicate: Callable[[Call], bool] | str, timeout: float = 10.0, since: int = 0) -> Call:
         """First call (from index `since` of the log) matching predicate or method name.
 
         Raises TimeoutError listing recent calls, so a failing test shows what the bot did.

@@ -17,10 +17,7 @@ from .model import ApiError, Call, StoredFile, bad_request
 
 # Telegram's default when allowed_updates was never set: everything except these.
 _OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
-_CONFLICT = (
-    "Conflict: terminated by other getUpdates request; "
-    "make sure that only one bot instance is running"
-)
+_CONFLICT = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
 
 
 def update_type(update: dict) -> str:

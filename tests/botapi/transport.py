@@ -72,9 +72,7 @@ def _multipart(body: bytes, boundary: str) -> tuple[dict, dict[str, UploadedFile
     return params, files
 
 
-def decode_request(
-    query: str, content_type: str, body: bytes
-) -> tuple[dict, dict[str, UploadedFile]]:
+def decode_request(query: str, content_type: str, body: bytes) -> tuple[dict, dict[str, UploadedFile]]:
     params: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
     files: dict[str, UploadedFile] = {}
     header = _header(content_type or "application/octet-stream")

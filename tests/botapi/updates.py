@@ -25,9 +25,7 @@ def auto_entities(text: str) -> list[dict]:
     if command:
         entities.append({"type": "bot_command", "offset": 0, "length": utf16_len(command[0])})
     for m in _MENTION.finditer(text, command.end() if command else 0):
-        entities.append(
-            {"type": "mention", "offset": utf16_len(text[: m.start()]), "length": utf16_len(m[0])}
-        )
+        entities.append({"type": "mention", "offset": utf16_len(text[: m.start()]), "length": utf16_len(m[0])})
     return entities
 
 

@@ -43,8 +43,7 @@ from ..errors import EXIT_USAGE, guarded, parse, report
 from ..lifecycle.commands import open_registry
 from ..lifecycle.settings import LifecycleSettings
 
-CONFIGS = ("base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval",
-           "adapter+retrieval+guard")
+CONFIGS = ("base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval", "adapter+retrieval+guard")
 GUARD_SUFFIX = "+guard"
 MIN_COPY_CHARS = 20  # an earlier answer this long found again inside a later one is a copy
 
@@ -59,9 +58,18 @@ class Answer:
     guard: str = "kept"  # the guard's verdict (inference.faithfulness)
 
 
-def served_answers(model, tokenizer, questions: Sequence[str], serving: InferenceSettings, index,
-                   *, grounded: bool, max_tokens: int, previous: Sequence[str | None] | None = None,
-                   label: str = "answers") -> list[Answer]:
+def served_answers(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    serving: InferenceSettings,
+    index,
+    *,
+    grounded: bool,
+    max_tokens: int,
+    previous: Sequence[str | None] | None = None,
+    label: str = "answers",
+) -> list[Answer]:
     """Greedy answers to questions, prompts built as the bot builds them (`previous[i]`: the
     question before questions[i] in its chat, for follow-ups); `label` names the progress shown.
 
@@ -73,15 +81,24 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
         return len(tokenizer.encode(text))
 
     previous = previous or [None] * len(questions)
-    groundings = [build_grounded([{"role": "user", "content": question}], index if grounded else None,
-                                 settings, count_tokens, before)
-                  for question, before in zip(questions, previous, strict=True)]
+    groundings = [
+        build_grounded(
+            [{"role": "user", "content": question}], index if grounded else None, settings, count_tokens, before
+        )
+        for question, before in zip(questions, previous, strict=True)
+    ]
     todo = [i for i, grounding in enumerate(groundings) if grounding.decline is None]
     texts: dict[int, str] = {}
     if todo:
         prompts = [render_prompt(tokenizer, groundings[i].messages, serving.system_prompt) for i in todo]
-        generated = generate_batch(model, tokenizer, prompts, max_tokens, label, logits_processors=
-                                   make_logits_processors(repetition_penalty=serving.repetition_penalty))
+        generated = generate_batch(
+            model,
+            tokenizer,
+            prompts,
+            max_tokens,
+            label,
+            logits_processors=make_logits_processors(repetition_penalty=serving.repetition_penalty),
+        )
         texts = dict(zip(todo, generated, strict=True))
     answers = []
     for i, g in enumerate(groundings):
@@ -89,8 +106,9 @@ def served_answers(model, tokenizer, questions: Sequence[str], serving: Inferenc
             answers.append(Answer(g.decline, True, (), g.messages, g.decline))
             continue
         checked = guard(texts[i].strip(), [fact.text for fact in g.facts], g.messages[-1]["content"])
-        answers.append(Answer(texts[i], False, tuple(fact.fact for fact in g.facts), g.messages,
-                              checked.text, checked.verdict))
+        answers.append(
+            Answer(texts[i], False, tuple(fact.fact for fact in g.facts), g.messages, checked.text, checked.verdict)
+        )
     return answers
 
 
@@ -111,11 +129,13 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_tokens: int, 
     return [tokenizer.decode(tokens[uid]) for uid in uids]
 
 
-def score(answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *,
-          guarded: bool = False) -> EvalReport:
+def score(
+    answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *, guarded: bool = False
+) -> EvalReport:
     """data.scorer's report over answers keyed by question (as generated, or as the guard sends them)."""
-    return evaluate(lambda question, _lang: answers[question].guarded if guarded else answers[question].text,
-                    list(items), list(ood))
+    return evaluate(
+        lambda question, _lang: answers[question].guarded if guarded else answers[question].text, list(items), list(ood)
+    )
 
 
 @dataclass(frozen=True)
@@ -128,8 +148,9 @@ class TurnResult:
     copied: bool  # repeats an earlier answer of the same conversation
 
 
-def conversation_results(model, tokenizer, conversations: Sequence[Conversation], serving: InferenceSettings,
-                         index, *, max_tokens: int) -> list[TurnResult]:
+def conversation_results(
+    model, tokenizer, conversations: Sequence[Conversation], serving: InferenceSettings, index, *, max_tokens: int
+) -> list[TurnResult]:
     """Every turn of every conversation, answered as the bot answers it.
 
     The bot lets a follow-up lean on the previous question it answered from facts; what that is
@@ -142,11 +163,23 @@ def conversation_results(model, tokenizer, conversations: Sequence[Conversation]
         for turn in conversation.turns:
             questions.append(turn.question)
             previous.append(before)
-            grounding = build_grounded([{"role": "user", "content": turn.question}], index, serving,
-                                       previous_question=before)
+            grounding = build_grounded(
+                [{"role": "user", "content": turn.question}], index, serving, previous_question=before
+            )
             before = turn.question if grounding.decline is None else before
-    answers = iter(served_answers(model, tokenizer, questions, serving, index, grounded=True,
-                                  max_tokens=max_tokens, previous=previous, label="conversations"))
+    answers = iter(
+        served_answers(
+            model,
+            tokenizer,
+            questions,
+            serving,
+            index,
+            grounded=True,
+            max_tokens=max_tokens,
+            previous=previous,
+            label="conversations",
+        )
+    )
     results = []
     for conversation in conversations:
         earlier: list[str] = []
@@ -158,16 +191,21 @@ def conversation_results(model, tokenizer, conversations: Sequence[Conversation]
             else:
                 verdict = "right" if is_decline(text) else "wrong"
             said = normalise(text)
-            copied = any(said == before or (len(before) >= MIN_COPY_CHARS and before in said)
-                         for before in earlier)
+            copied = any(said == before or (len(before) >= MIN_COPY_CHARS and before in said) for before in earlier)
             earlier.append(said)
             results.append(TurnResult(conversation.id, turn.question, turn.expected, text, verdict, copied))
     return results
 
 
-def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequence[EvalItem],
-                     ood: Sequence[OODItem], serving: InferenceSettings, max_tokens: int,
-                     conversations: Sequence[Conversation] = ()) -> dict[str, dict]:
+def evaluate_configs(
+    configs: Sequence[str],
+    adapter: Path | None,
+    items: Sequence[EvalItem],
+    ood: Sequence[OODItem],
+    serving: InferenceSettings,
+    max_tokens: int,
+    conversations: Sequence[Conversation] = (),
+) -> dict[str, dict]:
     """{config: {"report": EvalReport, "declined": n, "guard_fired": n, "turns": [TurnResult],
     "seconds": s}} on one base-model load. A "+guard" configuration scores the answers its
     retrieval configuration generated, as the guard passes them on: one generation serves both."""
@@ -176,8 +214,7 @@ def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequen
         raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     if adapter is None and any(name.startswith("adapter") for name in configs):
         raise ValueError("the adapter configurations need an adapter: --adapter VERSION|PATH, or a production one")
-    model, tokenizer, _info = load_base(serving.model_path, serving.home.models, serving.device,
-                                        serving.cpu_dtype)
+    model, tokenizer, _info = load_base(serving.model_path, serving.home.models, serving.device, serving.cpu_dtype)
     index = FactIndex(serving.home.database, serving.retrieval_min_score)
     questions = [item.question for item in items] + [probe.question for probe in ood]
     results = {}
@@ -189,20 +226,26 @@ def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequen
                 apply_adapter(model, read_adapter(adapter, str(adapter)))
             model.eval()
             grounded = generated.endswith("retrieval")
-            answers = served_answers(model, tokenizer, questions, serving, index, grounded=grounded,
-                                     max_tokens=max_tokens, label=generated)
-            turns = conversation_results(model, tokenizer, conversations, serving, index,
-                                         max_tokens=max_tokens) if grounded else []
+            answers = served_answers(
+                model, tokenizer, questions, serving, index, grounded=grounded, max_tokens=max_tokens, label=generated
+            )
+            turns = (
+                conversation_results(model, tokenizer, conversations, serving, index, max_tokens=max_tokens)
+                if grounded
+                else []
+            )
             by_question = dict(zip(questions, answers, strict=True))
             seconds = round(time.perf_counter() - started, 1)
             for guarded in (False, True):
                 name = generated + (GUARD_SUFFIX if guarded else "")
                 if name in configs:
-                    results[name] = {"report": score(by_question, items, ood, guarded=guarded),
-                                     "declined": sum(answer.declined for answer in answers[: len(items)]),
-                                     "guard_fired": sum(answer.guard != KEPT for answer in answers)
-                                     if guarded else None,
-                                     "turns": turns if guarded else [], "seconds": seconds}
+                    results[name] = {
+                        "report": score(by_question, items, ood, guarded=guarded),
+                        "declined": sum(answer.declined for answer in answers[: len(items)]),
+                        "guard_fired": sum(answer.guard != KEPT for answer in answers) if guarded else None,
+                        "turns": turns if guarded else [],
+                        "seconds": seconds,
+                    }
     finally:
         remove_adapter(model)
         index.close()
@@ -212,17 +255,21 @@ def evaluate_configs(configs: Sequence[str], adapter: Path | None, items: Sequen
 def table(results: dict[str, dict]) -> str:
     """One row per configuration: right / declined / wrong per language, out-of-domain declines,
     how often the guard replaced an answer, and the conversations' turns."""
-    header = (f"{'configuration':<25}{'EN r/d/w':>17}{'PT r/d/w':>17}{'right':>7}{'wrong':>7}{'OOD decl':>9}"
-              f"{'guard':>6}{'turns r/d/w':>18}{'copies':>7}{'secs':>6}")
+    header = (
+        f"{'configuration':<25}{'EN r/d/w':>17}{'PT r/d/w':>17}{'right':>7}{'wrong':>7}{'OOD decl':>9}"
+        f"{'guard':>6}{'turns r/d/w':>18}{'copies':>7}{'secs':>6}"
+    )
     rows = [header, "-" * len(header)]
     for name, result in results.items():
         report = result["report"]
         turns = result["turns"]
-        rows.append(f"{name:<25}{_shares(report.verdicts('en')):>17}{_shares(report.verdicts('pt')):>17}"
-                    f"{_pct(report.accuracy):>7}{_pct(report.wrong_rate):>7}{_pct(report.ood_decline_rate):>9}"
-                    f"{'-' if result['guard_fired'] is None else result['guard_fired']:>6}"
-                    f"{_turn_shares(turns) if turns else '-':>18}"
-                    f"{sum(turn.copied for turn in turns) if turns else '-':>7}{result['seconds']:>6.0f}")
+        rows.append(
+            f"{name:<25}{_shares(report.verdicts('en')):>17}{_shares(report.verdicts('pt')):>17}"
+            f"{_pct(report.accuracy):>7}{_pct(report.wrong_rate):>7}{_pct(report.ood_decline_rate):>9}"
+            f"{'-' if result['guard_fired'] is None else result['guard_fired']:>6}"
+            f"{_turn_shares(turns) if turns else '-':>18}"
+            f"{sum(turn.copied for turn in turns) if turns else '-':>7}{result['seconds']:>6.0f}"
+        )
     return "\n".join(rows)
 
 
@@ -231,8 +278,9 @@ def _shares(verdicts: dict[str, float | None]) -> str:
 
 
 def _turn_shares(turns: list[TurnResult]) -> str:
-    return "/".join(f"{100 * sum(t.verdict == v for t in turns) / len(turns):.0f}"
-                    for v in ("right", "declined", "wrong"))
+    return "/".join(
+        f"{100 * sum(t.verdict == v for t in turns) / len(turns):.0f}" for v in ("right", "declined", "wrong")
+    )
 
 
 def _pct(value) -> str:
@@ -241,10 +289,15 @@ def _pct(value) -> str:
 
 # --- python -m training evaluate -----------------------------------------------------------------
 
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training evaluate", description=(
-        "right / declined / wrong of base and adapter, alone, with retrieval and with the faithfulness "
-        "guard, EN and PT, plus out-of-domain declines and the multi-turn conversations"))
+    parser = argparse.ArgumentParser(
+        prog="python -m training evaluate",
+        description=(
+            "right / declined / wrong of base and adapter, alone, with retrieval and with the faithfulness "
+            "guard, EN and PT, plus out-of-domain declines and the multi-turn conversations"
+        ),
+    )
     _configure_evaluate(parser)
     args = parse(parser, argv)
     return args if isinstance(args, int) else _evaluate(args)
@@ -278,15 +331,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         report(str(error))
         return EXIT_USAGE
     if args.save:
-        Path(args.save).write_text(json.dumps(
-            {name: {"declined": r["declined"], "guard_fired": r["guard_fired"], "seconds": r["seconds"],
-                    "turns": [asdict(turn) for turn in r["turns"]], **r["report"].to_dict()}
-             for name, r in results.items()}, ensure_ascii=False, indent=2), encoding="utf-8")
+        Path(args.save).write_text(
+            json.dumps(
+                {
+                    name: {
+                        "declined": r["declined"],
+                        "guard_fired": r["guard_fired"],
+                        "seconds": r["seconds"],
+                        "turns": [asdict(turn) for turn in r["turns"]],
+                        **r["report"].to_dict(),
+                    }
+                    for name, r in results.items()
+                },
+                ensure_ascii=False,
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
     turns = sum(len(conversation.turns) for conversation in conversations)
-    print(f"{len(items)} {args.set} items ({sum(i.lang == 'en' for i in items)} EN, "
-          f"{sum(i.lang == 'pt' for i in items)} PT), {len(ood)} out-of-domain probes, {len(conversations)} "
-          f"conversations ({turns} turns); adapter {adapter or 'none'}; greedy, {max_tokens} tokens\n"
-          f"{table(results)}")
+    print(
+        f"{len(items)} {args.set} items ({sum(i.lang == 'en' for i in items)} EN, "
+        f"{sum(i.lang == 'pt' for i in items)} PT), {len(ood)} out-of-domain probes, {len(conversations)} "
+        f"conversations ({turns} turns); adapter {adapter or 'none'}; greedy, {max_tokens} tokens\n"
+        f"{table(results)}"
+    )
     return 0
 
 
@@ -302,8 +370,12 @@ def _adapter_folder(given: str | None, registry) -> Path | None:
 
 def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="registered version or adapter folder (default: production)")
-    parser.add_argument("--set", choices=SPLITS, default="heldout",
-                        help="dev (tune on it) or heldout (look once per design); default heldout")
+    parser.add_argument(
+        "--set",
+        choices=SPLITS,
+        default="heldout",
+        help="dev (tune on it) or heldout (look once per design); default heldout",
+    )
     parser.add_argument("--limit", type=int, help="a language-balanced subset of N items (and N/4 conversations)")
     parser.add_argument("--configs", help=f"comma-separated, default: {','.join(CONFIGS)}")
     parser.add_argument("--max-tokens", type=int, help="answer length cap (default GATE_MAX_TOKENS)")

@@ -65,8 +65,13 @@ class GateError(UsageError, RuntimeError):
     """The gate cannot run: no validation data, no eval items, a champion that does not load."""
 
 
-def gate_version(registry: Registry, version: str, *, settings: LifecycleSettings | None = None,
-                 serving: InferenceSettings | None = None) -> dict:
+def gate_version(
+    registry: Registry,
+    version: str,
+    *,
+    settings: LifecycleSettings | None = None,
+    serving: InferenceSettings | None = None,
+) -> dict:
     """Gate a registered version against production, record the report in the registry, return it."""
     settings = settings or LifecycleSettings.load()
     serving = serving or InferenceSettings.load()
@@ -75,18 +80,34 @@ def gate_version(registry: Registry, version: str, *, settings: LifecycleSetting
     if champion is not None and champion.version == candidate.version:
         raise GateError(f"{candidate.version} is in production: there is nothing to compare it with")
     if candidate.run_dir is None or not (candidate.run_dir / "config.json").is_file():
-        raise GateError(f"{candidate.version}: its training run ({candidate.run_dir or 'none recorded'}) is "
-                        "gone, and the gate needs that run's validation batches")
+        raise GateError(
+            f"{candidate.version}: its training run ({candidate.run_dir or 'none recorded'}) is "
+            "gone, and the gate needs that run's validation batches"
+        )
     problems: list = []
     items = gate_items(load_eval(DataSettings.load().seed_dir, problems, GATE_SPLIT), settings.gate_eval_limit)
     if not items:
         raise GateError(f"no {GATE_SPLIT} eval items in SEED_DIR ({'; '.join(map(str, problems[:3]))})")
     # The champion's own batches, while its run and dataset are kept (retention and /forget delete them).
-    reference = champion.run_dir if champion is not None and champion.run_dir is not None \
-        and champion.run_dir != candidate.run_dir and _valid_set_kept(champion.run_dir) else None
-    report = compare(candidate.path, candidate.version, champion.path if champion else None,
-                     champion.version if champion else None, run_dir=candidate.run_dir, items=items,
-                     settings=settings, serving=serving, reference_run=reference)
+    reference = (
+        champion.run_dir
+        if champion is not None
+        and champion.run_dir is not None
+        and champion.run_dir != candidate.run_dir
+        and _valid_set_kept(champion.run_dir)
+        else None
+    )
+    report = compare(
+        candidate.path,
+        candidate.version,
+        champion.path if champion else None,
+        champion.version if champion else None,
+        run_dir=candidate.run_dir,
+        items=items,
+        settings=settings,
+        serving=serving,
+        reference_run=reference,
+    )
     registry.record_gate(candidate.version, report, report["accepted"])
     return report
 
@@ -117,9 +138,18 @@ def degenerate(text: str) -> str | None:
     return None
 
 
-def compare(candidate: Path, candidate_label: str, champion: Path | None, champion_label: str | None, *,
-            run_dir: Path, items: list[EvalItem], settings: LifecycleSettings,
-            serving: InferenceSettings, reference_run: Path | None = None) -> dict:
+def compare(
+    candidate: Path,
+    candidate_label: str,
+    champion: Path | None,
+    champion_label: str | None,
+    *,
+    run_dir: Path,
+    items: list[EvalItem],
+    settings: LifecycleSettings,
+    serving: InferenceSettings,
+    reference_run: Path | None = None,
+) -> dict:
     """Measure champion then candidate on one loaded base model; returns the report.
     `reference_run`: the champion's training run, whose validation batches both are also measured on."""
     started = time.perf_counter()
@@ -128,47 +158,92 @@ def compare(candidate: Path, candidate_label: str, champion: Path | None, champi
     reference = run_valid_batches(reference_run, tokenizer) if reference_run is not None else None
     index = FactIndex(serving.home.database, serving.retrieval_min_score) if serving.grounding else None
     try:
-        champ = _measure(model, tokenizer, champion, champion_label, batches, items, settings, serving, index,
-                         reference)
+        champ = _measure(
+            model, tokenizer, champion, champion_label, batches, items, settings, serving, index, reference
+        )
         if champ["error"]:
             raise GateError(f"the production adapter {champion_label} cannot be measured: {champ['error']}")
-        cand = _measure(model, tokenizer, candidate, candidate_label, batches, items, settings, serving, index,
-                        reference)
+        cand = _measure(
+            model, tokenizer, candidate, candidate_label, batches, items, settings, serving, index, reference
+        )
     finally:
         if index is not None:
             index.close()
     criteria = _criteria(cand, champ, settings)
-    answers = [{"id": item.id, "lang": item.lang, "question": item.question,
-                "candidate": cand["answers"].get(item.id), "champion": champ["answers"].get(item.id),
-                "candidate_passed": cand["passed"].get(item.id), "champion_passed": champ["passed"].get(item.id),
-                "facts": cand["facts"].get(item.id)}
-               for item in items]
+    answers = [
+        {
+            "id": item.id,
+            "lang": item.lang,
+            "question": item.question,
+            "candidate": cand["answers"].get(item.id),
+            "champion": champ["answers"].get(item.id),
+            "candidate_passed": cand["passed"].get(item.id),
+            "champion_passed": champ["passed"].get(item.id),
+            "facts": cand["facts"].get(item.id),
+        }
+        for item in items
+    ]
     for side in (cand, champ):
         del side["answers"], side["passed"], side["facts"]
     return {
-        "candidate": cand, "champion": champ, "criteria": criteria,
+        "candidate": cand,
+        "champion": champ,
+        "criteria": criteria,
         "accepted": all(c["passed"] for c in criteria),
-        "settings": {"min_improvement": settings.gate_min_improvement,
-                     "allowed_accuracy_drop": settings.gate_allowed_accuracy_drop,
-                     "allowed_wrong_rise": settings.gate_allowed_wrong_rise,
-                     "eval_limit": settings.gate_eval_limit, "max_tokens": settings.gate_max_tokens,
-                     "max_degenerate": settings.gate_max_degenerate,
-                     "max_regression": settings.gate_max_regression},
-        "grounding": serving.grounding, "base_model": info.model_id, "run_dir": str(run_dir),
-        "valid_batches": len(batches), "reference_run": str(reference_run) if reference_run else None,
-        "eval_items": len(items), "seconds": round(time.perf_counter() - started, 1),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "answers": answers,
+        "settings": {
+            "min_improvement": settings.gate_min_improvement,
+            "allowed_accuracy_drop": settings.gate_allowed_accuracy_drop,
+            "allowed_wrong_rise": settings.gate_allowed_wrong_rise,
+            "eval_limit": settings.gate_eval_limit,
+            "max_tokens": settings.gate_max_tokens,
+            "max_degenerate": settings.gate_max_degenerate,
+            "max_regression": settings.gate_max_regression,
+        },
+        "grounding": serving.grounding,
+        "base_model": info.model_id,
+        "run_dir": str(run_dir),
+        "valid_batches": len(batches),
+        "reference_run": str(reference_run) if reference_run else None,
+        "eval_items": len(items),
+        "seconds": round(time.perf_counter() - started, 1),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "answers": answers,
     }
 
 
-def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, items: list[EvalItem],
-             settings: LifecycleSettings, serving: InferenceSettings, index=None, reference=None) -> dict:
+def _measure(
+    model,
+    tokenizer,
+    folder: Path | None,
+    label: str | None,
+    batches,
+    items: list[EvalItem],
+    settings: LifecycleSettings,
+    serving: InferenceSettings,
+    index=None,
+    reference=None,
+) -> dict:
     """Validation loss and served answers with `folder`'s adapter (None = bare base model) applied."""
-    result = {"version": label, "label": label or BASE_LABEL, "error": None, "val_loss": None,
-              "champion_val_loss": None, "accuracy": None, "accuracy_by_lang": None, "key_fact_recall": None,
-              "wrong_rate": None, "verdicts_by_lang": None, "guard_fired": None, "empty": None,
-              "repetitive": None, "degenerate_share": None, "declined": None, "answers": {}, "passed": {},
-              "facts": {}}
+    result = {
+        "version": label,
+        "label": label or BASE_LABEL,
+        "error": None,
+        "val_loss": None,
+        "champion_val_loss": None,
+        "accuracy": None,
+        "accuracy_by_lang": None,
+        "key_fact_recall": None,
+        "wrong_rate": None,
+        "verdicts_by_lang": None,
+        "guard_fired": None,
+        "empty": None,
+        "repetitive": None,
+        "degenerate_share": None,
+        "declined": None,
+        "answers": {},
+        "passed": {},
+        "facts": {},
+    }
     remove_adapter(model)
     if folder is not None:
         try:
@@ -181,23 +256,35 @@ def _measure(model, tokenizer, folder: Path | None, label: str | None, batches, 
     result["val_loss"] = validation_loss(model, batches)
     if reference is not None:
         result["champion_val_loss"] = validation_loss(model, reference)
-    answers = served_answers(model, tokenizer, [item.question for item in items], serving, index,
-                             grounded=index is not None, max_tokens=settings.gate_max_tokens,
-                             label=f"gate {result['label']}")
+    answers = served_answers(
+        model,
+        tokenizer,
+        [item.question for item in items],
+        serving,
+        index,
+        grounded=index is not None,
+        max_tokens=settings.gate_max_tokens,
+        label=f"gate {result['label']}",
+    )
     texts = [answer.text for answer in answers]
     sent = {item.question: answer.guarded for item, answer in zip(items, answers, strict=True)}
     report = evaluate(lambda question, _lang: sent[question], items, ood_items=[])
     kinds = Counter(degenerate(text) for text in texts)
-    result.update(accuracy=report.accuracy, accuracy_by_lang=report.accuracy_by_lang,
-                  key_fact_recall=report.key_fact_recall, wrong_rate=report.wrong_rate,
-                  verdicts_by_lang={lang: report.verdicts(lang) for lang in LANGS},
-                  guard_fired=sum(answer.guard != KEPT for answer in answers),
-                  empty=kinds["empty"], repetitive=kinds["repetitive"],
-                  degenerate_share=(kinds["empty"] + kinds["repetitive"]) / len(texts),
-                  declined=sum(answer.declined for answer in answers),
-                  answers={item.id: sent[item.question] for item in items},
-                  passed={r.id: r.passed for r in report.items},
-                  facts={item.id: list(answer.facts) for item, answer in zip(items, answers, strict=True)})
+    result.update(
+        accuracy=report.accuracy,
+        accuracy_by_lang=report.accuracy_by_lang,
+        key_fact_recall=report.key_fact_recall,
+        wrong_rate=report.wrong_rate,
+        verdicts_by_lang={lang: report.verdicts(lang) for lang in LANGS},
+        guard_fired=sum(answer.guard != KEPT for answer in answers),
+        empty=kinds["empty"],
+        repetitive=kinds["repetitive"],
+        degenerate_share=(kinds["empty"] + kinds["repetitive"]) / len(texts),
+        declined=sum(answer.declined for answer in answers),
+        answers={item.id: sent[item.question] for item in items},
+        passed={r.id: r.passed for r in report.items},
+        facts={item.id: list(answer.facts) for item, answer in zip(items, answers, strict=True)},
+    )
     return result
 
 
@@ -205,34 +292,77 @@ def _criteria(cand: dict, champ: dict, settings: LifecycleSettings) -> list[dict
     rows = []
 
     def add(name: str, kind: str, unit: str, rule: str, passed: bool, key: str) -> None:
-        rows.append({"name": name, "kind": kind, "unit": unit, "candidate": cand[key], "champion": champ[key],
-                     "rule": rule, "passed": bool(passed)})
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "unit": unit,
+                "candidate": cand[key],
+                "champion": champ[key],
+                "rule": rule,
+                "passed": bool(passed),
+            }
+        )
 
     loss, best = cand["val_loss"], champ["val_loss"]
     limit = best * (1 - settings.gate_min_improvement) if _finite(best) else None
-    add("val_loss", "quality", "loss",
+    add(
+        "val_loss",
+        "quality",
+        "loss",
         f"≤ {limit:.4f} (champion − {settings.gate_min_improvement:.1%})" if limit is not None else "finite",
-        _finite(loss) and (limit is None or loss <= limit), "val_loss")
+        _finite(loss) and (limit is None or loss <= limit),
+        "val_loss",
+    )
     if _finite(champ["champion_val_loss"]):
         ceiling = champ["champion_val_loss"] * (1 + settings.gate_max_regression)
-        add("champion_val_loss", "quality", "loss",
+        add(
+            "champion_val_loss",
+            "quality",
+            "loss",
             f"≤ {ceiling:.4f} (champion + {settings.gate_max_regression:.1%}, on its own validation batches)",
-            _finite(cand["champion_val_loss"]) and cand["champion_val_loss"] <= ceiling, "champion_val_loss")
+            _finite(cand["champion_val_loss"]) and cand["champion_val_loss"] <= ceiling,
+            "champion_val_loss",
+        )
     floor = (champ["accuracy"] or 0.0) - settings.gate_allowed_accuracy_drop
-    add("accuracy", "quality", "share", f"≥ {max(floor, 0.0):.1%} (champion − "
-        f"{settings.gate_allowed_accuracy_drop:.1%})",
-        cand["accuracy"] is not None and cand["accuracy"] >= floor - 1e-9, "accuracy")
+    add(
+        "accuracy",
+        "quality",
+        "share",
+        f"≥ {max(floor, 0.0):.1%} (champion − {settings.gate_allowed_accuracy_drop:.1%})",
+        cand["accuracy"] is not None and cand["accuracy"] >= floor - 1e-9,
+        "accuracy",
+    )
     ceiling = (champ["wrong_rate"] or 0.0) + settings.gate_allowed_wrong_rise
-    add("wrong_rate", "quality", "share", f"≤ {min(ceiling, 1.0):.1%} (champion + "
-        f"{settings.gate_allowed_wrong_rise:.1%})",
-        cand["wrong_rate"] is not None and cand["wrong_rate"] <= ceiling + 1e-9, "wrong_rate")
-    rows.append({"name": "adapter_loads", "kind": "sanity", "unit": "text",
-                 "candidate": cand["error"] or "ok", "champion": champ["error"] or "ok",
-                 "rule": "files parse, tensors fit the base model, weights finite", "passed": cand["error"] is None})
+    add(
+        "wrong_rate",
+        "quality",
+        "share",
+        f"≤ {min(ceiling, 1.0):.1%} (champion + {settings.gate_allowed_wrong_rise:.1%})",
+        cand["wrong_rate"] is not None and cand["wrong_rate"] <= ceiling + 1e-9,
+        "wrong_rate",
+    )
+    rows.append(
+        {
+            "name": "adapter_loads",
+            "kind": "sanity",
+            "unit": "text",
+            "candidate": cand["error"] or "ok",
+            "champion": champ["error"] or "ok",
+            "rule": "files parse, tensors fit the base model, weights finite",
+            "passed": cand["error"] is None,
+        }
+    )
     add("finite_val_loss", "sanity", "loss", "not NaN or infinite", _finite(loss), "val_loss")
     allowed = max(settings.gate_max_degenerate, champ["degenerate_share"] or 0.0)
-    add("degenerate_answers", "sanity", "share", f"≤ {allowed:.1%} empty or repetitive",
-        cand["degenerate_share"] is not None and cand["degenerate_share"] <= allowed + 1e-9, "degenerate_share")
+    add(
+        "degenerate_answers",
+        "sanity",
+        "share",
+        f"≤ {allowed:.1%} empty or repetitive",
+        cand["degenerate_share"] is not None and cand["degenerate_share"] <= allowed + 1e-9,
+        "degenerate_share",
+    )
     return rows
 
 
@@ -242,9 +372,12 @@ def _finite(value) -> bool:
 
 # --- python -m training gate VERSION -------------------------------------------------------------
 
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training gate",
-                                     description="compare a version with production on validation loss and eval questions")
+    parser = argparse.ArgumentParser(
+        prog="python -m training gate",
+        description="compare a version with production on validation loss and eval questions",
+    )
     parser.add_argument("version", help="e.g. v0003 (or just 3)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = parse(parser, argv)

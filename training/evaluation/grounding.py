@@ -46,8 +46,7 @@ from data.builder import GROUNDED_SUFFIX
 from data.knowledge import knowledge_hash
 from data.store import Store
 from inference.faithfulness import claims, unsupported
-from inference.grounding import (DECLINE, Fact, FactIndex, build_grounded, facts_block,
-                                 grounded_messages)
+from inference.grounding import DECLINE, Fact, FactIndex, build_grounded, facts_block, grounded_messages
 from inference.loading import load_base
 from inference.settings import InferenceSettings
 
@@ -77,8 +76,11 @@ class GroundedDataset:
 
 
 def grounding_settings(serving) -> dict:
-    return {"retrieval_top_k": serving.retrieval_top_k, "retrieval_min_score": serving.retrieval_min_score,
-            "grounding_context_tokens": serving.grounding_context_tokens}
+    return {
+        "retrieval_top_k": serving.retrieval_top_k,
+        "retrieval_min_score": serving.retrieval_min_score,
+        "grounding_context_tokens": serving.grounding_context_tokens,
+    }
 
 
 def default_out_folder(dataset_folder: Path, content_hash: str) -> Path:
@@ -88,26 +90,36 @@ def default_out_folder(dataset_folder: Path, content_hash: str) -> Path:
     return dataset_folder.parent / f"{dataset_folder.name}{GROUNDED_SUFFIX}-{content_hash[:12]}"
 
 
-def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactIndex, serving_settings,
-                   tokenizer) -> GroundedDataset:
+def ground_dataset(
+    dataset_folder: Path, out_folder: Path | None, index: FactIndex, serving_settings, tokenizer
+) -> GroundedDataset:
     """Write the grounded copy of `dataset_folder`; an identical one already there is kept as is."""
     dataset_folder = Path(dataset_folder)
     if not (dataset_folder / "train.jsonl").is_file():
         raise GroundingError(f"{dataset_folder}: not a dataset folder (no train.jsonl)")
     if not index.available():
-        raise GroundingError(f"no knowledge base in {index.db_path}: open the store once "
-                             "(`python -m data knowledge stats`) before grounding")
+        raise GroundingError(
+            f"no knowledge base in {index.db_path}: open the store once "
+            "(`python -m data knowledge stats`) before grounding"
+        )
     parent = _read_manifest(dataset_folder)
-    wanted = {"parent": {"path": str(dataset_folder), "content_hash": parent.get("content_hash")},
-              "knowledge_hash": _knowledge_hash(index.db_path), "grounding": grounding_settings(serving_settings)}
+    wanted = {
+        "parent": {"path": str(dataset_folder), "content_hash": parent.get("content_hash")},
+        "knowledge_hash": _knowledge_hash(index.db_path),
+        "grounding": grounding_settings(serving_settings),
+    }
 
     def count_tokens(text: str) -> int:
         return len(tokenizer.encode(text))
 
     counts: Counter = Counter()
     contents = {}
-    records = {split: (dataset_folder / f"{split}.jsonl").read_bytes().splitlines()
-               if (dataset_folder / f"{split}.jsonl").is_file() else [] for split in SPLITS}
+    records = {
+        split: (dataset_folder / f"{split}.jsonl").read_bytes().splitlines()
+        if (dataset_folder / f"{split}.jsonl").is_file()
+        else []
+        for split in SPLITS
+    }
     progress = Progress("grounding", sum(map(len, records.values())), unit="example")
     for split in SPLITS:
         lines = []
@@ -129,12 +141,15 @@ def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactInd
         contents[split] = "".join(lines).encode("utf-8")
     progress.close()
     hashes = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
-    content_hash = hashlib.sha256(
-        "".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()
-    manifest = {"content_hash": content_hash, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **wanted, "splits": {name: {"count": counts[f"{name}_examples"], "sha256": hashes[name]}
-                                     for name in SPLITS},
-                "counts": {key: counts[key] for key in COUNTS}, "sources": parent.get("sources")}
+    content_hash = hashlib.sha256("".join(f"{name}:{hashes[name]}\n" for name in SPLITS).encode("ascii")).hexdigest()
+    manifest = {
+        "content_hash": content_hash,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **wanted,
+        "splits": {name: {"count": counts[f"{name}_examples"], "sha256": hashes[name]} for name in SPLITS},
+        "counts": {key: counts[key] for key in COUNTS},
+        "sources": parent.get("sources"),
+    }
     out_folder = Path(out_folder) if out_folder else default_out_folder(dataset_folder, content_hash)
     existing = _read_manifest(out_folder)
     if existing.get("content_hash") == content_hash:
@@ -146,8 +161,7 @@ def ground_dataset(dataset_folder: Path, out_folder: Path | None, index: FactInd
     return GroundedDataset(out_folder, manifest)
 
 
-def ground_example(record: dict, index: FactIndex, serving_settings, count_tokens,
-                   counts: Counter) -> list[dict]:
+def ground_example(record: dict, index: FactIndex, serving_settings, count_tokens, counts: Counter) -> list[dict]:
     """One dataset line -> the same line with grounded messages and the target answer, and its near
     miss when it gets one (d); nothing for a pair whose fact is not in the knowledge base (it would
     teach answering from nothing)."""
@@ -179,10 +193,16 @@ def ground_example(record: dict, index: FactIndex, serving_settings, count_token
     examples = [_example(grounded, answer, extra, facts)]
     if record.get("kind", "qa") == "qa" and isinstance(target, int) and near_miss_chosen(conversation):
         others = [fact for fact in grounding.facts if fact.fact != target]
-        if others and claims(answer) and unsupported(answer, [*(fact.text for fact in others),
-                                                              conversation[-1]["content"]]):
-            examples.append(_example(grounded_messages(conversation, others, lang), DECLINE[lang],
-                                     extra | {"kind": "near_miss"}, others))
+        if (
+            others
+            and claims(answer)
+            and unsupported(answer, [*(fact.text for fact in others), conversation[-1]["content"]])
+        ):
+            examples.append(
+                _example(
+                    grounded_messages(conversation, others, lang), DECLINE[lang], extra | {"kind": "near_miss"}, others
+                )
+            )
             counts["near_miss"] += 1
     return examples
 
@@ -198,12 +218,16 @@ def _hash_share(conversation: list[dict]) -> float:
 
 
 def _example(messages: list[dict], answer: str, extra: dict, facts: list[Fact]) -> dict:
-    return {"messages": [*messages, {"role": "assistant", "content": answer}], **extra,
-            "shown_facts": [fact.fact if fact.fact is not None else f"id{fact.id}" for fact in facts]}
+    return {
+        "messages": [*messages, {"role": "assistant", "content": answer}],
+        **extra,
+        "shown_facts": [fact.fact if fact.fact is not None else f"id{fact.id}" for fact in facts],
+    }
 
 
-def _inject(facts: list[Fact], right: Fact, conversation: list[dict], serving_settings, count_tokens,
-            lang: str) -> list[Fact]:
+def _inject(
+    facts: list[Fact], right: Fact, conversation: list[dict], serving_settings, count_tokens, lang: str
+) -> list[Fact]:
     """The right fact among the retrieved ones, at a position fixed by the question's hash,
     with distractors dropped (lowest first) until the block fits the token budget."""
     distractors = facts[: max(serving_settings.retrieval_top_k - 1, 0)]
@@ -246,9 +270,12 @@ def _write_folder(out_folder: Path, contents: dict[str, bytes], manifest: dict) 
 
 # --- python -m training ground [DATASET] -----------------------------------------------------------
 
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training ground", description=(
-        "rewrite a built dataset with the prompts as served (retrieved facts included)"))
+    parser = argparse.ArgumentParser(
+        prog="python -m training ground",
+        description=("rewrite a built dataset with the prompts as served (retrieved facts included)"),
+    )
     _configure_ground(parser)
     args = parse(parser, argv)
     return args if isinstance(args, int) else _ground(args)
@@ -270,23 +297,33 @@ def _ground(args: argparse.Namespace) -> int:
     Store(serving.home.database).close()  # a fresh home gets its knowledge base seeded
     index = open_index(serving)
     try:
-        result = ground_dataset(folder, Path(args.out) if args.out else None, index, serving,
-                                tokenizer_for(serving))
+        result = ground_dataset(folder, Path(args.out) if args.out else None, index, serving, tokenizer_for(serving))
     except GroundingError as error:
         report(str(error))
         return EXIT_USAGE
     finally:
         index.close()
     if args.events:  # for the pipeline, which runs this as a child
-        print(json.dumps({"event": "grounded", "path": str(result.path), "content_hash": result.content_hash,
-                          "counts": result.manifest["counts"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": "grounded",
+                    "path": str(result.path),
+                    "content_hash": result.content_hash,
+                    "counts": result.manifest["counts"],
+                }
+            ),
+            flush=True,
+        )
         return 0
     counts = result.manifest["counts"]
     splits = result.manifest["splits"]
-    print(f"{result.path}\n  {splits['train']['count']} train / {splits['valid']['count']} valid / "
-          f"{splits['test']['count']} test; fact retrieved {counts['retrieved']}, injected "
-          f"{counts['injected']}, declined {counts['declined']}, near misses {counts['near_miss']}, "
-          f"unknown fact {counts['unknown_fact']}, skipped {counts['skipped']}; content {result.content_hash[:12]}")
+    print(
+        f"{result.path}\n  {splits['train']['count']} train / {splits['valid']['count']} valid / "
+        f"{splits['test']['count']} test; fact retrieved {counts['retrieved']}, injected "
+        f"{counts['injected']}, declined {counts['declined']}, near misses {counts['near_miss']}, "
+        f"unknown fact {counts['unknown_fact']}, skipped {counts['skipped']}; content {result.content_hash[:12]}"
+    )
     return 0
 
 

@@ -57,8 +57,7 @@ def _rollback(args: argparse.Namespace) -> int:
     registry = open_registry()
     before = registry.production()
     now = registry.rollback(by=_who(args), reason=args.reason)
-    print(f"rolled back {before.version if before else '?'}: now serving "
-          f"{now.version if now else 'the base model'}")
+    print(f"rolled back {before.version if before else '?'}: now serving {now.version if now else 'the base model'}")
     return EXIT_OK
 
 
@@ -68,23 +67,35 @@ def _adapters(args: argparse.Namespace) -> int:
     versions = registry.versions()
     if args.json:
         production = registry.production()
-        print(json.dumps({"production": production.version if production else None,
-                          "versions": [_row(v) for v in versions], "history": registry.history()},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "production": production.version if production else None,
+                    "versions": [_row(v) for v in versions],
+                    "history": registry.history(),
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return EXIT_OK
     if not versions:
         print("no adapters registered yet; the base model serves")
         return EXIT_OK
-    print(f"  {'version':<8} {'status':<10} {'created':<25} {'dataset':<12} {'train':>6} {'best val':>9} "
-          f"{'gate val':>9} {'gate acc':>8} {'EN':>8} {'PT':>8} {'wrong':>8}  gate")
+    print(
+        f"  {'version':<8} {'status':<10} {'created':<25} {'dataset':<12} {'train':>6} {'best val':>9} "
+        f"{'gate val':>9} {'gate acc':>8} {'EN':>8} {'PT':>8} {'wrong':>8}  gate"
+    )
     for entry in versions:
         row = _row(entry)
         by_lang = row["gate_accuracy_by_lang"] or {}
-        print(f"{'*' if entry.status == PRODUCTION else ' '} {entry.version:<8} {entry.status:<10} "
-              f"{entry.created_at:<25} {(row['dataset_hash'] or '-')[:12]:<12} {row['train_examples'] or '-':>6} "
-              f"{_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} {_pct(row['gate_accuracy'])} "
-              f"{_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} {_pct(row['gate_wrong_rate'])}  "
-              f"{row['gate'] or '-'}")
+        print(
+            f"{'*' if entry.status == PRODUCTION else ' '} {entry.version:<8} {entry.status:<10} "
+            f"{entry.created_at:<25} {(row['dataset_hash'] or '-')[:12]:<12} {row['train_examples'] or '-':>6} "
+            f"{_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} {_pct(row['gate_accuracy'])} "
+            f"{_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} {_pct(row['gate_wrong_rate'])}  "
+            f"{row['gate'] or '-'}"
+        )
     return EXIT_OK
 
 
@@ -94,9 +105,13 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(json.dumps(event, default=str), flush=True)
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    result = run_pipeline(trigger=args.trigger, requested_by=_who(args),
-                          on_progress=show if args.events else _PipelineDisplay(),
-                          skip_if_unchanged=args.skip_if_unchanged, train_args=train_args)
+    result = run_pipeline(
+        trigger=args.trigger,
+        requested_by=_who(args),
+        on_progress=show if args.events else _PipelineDisplay(),
+        skip_if_unchanged=args.skip_if_unchanged,
+        train_args=train_args,
+    )
     if result.outcome == "busy":
         report(result.message)
         return EXIT_USAGE
@@ -120,8 +135,11 @@ class _PipelineDisplay:
         if kind == "stage":
             self._end_training()
             details = " ".join(f"{key} {value}" for key, value in event.items() if key not in ("event", "stage"))
-            print(f"[{clock(time.monotonic() - self.started)}] {event['stage']}{': ' + details if details else ''}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{clock(time.monotonic() - self.started)}] {event['stage']}{': ' + details if details else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
         elif kind == "start":
             self.training = Progress("training", event["total"], unit="step", initial=event["step"])
         elif kind == "step" and self.training is not None:
@@ -140,14 +158,21 @@ class _PipelineDisplay:
 def _row(entry: AdapterVersion) -> dict:
     gate = entry.gate or {}
     candidate = gate.get("candidate") or {}
-    return {"version": entry.version, "status": entry.status, "created_at": entry.created_at,
-            "run_id": entry.run_id, "dataset_hash": entry.dataset.get("content_hash"),
-            "train_examples": (entry.dataset.get("counts") or {}).get("train"),
-            "best_val_loss": entry.metrics.get("best_val_loss"),
-            "gate": ("accepted" if gate.get("accepted") else "rejected") if gate else None,
-            "gate_val_loss": candidate.get("val_loss"), "gate_accuracy": candidate.get("accuracy"),
-            "gate_accuracy_by_lang": candidate.get("accuracy_by_lang"), "gate_wrong_rate": candidate.get("wrong_rate"),
-            "path": str(entry.path)}
+    return {
+        "version": entry.version,
+        "status": entry.status,
+        "created_at": entry.created_at,
+        "run_id": entry.run_id,
+        "dataset_hash": entry.dataset.get("content_hash"),
+        "train_examples": (entry.dataset.get("counts") or {}).get("train"),
+        "best_val_loss": entry.metrics.get("best_val_loss"),
+        "gate": ("accepted" if gate.get("accepted") else "rejected") if gate else None,
+        "gate_val_loss": candidate.get("val_loss"),
+        "gate_accuracy": candidate.get("accuracy"),
+        "gate_accuracy_by_lang": candidate.get("accuracy_by_lang"),
+        "gate_wrong_rate": candidate.get("wrong_rate"),
+        "path": str(entry.path),
+    }
 
 
 def _num(value) -> str:
@@ -160,18 +185,25 @@ def _pct(value) -> str:
 
 # --- status: the newest training runs ------------------------------------------------------------
 
+
 def run_summaries(limit: int = 10) -> list[dict]:
     """Newest runs first: status.json plus whether the process is alive and the run resumable."""
     home = InferenceSettings.load().farense_home
     rows = []
     for run in all_runs(home)[:limit]:
         status = run.status()
-        rows.append(status | {"run_id": run.id, "run_dir": str(run.dir),
-                              "alive": status.get("state") == "running" and pid_alive(status.get("pid")),
-                              "resumable": is_resumable(run),
-                              "checkpoints": sorted(p.name for p in run.checkpoints.glob("step-*")),
-                              "best_adapter": str(run.best) if run.best.is_dir() else None,
-                              "final_adapter": str(run.final) if run.final.is_dir() else None})
+        rows.append(
+            status
+            | {
+                "run_id": run.id,
+                "run_dir": str(run.dir),
+                "alive": status.get("state") == "running" and pid_alive(status.get("pid")),
+                "resumable": is_resumable(run),
+                "checkpoints": sorted(p.name for p in run.checkpoints.glob("step-*")),
+                "best_adapter": str(run.best) if run.best.is_dir() else None,
+                "final_adapter": str(run.final) if run.final.is_dir() else None,
+            }
+        )
     return rows
 
 
@@ -185,8 +217,11 @@ def _status(args: argparse.Namespace) -> int:
         print("no training runs yet")
     for row in rows:
         state = row.get("state", "?") + ("" if row["alive"] or row.get("state") != "running" else " (process gone)")
-        losses = " ".join(f"{k.split('_')[0]} {row[k]:.4f}" for k in ("initial_val_loss", "best_val_loss",
-                                                                       "final_val_loss") if row.get(k) is not None)
+        losses = " ".join(
+            f"{k.split('_')[0]} {row[k]:.4f}"
+            for k in ("initial_val_loss", "best_val_loss", "final_val_loss")
+            if row.get(k) is not None
+        )
         print(f"{row['run_id']}  {state:<24} step {row.get('step', '?')}/{row.get('total', '?')}  {losses}")
         if row.get("reason"):
             print(f"    {row['reason']}")
@@ -194,6 +229,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 # --- argv -> exit code, for training/cli.py ------------------------------------------------------
+
 
 def _parser(name: str, help_text: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"python -m training {name}", description=help_text)
@@ -230,10 +266,12 @@ def pipeline(argv: list[str]) -> int:
     parser.add_argument("--events", action="store_true", help="print progress as JSON lines on stdout")
     parser.add_argument("--trigger", default="manual", help="recorded with the result (default: manual)")
     parser.add_argument("--by", help="who asked (default: your user name)")
-    parser.add_argument("--skip-if-unchanged", action="store_true",
-                        help="do nothing when production was trained on the same data")
-    parser.add_argument("train_args", nargs=argparse.REMAINDER,
-                        help="after --: extra `training run` flags, e.g. -- --iters 50")
+    parser.add_argument(
+        "--skip-if-unchanged", action="store_true", help="do nothing when production was trained on the same data"
+    )
+    parser.add_argument(
+        "train_args", nargs=argparse.REMAINDER, help="after --: extra `training run` flags, e.g. -- --iters 50"
+    )
     args = parse(parser, argv)
     return args if isinstance(args, int) else _pipeline(args)
 

@@ -51,8 +51,9 @@ def factory_adapter(base_folder: Path) -> Path | None:
     if manifest is None or not (base_folder / WEIGHTS).is_file():
         return None
     if manifest.get("base_weights_sha256") != sha256_file(base_folder / WEIGHTS):
-        log.warning("the factory adapter %s was trained on other weights than %s: not using it",
-                    folder.name, base_folder)
+        log.warning(
+            "the factory adapter %s was trained on other weights than %s: not using it", folder.name, base_folder
+        )
         return None
     return folder
 
@@ -68,14 +69,16 @@ def install_factory_adapter(registry: Registry, base_folder: Path | None) -> Ada
     manifest = _manifest(folder)
     entry = registry.add_candidate(folder, manifest=manifest.get("dataset"), metrics=manifest.get("metrics"))
     registry.record_gate(entry.version, manifest.get("gate") or {}, True)
-    promoted = registry.promote(entry.version, by=FACTORY_BY,
-                                reason="factory adapter: trained by the project's pipeline on the seed corpus")
+    promoted = registry.promote(
+        entry.version, by=FACTORY_BY, reason="factory adapter: trained by the project's pipeline on the seed corpus"
+    )
     log.info("installed the factory adapter for %s as %s", base_folder.name, promoted.version)
     return promoted
 
 
-def write_factory_adapter(entry: AdapterVersion, base_folder: Path, evaluation: dict | None,
-                          root: Path = FACTORY_ROOT) -> Path:
+def write_factory_adapter(
+    entry: AdapterVersion, base_folder: Path, evaluation: dict | None, root: Path = FACTORY_ROOT
+) -> Path:
     """Write `entry` (a registered, gated version) as the factory adapter of `base_folder`'s model."""
     folder = root / base_folder.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,10 +87,16 @@ def write_factory_adapter(entry: AdapterVersion, base_folder: Path, evaluation: 
     record = json.loads((entry.path / "version.json").read_text(encoding="utf-8"))
     gate = dict(record.get("gate") or {})
     gate.pop("answers", None)  # the per-question answers stay in the registry that ran the gate
-    manifest = {"base_model": base_folder.name, "base_weights_sha256": sha256_file(base_folder / WEIGHTS),
-                "from_version": entry.version, "run_id": record.get("run_id"),
-                "dataset": _dataset_manifest(record), "metrics": record.get("metrics"), "gate": gate,
-                "evaluation": evaluation}
+    manifest = {
+        "base_model": base_folder.name,
+        "base_weights_sha256": sha256_file(base_folder / WEIGHTS),
+        "from_version": entry.version,
+        "run_id": record.get("run_id"),
+        "dataset": _dataset_manifest(record),
+        "metrics": record.get("metrics"),
+        "gate": gate,
+        "evaluation": evaluation,
+    }
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
     return folder
 
@@ -95,18 +104,30 @@ def write_factory_adapter(entry: AdapterVersion, base_folder: Path, evaluation: 
 def evaluation_figures(saved: dict) -> dict:
     """The per-configuration figures of a `python -m training evaluate --save` file, without its
     per-question answers."""
-    kept = ("accuracy", "accuracy_by_lang", "verdicts", "verdicts_by_lang", "ood_decline_rate", "counts",
-            "declined", "guard_fired")
-    return {name: {key: figures.get(key) for key in kept} for name, figures in saved.items()
-            if isinstance(figures, dict)}
+    kept = (
+        "accuracy",
+        "accuracy_by_lang",
+        "verdicts",
+        "verdicts_by_lang",
+        "ood_decline_rate",
+        "counts",
+        "declined",
+        "guard_fired",
+    )
+    return {
+        name: {key: figures.get(key) for key in kept} for name, figures in saved.items() if isinstance(figures, dict)
+    }
 
 
 def _dataset_manifest(record: dict) -> dict:
     """The registry's dataset record, in the shape Registry.add_candidate reads from a manifest."""
     dataset = record.get("dataset") or {}
-    return {"content_hash": dataset.get("content_hash"), "created_at": dataset.get("created_at"),
-            "splits": {name: {"count": count} for name, count in (dataset.get("counts") or {}).items()},
-            "sources": dataset.get("sources")}
+    return {
+        "content_hash": dataset.get("content_hash"),
+        "created_at": dataset.get("created_at"),
+        "splits": {name: {"count": count} for name, count in (dataset.get("counts") or {}).items()},
+        "sources": dataset.get("sources"),
+    }
 
 
 def _manifest(folder: Path) -> dict | None:
@@ -119,12 +140,16 @@ def _manifest(folder: Path) -> dict | None:
 
 # --- python -m training factory VERSION ------------------------------------------------------------
 
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training factory", description=(
-        "write a registered version as the factory adapter of the configured base model"))
+    parser = argparse.ArgumentParser(
+        prog="python -m training factory",
+        description=("write a registered version as the factory adapter of the configured base model"),
+    )
     parser.add_argument("version", help="e.g. v0001 (or just 1)")
-    parser.add_argument("--evaluation", metavar="FILE",
-                        help="a `python -m training evaluate --save` JSON whose figures to keep with it")
+    parser.add_argument(
+        "--evaluation", metavar="FILE", help="a `python -m training evaluate --save` JSON whose figures to keep with it"
+    )
     args = parse(parser, argv)
     return args if isinstance(args, int) else _factory(args)
 

@@ -34,16 +34,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.files import write_atomic
+from common.home import Home
+from common.settings import SettingsError
 from data.builder import build_dataset
 from data.settings import DataSettings
 from data.store import Store
 from inference.adapters import AdapterError
-from common.settings import SettingsError
 from inference.settings import InferenceSettings
 
 from ..errors import EXIT_USAGE
-from common.files import write_atomic
-from common.home import Home
 from ..runs import all_runs, is_resumable, pid_alive
 from .factory import install_factory_adapter, model_folder
 from .registry import REJECTED, Registry, RegistryError
@@ -66,14 +66,25 @@ class PipelineResult:
     run_dir: Path | None = None  # the training run, when one started
 
     def to_dict(self) -> dict:
-        return {"outcome": self.outcome, "version": self.version, "message": self.message,
-                "run_dir": str(self.run_dir) if self.run_dir else None,
-                "criteria": self.report.get("criteria"), "accepted": self.report.get("accepted")}
+        return {
+            "outcome": self.outcome,
+            "version": self.version,
+            "message": self.message,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "criteria": self.report.get("criteria"),
+            "accepted": self.report.get("accepted"),
+        }
 
 
-def run_pipeline(*, trigger: str, requested_by: str, on_progress: Callable[[dict], None] | None = None,
-                 on_promoted: Callable[[str], None] | None = None, skip_if_unchanged: bool = False,
-                 train_args: Sequence[str] = ()) -> PipelineResult:
+def run_pipeline(
+    *,
+    trigger: str,
+    requested_by: str,
+    on_progress: Callable[[dict], None] | None = None,
+    on_promoted: Callable[[str], None] | None = None,
+    skip_if_unchanged: bool = False,
+    train_args: Sequence[str] = (),
+) -> PipelineResult:
     """Run the whole pipeline once; never raises (a bot thread calls this)."""
     try:
         settings, home = LifecycleSettings.load(), InferenceSettings.load().farense_home
@@ -83,20 +94,41 @@ def run_pipeline(*, trigger: str, requested_by: str, on_progress: Callable[[dict
     with _pipeline_lock(home, trigger=trigger, requested_by=requested_by) as holder:
         if holder is not None:
             return PipelineResult("busy", message=f"A pipeline is already running ({_describe_holder(home, holder)}).")
-        progress = _Progress(home, {"pid": os.getpid(), "since": started, "trigger": trigger,
-                                    "requested_by": requested_by}, on_progress)
+        progress = _Progress(
+            home, {"pid": os.getpid(), "since": started, "trigger": trigger, "requested_by": requested_by}, on_progress
+        )
         try:
-            result = _pipeline(progress, settings, home, trigger, requested_by, on_promoted,
-                               skip_if_unchanged, [*settings.train_args, *train_args])
+            result = _pipeline(
+                progress,
+                settings,
+                home,
+                trigger,
+                requested_by,
+                on_promoted,
+                skip_if_unchanged,
+                [*settings.train_args, *train_args],
+            )
         except Exception as error:  # a bug or an unexpected disk problem: report it, keep the bot alive
             log.exception("pipeline failed")
-            result = PipelineResult("failed", message=f"Pipeline error: {type(error).__name__}: {error}. "
-                                                      "Production unchanged.")
+            result = PipelineResult(
+                "failed", message=f"Pipeline error: {type(error).__name__}: {error}. Production unchanged."
+            )
         finally:
             Home(home).pipeline_running.unlink(missing_ok=True)
-        write_atomic(Home(home).pipeline_last, json.dumps(result.to_dict() | {
-            "trigger": trigger, "requested_by": requested_by, "started_at": started, "finished_at": _now(),
-            "resumed_run": progress.state.get("resumed_run")}, indent=2))
+        write_atomic(
+            Home(home).pipeline_last,
+            json.dumps(
+                result.to_dict()
+                | {
+                    "trigger": trigger,
+                    "requested_by": requested_by,
+                    "started_at": started,
+                    "finished_at": _now(),
+                    "resumed_run": progress.state.get("resumed_run"),
+                },
+                indent=2,
+            ),
+        )
         log.info("pipeline %s: %s", result.outcome, result.message.replace("\n", " | "))
         return result
 
@@ -108,9 +140,16 @@ def pipeline_state(home: Path) -> dict:
     return {"running": alive, **(running if alive else {}), "last": _read_json(Home(home).pipeline_last)}
 
 
-def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, trigger: str, requested_by: str,
-              on_promoted: Callable[[str], None] | None, skip_if_unchanged: bool,
-              train_args: list[str]) -> PipelineResult:
+def _pipeline(
+    progress: _Progress,
+    settings: LifecycleSettings,
+    home: Path,
+    trigger: str,
+    requested_by: str,
+    on_promoted: Callable[[str], None] | None,
+    skip_if_unchanged: bool,
+    train_args: list[str],
+) -> PipelineResult:
     registry = Registry(home, keep=settings.keep_adapters)
     install_factory_adapter(registry, model_folder(InferenceSettings.load()))  # the champion of a fresh home
     production = registry.production()
@@ -135,8 +174,9 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
             progress.stage("ground", dataset=str(build.path))
             grounded = _child(["training", "ground", "--events", str(build.path)], progress)
             if grounded.returncode != 0 or "grounded" not in grounded.events:
-                return PipelineResult("failed", message=f"Grounding the dataset failed: {grounded.error()}.\n"
-                                                        f"{serving_now}")
+                return PipelineResult(
+                    "failed", message=f"Grounding the dataset failed: {grounded.error()}.\n{serving_now}"
+                )
             dataset = Path(grounded.events["grounded"]["path"])
             content_hash = grounded.events["grounded"]["content_hash"]
         reason = _unchanged(registry, production, content_hash) if skip_if_unchanged else None
@@ -148,46 +188,74 @@ def _pipeline(progress: "_Progress", settings: LifecycleSettings, home: Path, tr
     run_dir = Path(trained.events["start"]["run_dir"]) if "start" in trained.events else None
     done = trained.events.get("done") or {}
     if trained.returncode != 0 or done.get("status") not in TRAINED:
-        return PipelineResult("failed", message=f"Training failed: {trained.error()}.\n{serving_now}",
-                              run_dir=run_dir)
+        return PipelineResult("failed", message=f"Training failed: {trained.error()}.\n{serving_now}", run_dir=run_dir)
 
     progress.stage("register")
     best = run_dir / "adapters" / "best"
     adapter = best if best.is_dir() else run_dir / "adapters" / "final"
     manifest = _read_json(run_dir / "manifest.json") or {}
-    metrics = {k: done.get(k) for k in ("status", "step", "total", "initial_val_loss", "best_val_loss",
-                                        "best_step", "final_val_loss")}
+    metrics = {
+        k: done.get(k)
+        for k in ("status", "step", "total", "initial_val_loss", "best_val_loss", "best_step", "final_val_loss")
+    }
     try:
         candidate = registry.add_candidate(adapter, run_dir=run_dir, manifest=manifest, metrics=metrics)
     except (AdapterError, RegistryError) as error:
-        return PipelineResult("failed", message=f"The trained adapter was not registered: {error}.\n{serving_now}",
-                              run_dir=run_dir)
+        return PipelineResult(
+            "failed", message=f"The trained adapter was not registered: {error}.\n{serving_now}", run_dir=run_dir
+        )
 
     progress.stage("gate", version=candidate.version)
     gated = _child(["training", "gate", candidate.version], progress)
     report = registry.get(candidate.version).gate  # the gate child records its report there
     if gated.returncode != 0 or not report:
-        return PipelineResult("failed", candidate.version, run_dir=run_dir,
-                              message=f"The gate failed on {candidate.version}: {gated.error()}.\n{serving_now}")
-    trained_on = (f"Run {run_dir.name}: {done.get('step')} steps, best val loss {_loss(done.get('best_val_loss'))}; "
-                  f"dataset {candidate.dataset.get('counts', {}).get('train')} train / "
-                  f"{candidate.dataset.get('counts', {}).get('valid')} valid examples.")
+        return PipelineResult(
+            "failed",
+            candidate.version,
+            run_dir=run_dir,
+            message=f"The gate failed on {candidate.version}: {gated.error()}.\n{serving_now}",
+        )
+    trained_on = (
+        f"Run {run_dir.name}: {done.get('step')} steps, best val loss {_loss(done.get('best_val_loss'))}; "
+        f"dataset {candidate.dataset.get('counts', {}).get('train')} train / "
+        f"{candidate.dataset.get('counts', {}).get('valid')} valid examples."
+    )
     if not report["accepted"]:
         failing = [criterion_line(row) for row in report["criteria"] if not row["passed"]]
-        return PipelineResult("rejected", candidate.version, report=report, run_dir=run_dir, message="\n".join(
-            [f"Candidate {candidate.version} rejected ({trigger}, by {requested_by}). {serving_now}", *failing,
-             trained_on]))
+        return PipelineResult(
+            "rejected",
+            candidate.version,
+            report=report,
+            run_dir=run_dir,
+            message="\n".join(
+                [
+                    f"Candidate {candidate.version} rejected ({trigger}, by {requested_by}). {serving_now}",
+                    *failing,
+                    trained_on,
+                ]
+            ),
+        )
 
     progress.stage("promote", version=candidate.version)
     current = registry.production()
     if (current.version if current else None) != report["champion"]["version"]:
-        return PipelineResult("rejected", candidate.version, report=report, run_dir=run_dir, message=(
-            f"{candidate.version} beat {report['champion']['label']}, but production changed to "
-            f"{current.version if current else 'the base model'} meanwhile; not promoted "
-            f"(gate it again: python -m training gate {candidate.version})."))
+        return PipelineResult(
+            "rejected",
+            candidate.version,
+            report=report,
+            run_dir=run_dir,
+            message=(
+                f"{candidate.version} beat {report['champion']['label']}, but production changed to "
+                f"{current.version if current else 'the base model'} meanwhile; not promoted "
+                f"(gate it again: python -m training gate {candidate.version})."
+            ),
+        )
     registry.promote(candidate.version, by=requested_by, reason=f"{trigger} pipeline: passed the gate")
-    lines = [f"Promoted {candidate.version} over {report['champion']['label']} ({trigger}, by {requested_by}).",
-             *[criterion_line(row) for row in report["criteria"] if row["kind"] == "quality"], trained_on]
+    lines = [
+        f"Promoted {candidate.version} over {report['champion']['label']} ({trigger}, by {requested_by}).",
+        *[criterion_line(row) for row in report["criteria"] if row["kind"] == "quality"],
+        trained_on,
+    ]
     if on_promoted is not None:
         try:
             on_promoted(candidate.version)
@@ -246,16 +314,25 @@ class _ChildResult:
         done = self.events.get("done")
         if self.returncode == 0 and done is not None:
             return f"the run ended {done.get('status')} at step {done.get('step')} ({done.get('reason')})"
-        how = (f"killed by {signal.Signals(-self.returncode).name}" if self.returncode < 0
-               else f"exit code {self.returncode}")
+        how = (
+            f"killed by {signal.Signals(-self.returncode).name}"
+            if self.returncode < 0
+            else f"exit code {self.returncode}"
+        )
         tail = " | ".join(line.strip() for line in self.stderr[-5:] if line.strip())
         return f"{how}{': ' + tail if tail else ''}"
 
 
-def _child(module_args: list[str], progress: "_Progress") -> _ChildResult:
+def _child(module_args: list[str], progress: _Progress) -> _ChildResult:
     """Run `python -m ...`, streaming its JSON events to `progress`; stderr is drained meanwhile."""
-    process = subprocess.Popen([sys.executable, "-m", *module_args], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", *module_args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     progress.update(child_pid=process.pid)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     drain = threading.Thread(target=_drain, args=(process.stderr, tail), daemon=True)
@@ -330,8 +407,12 @@ def _pipeline_lock(home: Path, **info):
         left = handle.read().strip()
         if left:  # the lock was free, yet a holder is recorded: it died without cleaning up
             holder = _parse(left) or {}
-            log.warning("taking over a stale pipeline lock of pid %s (started %s, process %s)", holder.get("pid"),
-                        holder.get("since"), "alive" if pid_alive(holder.get("pid")) else "gone")
+            log.warning(
+                "taking over a stale pipeline lock of pid %s (started %s, process %s)",
+                holder.get("pid"),
+                holder.get("since"),
+                "alive" if pid_alive(holder.get("pid")) else "gone",
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "since": _now(), **info}) + "\n")
@@ -348,8 +429,10 @@ def _pipeline_lock(home: Path, **info):
 
 def _describe_holder(home: Path, holder: dict) -> str:
     running = _read_json(Home(home).pipeline_running) or {}
-    return (f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}, "
-            f"stage {running.get('stage', '?')}, {holder.get('trigger', '?')} by {holder.get('requested_by', '?')}")
+    return (
+        f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}, "
+        f"stage {running.get('stage', '?')}, {holder.get('trigger', '?')} by {holder.get('requested_by', '?')}"
+    )
 
 
 def _read_json(path: Path) -> dict | None:

@@ -28,12 +28,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.adapters import (CONFIG_FILE, VERSION_FILE, WEIGHTS_FILE, Adapter, AdapterError, check_fits,
-                                read_adapter, verify_checksums)
-
-from ..errors import UsageError
 from common.files import file_lock, fsync_dir, fsync_tree, sha256_file, write_atomic
 from common.home import Home
+from inference.adapters import (
+    CONFIG_FILE,
+    VERSION_FILE,
+    WEIGHTS_FILE,
+    Adapter,
+    AdapterError,
+    check_fits,
+    read_adapter,
+    verify_checksums,
+)
+
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +69,20 @@ class AdapterVersion:
     record: dict = field(repr=False, compare=False)  # version.json as stored
 
     @classmethod
-    def load(cls, folder: Path) -> "AdapterVersion":
+    def load(cls, folder: Path) -> AdapterVersion:
         record = json.loads((folder / VERSION_FILE).read_text())
-        return cls(record["version"], folder, record["status"], record["created_at"], record.get("run_id"),
-                   Path(record["run_dir"]) if record.get("run_dir") else None, record.get("dataset") or {},
-                   record.get("metrics") or {}, record.get("gate"), record)
+        return cls(
+            record["version"],
+            folder,
+            record["status"],
+            record["created_at"],
+            record.get("run_id"),
+            Path(record["run_dir"]) if record.get("run_dir") else None,
+            record.get("dataset") or {},
+            record.get("metrics") or {},
+            record.get("gate"),
+            record,
+        )
 
 
 def version_name(text: str) -> str:
@@ -90,8 +107,7 @@ class Registry:
         """Every registered version, oldest first; a folder without version.json is not one."""
         if not self.root.is_dir():
             return []
-        folders = sorted((p for p in self.root.iterdir() if _VERSION.match(p.name)),
-                         key=lambda p: int(p.name[1:]))
+        folders = sorted((p for p in self.root.iterdir() if _VERSION.match(p.name)), key=lambda p: int(p.name[1:]))
         return [AdapterVersion.load(p) for p in folders if (p / VERSION_FILE).is_file()]
 
     def get(self, version: str) -> AdapterVersion:
@@ -110,8 +126,10 @@ class Registry:
         try:
             return self.get(name)
         except RegistryError:
-            raise RegistryError(f"{Home(self.home).production_pointer} names {name}, which is not in the "
-                                f"registry; promote a registered version to repair it") from None
+            raise RegistryError(
+                f"{Home(self.home).production_pointer} names {name}, which is not in the "
+                f"registry; promote a registered version to repair it"
+            ) from None
 
     def previous_production(self) -> AdapterVersion | None:
         """What `rollback()` would go back to first (None = the base model)."""
@@ -156,8 +174,14 @@ class Registry:
         with self._locked():
             return self._recovered
 
-    def add_candidate(self, adapter_dir: Path, *, run_dir: Path | None = None, manifest: dict | None = None,
-                      metrics: dict | None = None) -> AdapterVersion:
+    def add_candidate(
+        self,
+        adapter_dir: Path,
+        *,
+        run_dir: Path | None = None,
+        manifest: dict | None = None,
+        metrics: dict | None = None,
+    ) -> AdapterVersion:
         """Copy a verified adapter folder in as the next version, status candidate."""
         source = read_adapter(Path(adapter_dir))
         self._check_fits(source)
@@ -171,17 +195,24 @@ class Registry:
                 for file in ADAPTER_FILES:
                     shutil.copyfile(source.path / file, staging / file)
                 record = {
-                    "version": name, "status": CANDIDATE, "created_at": _now(),
+                    "version": name,
+                    "status": CANDIDATE,
+                    "created_at": _now(),
                     "source": str(source.path.resolve()),
                     "run_id": Path(run_dir).name if run_dir else None,
                     "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
-                    "dataset": {"content_hash": manifest.get("content_hash"),
-                                "created_at": manifest.get("created_at"),
-                                "counts": {k: v.get("count") for k, v in (manifest.get("splits") or {}).items()},
-                                "sources": manifest.get("sources")},
+                    "dataset": {
+                        "content_hash": manifest.get("content_hash"),
+                        "created_at": manifest.get("created_at"),
+                        "counts": {k: v.get("count") for k, v in (manifest.get("splits") or {}).items()},
+                        "sources": manifest.get("sources"),
+                    },
                     "metrics": metrics or {},
-                    "adapter": {"num_layers": source.spec.num_layers, "rank": source.spec.rank,
-                                "scale": source.spec.scale},
+                    "adapter": {
+                        "num_layers": source.spec.num_layers,
+                        "rank": source.spec.rank,
+                        "scale": source.spec.scale,
+                    },
                     "files": {file: sha256_file(staging / file) for file in ADAPTER_FILES},
                     "gate": None,
                 }
@@ -242,8 +273,7 @@ class Registry:
             self._switch(target, stack, "rollback", current, by, note)
             if (self.root / current / VERSION_FILE).is_file():
                 self._update(self.get(current), status=RETIRED, rolled_back_at=_now(), rolled_back_by=by)
-            log.info("rolled back %s to %s by %s: %s", current, target.version if target else "base model",
-                     by, note)
+            log.info("rolled back %s to %s by %s: %s", current, target.version if target else "base model", by, note)
         return target
 
     def rollback_to(self, version: str, by: str, reason: str) -> AdapterVersion:
@@ -256,11 +286,12 @@ class Registry:
             if current == entry.version:
                 raise RegistryError(f"{entry.version} is already in production")
             if not entry.record.get("promoted_at"):
-                raise RegistryError(f"{entry.version} was never in production (status {entry.status}); "
-                                    "promote it instead")
+                raise RegistryError(
+                    f"{entry.version} was never in production (status {entry.status}); promote it instead"
+                )
             self.verify(entry.version)
             stack = list(pointer.get("previous") or [])
-            previous = stack[stack.index(entry.version) + 1:] if entry.version in stack else stack
+            previous = stack[stack.index(entry.version) + 1 :] if entry.version in stack else stack
             self._switch(entry, previous, "rollback", current, by, reason)
             if current and (self.root / current / VERSION_FILE).is_file():
                 self._update(self.get(current), status=RETIRED, rolled_back_at=_now(), rolled_back_by=by)
@@ -268,15 +299,22 @@ class Registry:
         return self.get(entry.version)
 
     # ----- internals --------------------------------------------------------------------------
-    def _switch(self, target: AdapterVersion | None, previous: list[str], action: str, current: str | None,
-                by: str, reason: str) -> None:
+    def _switch(
+        self, target: AdapterVersion | None, previous: list[str], action: str, current: str | None, by: str, reason: str
+    ) -> None:
         """Write the pointer atomically, then the statuses and the history line."""
         now = _now()
         self.root.mkdir(parents=True, exist_ok=True)
-        pointer = {"version": target.version if target else None,
-                   "path": str(target.path.resolve()) if target else None,
-                   "promoted_at": now, "promoted_by": by, "reason": reason, "previous": previous,
-                   "action": action, "from": current}  # enough to redo the history line after a crash
+        pointer = {
+            "version": target.version if target else None,
+            "path": str(target.path.resolve()) if target else None,
+            "promoted_at": now,
+            "promoted_by": by,
+            "reason": reason,
+            "previous": previous,
+            "action": action,
+            "from": current,
+        }  # enough to redo the history line after a crash
         write_atomic(Home(self.home).production_pointer, json.dumps(pointer, indent=2))
         if current and (self.root / current / VERSION_FILE).is_file():
             self._update(self.get(current), status=RETIRED)
@@ -308,8 +346,12 @@ class Registry:
         serving = pointer.get("version")
         for entry in self.versions():
             if entry.version == serving and entry.status != PRODUCTION:
-                self._update(entry, status=PRODUCTION, promoted_at=pointer.get("promoted_at"),
-                             promoted_by=pointer.get("promoted_by"))
+                self._update(
+                    entry,
+                    status=PRODUCTION,
+                    promoted_at=pointer.get("promoted_at"),
+                    promoted_by=pointer.get("promoted_by"),
+                )
                 fixed.append(f"{entry.version} is in production.json: status {entry.status} -> {PRODUCTION}")
             elif entry.version != serving and entry.status == PRODUCTION:
                 self._update(entry, status=RETIRED)
@@ -318,8 +360,10 @@ class Registry:
             line, last = _history_line(pointer), (self.history() or [{}])[-1]
             if {key: value for key, value in last.items() if key != "recovered"} != line:
                 self._append_history(line | {"recovered": True})
-                fixed.append(f"history: added the {line['action']} to {line['version'] or 'the base model'} "
-                             "that production.json records")
+                fixed.append(
+                    f"history: added the {line['action']} to {line['version'] or 'the base model'} "
+                    "that production.json records"
+                )
         for item in fixed:
             log.warning("registry repair: %s", item)
         return fixed
@@ -384,8 +428,14 @@ class Registry:
 
 def _history_line(pointer: dict) -> dict:
     """The history.jsonl line of the switch that wrote this production pointer."""
-    return {"at": pointer.get("promoted_at"), "action": pointer.get("action"), "version": pointer.get("version"),
-            "from": pointer.get("from"), "by": pointer.get("promoted_by"), "reason": pointer.get("reason")}
+    return {
+        "at": pointer.get("promoted_at"),
+        "action": pointer.get("action"),
+        "version": pointer.get("version"),
+        "from": pointer.get("from"),
+        "by": pointer.get("promoted_by"),
+        "reason": pointer.get("reason"),
+    }
 
 
 def _now() -> str:

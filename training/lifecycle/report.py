@@ -15,8 +15,10 @@ def describe(report: dict) -> str:
 
 def criterion_line(row: dict) -> str:
     """'✓ val_loss: 10.6037 vs 11.2130; needs ≤ 11.1569 (champion − 0.5%)'"""
-    return (f"{'✓' if row['passed'] else '✗'} {row['name']}: {_format(row['candidate'], row['unit'])} vs "
-            f"{_format(row['champion'], row['unit'])}; needs {row['rule']}")
+    return (
+        f"{'✓' if row['passed'] else '✗'} {row['name']}: {_format(row['candidate'], row['unit'])} vs "
+        f"{_format(row['champion'], row['unit'])}; needs {row['rule']}"
+    )
 
 
 def _format(value, unit: str) -> str:

@@ -15,30 +15,49 @@ from common.settings import Settings
 
 class LifecycleSettings(Settings):
     keep_adapters: int = Field(
-        default=10, ge=1, description="Registry versions kept; production and the previous one always are")
+        default=10, ge=1, description="Registry versions kept; production and the previous one always are"
+    )
     keep_runs: int = Field(
-        default=5, ge=1, description="Training runs kept (the registry keeps its own copy of their adapters); "
-        "the checkpoints of kept runs that ended are deleted")
+        default=5,
+        ge=1,
+        description="Training runs kept (the registry keeps its own copy of their adapters); "
+        "the checkpoints of kept runs that ended are deleted",
+    )
     gate_min_improvement: float = Field(
-        default=0.005, ge=0.0, lt=1.0,
-        description="Relative val-loss gain a candidate needs: loss ≤ champion's × (1 − this)")
+        default=0.005,
+        ge=0.0,
+        lt=1.0,
+        description="Relative val-loss gain a candidate needs: loss ≤ champion's × (1 − this)",
+    )
     gate_max_regression: float = Field(
-        default=0.005, ge=0.0, lt=1.0,
-        description="On the champion's own validation batches the candidate may lose at most this (relative)")
+        default=0.005,
+        ge=0.0,
+        lt=1.0,
+        description="On the champion's own validation batches the candidate may lose at most this (relative)",
+    )
     gate_allowed_accuracy_drop: float = Field(
-        default=0.0, ge=0.0, le=1.0,
-        description="Absolute drop of eval accuracy tolerated (0.02 = two percentage points)")
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Absolute drop of eval accuracy tolerated (0.02 = two percentage points)",
+    )
     gate_allowed_wrong_rise: float = Field(
-        default=0.0, ge=0.0, le=1.0,
-        description="Absolute rise of the share of wrong answers tolerated (a decline is not wrong)")
-    gate_eval_limit: int = Field(
-        default=60, ge=2, le=1000, description="Dev eval questions asked, half EN, half PT")
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Absolute rise of the share of wrong answers tolerated (a decline is not wrong)",
+    )
+    gate_eval_limit: int = Field(default=60, ge=2, le=1000, description="Dev eval questions asked, half EN, half PT")
     gate_max_tokens: int = Field(default=64, ge=8, le=2048, description="Answer length cap in the gate")
     gate_max_degenerate: float = Field(
-        default=0.1, ge=0.0, le=1.0,
-        description="Share of empty/repetitive answers tolerated (or the champion's share, if higher)")
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of empty/repetitive answers tolerated (or the champion's share, if higher)",
+    )
     pipeline_train_args: str = Field(
-        default="", description="Extra `python -m training run` flags, shell-quoted, e.g. '--iters 300'")
+        default="", description="Extra `python -m training run` flags, shell-quoted, e.g. '--iters 300'"
+    )
 
     @field_validator("pipeline_train_args")
     @classmethod

@@ -70,8 +70,9 @@ def load_examples(path: Path, tokenizer, system_prompt: str, max_seq_length: int
             if len(example) > max_seq_length:
                 truncated += 1
                 if not truncate([example], max_seq_length):
-                    log.warning("%s:%d: skipped: the prompt alone exceeds max_seq_length=%d",
-                                path.name, number, max_seq_length)
+                    log.warning(
+                        "%s:%d: skipped: the prompt alone exceeds max_seq_length=%d", path.name, number, max_seq_length
+                    )
                     continue
             examples.append(example)
     if truncated:
@@ -113,8 +114,9 @@ def encode(tokenizer, messages: list[dict], system_prompt: str) -> Example:
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_ids(tokenizer.apply_chat_template(messages[:index], add_generation_prompt=True,
-                                                       return_dict=False)))
+        start = len(
+            _ids(tokenizer.apply_chat_template(messages[:index], add_generation_prompt=True, return_dict=False))
+        )
         end = len(_ids(tokenizer.apply_chat_template(messages[: index + 1], return_dict=False)))
         mask[start:end] = True
     if not mask.any():
@@ -133,8 +135,7 @@ def served_messages(tokenizer, messages: list[dict], system_prompt: str) -> list
     except Exception:
         if full[0]["role"] != "system" or len(full) < 2:
             raise
-        return [{"role": full[1]["role"], "content": f"{full[0]['content']}\n\n{full[1]['content']}"},
-                *full[2:]]
+        return [{"role": full[1]["role"], "content": f"{full[0]['content']}\n\n{full[1]['content']}"}, *full[2:]]
 
 
 def _ids(value) -> list[int]:
@@ -159,8 +160,9 @@ def batch_groups(examples: list[Example], batch_size: int) -> list[list[int]]:
     batches would mix languages and share nothing. The seed's prompts all start alike: one group."""
     keys = [e.tokens[:PREFIX_KEY_TOKENS].tobytes() for e in examples]
     counts = Counter(keys)
-    return length_batches([len(e) for e in examples], batch_size,
-                          [key if counts[key] >= batch_size else b"" for key in keys])
+    return length_batches(
+        [len(e) for e in examples], batch_size, [key if counts[key] >= batch_size else b"" for key in keys]
+    )
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -183,8 +185,15 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     positions = np.pad(positions, (0, count - len(positions)))
     labels = np.pad(labels, (0, count - len(labels)))
     real = sum(len(e) - 1 for e in examples)
-    return Batch(mx.array(tokens[:, :-1]), mx.array(positions), mx.array(labels), mx.array(weights),
-                 real, len(examples) * width, shared_columns(tokens[:, :-1], mask[:, 1:]))
+    return Batch(
+        mx.array(tokens[:, :-1]),
+        mx.array(positions),
+        mx.array(labels),
+        mx.array(weights),
+        real,
+        len(examples) * width,
+        shared_columns(tokens[:, :-1], mask[:, 1:]),
+    )
 
 
 def shared_columns(inputs: np.ndarray, targets: np.ndarray) -> int:
@@ -212,8 +221,9 @@ def pad_id(tokenizer) -> int:
     return int(value if value is not None else tokenizer.eos_token_id)
 
 
-def frozen_valid_batches(tokenizer, valid_path: Path, system_prompt: str, batch_size: int,
-                         max_seq_length: int, max_batches: int) -> list[Batch]:
+def frozen_valid_batches(
+    tokenizer, valid_path: Path, system_prompt: str, batch_size: int, max_seq_length: int, max_batches: int
+) -> list[Batch]:
     """The validation batches, deterministic: same file and arguments → same batches, every time.
 
     When there are more than `max_batches`, evenly spaced ones across the length order are kept,

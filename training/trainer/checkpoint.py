@@ -21,8 +21,9 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map_with_path
 
-from ..errors import UsageError
 from common.files import fsync_tree, replace_dir, sha256_file
+
+from ..errors import UsageError
 from .lora import CONFIG_FILE, adapter_weights
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,17 @@ def differences(saved: dict, current: dict) -> list[str]:
         old, new = saved["training"].get(name), current["training"].get(name)
         if old != new:
             lines.append(f"TRAIN_{name.upper()}: {old!r} → {new!r}")
-    for key, label in (("dataset", "dataset content_hash"), ("base_model", "base model"),
-                       ("system_prompt_sha256", "SYSTEM_PROMPT (sha256)")):
+    for key, label in (
+        ("dataset", "dataset content_hash"),
+        ("base_model", "base model"),
+        ("system_prompt_sha256", "SYSTEM_PROMPT (sha256)"),
+    ):
         if saved.get(key) != current.get(key):
             lines.append(f"{label}: {saved.get(key)} → {current.get(key)}")
     return lines
 
 
-def save(root: Path, model, optimizer, progress: Progress, fingerprint_: dict, adapter_config: dict,
-         keep: int) -> Path:
+def save(root: Path, model, optimizer, progress: Progress, fingerprint_: dict, adapter_config: dict, keep: int) -> Path:
     """Write checkpoints/step-NNNNNNN atomically, then prune to the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{progress.step:07d}"
@@ -166,19 +169,21 @@ def load_latest(root: Path, current: dict) -> Loaded:
         if changed:
             raise FingerprintMismatch(
                 f"cannot resume from {folder}: the run was started with different inputs ("
-                + "; ".join(changed) + "). Restore them, or start a new run without --resume")
+                + "; ".join(changed)
+                + "). Restore them, or start a new run without --resume"
+            )
         log.info("resuming from %s", folder)
         return Loaded(folder, Progress(**state["progress"]), adapters, optimizer)
-    raise CheckpointError(f"all {len(found)} checkpoint(s) in {root} are corrupt; "
-                          "nothing safe to resume from, start a new run")
+    raise CheckpointError(
+        f"all {len(found)} checkpoint(s) in {root} are corrupt; nothing safe to resume from, start a new run"
+    )
 
 
 def restore(loaded: Loaded, model, optimizer) -> None:
     """Put the saved weights and optimizer state back; shapes and names must match. (MLX's RNG
     needs no saving: the loop reseeds it from (seed, step) before every step.)"""
     expected = adapter_weights(model)
-    if set(expected) != set(loaded.adapters) or any(
-            expected[k].shape != loaded.adapters[k].shape for k in expected):
+    if set(expected) != set(loaded.adapters) or any(expected[k].shape != loaded.adapters[k].shape for k in expected):
         raise CheckpointError(f"{loaded.path}: adapter tensors do not match the model's LoRA layers")
     model.load_weights(list(loaded.adapters.items()), strict=False)
     optimizer.init(model.trainable_parameters())

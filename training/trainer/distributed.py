@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ..errors import EXIT_USAGE, exit_code
 from .batching import Batch, Example, _round_up, collate
@@ -121,13 +121,16 @@ class _World:
         """This rank's rows of every global micro-batch, with the whole micro-batch's counts."""
         shards = []
         for group in groups:
-            parts = [group[r:: self.size] for r in range(self.size)]
+            parts = [group[r :: self.size] for r in range(self.size)]
             mine = parts[self.rank]
-            shards.append(Shard(
-                collate([examples[i] for i in mine], pad_id) if mine else None,
-                total=sum(int(examples[i].mask[1:].sum()) for i in group),
-                tokens=sum(len(examples[i]) - 1 for i in group),
-                cells=sum(len(p) * _round_up(max(len(examples[i]) for i in p) - 1) for p in parts if p)))
+            shards.append(
+                Shard(
+                    collate([examples[i] for i in mine], pad_id) if mine else None,
+                    total=sum(int(examples[i].mask[1:].sum()) for i in group),
+                    tokens=sum(len(examples[i]) - 1 for i in group),
+                    cells=sum(len(p) * _round_up(max(len(examples[i]) for i in p) - 1) for p in parts if p),
+                )
+            )
         return shards
 
     def check_same_inputs(self, fingerprints: list[dict]) -> None:
@@ -135,8 +138,10 @@ class _World:
         for rank, fingerprint in enumerate(fingerprints[1:], 1):
             changed = differences(fingerprints[0], fingerprint)
             if changed:
-                message = (f"rank {rank} has other inputs than rank 0 ({'; '.join(changed)}); every host "
-                           "needs the same base model (MODEL_PATH) and dtype")
+                message = (
+                    f"rank {rank} has other inputs than rank 0 ({'; '.join(changed)}); every host "
+                    "needs the same base model (MODEL_PATH) and dtype"
+                )
                 if self.lead:
                     raise RankFailed(message, EXIT_USAGE)
                 raise Abandoned(message)
@@ -238,11 +243,12 @@ class Distributed(_World):
     def sum_tree(self, tree):
         """The ranks' sum of a tree of arrays, with one all_sum over all of them concatenated."""
         leaves = tree_flatten(tree)
-        flat = mx.distributed.all_sum(mx.concatenate([v.reshape(-1).astype(mx.float32) for _, v in leaves]),
-                                      group=self.group)
+        flat = mx.distributed.all_sum(
+            mx.concatenate([v.reshape(-1).astype(mx.float32) for _, v in leaves]), group=self.group
+        )
         summed, offset = {}, 0
         for name, value in leaves:
-            summed[name] = flat[offset: offset + value.size].reshape(value.shape).astype(value.dtype)
+            summed[name] = flat[offset : offset + value.size].reshape(value.shape).astype(value.dtype)
             offset += value.size
         return tree_map_with_path(lambda path, _: summed[path], tree)
 
@@ -261,7 +267,7 @@ class Distributed(_World):
 
     def validation_loss(self, model, batches: list[Batch]) -> float:
         """Token-weighted mean over all `batches`, each evaluated on one rank (round-robin)."""
-        total, count = validation_sums(model, batches[self.rank:: self.size])
+        total, count = validation_sums(model, batches[self.rank :: self.size])
         sums = self._sum(mx.stack([total, count]))
         return self.from_lead(sums[0] / sums[1]).item()  # rank 0's number: decisions must agree
 

@@ -39,8 +39,8 @@ from . import checkpoint, distributed, memory
 from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
 from .distributed import Abandoned, Distributed, OneRank, RankFailed
 from .launcher import relaunch
-from .lora import apply_lora, use_grad_checkpoint
 from .loop import Outcome, StopFlag, train
+from .lora import apply_lora, use_grad_checkpoint
 from .reporting import BarAwareHandler, Reporter
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,10 @@ def open_dataset(path: Path) -> Dataset:
     train, valid = path / "train.jsonl", path / "valid.jsonl"
     for split in (train, valid):
         if not split.is_file():
-            raise DatasetError(f"TRAIN_DATASET: {split} not found (a dataset folder needs train.jsonl and "
-                               "valid.jsonl; build one with `python -m data build`)")
+            raise DatasetError(
+                f"TRAIN_DATASET: {split} not found (a dataset folder needs train.jsonl and "
+                "valid.jsonl; build one with `python -m data build`)"
+            )
     digest = hashlib.sha256()
     for split in (train, valid):
         digest.update(split.read_bytes())
@@ -100,12 +102,25 @@ def latest_dataset() -> Path:
 def run_valid_batches(run_dir: Path, tokenizer) -> list:
     """The frozen validation batches of a run (for the gate: candidate and production alike)."""
     recipe = Run(Path(run_dir)).config()["valid_batches"]
-    return frozen_valid_batches(tokenizer, Path(recipe["valid_path"]), recipe["system_prompt"],
-                                recipe["batch_size"], recipe["max_seq_length"], recipe["max_batches"])
+    return frozen_valid_batches(
+        tokenizer,
+        Path(recipe["valid_path"]),
+        recipe["system_prompt"],
+        recipe["batch_size"],
+        recipe["max_seq_length"],
+        recipe["max_batches"],
+    )
 
 
-def launch(settings: TrainingSettings, serving: InferenceSettings, *, resume: bool, run_id: str | None,
-           reporter: Reporter, dist: OneRank | Distributed | None = None) -> tuple[Run | None, Outcome]:
+def launch(
+    settings: TrainingSettings,
+    serving: InferenceSettings,
+    *,
+    resume: bool,
+    run_id: str | None,
+    reporter: Reporter,
+    dist: OneRank | Distributed | None = None,
+) -> tuple[Run | None, Outcome]:
     """Start a new run or resume one; returns when it finished, stopped early or was cancelled.
 
     `dist`: this process's rank (default: rank 0 of 1). Rank 0 takes the lock and picks run, settings
@@ -123,16 +138,25 @@ def launch(settings: TrainingSettings, serving: InferenceSettings, *, resume: bo
         if dist.lead:
             try:
                 stack.enter_context(training_lock(serving.farense_home))
-                run, recorded, settings, model_path = _choose_run(serving.farense_home, settings, serving,
-                                                                  resume, run_id)
+                run, recorded, settings, model_path = _choose_run(
+                    serving.farense_home, settings, serving, resume, run_id
+                )
                 dataset = open_dataset(settings.dataset or latest_dataset())
-                choice = {"settings": settings.model_dump(mode="json"), "model_path": model_path,
-                          "serving": serving.model_dump(mode="json", include=SHARED_SERVING)}
+                choice = {
+                    "settings": settings.model_dump(mode="json"),
+                    "model_path": model_path,
+                    "serving": serving.model_dump(mode="json", include=SHARED_SERVING),
+                }
             except Exception as problem:
                 error = problem
         choice = dist.settle(error, choice)[0]
-        files = dist.share(lambda: {p.name: base64.b64encode(p.read_bytes()).decode() for p in
-                                    (dataset.train, dataset.valid, dataset.path / "manifest.json") if p.is_file()})
+        files = dist.share(
+            lambda: {
+                p.name: base64.b64encode(p.read_bytes()).decode()
+                for p in (dataset.train, dataset.valid, dataset.path / "manifest.json")
+                if p.is_file()
+            }
+        )
         if not dist.lead:  # rank 0's settings, base model name and dataset files
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farense-rank-")))
             for name, data in files.items():
@@ -143,12 +167,12 @@ def launch(settings: TrainingSettings, serving: InferenceSettings, *, resume: bo
             model_path = choice["model_path"]
         parts = error = None
         try:
-            parts = _load(settings, serving, model_path, dataset, run, recorded, resume=run is not None,
-                          plan=dist.lead)
+            parts = _load(settings, serving, model_path, dataset, run, recorded, resume=run is not None, plan=dist.lead)
         except Exception as problem:
             error = problem
-        reports = dist.settle(error, parts and {"fingerprint": parts.fingerprint,
-                                                "plan": parts.plan.as_dict() if parts.plan else None})
+        reports = dist.settle(
+            error, parts and {"fingerprint": parts.fingerprint, "plan": parts.plan.as_dict() if parts.plan else None}
+        )
         dist.check_same_inputs([report["fingerprint"] for report in reports])
         plan = memory.MemoryPlan(**reports[0]["plan"])  # rank 0's plan
         return _train(parts, plan, settings, serving, model_path, dataset, run, reporter, stop, dist)
@@ -166,19 +190,25 @@ class _Parts:
     plan: memory.MemoryPlan | None
 
 
-def _choose_run(home: Path, settings: TrainingSettings, serving: InferenceSettings, resume: bool,
-                run_id: str | None) -> tuple[Run | None, dict | None, TrainingSettings, str]:
+def _choose_run(
+    home: Path, settings: TrainingSettings, serving: InferenceSettings, resume: bool, run_id: str | None
+) -> tuple[Run | None, dict | None, TrainingSettings, str]:
     """The run to resume (with its recorded settings and model), or none for a new run."""
     run = recorded = None
     model_path = serving.model_path
     if resume:
         run = find_run(home, run_id)
         if run is None:
-            raise NothingToResume(f"no run {run_id!r} under {home / 'runs'}" if run_id else
-                                  f"no unfinished run with a checkpoint under {home / 'runs'}")
+            raise NothingToResume(
+                f"no run {run_id!r} under {home / 'runs'}"
+                if run_id
+                else f"no unfinished run with a checkpoint under {home / 'runs'}"
+            )
         if not is_resumable(run):
-            raise NothingToResume(f"run {run.id} is {run.status().get('state')} (pid "
-                                  f"{run.status().get('pid')}); only interrupted runs can be resumed")
+            raise NothingToResume(
+                f"run {run.id} is {run.status().get('state')} (pid "
+                f"{run.status().get('pid')}); only interrupted runs can be resumed"
+            )
         recorded = run.config()
         settings = _with_recorded(settings, recorded)
         if "model_path" not in serving.model_fields_set:
@@ -186,31 +216,52 @@ def _choose_run(home: Path, settings: TrainingSettings, serving: InferenceSettin
     return run, recorded, settings, model_path
 
 
-def _load(settings: TrainingSettings, serving: InferenceSettings, model_path: str, dataset: Dataset,
-          run: Run | None, recorded: dict | None, *, resume: bool, plan: bool = True) -> _Parts:
+def _load(
+    settings: TrainingSettings,
+    serving: InferenceSettings,
+    model_path: str,
+    dataset: Dataset,
+    run: Run | None,
+    recorded: dict | None,
+    *,
+    resume: bool,
+    plan: bool = True,
+) -> _Parts:
     """Base model + LoRA, fingerprint, the checkpoint to resume from, train examples, memory plan."""
     budget = settings.memory_budget_gb or memory.default_budget_gb()
     model, tokenizer, info = load_base(model_path, serving.home.models, serving.device, serving.cpu_dtype)
     mx.random.seed(settings.seed)
-    adapter_config = apply_lora(model, settings.lora_layers, settings.lora_rank, settings.lora_scale,
-                                settings.lora_dropout)
+    adapter_config = apply_lora(
+        model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout
+    )
     adapter_config["base_model"] = info.model_id
-    fingerprint = checkpoint.fingerprint(settings.training_values(), dataset.content_hash,
-                                         info.model_id, info.dtype, serving.system_prompt)
+    fingerprint = checkpoint.fingerprint(
+        settings.training_values(), dataset.content_hash, info.model_id, info.dtype, serving.system_prompt
+    )
     loaded = checkpoint.load_latest(run.checkpoints, fingerprint) if resume else None
     examples = load_examples(dataset.train, tokenizer, serving.system_prompt, settings.max_seq_length)
     chosen = _plan_memory(settings, model, max(len(e) for e in examples), budget, recorded) if plan else None
     return _Parts(model, tokenizer, info, adapter_config, fingerprint, loaded, examples, chosen)
 
 
-def _train(parts: _Parts, plan: memory.MemoryPlan, settings: TrainingSettings, serving: InferenceSettings,
-           model_path: str, dataset: Dataset, run: Run | None, reporter: Reporter, stop: StopFlag,
-           dist: OneRank | Distributed) -> tuple[Run | None, Outcome]:
+def _train(
+    parts: _Parts,
+    plan: memory.MemoryPlan,
+    settings: TrainingSettings,
+    serving: InferenceSettings,
+    model_path: str,
+    dataset: Dataset,
+    run: Run | None,
+    reporter: Reporter,
+    stop: StopFlag,
+    dist: OneRank | Distributed,
+) -> tuple[Run | None, Outcome]:
     lead = dist.lead
     model, tokenizer, info, loaded = parts.model, parts.tokenizer, parts.info, parts.loaded
     examples = truncate(parts.examples, plan.max_seq_length)
-    valid = frozen_valid_batches(tokenizer, dataset.valid, serving.system_prompt, plan.batch_size,
-                                 plan.max_seq_length, settings.val_batches)
+    valid = frozen_valid_batches(
+        tokenizer, dataset.valid, serving.system_prompt, plan.batch_size, plan.max_seq_length, settings.val_batches
+    )
     if plan.grad_checkpoint:
         use_grad_checkpoint(model)
     memory.apply_limits(plan, info.device)
@@ -220,61 +271,135 @@ def _train(parts: _Parts, plan: memory.MemoryPlan, settings: TrainingSettings, s
         if run is None:
             run = new_run(serving.farense_home)
             run.write_json("manifest.json", dataset.manifest)
-            run.write_json("config.json", {
-                "run_id": run.id, "created_at": _now(), "training": settings.training_values(),
-                "settings": settings.model_dump(mode="json"), "plan": plan.as_dict(), "model_path": model_path,
-                "base_model": info.__dict__, "fingerprint": parts.fingerprint,
-                "adapter_config": parts.adapter_config,
-                "dataset": {"path": str(dataset.path), "content_hash": dataset.content_hash,
-                            "train_examples": len(examples)},
-                "valid_batches": {"valid_path": str(dataset.valid), "system_prompt": serving.system_prompt,
-                                  "batch_size": plan.batch_size, "max_seq_length": plan.max_seq_length,
-                                  "max_batches": settings.val_batches}, **world})
+            run.write_json(
+                "config.json",
+                {
+                    "run_id": run.id,
+                    "created_at": _now(),
+                    "training": settings.training_values(),
+                    "settings": settings.model_dump(mode="json"),
+                    "plan": plan.as_dict(),
+                    "model_path": model_path,
+                    "base_model": info.__dict__,
+                    "fingerprint": parts.fingerprint,
+                    "adapter_config": parts.adapter_config,
+                    "dataset": {
+                        "path": str(dataset.path),
+                        "content_hash": dataset.content_hash,
+                        "train_examples": len(examples),
+                    },
+                    "valid_batches": {
+                        "valid_path": str(dataset.valid),
+                        "system_prompt": serving.system_prompt,
+                        "batch_size": plan.batch_size,
+                        "max_seq_length": plan.max_seq_length,
+                        "max_batches": settings.val_batches,
+                    },
+                    **world,
+                },
+            )
         resumed_from = loaded.progress.step if loaded else 0
-        run.set_status(RUNNING, pid=os.getpid(), started_at=run.status().get("started_at") or _now(),
-                       resumed_at=_now() if loaded else None, step=resumed_from, total=settings.iters, **world)
-        reporter.emit("start", run_id=run.id, run_dir=str(run.dir), step=resumed_from, total=settings.iters,
-                      resumed=loaded is not None, plan=plan.as_dict(), device=info.device,
-                      base_model=info.model_id, train_examples=len(examples), valid_batches=len(valid), **world)
+        run.set_status(
+            RUNNING,
+            pid=os.getpid(),
+            started_at=run.status().get("started_at") or _now(),
+            resumed_at=_now() if loaded else None,
+            step=resumed_from,
+            total=settings.iters,
+            **world,
+        )
+        reporter.emit(
+            "start",
+            run_id=run.id,
+            run_dir=str(run.dir),
+            step=resumed_from,
+            total=settings.iters,
+            resumed=loaded is not None,
+            plan=plan.as_dict(),
+            device=info.device,
+            base_model=info.model_id,
+            train_examples=len(examples),
+            valid_batches=len(valid),
+            **world,
+        )
     try:
-        outcome = train(model, examples, valid, settings=settings, plan=plan, pad_id=pad_id(tokenizer),
-                        run=run, reporter=reporter, fingerprint=parts.fingerprint,
-                        adapter_config=parts.adapter_config, resume=loaded, stop=stop,
-                        compiled=info.device == "gpu", dist=dist)
+        outcome = train(
+            model,
+            examples,
+            valid,
+            settings=settings,
+            plan=plan,
+            pad_id=pad_id(tokenizer),
+            run=run,
+            reporter=reporter,
+            fingerprint=parts.fingerprint,
+            adapter_config=parts.adapter_config,
+            resume=loaded,
+            stop=stop,
+            compiled=info.device == "gpu",
+            dist=dist,
+        )
     except BaseException as error:
         if lead:
             run.set_status(FAILED, reason=f"{type(error).__name__}: {error}", pid=os.getpid())
         raise
     if not lead:
         return None, outcome
-    results = {"step": outcome.step, "best_val_loss": outcome.best_val_loss, "best_step": outcome.best_step,
-               "final_val_loss": outcome.final_val_loss, "initial_val_loss": outcome.initial_val_loss}
+    results = {
+        "step": outcome.step,
+        "best_val_loss": outcome.best_val_loss,
+        "best_step": outcome.best_step,
+        "final_val_loss": outcome.final_val_loss,
+        "initial_val_loss": outcome.initial_val_loss,
+    }
     run.set_status(outcome.state, reason=outcome.reason, **results)
-    reporter.emit("done", run_id=run.id, status=outcome.state, reason=outcome.reason, total=settings.iters,
-                  **results, best_adapter=str(run.best) if run.best.is_dir() else None,
-                  final_adapter=str(run.final) if run.final.is_dir() else None)
+    reporter.emit(
+        "done",
+        run_id=run.id,
+        status=outcome.state,
+        reason=outcome.reason,
+        total=settings.iters,
+        **results,
+        best_adapter=str(run.best) if run.best.is_dir() else None,
+        final_adapter=str(run.final) if run.final.is_dir() else None,
+    )
     return run, outcome
 
 
-def _plan_memory(settings: TrainingSettings, model, longest: int, budget: float,
-                 recorded: dict | None) -> memory.MemoryPlan:
+def _plan_memory(
+    settings: TrainingSettings, model, longest: int, budget: float, recorded: dict | None
+) -> memory.MemoryPlan:
     """A new run asks the tuner; a resumed one keeps its micro-batches (the data order depends on them)
     whatever RAM is free now."""
     shape = memory.model_shape(model, settings.lora_layers)
     if recorded is None:
-        plan = memory.plan(shape, batch_size=settings.batch_size, grad_accumulation=settings.grad_accumulation,
-                           max_seq_length=settings.max_seq_length, longest=longest,
-                           grad_checkpoint=settings.grad_checkpoint, budget_gb=budget)
+        plan = memory.plan(
+            shape,
+            batch_size=settings.batch_size,
+            grad_accumulation=settings.grad_accumulation,
+            max_seq_length=settings.max_seq_length,
+            longest=longest,
+            grad_checkpoint=settings.grad_checkpoint,
+            budget_gb=budget,
+        )
     else:
         plan = memory.MemoryPlan(**recorded["plan"])
         need = memory.estimate_bytes(shape, plan.batch_size, plan.max_seq_length, plan.grad_checkpoint)
         if need > budget * memory.GB:
-            log.warning("the resumed run's plan needs ~%.2f GB, the budget is now %.2f GB; keeping it",
-                        need / memory.GB, budget)
-    log.info("memory plan: batch %d × %d accumulation, max_seq_length %d, gradient checkpointing %s "
-             "(%s; model weights %.2f GB, %d LoRA parameters)", plan.batch_size, plan.grad_accumulation,
-             plan.max_seq_length, "on" if plan.grad_checkpoint else "off", plan.reason,
-             shape.weight_bytes / memory.GB, shape.lora_params)
+            log.warning(
+                "the resumed run's plan needs ~%.2f GB, the budget is now %.2f GB; keeping it", need / memory.GB, budget
+            )
+    log.info(
+        "memory plan: batch %d × %d accumulation, max_seq_length %d, gradient checkpointing %s "
+        "(%s; model weights %.2f GB, %d LoRA parameters)",
+        plan.batch_size,
+        plan.grad_accumulation,
+        plan.max_seq_length,
+        "on" if plan.grad_checkpoint else "off",
+        plan.reason,
+        shape.weight_bytes / memory.GB,
+        shape.lora_params,
+    )
     return plan
 
 
@@ -295,8 +420,7 @@ def _stop_on_signals(stop: StopFlag):
     def handler(number, _frame):
         stop.signal = signal.Signals(number).name
         signal.signal(number, signal.SIG_DFL)
-        log.warning("%s: finishing the current step, then saving a checkpoint (again to abort now)",
-                    stop.signal)
+        log.warning("%s: finishing the current step, then saving a checkpoint (again to abort now)", stop.signal)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -317,20 +441,39 @@ FAILURES = (RunBusy, ModelLoadError, RankFailed)  # RankFailed carries the faile
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training run",
-                                     description="train a LoRA adapter (new run, or --resume an interrupted one)")
-    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_ID",
-                        help="continue RUN_ID, or without an id the newest interrupted run")
-    parser.add_argument("--events", action="store_true",
-                        help="print one JSON progress event per line on stdout (for a parent process)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training run", description="train a LoRA adapter (new run, or --resume an interrupted one)"
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RUN_ID",
+        help="continue RUN_ID, or without an id the newest interrupted run",
+    )
+    parser.add_argument(
+        "--events", action="store_true", help="print one JSON progress event per line on stdout (for a parent process)"
+    )
     for name, field in TrainingSettings.model_fields.items():  # every TRAIN_X is also --x
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", metavar="VALUE",
-                            help=f"{field.description or ''} (TRAIN_{name.upper()}, default {field.default})")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"setting_{name}",
+            metavar="VALUE",
+            help=f"{field.description or ''} (TRAIN_{name.upper()}, default {field.default})",
+        )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--local-ranks", metavar="N", help="data-parallel on N local processes through mlx.launch "
-                       "(ring backend on 127.0.0.1); same as --distributed N")
-    where.add_argument("--hostfile", metavar="FILE", help="data-parallel on the hosts of an mlx.launch JSON "
-                       "hostfile; same as --distributed FILE")
+    where.add_argument(
+        "--local-ranks",
+        metavar="N",
+        help="data-parallel on N local processes through mlx.launch "
+        "(ring backend on 127.0.0.1); same as --distributed N",
+    )
+    where.add_argument(
+        "--hostfile",
+        metavar="FILE",
+        help="data-parallel on the hosts of an mlx.launch JSON hostfile; same as --distributed FILE",
+    )
     args = parse(parser, argv)
     return args if isinstance(args, int) else _run(args)
 
@@ -348,8 +491,9 @@ def _run(args: argparse.Namespace) -> int:
             return relaunch(settings.distributed, _rank_argv(args, flags), events=args.events)
         if not dist.lead:
             reporter = _quiet_rank(dist.rank)
-        run, outcome = launch(settings, serving, resume=args.resume is not None, run_id=args.resume or None,
-                              reporter=reporter, dist=dist)
+        run, outcome = launch(
+            settings, serving, resume=args.resume is not None, run_id=args.resume or None, reporter=reporter, dist=dist
+        )
     except Abandoned as error:  # rank 0 reports the failure and sets the exit code
         log.warning("%s", error)
         return 0
@@ -361,8 +505,10 @@ def _run(args: argparse.Namespace) -> int:
     if run is None:  # a rank other than 0: rank 0 has the run and says how it ended
         return 0
     reporter.clear()
-    print(f"run {run.id}: {outcome.state} at step {outcome.step} ({outcome.reason}); adapters in "
-          f"{run.dir / 'adapters'}", file=sys.stderr)
+    print(
+        f"run {run.id}: {outcome.state} at step {outcome.step} ({outcome.reason}); adapters in {run.dir / 'adapters'}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -393,8 +539,9 @@ def _quiet_rank(rank: int) -> Reporter:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-                                               "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s", "%H:%M:%S")
+        )
     logging.getLogger().setLevel(logging.WARNING)
     reporter = Reporter(False)
     reporter.bar = False

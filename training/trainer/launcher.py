@@ -83,12 +83,22 @@ def launch_arguments(spec: str) -> list[str]:
         ranks = int(spec)
         # N ranks share this machine's cores: N × all-cores BLAS threads would spin against each other
         os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
-        return ["--hosts", "127.0.0.1", "-n", str(ranks), "--backend", "ring",
-                "--starting-port", str(free_ports(ranks))]
+        return [
+            "--hosts",
+            "127.0.0.1",
+            "-n",
+            str(ranks),
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(free_ports(ranks)),
+        ]
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise SettingsError(f"TRAIN_DISTRIBUTED: no hostfile {path} (a number of local processes, or the "
-                            "path of an mlx.launch JSON hostfile)")
+        raise SettingsError(
+            f"TRAIN_DISTRIBUTED: no hostfile {path} (a number of local processes, or the "
+            "path of an mlx.launch JSON hostfile)"
+        )
     return ["--hostfile", str(path.resolve()), *forwarded_env()]
 
 
@@ -163,8 +173,7 @@ class _Relay:
         self.signals += 1
         if self.signals == 1:
             self.signal = signal.Signals(number).name
-            log.warning("%s: the ranks finish their step and save a checkpoint (again to abort now)",
-                        self._reason)
+            log.warning("%s: the ranks finish their step and save a checkpoint (again to abort now)", self._reason)
         else:
             self._send("kill")
 

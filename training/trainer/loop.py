@@ -170,24 +170,45 @@ def make_optimizer(settings: TrainingSettings):
     """AdamW with linear warmup then cosine decay to lr × min_lr_ratio at the last step."""
     lr, warmup = settings.learning_rate, min(settings.warmup_steps, settings.iters - 1)
     cosine = optim.cosine_decay(lr, max(1, settings.iters - warmup), lr * settings.min_lr_ratio)
-    schedule = cosine if warmup < 1 else optim.join_schedules(
-        [optim.linear_schedule(lr / warmup, lr, warmup), cosine], [warmup])
+    schedule = (
+        cosine
+        if warmup < 1
+        else optim.join_schedules([optim.linear_schedule(lr / warmup, lr, warmup), cosine], [warmup])
+    )
     return optim.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
 
 
-def train(model, examples: list[Example], valid: list[Batch], *, settings: TrainingSettings,
-          plan: MemoryPlan, pad_id: int, run: Run, reporter: Reporter, fingerprint: dict,
-          adapter_config: dict, resume: Loaded | None, stop: StopFlag, compiled: bool = False,
-          dist) -> Outcome:
+def train(
+    model,
+    examples: list[Example],
+    valid: list[Batch],
+    *,
+    settings: TrainingSettings,
+    plan: MemoryPlan,
+    pad_id: int,
+    run: Run,
+    reporter: Reporter,
+    fingerprint: dict,
+    adapter_config: dict,
+    resume: Loaded | None,
+    stop: StopFlag,
+    compiled: bool = False,
+    dist,
+) -> Outcome:
     """Every rank (`dist`: distributed.py's OneRank or Distributed) runs this loop in lockstep on its
     share of each global micro-batch; only the lead (rank 0) writes files."""
     lead = dist.lead
     # Data: length-sorted micro-batches of alike-starting examples, built once; only their order changes
     # per epoch. Every rank cuts the same global micro-batches and collates only its rows of each.
     batches = dist.shard(examples, batch_groups(examples, plan.batch_size), pad_id)
-    log.info("%d train batches of ≤%d (padding %.1f%%), %d frozen valid batches (padding %.1f%%)",
-             len(batches), plan.batch_size, 100 * padding_fraction(batches), len(valid),
-             100 * padding_fraction(valid))
+    log.info(
+        "%d train batches of ≤%d (padding %.1f%%), %d frozen valid batches (padding %.1f%%)",
+        len(batches),
+        plan.batch_size,
+        100 * padding_fraction(batches),
+        len(valid),
+        100 * padding_fraction(valid),
+    )
 
     optimizer = make_optimizer(settings)
     optimizer.init(model.trainable_parameters())
@@ -210,8 +231,15 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         progress.position += 1
         return batches[progress.order[progress.position - 1]]
 
-    forward, apply = make_step(model, optimizer, make_loss(model), accumulation=plan.grad_accumulation,
-                               grad_clip=settings.grad_clip, compiled=compiled, dist=dist)
+    forward, apply = make_step(
+        model,
+        optimizer,
+        make_loss(model),
+        accumulation=plan.grad_accumulation,
+        grad_clip=settings.grad_clip,
+        compiled=compiled,
+        dist=dist,
+    )
     accumulation = plan.grad_accumulation
 
     def measure() -> float:
@@ -234,15 +262,33 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         else:
             progress.bad_evals += 1
         progress.last_val_loss = val
-        record({"kind": "eval", "step": step, "val_loss": val, "best_val_loss": progress.best_val_loss,
-                "eval_s": round(time.perf_counter() - tic, 3)})
-        reporter.emit("eval", step=step, total=settings.iters, val_loss=val,
-                      best_val_loss=progress.best_val_loss, best_step=progress.best_step, improved=improved)
-        log.info("step %d: val loss %.4f (best %.4f at step %s)", step, val, progress.best_val_loss,
-                 progress.best_step)
+        record(
+            {
+                "kind": "eval",
+                "step": step,
+                "val_loss": val,
+                "best_val_loss": progress.best_val_loss,
+                "eval_s": round(time.perf_counter() - tic, 3),
+            }
+        )
+        reporter.emit(
+            "eval",
+            step=step,
+            total=settings.iters,
+            val_loss=val,
+            best_val_loss=progress.best_val_loss,
+            best_step=progress.best_step,
+            improved=improved,
+        )
+        log.info("step %d: val loss %.4f (best %.4f at step %s)", step, val, progress.best_val_loss, progress.best_step)
         if lead:
-            run.set_status(RUNNING, step=step, best_val_loss=progress.best_val_loss,
-                           best_step=progress.best_step, last_val_loss=val)
+            run.set_status(
+                RUNNING,
+                step=step,
+                best_val_loss=progress.best_val_loss,
+                best_step=progress.best_step,
+                last_val_loss=val,
+            )
         return val
 
     model.train()
@@ -250,8 +296,9 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         baseline = measure()
         progress.last_val_loss = baseline
         record({"kind": "eval", "step": 0, "val_loss": baseline, "best_val_loss": None, "eval_s": 0.0})
-        reporter.emit("eval", step=0, total=settings.iters, val_loss=baseline, best_val_loss=None,
-                      best_step=None, improved=False)
+        reporter.emit(
+            "eval", step=0, total=settings.iters, val_loss=baseline, best_val_loss=None, best_step=None, improved=False
+        )
         log.info("step 0: val loss %.4f (base model)", baseline)
 
     started, first_step = time.perf_counter(), progress.step
@@ -266,8 +313,9 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
             shard = next_batch()
             if shard.batch is not None:
                 b = shard.batch
-                loss, _, grads = forward(b.inputs, b.positions, b.labels, b.weights,
-                                         mx.array(shard.total, mx.float32), grads, b.shared)
+                loss, _, grads = forward(
+                    b.inputs, b.positions, b.labels, b.weights, mx.array(shard.total, mx.float32), grads, b.shared
+                )
                 mx.eval(loss, grads)
                 loss_sum += loss.item() * shard.total
             targets += shard.total
@@ -281,26 +329,48 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
         train_loss = loss_sum / targets
         done = step - first_step
         eta = (time.perf_counter() - started) / done * (settings.iters - step)
-        record({"kind": "train", "step": step, "epoch": progress.epoch, "loss": train_loss,
-                "learning_rate": optimizer.learning_rate.item(), "tokens_per_s": round(tokens / seconds, 1),
-                "tokens": tokens, "targets": targets, "padding": round(1 - tokens / cells, 4),
-                "peak_memory_gb": round(peak_gb(), 3), "step_s": round(seconds, 4)})
-        reporter.emit("step", step=step, total=settings.iters, loss=train_loss, epoch=progress.epoch,
-                      learning_rate=optimizer.learning_rate.item(), tokens_per_s=round(tokens / seconds, 1),
-                      val_loss=progress.last_val_loss, eta_s=round(eta, 1))
+        record(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": progress.epoch,
+                "loss": train_loss,
+                "learning_rate": optimizer.learning_rate.item(),
+                "tokens_per_s": round(tokens / seconds, 1),
+                "tokens": tokens,
+                "targets": targets,
+                "padding": round(1 - tokens / cells, 4),
+                "peak_memory_gb": round(peak_gb(), 3),
+                "step_s": round(seconds, 4),
+            }
+        )
+        reporter.emit(
+            "step",
+            step=step,
+            total=settings.iters,
+            loss=train_loss,
+            epoch=progress.epoch,
+            learning_rate=optimizer.learning_rate.item(),
+            tokens_per_s=round(tokens / seconds, 1),
+            val_loss=progress.last_val_loss,
+            eta_s=round(eta, 1),
+        )
 
         if step % settings.eval_every == 0 or step == settings.iters:
             evaluate(step)
             if progress.bad_evals >= settings.patience and step < settings.iters:
                 outcome_state = EARLY_STOPPED
-                reason = (f"val loss did not improve by more than {settings.min_delta} for "
-                          f"{settings.patience} evaluation(s); best {progress.best_val_loss:.4f} "
-                          f"at step {progress.best_step}")
+                reason = (
+                    f"val loss did not improve by more than {settings.min_delta} for "
+                    f"{settings.patience} evaluation(s); best {progress.best_val_loss:.4f} "
+                    f"at step {progress.best_step}"
+                )
                 break
         halt = dist.stopping(stop)  # ranks act on the stop agreed at the step's end, never a late one
         if step < settings.iters and (step % settings.checkpoint_every == 0 or halt) and lead:
-            path = checkpoint.save(run.checkpoints, model, optimizer, progress, fingerprint,
-                                   adapter_config, settings.keep_checkpoints)
+            path = checkpoint.save(
+                run.checkpoints, model, optimizer, progress, fingerprint, adapter_config, settings.keep_checkpoints
+            )
             reporter.emit("checkpoint", step=step, total=settings.iters, path=str(path))
         if halt and step < settings.iters:
             outcome_state, reason = CANCELLED, f"{halt} received; checkpoint saved at step {step}"
@@ -311,5 +381,4 @@ def train(model, examples: list[Example], valid: list[Batch], *, settings: Train
     log.info("%s: %s", outcome_state, reason)
     initial = progress.metrics[0]["val_loss"] if progress.metrics else None
     final = None if outcome_state == CANCELLED else progress.last_val_loss
-    return Outcome(outcome_state, reason, progress.step, progress.best_val_loss, progress.best_step, final,
-                   initial)
+    return Outcome(outcome_state, reason, progress.step, progress.best_val_loss, progress.best_step, final, initial)

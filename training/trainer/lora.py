@@ -29,8 +29,9 @@ def apply_lora(model, num_layers: int, rank: int, scale: float, dropout: float) 
     adapter means the same thing whatever mlx-lm's default becomes.
     """
     num_layers = min(num_layers, len(model.layers))
-    keys = sorted(name for name, module in model.layers[-1].named_modules()
-                  if isinstance(module, (nn.Linear, nn.QuantizedLinear)))
+    keys = sorted(
+        name for name, module in model.layers[-1].named_modules() if isinstance(module, (nn.Linear, nn.QuantizedLinear))
+    )
     parameters = {"rank": rank, "scale": scale, "dropout": dropout, "keys": keys}
     model.freeze()
     linear_to_lora_layers(model, num_layers, dict(parameters))

@@ -106,8 +106,16 @@ def default_budget_gb() -> float:
     return max(0.0, (memory.available - max(GB, 0.1 * memory.total)) / GB)
 
 
-def plan(shape: ModelShape, *, batch_size: int, grad_accumulation: int, max_seq_length: int,
-         longest: int, grad_checkpoint: str, budget_gb: float) -> MemoryPlan:
+def plan(
+    shape: ModelShape,
+    *,
+    batch_size: int,
+    grad_accumulation: int,
+    max_seq_length: int,
+    longest: int,
+    grad_checkpoint: str,
+    budget_gb: float,
+) -> MemoryPlan:
     """First fitting option, fastest first: the wanted batch, then smaller batches with more
     accumulation (same effective batch), checkpointing only when needed (it costs ~30% compute),
     and as a last resort a shorter max sequence length (truncates the longest examples)."""
@@ -122,14 +130,22 @@ def plan(shape: ModelShape, *, batch_size: int, grad_accumulation: int, max_seq_
                 need = estimate_bytes(shape, micro, length, checkpoint)
                 if need <= budget:
                     reason = _why(batch_size, micro, seq, length, checkpoint, grad_checkpoint, need, budget)
-                    return MemoryPlan(micro, grad_accumulation * (batch_size // micro), length,
-                                      checkpoint, round(need / GB, 3), round(budget_gb, 3), reason)
+                    return MemoryPlan(
+                        micro,
+                        grad_accumulation * (batch_size // micro),
+                        length,
+                        checkpoint,
+                        round(need / GB, 3),
+                        round(budget_gb, 3),
+                        reason,
+                    )
     smallest = estimate_bytes(shape, 1, seqs[-1], checkpoints[-1])
     raise MemoryBudgetError(
         f"not enough memory to train: even batch 1 × {seqs[-1]} tokens"
         f"{' with gradient checkpointing' if checkpoints[-1] else ''} needs ~{smallest / GB:.2f} GB "
         f"(base weights alone {shape.weight_bytes / GB:.2f} GB) but the budget is {budget_gb:.2f} GB; "
-        "raise TRAIN_MEMORY_BUDGET_GB (default: available RAM minus a margin) or free memory")
+        "raise TRAIN_MEMORY_BUDGET_GB (default: available RAM minus a margin) or free memory"
+    )
 
 
 def _why(wanted, micro, longest, length, checkpoint, setting, need, budget) -> str:

@@ -33,8 +33,7 @@ class SharedPrefixCache:
         def wide(prefix):
             return mx.broadcast_to(prefix, (rows, *prefix.shape[1:]))
 
-        return (mx.concatenate([wide(self.keys), keys], axis=2),
-                mx.concatenate([wide(self.values), values], axis=2))
+        return (mx.concatenate([wide(self.keys), keys], axis=2), mx.concatenate([wide(self.values), values], axis=2))
 
     def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None):
         return create_attention_mask(n, self.offset, return_array, window_size)

@@ -52,8 +52,12 @@ class Reporter:
         elif self.progress is None:
             return
         elif event == "step":
-            self.progress.update(fields["step"], loss=fields["loss"], val=fields.get("val_loss"),
-                                 tok_s=round(fields.get("tokens_per_s") or 0))
+            self.progress.update(
+                fields["step"],
+                loss=fields["loss"],
+                val=fields.get("val_loss"),
+                tok_s=round(fields.get("tokens_per_s") or 0),
+            )
         elif event in ("done", "error"):
             self.progress.close()
             self.progress = None
