@@ -28,7 +28,7 @@ from common.home import Home
 from data.retention import forget_user
 from data.store import Store, now
 from inference.engine import Chunk, Engine, Generation
-from inference.faithfulness import KEPT, guard
+from inference.faithfulness import KEPT, QUOTED, guard, quote
 from inference.grounding import Fact, FactIndex, Grounding, build_grounded, cite, used_facts
 
 from .settings import BotSettings
@@ -118,6 +118,7 @@ class Conversations:
         self.store = store
         self.settings = settings
         self.index = index  # None: answers come from the model alone
+        self.quoting = engine.settings.answer_from == "fact"  # ANSWER_FROM: a grounded answer is a fact
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute)  # questions: they cost model time
         self.update_limiter = RateLimiter(settings.updates_per_minute)  # everything (bot/handlers/limits.py)
         self._chats: OrderedDict[int, _Chat] = OrderedDict()
@@ -184,15 +185,20 @@ class Conversations:
         return used_facts(answer, grounding.facts, question) if grounding.decline is None else []
 
     def check(self, grounding: Grounding, question: str, text: str, key: str) -> tuple[str, str, str]:
-        """(answer to send, its source line, guard verdict): the faithfulness guard, then the
-        citation of the facts the sent answer used (blocking: may regenerate)."""
-        checked = guard(
-            text,
-            [fact.text for fact in grounding.facts],
-            question,
-            lambda: self.engine.generate(grounding.messages, key=key, temperature=0.0).text.strip(),
-        )
-        if checked.verdict != KEPT:
+        """(answer to send, its source line, verdict): the fact the answer drew on (ANSWER_FROM=fact)
+        or the answer through the faithfulness guard, then the citation of the facts the sent answer
+        used (blocking: the guard may regenerate)."""
+        facts = [fact.text for fact in grounding.facts]
+        if self.quoting:
+            checked = quote(text, facts, question)
+        else:
+            checked = guard(
+                text,
+                facts,
+                question,
+                lambda: self.engine.generate(grounding.messages, key=key, temperature=0.0).text.strip(),
+            )
+        if checked.verdict not in (KEPT, QUOTED):
             log.info("faithfulness guard: %s (unsupported %s)", checked.verdict, list(checked.unsupported))
         return checked.text, cite(checked.text, grounding.facts, grounding.lang, question), checked.verdict
 
@@ -246,7 +252,9 @@ class Conversations:
             if grounding.decline is not None:  # nothing relevant is known: say so, do not invent
                 generation, text, citation, used = None, grounding.decline, "", []
             else:
-                generation = await self._generate(asker, grounding.messages, on_partial)
+                # a quoted fact replaces the model's words: streaming them would show text then take it back
+                partial = None if self.quoting else on_partial
+                generation = await self._generate(asker, grounding.messages, partial)
                 asked = grounding.messages[-1]["content"]
                 text, citation, verdict = await loop.run_in_executor(
                     self._pool, self.check, grounding, asked, generation.text.strip(), f"chat:{asker.chat_id}"

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def _answer(args) -> dict:
     from .adapters import read_adapter
     from .engine import Engine
-    from .faithfulness import guard
+    from .faithfulness import guard, quote
     from .grounding import FactIndex, build_grounded, cite, used_facts
     from .settings import InferenceSettings
 
@@ -91,12 +91,16 @@ def _answer(args) -> dict:
         if grounding.facts:  # now bound the facts block with the model's own tokenizer
             grounding = build_grounded(messages, index, settings, lambda text: len(engine.tokenizer.encode(text)))
         generation = engine.generate(grounding.messages, max_tokens=args.max_tokens, temperature=args.temperature)
-        checked = guard(
-            generation.text.strip(),
-            [fact.text for fact in grounding.facts],
-            args.prompt,
-            lambda: engine.generate(grounding.messages, max_tokens=args.max_tokens, temperature=0.0).text.strip(),
-        )
+        facts = [fact.text for fact in grounding.facts]
+        if settings.answer_from == "fact":
+            checked = quote(generation.text.strip(), facts, args.prompt)
+        else:
+            checked = guard(
+                generation.text.strip(),
+                facts,
+                args.prompt,
+                lambda: engine.generate(grounding.messages, max_tokens=args.max_tokens, temperature=0.0).text.strip(),
+            )
     finally:
         engine.close()
         if index is not None:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .grounding import drawn_on
 from .retrieval import GENERIC_TERMS, STOP_WORDS, fold, words
 
 # Words that open or fill an answer in capitals without naming anything.
@@ -25,7 +26,7 @@ yes no sorry sure well also however according sim nao desculpa claro bem segundo
 _TOKENS = re.compile(r"\w+")
 _NUMBER = re.compile(r"\d+")
 
-KEPT, REGENERATED, FACT = "kept", "regenerated", "fact"
+KEPT, REGENERATED, FACT, QUOTED = "kept", "regenerated", "fact", "quoted"
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,16 @@ def guard(answer: str, facts: list[str], question: str, regenerate: Callable[[],
         if retry.strip() and not unsupported(retry, sources):
             return Guarded(retry, REGENERATED, tuple(missing))
     return Guarded(facts[0], FACT, tuple(missing))
+
+
+def quote(answer: str, facts: list[str], question: str) -> Guarded:
+    """ANSWER_FROM=fact: send the fact the model's answer drew on (the best retrieved one when it
+    drew on none), so every grounded answer is a knowledge-base sentence, true by construction.
+
+    The model reads the retrieved facts and answers; a small model's own sentence often drops or
+    garbles what the fact says, while the fact it reached for is usually the right one.
+    """
+    if not facts:
+        return Guarded(answer, KEPT, ())
+    chosen = (drawn_on(answer, facts, question) or [0])[0]
+    return Guarded(facts[chosen], QUOTED, tuple(unsupported(answer, [*facts, question])))

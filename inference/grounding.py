@@ -467,12 +467,17 @@ def used_facts(answer: str, facts: list[Fact], question: str = "") -> list[Fact]
     Words of the `question` do not count: every retrieved fact shares them, so an answer that only
     echoes the question ("Hassan Nader was a player") used none of the facts it was shown.
     """
+    return [facts[i] for i in drawn_on(answer, [fact.text for fact in facts], question)]
+
+
+def drawn_on(answer: str, texts: list[str], question: str = "") -> list[int]:
+    """`used_facts` over fact texts: the indexes of those the answer draws on, in their order."""
     said = set(query_terms(answer)) - GENERIC_TERMS - set(query_terms(question))
-    shared = [len(said & set(query_terms(fact.text))) for fact in facts]
+    shared = [len(said & set(query_terms(text))) for text in texts]
     if not said or not shared:
         return []
     needed = max(min(2, len(said)), max(shared) / 2)
-    return [fact for fact, count in zip(facts, shared) if count >= needed]
+    return [i for i, count in enumerate(shared) if count >= needed]
 
 
 def cite(answer: str, facts: list[Fact], lang: str, question: str = "") -> str:

@@ -39,6 +39,11 @@ class InferenceSettings(HomeSettings):
     grounding: bool = Field(
         default=True, description="Answer from facts retrieved from the knowledge base (false = model alone)"
     )
+    answer_from: Literal["fact", "model"] = Field(
+        default="fact",
+        description="A grounded answer sends the fact the model's answer drew on (fact), or the model's own"
+        " words checked by the faithfulness guard (model; for a large MODEL_PATH)",
+    )
     retrieval_top_k: int = Field(default=3, ge=1, le=10, description="Facts put in the prompt at most")
     retrieval_min_score: float = Field(
         default=RETRIEVAL_MIN_SCORE,

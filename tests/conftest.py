@@ -86,6 +86,8 @@ def isolated_env(tmp_path, monkeypatch, models_root):
     monkeypatch.setenv("FARENSE_HOME", str(home))
     monkeypatch.setenv("MODELS_DIR", str(models_root))
     monkeypatch.setenv("FIRST_TRAINING_AT_START", "false")  # a bot on the tiny model would train at start
+    # The tiny random model's words are what most tests follow; ANSWER_FROM=fact has its own tests.
+    monkeypatch.setenv("ANSWER_FROM", "model")
     monkeypatch.chdir(tmp_path)
     return home
 

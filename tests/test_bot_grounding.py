@@ -254,3 +254,15 @@ def test_grounding_off_answers_from_the_model_alone(start_bot, monkeypatch):
     bot.ask(USER, USER, "Who is the current manager of Manchester United?", language_code="en")
     assert len(prompts) == 2  # not declined either: the model answers everything
     assert "grounding off" in command(bot, BOT_ADMIN, "/status")[0]
+
+
+def test_answer_from_fact_sends_the_fact_the_models_answer_drew_on(start_bot, monkeypatch):
+    monkeypatch.setenv("ANSWER_FROM", "fact")
+    bot = start_bot()
+    prompts = record_prompts(bot, LYON)  # a supported answer, which ANSWER_FROM=model would send as is
+    final = bot.ask(USER, USER, UEFA, language_code="en")
+    facts = [line[2:] for line in prompts[0][0]["content"].splitlines() if line.startswith("- ")]
+    answer, source = final.params["text"].rsplit("\n", 1)
+    lyon = next(fact for fact in facts if "Lyonnais" in fact)
+    assert answer == lyon != LYON and source.startswith("Source: ")  # the fact itself, cited
+    assert logged(bot, USER, final).answer == lyon

@@ -1,6 +1,6 @@
 """The faithfulness guard: claims an answer makes must stand in its facts or its question."""
 
-from inference.faithfulness import FACT, KEPT, REGENERATED, claims, guard, unsupported
+from inference.faithfulness import FACT, KEPT, QUOTED, REGENERATED, claims, guard, quote, unsupported
 
 LYON = (
     "Olympique Lyonnais knocked Farense out in the first round of the 1995/96 UEFA Cup, winning"
@@ -70,3 +70,11 @@ def test_guard_regenerates_then_falls_back_to_the_best_fact():
 
 def test_guard_leaves_ungrounded_answers_alone():
     assert guard("Paris is the capital of France.", [], "Capital of France?").verdict == KEPT
+
+
+def test_quote_sends_the_fact_the_answer_drew_on_and_the_best_one_when_it_drew_on_none():
+    facts = ["Farense were founded on 1 April 1910 in Faro.", "Hassan Nader scored 26 league goals in 1994/95."]
+    drew = quote("Nader scored 26 goals that season.", facts, "Who was Farense's top scorer in 1994/95?")
+    assert drew.text == facts[1] and drew.verdict == QUOTED
+    assert quote("I think so.", facts, "Was Hassan Nader good?").text == facts[0]
+    assert quote("Hello", [], "Hi").verdict == KEPT

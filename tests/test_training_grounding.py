@@ -219,9 +219,11 @@ def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, t
         "base",
         "base+retrieval",
         "base+retrieval+guard",
+        "base+retrieval+quote",
         "adapter",
         "adapter+retrieval",
         "adapter+retrieval+guard",
+        "adapter+retrieval+quote",
     ]
     assert "EN r/d/w" in lines[1] and "PT r/d/w" in lines[1] and "OOD decl" in lines[1]
     rows = {line.split()[0]: line.split() for line in lines[3:]}
@@ -230,6 +232,7 @@ def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, t
     # whenever retrieval found the asked fact; without the guard, nonsense is never right.
     assert int(rows["base+retrieval+guard"][6]) > 0 and rows["base+retrieval"][6] == "-"
     assert rows["base+retrieval"][3] == "0.0%"
+    assert rows["base+retrieval+quote"][3] != "0.0%"  # a quoted fact is right when it is the asked one
 
     bad = subprocess.run(
         [sys.executable, "-m", "training", "evaluate", "--configs", "base,magic"],

@@ -32,7 +32,7 @@ from data.seed import ANSWER, SPLITS, Conversation, EvalItem, OODItem, load_conv
 from data.settings import DataSettings
 from data.store import Store
 from inference.adapters import read_adapter
-from inference.faithfulness import KEPT, guard
+from inference.faithfulness import KEPT, guard, quote
 from inference.grounding import FactIndex, build_grounded
 from inference.loading import load_base
 from inference.lora import apply_adapter, remove_adapter
@@ -43,8 +43,19 @@ from ..errors import EXIT_USAGE, guarded, parse, report
 from ..lifecycle.commands import open_registry
 from ..lifecycle.settings import LifecycleSettings
 
-CONFIGS = ("base", "base+retrieval", "base+retrieval+guard", "adapter", "adapter+retrieval", "adapter+retrieval+guard")
-GUARD_SUFFIX = "+guard"
+CONFIGS = (
+    "base",
+    "base+retrieval",
+    "base+retrieval+guard",
+    "base+retrieval+quote",
+    "adapter",
+    "adapter+retrieval",
+    "adapter+retrieval+guard",
+    "adapter+retrieval+quote",
+)
+# what is scored: the model's text, the text after the faithfulness guard (ANSWER_FROM=model), or
+# the fact the answer drew on (ANSWER_FROM=fact); one generation serves all three
+SENT = {"": "text", "+guard": "guarded", "+quote": "quoted"}
 MIN_COPY_CHARS = 20  # an earlier answer this long found again inside a later one is a copy
 
 
@@ -54,8 +65,13 @@ class Answer:
     declined: bool  # grounding found nothing: the decline text was given without generating
     facts: tuple[int | None, ...]  # seed numbers of the facts in the prompt
     prompt: list[dict]  # the messages the model saw (or would have)
-    guarded: str = ""  # what the bot sends: `text` after the faithfulness guard
+    guarded: str = ""  # what the bot sends with ANSWER_FROM=model: `text` after the faithfulness guard
     guard: str = "kept"  # the guard's verdict (inference.faithfulness)
+    quoted: str = ""  # what the bot sends with ANSWER_FROM=fact: the fact `text` drew on
+
+    def sent(self, serving: InferenceSettings) -> str:
+        """What the bot sends for it, as configured."""
+        return self.quoted if serving.answer_from == "fact" else self.guarded
 
 
 def served_answers(
@@ -103,11 +119,21 @@ def served_answers(
     answers = []
     for i, g in enumerate(groundings):
         if g.decline is not None:
-            answers.append(Answer(g.decline, True, (), g.messages, g.decline))
+            answers.append(Answer(g.decline, True, (), g.messages, g.decline, quoted=g.decline))
             continue
-        checked = guard(texts[i].strip(), [fact.text for fact in g.facts], g.messages[-1]["content"])
+        facts, asked = [fact.text for fact in g.facts], g.messages[-1]["content"]
+        checked = guard(texts[i].strip(), facts, asked)
+        quoted = quote(texts[i].strip(), facts, asked)
         answers.append(
-            Answer(texts[i], False, tuple(fact.fact for fact in g.facts), g.messages, checked.text, checked.verdict)
+            Answer(
+                texts[i],
+                False,
+                tuple(fact.fact for fact in g.facts),
+                g.messages,
+                checked.text,
+                checked.verdict,
+                quoted.text,
+            )
         )
     return answers
 
@@ -130,12 +156,10 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_tokens: int, 
 
 
 def score(
-    answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *, guarded: bool = False
+    answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *, sent: str = "text"
 ) -> EvalReport:
     """data.scorer's report over answers keyed by question (as generated, or as the guard sends them)."""
-    return evaluate(
-        lambda question, _lang: answers[question].guarded if guarded else answers[question].text, list(items), list(ood)
-    )
+    return evaluate(lambda question, _lang: getattr(answers[question], sent), list(items), list(ood))
 
 
 @dataclass(frozen=True)
@@ -150,7 +174,7 @@ class TurnResult:
 
 def conversation_results(
     model, tokenizer, conversations: Sequence[Conversation], serving: InferenceSettings, index, *, max_tokens: int
-) -> list[TurnResult]:
+) -> dict[str, list[TurnResult]]:
     """Every turn of every conversation, answered as the bot answers it.
 
     The bot lets a follow-up lean on the previous question it answered from facts; what that is
@@ -167,7 +191,7 @@ def conversation_results(
                 [{"role": "user", "content": turn.question}], index, serving, previous_question=before
             )
             before = turn.question if grounding.decline is None else before
-    answers = iter(
+    answers = list(
         served_answers(
             model,
             tokenizer,
@@ -180,11 +204,17 @@ def conversation_results(
             label="conversations",
         )
     )
+    return {sent: _turn_results(conversations, answers, sent) for sent in ("guarded", "quoted")}
+
+
+def _turn_results(conversations: Sequence[Conversation], answers: list[Answer], sent: str) -> list[TurnResult]:
+    """The turns scored on what is sent (`sent`: an Answer field)."""
+    answered = iter(answers)
     results = []
     for conversation in conversations:
         earlier: list[str] = []
         for turn in conversation.turns:
-            text = next(answers).guarded
+            text = getattr(next(answered), sent)
             if turn.expected == ANSWER:
                 right = all(any(contains(text, phrase) for phrase in group) for group in turn.key_facts)
                 verdict = "right" if right else "declined" if is_decline(text) else "wrong"
@@ -219,7 +249,7 @@ def evaluate_configs(
     questions = [item.question for item in items] + [probe.question for probe in ood]
     results = {}
     try:
-        for generated in dict.fromkeys(name.removesuffix(GUARD_SUFFIX) for name in configs):
+        for generated in dict.fromkeys(name.removesuffix("+guard").removesuffix("+quote") for name in configs):
             started = time.perf_counter()
             remove_adapter(model)
             if generated.startswith("adapter"):
@@ -232,18 +262,18 @@ def evaluate_configs(
             turns = (
                 conversation_results(model, tokenizer, conversations, serving, index, max_tokens=max_tokens)
                 if grounded
-                else []
+                else {}
             )
             by_question = dict(zip(questions, answers, strict=True))
             seconds = round(time.perf_counter() - started, 1)
-            for guarded in (False, True):
-                name = generated + (GUARD_SUFFIX if guarded else "")
+            for suffix, sent in SENT.items():
+                name = generated + suffix
                 if name in configs:
                     results[name] = {
-                        "report": score(by_question, items, ood, guarded=guarded),
+                        "report": score(by_question, items, ood, sent=sent),
                         "declined": sum(answer.declined for answer in answers[: len(items)]),
-                        "guard_fired": sum(answer.guard != KEPT for answer in answers) if guarded else None,
-                        "turns": turns if guarded else [],
+                        "guard_fired": sum(answer.guard != KEPT for answer in answers) if sent == "guarded" else None,
+                        "turns": turns.get(sent, []),
                         "seconds": seconds,
                     }
     finally:

@@ -5,9 +5,10 @@ inputs: the candidate run's frozen validation batches (same batch size and seque
 training, from its grounded dataset) and a fixed, language-balanced subset of the seed's dev eval
 questions (the held-out set stays unseen by every automatic choice), answered greedily in the served
 configuration: prompts built by inference.grounding.build_grounded with the retrieved facts
-(GROUNDING on), a decline counted as the answer given, and the faithfulness guard applied
-(evaluation/evaluate.py `served_answers`). Each answer is right, declined or wrong (data.scorer);
-a wrong answer misleads a fan where a decline does not, so the wrong share has its own criterion.
+(GROUNDING on), a decline counted as the answer given, and what the bot sends scored (ANSWER_FROM:
+the quoted fact, or the guarded answer; evaluation/evaluate.py `served_answers`). Each answer is
+right, declined or wrong (data.scorer); a wrong answer misleads a fan where a decline does not,
+so the wrong share has its own criterion.
 The candidate passes only if every criterion holds:
 
     val_loss            candidate ≤ champion × (1 − GATE_MIN_IMPROVEMENT)       (relative gain)
@@ -267,7 +268,7 @@ def _measure(
         label=f"gate {result['label']}",
     )
     texts = [answer.text for answer in answers]
-    sent = {item.question: answer.guarded for item, answer in zip(items, answers, strict=True)}
+    sent = {item.question: answer.sent(serving) for item, answer in zip(items, answers, strict=True)}
     report = evaluate(lambda question, _lang: sent[question], items, ood_items=[])
     kinds = Counter(degenerate(text) for text in texts)
     result.update(
