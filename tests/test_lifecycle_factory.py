@@ -91,3 +91,12 @@ def test_a_bot_with_an_adapter_does_not_train_at_start(start_bot, isolated_env, 
     bot = start_bot(first_training_at_start=True)
     assert bot.services.scheduler.get_job(FIRST_JOB_ID) is None
     assert bot.engine.adapter_version == "v0001"
+
+
+def test_the_embedded_model_ships_a_factory_adapter_that_fits_it(default_model_dir, isolated_env):
+    registry = Registry(isolated_env, base_model=default_model_dir)
+    installed = install_factory_adapter(registry, default_model_dir)  # the repository's own, not a test copy
+    assert installed is not None and installed.version == "v0001" and registry.production().version == "v0001"
+    gate = installed.gate
+    assert gate["accepted"] and gate["candidate"]["accuracy"] > gate["champion"]["accuracy"]
+    assert gate["candidate"]["wrong_rate"] < gate["champion"]["wrong_rate"]
