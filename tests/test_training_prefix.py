@@ -93,13 +93,13 @@ def test_the_probe_refuses_sharing_under_gradient_checkpointing(tiny_model_dir):
 
 
 def test_batches_are_drawn_from_examples_that_start_alike_so_they_share_a_prefix():
-    from training.trainer.batching import PREFIX_KEY_TOKENS, Example, batch_groups, collate
+    from training.trainer.batching import PREFIX_KEY_TOKENS, TokenizedExample, batch_groups, collate
 
-    def example(start: int, length: int) -> Example:
+    def example(start: int, length: int) -> TokenizedExample:
         tokens = np.array([start] * PREFIX_KEY_TOKENS + list(range(100, 100 + length)), np.int32)
         mask = np.zeros(len(tokens), bool)
         mask[-3:] = True
-        return Example(tokens, mask)
+        return TokenizedExample(tokens, mask)
 
     # two "languages" of prompts, interleaved and of mixed lengths, and two rare prompts
     examples = [example(1 + i % 2, (7 * i) % 23 + 4) for i in range(20)] + [example(5, 9), example(6, 30)]

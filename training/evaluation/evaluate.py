@@ -60,7 +60,7 @@ MIN_COPY_CHARS = 20  # an earlier answer this long found again inside a later on
 
 
 @dataclass(frozen=True)
-class Answer:
+class ServedAnswer:
     text: str  # as generated, or the decline
     declined: bool  # grounding found nothing: the decline text was given without generating
     facts: tuple[int | None, ...]  # seed numbers of the facts in the prompt
@@ -85,7 +85,7 @@ def served_answers(
     max_tokens: int,
     previous: Sequence[str | None] | None = None,
     label: str = "answers",
-) -> list[Answer]:
+) -> list[ServedAnswer]:
     """Greedy answers to questions, prompts built as the bot builds them (`previous[i]`: the
     question before questions[i] in its chat, for follow-ups); `label` names the progress shown.
 
@@ -119,13 +119,13 @@ def served_answers(
     answers = []
     for i, g in enumerate(groundings):
         if g.decline is not None:
-            answers.append(Answer(g.decline, True, (), g.messages, g.decline, quoted=g.decline))
+            answers.append(ServedAnswer(g.decline, True, (), g.messages, g.decline, quoted=g.decline))
             continue
         facts, asked = [fact.text for fact in g.facts], g.messages[-1]["content"]
         checked = guard(texts[i].strip(), facts, asked)
         quoted = quote(texts[i].strip(), facts, asked)
         answers.append(
-            Answer(
+            ServedAnswer(
                 texts[i],
                 False,
                 tuple(fact.fact for fact in g.facts),
@@ -156,7 +156,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_tokens: int, 
 
 
 def score(
-    answers: dict[str, Answer], items: Sequence[EvalItem], ood: Sequence[OODItem], *, sent: str = "text"
+    answers: dict[str, ServedAnswer], items: Sequence[EvalItem], ood: Sequence[OODItem], *, sent: str = "text"
 ) -> EvalReport:
     """data.scorer's report over answers keyed by question (as generated, or as the guard sends them)."""
     return evaluate(lambda question, _lang: getattr(answers[question], sent), list(items), list(ood))
@@ -207,8 +207,8 @@ def conversation_results(
     return {sent: _turn_results(conversations, answers, sent) for sent in ("guarded", "quoted")}
 
 
-def _turn_results(conversations: Sequence[Conversation], answers: list[Answer], sent: str) -> list[TurnResult]:
-    """The turns scored on what is sent (`sent`: an Answer field)."""
+def _turn_results(conversations: Sequence[Conversation], answers: list[ServedAnswer], sent: str) -> list[TurnResult]:
+    """The turns scored on what is sent (`sent`: a ServedAnswer field)."""
     answered = iter(answers)
     results = []
     for conversation in conversations:

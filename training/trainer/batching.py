@@ -33,7 +33,7 @@ class DatasetError(UsageError, ValueError):
 
 
 @dataclass(frozen=True)
-class Example:
+class TokenizedExample:
     tokens: np.ndarray  # int32 [n]
     mask: np.ndarray  # bool [n]: True where the token is written by the assistant (is a target)
 
@@ -52,7 +52,7 @@ class Batch:
     shared: int = 0  # leading input columns equal in every row and before every target: run once (prefix.py)
 
 
-def load_examples(path: Path, tokenizer, system_prompt: str, max_seq_length: int) -> list[Example]:
+def load_examples(path: Path, tokenizer, system_prompt: str, max_seq_length: int) -> list[TokenizedExample]:
     """Tokenize one split; malformed lines are reported as file:line and skipped."""
     if not path.is_file():
         raise DatasetError(f"dataset split not found: {path}")
@@ -83,9 +83,9 @@ def load_examples(path: Path, tokenizer, system_prompt: str, max_seq_length: int
     return examples
 
 
-def truncate(examples: list[Example], max_seq_length: int) -> list[Example]:
+def truncate(examples: list[TokenizedExample], max_seq_length: int) -> list[TokenizedExample]:
     """Cut to max_seq_length tokens; drop examples left without an assistant target."""
-    cut = [Example(e.tokens[:max_seq_length], e.mask[:max_seq_length]) for e in examples]
+    cut = [TokenizedExample(e.tokens[:max_seq_length], e.mask[:max_seq_length]) for e in examples]
     return [e for e in cut if e.mask[1:].any()]
 
 
@@ -103,7 +103,7 @@ def _messages(record) -> list[dict]:
     return messages
 
 
-def encode(tokenizer, messages: list[dict], system_prompt: str) -> Example:
+def encode(tokenizer, messages: list[dict], system_prompt: str) -> TokenizedExample:
     """Tokens of the whole chat, with a mask over every assistant turn (prompt tokens are masked out).
 
     The system prompt goes in exactly as `inference.prompts.render_prompt` puts it at serving time.
@@ -121,7 +121,7 @@ def encode(tokenizer, messages: list[dict], system_prompt: str) -> Example:
         mask[start:end] = True
     if not mask.any():
         raise ValueError("the chat template left no assistant tokens")
-    return Example(np.asarray(tokens, np.int32), mask)
+    return TokenizedExample(np.asarray(tokens, np.int32), mask)
 
 
 def served_messages(tokenizer, messages: list[dict], system_prompt: str) -> list[dict]:
@@ -153,7 +153,7 @@ def length_batches(lengths: list[int], batch_size: int, groups: list | None = No
     return batches
 
 
-def batch_groups(examples: list[Example], batch_size: int) -> list[list[int]]:
+def batch_groups(examples: list[TokenizedExample], batch_size: int) -> list[list[int]]:
     """Length-sorted batches, each drawn from examples that start alike (same first PREFIX_KEY_TOKENS
     tokens) wherever at least a batch of them does, so the prompt prefix they share runs once per
     batch (prefix.py). Grounded prompts start with one language's instructions: without this, most
@@ -165,7 +165,7 @@ def batch_groups(examples: list[Example], batch_size: int) -> list[list[int]]:
     )
 
 
-def collate(examples: list[Example], pad_id: int) -> Batch:
+def collate(examples: list[TokenizedExample], pad_id: int) -> Batch:
     """Pad to the longest example and shift into inputs and (position, label) targets.
 
     Width and target count are rounded up to PAD_MULTIPLE so a compiled step sees few shapes.

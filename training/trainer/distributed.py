@@ -44,7 +44,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_map_with_path
 
 from ..errors import EXIT_USAGE, exit_code
-from .batching import Batch, Example, _round_up, collate
+from .batching import Batch, TokenizedExample, _round_up, collate
 from .checkpoint import CheckpointError, Progress, differences
 from .checkpoint import restore as restore_checkpoint
 from .loop import validation_loss, validation_sums
@@ -117,7 +117,7 @@ class _World:
     def lead(self) -> bool:
         return self.rank == 0
 
-    def shard(self, examples: list[Example], groups: list[list[int]], pad_id: int) -> list[Shard]:
+    def shard(self, examples: list[TokenizedExample], groups: list[list[int]], pad_id: int) -> list[Shard]:
         """This rank's rows of every global micro-batch, with the whole micro-batch's counts."""
         shards = []
         for group in groups:

@@ -22,7 +22,7 @@ from mlx.utils import tree_map
 from ..runs import CANCELLED, EARLY_STOPPED, FINISHED, RUNNING, Run
 from ..settings import TrainingSettings
 from . import checkpoint
-from .batching import Batch, Example, batch_groups, padding_fraction
+from .batching import Batch, TokenizedExample, batch_groups, padding_fraction
 from .checkpoint import Loaded, Progress
 from .lora import save_adapter
 from .memory import MemoryPlan, peak_gb
@@ -180,7 +180,7 @@ def make_optimizer(settings: TrainingSettings):
 
 def train(
     model,
-    examples: list[Example],
+    examples: list[TokenizedExample],
     valid: list[Batch],
     *,
     settings: TrainingSettings,
