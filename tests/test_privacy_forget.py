@@ -1,4 +1,4 @@
-"""Issue 18: a /forget that holds, through the real Application and the real CLIs.
+"""A /forget that holds, through the real Application and the real CLIs.
 
 The fan's text must be gone from every file under FARENSE_HOME after /forget (database, WAL, logs,
 built and grounded datasets), and stay gone after restoring a backup taken before the forget; an
