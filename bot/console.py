@@ -94,9 +94,14 @@ class Console:
         if answer.declined:
             self.say(answer.text)
         else:
-            said = answer.generation.text
-            rest = said[len(printed) :] if said.startswith(printed) else ""
-            self.say(rest if answer.text else text("empty_answer", "en"))
+            sent = answer.text  # what a Telegram user gets: the guard or ANSWER_FROM=fact may replace the stream
+            if not sent:
+                self.say(text("empty_answer", "en"))
+            elif sent.startswith(printed.strip()):  # the answer is sent stripped
+                rest = sent[len(printed.strip()) :]
+                self.say(rest.lstrip() if printed[-1:].isspace() else rest)
+            else:
+                self.say(f"\n{sent}")
             if answer.citation:
                 self.say(answer.citation)
         self.last = answer if answer.message_id is not None else None

@@ -34,6 +34,16 @@ def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_mod
     assert answer.strip() == row.answer
 
 
+def test_the_console_shows_what_is_sent_the_quoted_fact_with_answer_from_fact(tiny_model_dir, isolated_env):
+    result = run_bot("When was Farense founded?\n", MODEL_PATH=str(tiny_model_dir), ANSWER_FROM="fact")
+    assert result.returncode == 0, result.stderr
+    answer, source = result.stdout.split("bot> ", 1)[1].split("\nyou> ", 1)[0].strip().rsplit("\n", 1)
+    with Store(isolated_env / "farense.db") as store:
+        logged = store.message(1).answer
+        facts = [row[0] for row in store.read("SELECT text FROM facts WHERE lang = 'en'")]
+    assert answer == logged and logged in facts and source.startswith("Source: ")  # not the model's words
+
+
 def test_bad_settings_and_a_missing_model_exit_2_with_one_clear_line(tmp_path):
     bad = run_bot("", ADMIN_USER_IDS="12,Ana")
     assert bad.returncode == 2 and bad.stdout == ""
