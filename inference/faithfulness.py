@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .grounding import drawn_on
+from .grounding import DECLINE, drawn_on
 from .retrieval import GENERIC_TERMS, STOP_WORDS, fold, words
 
 # Words that open or fill an answer in capitals without naming anything.
@@ -93,7 +93,14 @@ def quote(answer: str, facts: list[str], question: str) -> Guarded:
     The model reads the retrieved facts and answers; a small model's own sentence often drops or
     garbles what the fact says, while the fact it reached for is usually the right one.
     """
-    if not facts:
+    if not facts or declines(answer):  # the model says the facts do not answer: trust it
         return Guarded(answer, KEPT, ())
     chosen = (drawn_on(answer, facts, question) or [0])[0]
     return Guarded(facts[chosen], QUOTED, tuple(unsupported(answer, [*facts, question])))
+
+
+def declines(answer: str) -> bool:
+    """Whether the answer is the decline the adapter is trained to give (inference.grounding.DECLINE)
+    when the facts it was shown do not answer the question."""
+    said = " ".join(words(answer))
+    return any(" ".join(words(text.split(",", 1)[1])[:4]) in said for text in DECLINE.values())

@@ -1,6 +1,7 @@
 """The faithfulness guard: claims an answer makes must stand in its facts or its question."""
 
 from inference.faithfulness import FACT, KEPT, QUOTED, REGENERATED, claims, guard, quote, unsupported
+from inference.grounding import DECLINE
 
 LYON = (
     "Olympique Lyonnais knocked Farense out in the first round of the 1995/96 UEFA Cup, winning"
@@ -78,3 +79,9 @@ def test_quote_sends_the_fact_the_answer_drew_on_and_the_best_one_when_it_drew_o
     assert drew.text == facts[1] and drew.verdict == QUOTED
     assert quote("I think so.", facts, "Was Hassan Nader good?").text == facts[0]
     assert quote("Hello", [], "Hi").verdict == KEPT
+
+
+def test_quote_keeps_the_models_decline_when_the_facts_do_not_answer():
+    facts = ["Farense were founded on 1 April 1910 in Faro."]
+    for decline in (DECLINE["en"], DECLINE["pt"], "Desculpa, só sei sobre o SC Farense."):
+        assert quote(decline, facts, "Who won the 2022 World Cup?").text == decline
