@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -144,3 +145,13 @@ def is_locked(path: Path) -> bool:
             return False
     except LockBusy:
         return True
+
+
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object in `path` (a manifest, a state file); None when it is missing, unreadable or
+    not an object, which callers treat as "not there"."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

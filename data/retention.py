@@ -17,6 +17,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from common.files import read_json_object
 from common.home import Home
 
 from .builder import GROUNDED_SUFFIX, MANIFEST
@@ -42,7 +43,7 @@ def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
     existing = {row[0] for row in store.read("SELECT id FROM messages")}
     dropped = []
     for folder in sorted(home.datasets.iterdir()):
-        manifest = _manifest(folder)
+        manifest = read_json_object(folder / MANIFEST)
         if manifest is None or "parent" in manifest:  # not a built dataset (a grounded copy has a parent)
             continue
         held = manifest.get("message_ids")
@@ -103,11 +104,3 @@ def _latest_name(home: Home) -> str | None:
         return json.loads(home.latest_dataset.read_text(encoding="utf-8")).get("dataset")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _manifest(folder: Path) -> dict | None:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common.files import read_json_object
 from common.progress import Progress
 from data.builder import GROUNDED_SUFFIX
 from data.knowledge import knowledge_hash
@@ -102,7 +103,7 @@ def ground_dataset(
             f"no knowledge base in {index.db_path}: open the store once "
             "(`python -m data knowledge stats`) before grounding"
         )
-    parent = _read_manifest(dataset_folder)
+    parent = read_json_object(dataset_folder / MANIFEST) or {}
     wanted = {
         "parent": {"path": str(dataset_folder), "content_hash": parent.get("content_hash")},
         "knowledge_hash": _knowledge_hash(index.db_path),
@@ -151,7 +152,7 @@ def ground_dataset(
         "sources": parent.get("sources"),
     }
     out_folder = Path(out_folder) if out_folder else default_out_folder(dataset_folder, content_hash)
-    existing = _read_manifest(out_folder)
+    existing = read_json_object(out_folder / MANIFEST) or {}
     if existing.get("content_hash") == content_hash:
         return GroundedDataset(out_folder, existing)
     if out_folder.exists() and "parent" not in existing:
@@ -242,14 +243,6 @@ def _inject(
 def _knowledge_hash(db_path: Path) -> str:
     with Store(db_path) as store:
         return knowledge_hash(store)
-
-
-def _read_manifest(folder: Path) -> dict:
-    try:
-        value = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _write_folder(out_folder: Path, contents: dict[str, bytes], manifest: dict) -> None:

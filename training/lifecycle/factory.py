@@ -21,7 +21,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from common.files import sha256_file, write_atomic
+from common.files import read_json_object, sha256_file, write_atomic
 from inference.adapters import CONFIG_FILE, WEIGHTS_FILE
 from inference.modelstore import resolve_model
 from inference.settings import InferenceSettings
@@ -47,7 +47,7 @@ def model_folder(serving: InferenceSettings) -> Path | None:
 def factory_adapter(base_folder: Path) -> Path | None:
     """The factory adapter folder for this base model, or None when none was trained on its weights."""
     folder = FACTORY_ROOT / base_folder.name
-    manifest = _manifest(folder)
+    manifest = read_json_object(folder / MANIFEST)
     if manifest is None or not (base_folder / WEIGHTS).is_file():
         return None
     if manifest.get("base_weights_sha256") != sha256_file(base_folder / WEIGHTS):
@@ -66,7 +66,7 @@ def install_factory_adapter(registry: Registry, base_folder: Path | None) -> Ada
     folder = factory_adapter(base_folder)
     if folder is None:
         return None
-    manifest = _manifest(folder)
+    manifest = read_json_object(folder / MANIFEST)
     entry = registry.add_candidate(folder, manifest=manifest.get("dataset"), metrics=manifest.get("metrics"))
     registry.record_gate(entry.version, manifest.get("gate") or {}, True)
     promoted = registry.promote(
@@ -128,14 +128,6 @@ def _dataset_manifest(record: dict) -> dict:
         "splits": {name: {"count": count} for name, count in (dataset.get("counts") or {}).items()},
         "sources": dataset.get("sources"),
     }
-
-
-def _manifest(folder: Path) -> dict | None:
-    try:
-        value = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # --- python -m training factory VERSION ------------------------------------------------------------

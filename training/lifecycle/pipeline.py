@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.files import write_atomic
+from common.files import read_json_object, write_atomic
 from common.home import Home
 from common.settings import SettingsError
 from data.builder import build_dataset
@@ -135,9 +135,9 @@ def run_pipeline(
 
 def pipeline_state(home: Path) -> dict:
     """For /status: is a pipeline running (pid, since, stage, last event), and how did the last end."""
-    running = _read_json(Home(home).pipeline_running)
+    running = read_json_object(Home(home).pipeline_running)
     alive = running is not None and pid_alive(running.get("pid"))
-    return {"running": alive, **(running if alive else {}), "last": _read_json(Home(home).pipeline_last)}
+    return {"running": alive, **(running if alive else {}), "last": read_json_object(Home(home).pipeline_last)}
 
 
 def _pipeline(
@@ -155,7 +155,7 @@ def _pipeline(
     production = registry.production()
     serving_now = f"Production unchanged: {production.version if production else 'base model'}."
     trained = None
-    interrupted = _interrupted_run(home, _read_json(Home(home).pipeline_last))
+    interrupted = _interrupted_run(home, read_json_object(Home(home).pipeline_last))
     if interrupted is not None:
         progress.update(resumed_run=interrupted.id)
         progress.stage("train", resume=interrupted.id)
@@ -193,7 +193,7 @@ def _pipeline(
     progress.stage("register")
     best = run_dir / "adapters" / "best"
     adapter = best if best.is_dir() else run_dir / "adapters" / "final"
-    manifest = _read_json(run_dir / "manifest.json") or {}
+    manifest = read_json_object(run_dir / "manifest.json") or {}
     metrics = {
         k: done.get(k)
         for k in ("status", "step", "total", "initial_val_loss", "best_val_loss", "best_step", "final_val_loss")
@@ -428,18 +428,11 @@ def _pipeline_lock(home: Path, **info):
 
 
 def _describe_holder(home: Path, holder: dict) -> str:
-    running = _read_json(Home(home).pipeline_running) or {}
+    running = read_json_object(Home(home).pipeline_running) or {}
     return (
         f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}, "
         f"stage {running.get('stage', '?')}, {holder.get('trigger', '?')} by {holder.get('requested_by', '?')}"
     )
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return _parse(path.read_text())
-    except OSError:
-        return None
 
 
 def _parse(text: str) -> dict | None:
