@@ -2,7 +2,8 @@
 
     runs/       the newest KEEP_RUNS runs; checkpoints of those that ended (training/runs.py)
     datasets/   the newest KEEP_DATASETS built datasets, the latest and those the kept runs validate
-                on (the gate reads them again), with their grounded copies (data/retention.py)
+                on (the gate reads them again), with the copies training made of them (grounded,
+                warm start; data/retention.py)
     backups/    archives of any kind older than BACKUP_MAX_AGE_DAYS (data/backup.py); the nightly
                 ones are also capped at BACKUP_KEEP when taken
     logs/       service.log rotated like bot.log (LOG_MAX_MB, LOG_BACKUPS; bot/os_service.py)
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common.home import describe_disk_use
 from data.backup import prune_older_than
-from data.builder import GROUNDED_SUFFIX
+from data.builder import built_dataset_name
 from data.retention import prune_datasets
 from data.settings import DataSettings
 from training.lifecycle.settings import LifecycleSettings
@@ -58,8 +59,8 @@ def apply_retention(
     removed = {
         "runs": [path for path in runs if path.name != "checkpoints"],
         "checkpoint folders": [path for path in runs if path.name == "checkpoints"],
-        "datasets": [path for path in datasets if GROUNDED_SUFFIX not in path.name],
-        "grounded copies": [path for path in datasets if GROUNDED_SUFFIX in path.name],
+        "datasets": [path for path in datasets if built_dataset_name(path.name) == path.name],
+        "training copies": [path for path in datasets if built_dataset_name(path.name) != path.name],
         "backups": prune_older_than(home.backups, data_settings.backup_max_age_days),
     }
     rotated = rotate_service_log(home.logs, int(bot_settings.log_max_mb * 1024 * 1024), bot_settings.log_backups)

@@ -4,6 +4,12 @@ Every build is a new immutable folder, written in full under a temporary name an
 place, so a trainer never sees half a dataset; `latest` points at the newest one. A question's
 split comes from a salted hash of its normalised text, so it stays in the same split however the
 inputs are ordered or grown, and a model is never evaluated on a question it was trained on.
+
+A curated line carries when it was vouched for (`created_at`: the vote or the correction), and the
+manifest the newest such time (`curated_until`), the seed's hash and the knowledge the project
+shipped: a warm-started training (training/lifecycle/warmstart.py) learns the curated lines newer
+than what the production adapter saw, and trains afresh when the seed or the shipped knowledge
+changed.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from common.home import LATEST_DATASET
 
 from .curation import instructs_the_model
 from .jsonl import Problem, field_problem, read_jsonl, report
-from .knowledge import knowledge_hash
+from .knowledge import knowledge_hash, shipped_knowledge_hash
 from .privacy import scrub_counted
 from .seed import load_qa
 from .settings import DataSettings
@@ -34,12 +40,16 @@ from .text import normalise
 log = logging.getLogger(__name__)
 
 SOURCES = ("seed", "feedback", "correction", "extra")
+CURATED = ("feedback", "correction")  # vouched for in the bot: a fan's 👍 or an admin's correction
 # Which copy of an exact duplicate is kept (and counted): the most trusted source.
 PRIORITY = ("correction", "seed", "feedback", "extra")
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 GROUNDED_SUFFIX = "-grounded"  # training grounds `<dataset>` into `<dataset>-grounded-<hash>` beside it
+WARM_SUFFIX = "-warm"  # a warm start trains on `<dataset>[-grounded-<hash>]-warm-<hash>` beside it
 MIN_EXAMPLES_FOR_VALID = 10
+# The layout of a built dataset's lines and manifest; raising it makes the next training a full one.
+DATASET_FORMAT = 1
 
 
 class BuildError(RuntimeError):
@@ -85,15 +95,15 @@ def build_dataset(settings: DataSettings, store: Store | None = None, extra_json
         Example(pair.question, pair.answer, "seed", f"{pair.file}:{pair.line}", fact=pair.fact, kind=pair.kind)
         for pair in load_qa(settings.seed_dir, problems)
     ]
-    knowledge = None  # the knowledge base's hash: grounded prompts depend on it like on the data
+    knowledge = shipped = None  # the knowledge base's hashes: grounded prompts depend on it like on the data
     withheld = {"instructions": 0, "over_user_cap": 0}
     if store is not None:
         curated, opted_out, scrubbed = _curated(store, problems, settings.feedback_per_user, withheld)
-        knowledge = knowledge_hash(store)
+        knowledge, shipped = knowledge_hash(store), shipped_knowledge_hash(store)
     elif settings.home.database.exists():
         with Store(settings.home.database) as own_store:
             curated, opted_out, scrubbed = _curated(own_store, problems, settings.feedback_per_user, withheld)
-            knowledge = knowledge_hash(own_store)
+            knowledge, shipped = knowledge_hash(own_store), shipped_knowledge_hash(own_store)
     else:
         curated, opted_out, scrubbed = [], 0, 0
     examples += curated
@@ -106,7 +116,9 @@ def build_dataset(settings: DataSettings, store: Store | None = None, extra_json
     if not kept:
         raise BuildError(f"nothing to build: no training pairs in {settings.seed_dir}, the database or the extra files")
     splits = split_examples(kept, settings)
+    seed_lines = sorted(_chat_line(example) for example in kept if example.source == "seed")
     manifest = {
+        "format": DATASET_FORMAT,
         "sources": {source: sum(example.source == source for example in kept) for source in SOURCES},
         "dropped": {"duplicates": duplicates, "superseded": superseded, "opted_out": opted_out, **withheld},
         "scrubbed_replacements": scrubbed,
@@ -114,6 +126,9 @@ def build_dataset(settings: DataSettings, store: Store | None = None, extra_json
         # any message that is gone (data/retention.py).
         "message_ids": sorted(example.message_id for example in kept if example.message_id is not None),
         "knowledge_hash": knowledge,
+        "shipped_knowledge_hash": shipped,
+        "seed_hash": hashlib.sha256("".join(seed_lines).encode("utf-8")).hexdigest(),
+        "curated_until": max((e.created_at for e in kept if e.source in CURATED), default=None),
         "problems": [problem.to_dict() for problem in problems],
         "settings": {
             "valid_fraction": settings.valid_fraction,
@@ -139,6 +154,13 @@ def latest_dataset(settings: DataSettings) -> Path | None:
         log.warning("dataset pointer %s names a missing dataset %r", pointer, name)
         return None
     return folder
+
+
+def built_dataset_name(folder_name: str) -> str:
+    """The built dataset a dataset folder derives from (grounded, warm-start copies), or its own name."""
+    for suffix in (GROUNDED_SUFFIX, WARM_SUFFIX):
+        folder_name = folder_name.split(f"{suffix}-")[0]
+    return folder_name
 
 
 def deduplicate(examples: Iterable[Example]) -> tuple[list[Example], int, int]:
@@ -328,6 +350,6 @@ def _chat_line(example: Example) -> str:
     }
     if example.source == "seed":  # extra keys: the trainer reads only "messages"
         record |= {"source": "seed", "fact": example.fact, "kind": example.kind}
-    elif example.source in ("feedback", "correction"):
-        record["source"] = example.source
+    elif example.source in CURATED:
+        record |= {"source": example.source, "created_at": example.created_at}
     return json.dumps(record, ensure_ascii=False) + "\n"

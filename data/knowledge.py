@@ -397,7 +397,28 @@ def knowledge_hash(store: Store) -> str:
     """sha256 over the live facts' content and revision (not their ids) and the lexicon, which
     decides what is retrieved, so equal knowledge hashes equally and any amendment changes it."""
     rows = store.read("SELECT lang, text, source, url, revision FROM facts WHERE removed_at IS NULL")
-    lines = sorted(json.dumps(list(row), ensure_ascii=False) for row in rows)
+    return _hash_lines([json.dumps(list(row), ensure_ascii=False) for row in rows], store)
+
+
+def shipped_knowledge_hash(store: Store) -> str:
+    """sha256 over the knowledge as the project's files bring it: each seed fact's latest revision
+    from the files, and the lexicon; the admins' additions and amendments are left out.
+
+    An admin's /correct changes the knowledge base every time it is used, and comes with its own
+    training example; a new release of the seed facts or of the lexicon changes what every prompt
+    shows, which is what makes a warm-started adapter out of date (training/lifecycle/warmstart.py).
+    """
+    rows = store.read(
+        "SELECT f.fact, f.lang, r.text, r.source, r.url FROM facts f JOIN fact_revisions r ON r.fact_id = f.id"
+        " WHERE f.origin = 'seed' AND r.author_id IS NULL AND r.revision ="
+        " (SELECT MAX(revision) FROM fact_revisions WHERE fact_id = f.id AND author_id IS NULL)"
+    )
+    return _hash_lines([json.dumps(list(row), ensure_ascii=False) for row in rows], store)
+
+
+def _hash_lines(fact_lines: list[str], store: Store) -> str:
+    """sha256 over fact lines and the lexicon, each sorted, so row order never matters."""
+    lines = sorted(fact_lines)
     lines += sorted(
         json.dumps(["synonym", *row], ensure_ascii=False)
         for row in store.read("SELECT lang, word, means FROM synonyms")

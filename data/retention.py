@@ -1,13 +1,13 @@
 """How long built datasets are kept: until a message they hold is forgotten, and at most the newest
-KEEP_DATASETS (with their grounded copies).
+KEEP_DATASETS (with the copies training made of them).
 
 /forget beyond the database's rows: the store deletes the rows and leaves a tombstone
 (data/store.py); this then folds the WAL into the database and truncates it, and deletes every
-built dataset that holds a message the store no longer has, with its grounded copies. A dataset
+built dataset that holds a message the store no longer has, with its copies. A dataset
 records the ids of the messages it holds (its manifest's `message_ids`, ids only); one built
 before that was recorded, holding feedback or corrections, is deleted too, since what it holds
-cannot be told. A grounded copy (`<dataset>-grounded-<hash>`, made by training) goes with its
-dataset.
+cannot be told. A copy made by training (`<dataset>-grounded-<hash>`, and a warm start's
+`…-warm-<hash>`) goes with its dataset.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from common.files import read_json_object
 from common.home import Home
 
-from .builder import GROUNDED_SUFFIX, MANIFEST
+from .builder import MANIFEST, built_dataset_name
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def forget_user(store: Store, home: Home, user_id: int) -> dict[str, int]:
 
 
 def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
-    """Delete the built datasets (and grounded copies) holding a message that is gone; returns them.
+    """Delete the built datasets (and their copies) holding a message that is gone; returns them.
     The `latest` pointer goes with the dataset it names (the next build writes a new one)."""
     if not home.datasets.is_dir():
         return []
@@ -64,26 +64,23 @@ def drop_datasets_of_deleted_messages(store: Store, home: Home) -> list[Path]:
 
 def prune_datasets(home: Home, keep: int, in_use: set[str] = frozenset()) -> list[Path]:
     """Keep the newest `keep` built datasets, the one `latest` names and those named in `in_use`
-    (e.g. what kept training runs validate on); delete the others and every grounded copy whose
-    dataset is gone. Returns the deleted folders."""
+    (e.g. what kept training runs validate on); delete the others and every copy made from a
+    dataset that is gone. Returns the deleted folders."""
     if not home.datasets.is_dir():
         return []
-    built = sorted(
-        folder
-        for folder in home.datasets.iterdir()
-        if folder.is_dir() and not folder.name.startswith(".") and GROUNDED_SUFFIX not in folder.name
+    folders = sorted(
+        folder for folder in home.datasets.iterdir() if folder.is_dir() and not folder.name.startswith(".")
     )
+    built = [folder for folder in folders if built_dataset_name(folder.name) == folder.name]
     kept = (
-        {folder.name for folder in built[-keep:]}
-        | {_latest_name(home)}
-        | {name.split(GROUNDED_SUFFIX)[0] for name in in_use}
+        {folder.name for folder in built[-keep:]} | {_latest_name(home)} | {built_dataset_name(name) for name in in_use}
     )
     removed = []
     for folder in built:
         if folder.name not in kept:
             removed += _delete(home, folder)
-    for copy in home.datasets.glob(f"*{GROUNDED_SUFFIX}-*"):
-        if copy.name.split(GROUNDED_SUFFIX)[0] not in kept:
+    for copy in folders:
+        if copy.is_dir() and built_dataset_name(copy.name) not in kept:
             shutil.rmtree(copy, ignore_errors=True)
             removed.append(copy)
     if removed:
@@ -92,8 +89,8 @@ def prune_datasets(home: Home, keep: int, in_use: set[str] = frozenset()) -> lis
 
 
 def _delete(home: Home, folder: Path) -> list[Path]:
-    """Delete a built dataset and its grounded copies; returns the folders deleted."""
-    folders = [folder, *home.datasets.glob(f"{folder.name}{GROUNDED_SUFFIX}-*")]
+    """Delete a built dataset and the copies made from it; returns the folders deleted."""
+    folders = [path for path in home.datasets.iterdir() if built_dataset_name(path.name) == folder.name]
     for path in folders:
         shutil.rmtree(path, ignore_errors=True)
     return folders

@@ -26,7 +26,9 @@ class DataSettings(HomeSettings):
         description="Backups of any kind older than this are deleted; the privacy notice "
         "states it (a /forget reaches the backups within it)",
     )
-    keep_datasets: int = Field(default=5, ge=1, description="Built datasets kept, with their grounded copies")
+    keep_datasets: int = Field(
+        default=5, ge=1, description="Built datasets kept, with the copies training made of them"
+    )
     seed_dir: Path = PACKAGE_SEED_DIR
     valid_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
     test_fraction: float = Field(default=0.1, ge=0.0, le=0.5)

@@ -289,13 +289,15 @@ KEPT_CHECKPOINTS = 3
 def simulate_nights(home: Path, nights: int, *, scale: float = 1.0, log_bytes_per_night: int = 1 << 20) -> None:
     """Lay out what `nights` nightly pipelines leave under `home`, as the real code lays it out: a
     dataset built by the real builder with a grounded copy beside it, a finished run folder with
-    its checkpoints and adapters (random bytes of the real sizes × `scale`), a nightly backup (real
+    its checkpoints and adapters (random bytes of the real sizes × `scale`), validating on the warm
+    start's copy of the grounded dataset (of the built one on odd nights, as without grounding), as a
+    warm-started run does, a nightly backup (real
     archive, named as made that night), a manual one every 10th night, and service.log growing."""
     import shutil
     from datetime import datetime, timedelta, timezone
 
     from data.backup import STAMP, create_backup
-    from data.builder import GROUNDED_SUFFIX, build_dataset
+    from data.builder import GROUNDED_SUFFIX, WARM_SUFFIX, build_dataset
     from data.settings import DataSettings
     from data.store import Store
     from training.runs import FINISHED, Run
@@ -311,11 +313,13 @@ def simulate_nights(home: Path, nights: int, *, scale: float = 1.0, log_bytes_pe
         (settings.home.latest_dataset).write_text(json.dumps({"dataset": dataset.name}))
         grounded = dataset.with_name(f"{dataset.name}{GROUNDED_SUFFIX}-{night:012d}")
         shutil.copytree(dataset, grounded)
+        trained = grounded if night % 2 == 0 else dataset  # odd nights: as with GROUNDING=false
+        warm = shutil.copytree(trained, trained.with_name(f"{trained.name}{WARM_SUFFIX}-{night:012d}"))
         run = Run(settings.home.runs / f"{made:%Y%m%d-%H%M%S}-{night:03d}")  # as new_run names it
         run.checkpoints.mkdir(parents=True)
         run.write_json(
             "config.json",
-            {"dataset": {"path": str(grounded)}, "valid_batches": {"valid_path": str(grounded / "valid.jsonl")}},
+            {"dataset": {"path": str(warm)}, "valid_batches": {"valid_path": str(warm / "valid.jsonl")}},
         )
         for step in range(KEPT_CHECKPOINTS):
             folder = run.checkpoints / f"step-{(step + 1) * 200:07d}"

@@ -107,6 +107,30 @@ def test_full_build_from_seed_store_and_extra_files(tmp_path):
     assert "Secret" not in text and "In Lisbon" not in text and "912" not in text
 
 
+def test_curated_lines_say_when_they_were_vouched_for_and_the_manifest_the_newest(tmp_path):
+    seed = write_qa_seed(tmp_path / "seed", seed_pairs(12))
+    settings = make_settings(tmp_path, seed)
+    store = Store(tmp_path / "farense.db")
+    alone = build_dataset(settings, store).manifest
+    assert alone["format"] == builder.DATASET_FORMAT and alone["curated_until"] is None
+    liked = store.log_message(USER, USER, "Who is the captain?", "The captain.", **META)
+    store.set_feedback(liked, USER, 1)
+    fixed = store.log_message(OTHER, OTHER, "Where is the stadium?", "In Lisbon.", **META)
+    store.add_correction(fixed, ADMIN, "In Faro.")
+
+    manifest = build_dataset(settings, store).manifest
+    lines = [
+        json.loads(line) for name in builder.SPLITS for line in (latest_dataset(settings) / f"{name}.jsonl").open()
+    ]
+    store.close()
+
+    vouched = {line["source"]: line["created_at"] for line in lines if line["source"] != "seed"}
+    assert set(vouched) == {"feedback", "correction"} and manifest["curated_until"] == max(vouched.values())
+    assert all("created_at" not in line for line in lines if line["source"] == "seed")
+    assert manifest["seed_hash"] == alone["seed_hash"] and manifest["content_hash"] != alone["content_hash"]
+    assert manifest["shipped_knowledge_hash"] == alone["shipped_knowledge_hash"]
+
+
 def test_corrections_supersede_other_answers_and_duplicates_collapse(tmp_path):
     pairs = seed_pairs(12) + [
         {

@@ -223,3 +223,23 @@ def test_the_lexicon_is_seeded_folded_and_follows_its_files(tmp_path, store):
     assert seed_synonyms(store, folder) is False  # unchanged: left alone
     assert knowledge_hash(store) != before  # what is retrieved changed
     assert seed_synonyms(store, tmp_path / "nowhere") is False  # no lexicon files: kept as is
+
+
+def test_the_shipped_hash_follows_the_files_and_not_the_admins_edits(tmp_path, store):
+    from data.knowledge import shipped_knowledge_hash
+
+    shipped, live = shipped_knowledge_hash(store), knowledge_hash(store)
+    fact_id = add_fact(store, "O Farense estreou um equipamento cor-de-rosa em 2099.", "pt", author_id=5001)
+    amend_fact(store, list_facts(store, "1910")[0].id, "O Farense foi fundado a 1 de abril de 1910.", 5001)
+    remove_fact(store, fact_id, 5001)
+    assert knowledge_hash(store) != live and shipped_knowledge_hash(store) == shipped
+
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for path in PACKAGE_KNOWLEDGE_DIR.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    lines = (folder / "facts.en.jsonl").read_text(encoding="utf-8").splitlines()
+    edited = json.loads(lines[-1]) | {"text": "A new release says this fact in other words, about Farense."}
+    (folder / "facts.en.jsonl").write_text("\n".join([*lines[:-1], json.dumps(edited)]) + "\n", encoding="utf-8")
+    assert seed_knowledge(store, folder) == 1
+    assert shipped_knowledge_hash(store) != shipped
