@@ -62,7 +62,8 @@ def reference(tmp_path_factory, tiny_model_dir, models_root):
     assert result.returncode == 0, result.stderr
     done = events(result.stdout)[-1]
     assert done["event"] == "done" and done["status"] == "finished"
-    return {"dataset": data, **_summary(root / "home" / "runs" / done["run_id"])}
+    run_dir = root / "home" / "runs" / done["run_id"]
+    return {"dataset": data, "run_dir": run_dir, **_summary(run_dir)}
 
 
 def _differences(run_dir, reference) -> dict:
@@ -109,6 +110,24 @@ def test_two_ranks_on_the_ring_equal_one_process_with_the_same_global_batch(refe
     print(f"\n2 ranks vs 1 process, max |difference|: {numbers}")
     for one, two, step in zip(reference["losses"], _summary(run_dir)["losses"], range(1, ITERS + 1)):
         print(f"  step {step}: loss 1 process {one:.7f}  2 ranks {two:.7f}")
+
+
+def test_a_warm_start_reaches_every_rank(reference, tiny_env, isolated_env, tmp_path):
+    import shutil
+
+    start = shutil.copytree(reference["run_dir"] / "adapters" / "final", tmp_path / "start")
+    # learning rate 0: the ranks end where they started, which must be the start adapter on both
+    result = cli(
+        "run", "--dataset", reference["dataset"], "--local-ranks", 2, *CONFIG, "--iters", 2, "--learning-rate", 0,
+        "--init-adapter", start,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    done = events(result.stdout)[-1]
+    assert done["event"] == "done" and done["status"] == "finished"
+    final = adapter(isolated_env / "runs" / done["run_id"] / "adapters" / "final")
+    for name, value in reference["final"].items():
+        assert np.array_equal(np.array(final[name]), value), name
 
 
 def test_sigterm_then_sigkill_of_the_launcher_each_leave_a_checkpoint_and_distributed_resumes_end_equal(

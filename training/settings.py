@@ -8,6 +8,8 @@ always agree on them.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +79,11 @@ class TrainingSettings(Settings):
         default=None, gt=0.0, description="Empty = available RAM minus a safety margin"
     )
     seed: int = Field(default=0, ge=0)
+    init_adapter: Path | None = Field(
+        default=None,
+        description="Adapter folder whose LoRA weights the run starts from (a warm start; it needs the run's "
+        "LoRA layers, rank, scale and keys); empty = fresh LoRA weights",
+    )
     distributed: str = Field(
         default="",
         description="Data-parallel over mlx.launch: N = N local processes (ring on 127.0.0.1), or an "
@@ -101,7 +108,7 @@ class TrainingSettings(Settings):
             raise ValueError("a number of local processes must be at least 2")
         return text
 
-    @field_validator("memory_budget_gb", "dataset", mode="before")
+    @field_validator("memory_budget_gb", "dataset", "init_adapter", mode="before")
     @classmethod
     def _empty_is_none(cls, value):
         return None if value == "" else value
@@ -113,3 +120,28 @@ class TrainingSettings(Settings):
 
     def training_values(self) -> dict:
         return {name: getattr(self, name) for name in FINGERPRINTED}
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Every TRAIN_X is also --x: `python -m training run` takes them, and the pipeline reads them."""
+    for name, field in TrainingSettings.model_fields.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"setting_{name}",
+            metavar="VALUE",
+            help=f"{field.description or ''} (TRAIN_{name.upper()}, default {field.default})",
+        )
+
+
+def setting_flags(args: argparse.Namespace) -> dict:
+    """The --x values given (None: not given), by setting name."""
+    return {key.removeprefix("setting_"): value for key, value in vars(args).items() if key.startswith("setting_")}
+
+
+def settings_with_flags(argv: Sequence[str]) -> TrainingSettings:
+    """The settings a `python -m training run` given `argv` trains with (its other flags ignored):
+    the pipeline plans a run's steps and LoRA layout from them. Raises SettingsError."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_setting_flags(parser)
+    known, _ = parser.parse_known_args(list(argv))
+    return TrainingSettings.load(**setting_flags(known))

@@ -67,13 +67,17 @@ class Loaded:
     optimizer: dict
 
 
-def fingerprint(training: dict, dataset_hash: str, model_id: str, dtype: str, system_prompt: str) -> dict:
-    """What must be equal for a resume to be the same run."""
+def fingerprint(
+    training: dict, dataset_hash: str, model_id: str, dtype: str, system_prompt: str, start_weights: str | None = None
+) -> dict:
+    """What must be equal for a resume to be the same run (`start_weights`: the sha256 of a warm
+    start's adapter weights, where it lives does not matter)."""
     return {
         "training": training,
         "dataset": dataset_hash,
         "base_model": f"{model_id} ({dtype})",
         "system_prompt_sha256": hashlib.sha256(system_prompt.encode()).hexdigest()[:16],
+        "start_weights": start_weights,
     }
 
 
@@ -88,6 +92,7 @@ def differences(saved: dict, current: dict) -> list[str]:
         ("dataset", "dataset content_hash"),
         ("base_model", "base model"),
         ("system_prompt_sha256", "SYSTEM_PROMPT (sha256)"),
+        ("start_weights", "TRAIN_INIT_ADAPTER weights (sha256)"),
     ):
         if saved.get(key) != current.get(key):
             lines.append(f"{label}: {saved.get(key)} → {current.get(key)}")

@@ -29,24 +29,26 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from common.files import sha256_file
 from inference.loading import ModelLoadError, load_base
 from inference.settings import InferenceSettings
 
 from ..errors import INPUT_ERRORS, UsageError, exit_code, one_line, parse, report
 from ..runs import FAILED, RUNNING, Run, RunBusy, find_run, is_resumable, new_run, training_lock
-from ..settings import FINGERPRINTED, TrainingSettings
+from ..settings import FINGERPRINTED, TrainingSettings, add_setting_flags, setting_flags
 from . import checkpoint, distributed, memory
 from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
 from .distributed import Abandoned, Distributed, OneRank, RankFailed
 from .launcher import relaunch
 from .loop import Outcome, StopFlag, train
-from .lora import apply_lora, use_grad_checkpoint
+from .lora import ADAPTER_FILE, CONFIG_FILE, apply_lora, start_from, use_grad_checkpoint
 from .reporting import BarAwareHandler, Reporter
 
 log = logging.getLogger(__name__)
 
 # What the other ranks take from rank 0's serving settings (the base model path comes separately).
 SHARED_SERVING = {"system_prompt", "device", "cpu_dtype"}
+START_FOLDER = "start"  # where the other ranks keep the warm start's adapter rank 0 ships them
 
 
 class NothingToResume(UsageError, ValueError):
@@ -150,19 +152,16 @@ def launch(
             except Exception as problem:
                 error = problem
         choice = dist.settle(error, choice)[0]
-        files = dist.share(
-            lambda: {
-                p.name: base64.b64encode(p.read_bytes()).decode()
-                for p in (dataset.train, dataset.valid, dataset.path / "manifest.json")
-                if p.is_file()
-            }
-        )
-        if not dist.lead:  # rank 0's settings, base model name and dataset files
+        files = dist.share(lambda: _shipped_files(dataset, settings))
+        if not dist.lead:  # rank 0's settings, base model name, dataset files and warm start
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="farense-rank-")))
             for name, data in files.items():
+                (folder / name).parent.mkdir(exist_ok=True)
                 (folder / name).write_bytes(base64.b64decode(data))
             dataset = open_dataset(folder)
             settings = TrainingSettings.load(**choice["settings"])
+            if settings.init_adapter is not None:
+                settings = settings.model_copy(update={"init_adapter": folder / START_FOLDER})
             serving = serving.model_copy(update=choice["serving"])
             model_path = choice["model_path"]
         parts = error = None
@@ -235,8 +234,17 @@ def _load(
         model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout
     )
     adapter_config["base_model"] = info.model_id
+    start_weights = None
+    if settings.init_adapter is not None:
+        start_from(model, settings.init_adapter, adapter_config)
+        start_weights = sha256_file(settings.init_adapter / ADAPTER_FILE)
     fingerprint = checkpoint.fingerprint(
-        settings.training_values(), dataset.content_hash, info.model_id, info.dtype, serving.system_prompt
+        settings.training_values(),
+        dataset.content_hash,
+        info.model_id,
+        info.dtype,
+        serving.system_prompt,
+        start_weights,
     )
     loaded = checkpoint.load_latest(run.checkpoints, fingerprint) if resume else None
     examples = load_examples(dataset.train, tokenizer, serving.system_prompt, settings.max_seq_length)
@@ -410,7 +418,18 @@ def _with_recorded(settings: TrainingSettings, recorded: dict) -> TrainingSettin
     update = {k: v for k, v in recorded["training"].items() if k in FINGERPRINTED and k not in explicit}
     if "dataset" not in explicit:
         update["dataset"] = Path(recorded["dataset"]["path"])
+    start = recorded["settings"].get("init_adapter")
+    if "init_adapter" not in explicit and start:
+        update["init_adapter"] = Path(start)
     return settings.model_copy(update=update)
+
+
+def _shipped_files(dataset: Dataset, settings: TrainingSettings) -> dict[str, str]:
+    """What the other ranks need from rank 0's disk: the dataset's files and a warm start's adapter."""
+    files = {p.name: p for p in (dataset.train, dataset.valid, dataset.path / "manifest.json") if p.is_file()}
+    if settings.init_adapter is not None:
+        files |= {f"{START_FOLDER}/{name}": settings.init_adapter / name for name in (ADAPTER_FILE, CONFIG_FILE)}
+    return {name: base64.b64encode(path.read_bytes()).decode() for name, path in files.items()}
 
 
 @contextmanager
@@ -455,13 +474,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--events", action="store_true", help="print one JSON progress event per line on stdout (for a parent process)"
     )
-    for name, field in TrainingSettings.model_fields.items():  # every TRAIN_X is also --x
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=f"setting_{name}",
-            metavar="VALUE",
-            help=f"{field.description or ''} (TRAIN_{name.upper()}, default {field.default})",
-        )
+    add_setting_flags(parser)
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--local-ranks",
@@ -481,7 +494,7 @@ def main(argv: list[str]) -> int:
 def _run(args: argparse.Namespace) -> int:
     reporter = Reporter(args.events)
     BarAwareHandler.install(reporter)
-    flags = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
+    flags = setting_flags(args)
     flags["distributed"] = args.local_ranks or args.hostfile or flags["distributed"]
     try:
         settings = TrainingSettings.load(**flags)

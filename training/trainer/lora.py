@@ -1,7 +1,8 @@
 """LoRA layers (mlx-lm's own), gradient checkpointing per block, and adapters in mlx-lm's format.
 
 Adapters are written the way `mlx_lm.load(model, adapter_path=...)` reads them, so the bot, the gate
-and `mlx_lm.generate --adapter-path` all load the same folder.
+and `mlx_lm.generate --adapter-path` all load the same folder; a warm-started run reads one back as
+its starting weights (`start_from`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ import tempfile
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from common.files import fsync_tree, replace_dir
+from inference.lora_shapes import lora_keys
+
+from ..errors import UsageError
 
 ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
+LAYOUT = ("rank", "scale", "keys")  # the lora_parameters that give the weights their meaning
+
+
+class StartAdapterError(UsageError, ValueError):
+    """TRAIN_INIT_ADAPTER cannot start this run: unreadable, or LoRA laid out otherwise."""
 
 
 def apply_lora(model, num_layers: int, rank: int, scale: float, dropout: float) -> dict:
@@ -29,13 +37,40 @@ def apply_lora(model, num_layers: int, rank: int, scale: float, dropout: float) 
     adapter means the same thing whatever mlx-lm's default becomes.
     """
     num_layers = min(num_layers, len(model.layers))
-    keys = sorted(
-        name for name, module in model.layers[-1].named_modules() if isinstance(module, (nn.Linear, nn.QuantizedLinear))
-    )
+    keys = lora_keys(model.layers[-1])
     parameters = {"rank": rank, "scale": scale, "dropout": dropout, "keys": keys}
     model.freeze()
     linear_to_lora_layers(model, num_layers, dict(parameters))
     return {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": parameters}
+
+
+def start_from(model, folder: Path, adapter_config: dict) -> None:
+    """Put an adapter's LoRA weights into a model `apply_lora` just prepared (`adapter_config`: what
+    it returned). The adapter must be laid out the same (layers, rank, scale, keys): the same
+    numbers on other layers, or scaled otherwise, would be another model."""
+    folder = Path(folder)
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())
+        weights = mx.load(str(folder / ADAPTER_FILE))
+    except (OSError, ValueError, RuntimeError) as error:
+        raise StartAdapterError(f"TRAIN_INIT_ADAPTER {folder}: cannot read the adapter ({error})") from None
+    mine, theirs = _layout(adapter_config), _layout(saved if isinstance(saved, dict) else {})
+    changed = [f"{name}: {theirs[name]!r}, the run's {mine[name]!r}" for name in mine if mine[name] != theirs[name]]
+    expected = adapter_weights(model)
+    if not changed and (set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected)):
+        changed.append("its tensors do not match the run's LoRA layers")
+    if changed:
+        raise StartAdapterError(
+            f"TRAIN_INIT_ADAPTER {folder}: laid out otherwise than this run ({'; '.join(changed)}); "
+            "train from scratch instead"
+        )
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
+
+
+def _layout(config: dict) -> dict:
+    parameters = config.get("lora_parameters") or {}
+    return {"num_layers": config.get("num_layers")} | {name: parameters.get(name) for name in LAYOUT}
 
 
 def use_grad_checkpoint(model) -> None:
