@@ -54,18 +54,20 @@ class Retrainer:
         requested_by: str,
         on_progress: Callable[[dict], None] | None = None,
         skip_if_unchanged: bool = False,
+        full: bool = False,
     ) -> RetrainOutcome:
-        """Run the whole pipeline (build, train, gate, promote) unless one is running already."""
+        """Run the whole pipeline (build, train, gate, promote) unless one is running already;
+        `full`: from scratch, not from the production adapter."""
         if not self._lock.acquire(blocking=False):
             return RetrainOutcome("busy", BUSY)
         try:
             with log_context(run=f"{trigger}-{datetime.now():%Y%m%d-%H%M%S}"):  # tags the pipeline's lines too
                 log.info("retraining (%s, requested by %s)", trigger, requested_by)
-                return await asyncio.to_thread(self._run, trigger, requested_by, on_progress, skip_if_unchanged)
+                return await asyncio.to_thread(self._run, trigger, requested_by, on_progress, skip_if_unchanged, full)
         finally:
             self._lock.release()
 
-    def _run(self, trigger, requested_by, on_progress, skip_if_unchanged) -> RetrainOutcome:
+    def _run(self, trigger, requested_by, on_progress, skip_if_unchanged, full) -> RetrainOutcome:
         try:
             result = run_pipeline(
                 trigger=trigger,
@@ -74,6 +76,7 @@ class Retrainer:
                 on_promoted=self._promoted,
                 skip_if_unchanged=skip_if_unchanged,
                 train_args=self.train_args,
+                full=full,
             )
         except Exception as error:  # the pipeline reports its failures; this is for its bugs
             log.exception("the training pipeline crashed")

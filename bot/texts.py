@@ -118,6 +118,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "⚠️ Adapter refused: {reason}. /status shows what serves; /rollback <version> serves a good one.",
         "pt": "⚠️ Adaptador recusado: {reason}. /status mostra o que está a servir; /rollback <versão> serve um bom.",
     },
+    "retrain_usage": {
+        "en": "/retrain continues the adapter in production on what is new; /retrain full trains from scratch.",
+        "pt": "/retrain continua o adaptador em produção com o que é novo; /retrain full treina de raiz.",
+    },
     "correct_usage": {
         "en": "Reply to one of my answers with /correct <the right answer>.",
         "pt": "Responda a uma das minhas respostas com /correct <a resposta certa>.",
@@ -125,7 +129,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "admin_help": {
         "en": "Admin commands:\n"
         "/status — model, adapter, training, 👎 of the week, knowledge base\n"
-        "/retrain — train and evaluate now; /rollback — serve the previous adapter "
+        "/retrain — train on what is new and evaluate now (/retrain full: from scratch); "
+        "/rollback — serve the previous adapter "
         "(/rollback <version>: that one)\n"
         "/correct <better answer> — as a reply to an answer: kept for training and put in the "
         "knowledge base at once (amends the fact the answer used, or adds one)\n"
@@ -134,7 +139,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "/fact_remove <id> — take a fact out of the answers",
         "pt": "Comandos de administração:\n"
         "/status — modelo, adaptador, treino, 👎 da semana, base de conhecimento\n"
-        "/retrain — treinar e avaliar já; /rollback — voltar ao adaptador anterior "
+        "/retrain — treinar com o que é novo e avaliar já (/retrain full: de raiz); "
+        "/rollback — voltar ao adaptador anterior "
         "(/rollback <versão>: a essa)\n"
         "/correct <resposta melhor> — em resposta a uma resposta: guardada para o treino e "
         "posta já na base de conhecimento (corrige o facto que a resposta usou, ou junta um)\n"

@@ -126,6 +126,26 @@ def test_retrain_refuses_while_a_run_is_in_progress(start_bot):
     assert texts(calls) == [BUSY]
 
 
+def test_retrain_full_asks_for_training_from_scratch_and_other_words_are_explained(start_bot, monkeypatch):
+    from bot.retraining import RetrainOutcome
+    from bot.texts import text
+
+    bot = start_bot()
+    asked = []
+
+    async def run(**options):
+        asked.append(options)
+        return RetrainOutcome("skipped", "Skipped: nothing new to learn.")
+
+    monkeypatch.setattr(bot.services.retrainer, "run", run)
+    command(bot, BOT_ADMIN, "/retrain full")
+    command(bot, BOT_ADMIN, "/retrain")
+    assert [options["full"] for options in asked] == [True, False]
+    usage = command(bot, BOT_ADMIN, "/retrain everything", language_code="en")
+    assert texts(usage) == [text("retrain_usage", "en")]
+    assert len(asked) == 2
+
+
 def test_correct_by_admin_is_stored_as_training_data(start_bot):
     bot = start_bot()
     group = -100555

@@ -120,6 +120,6 @@ def test_module_entry_point_has_no_traceback(registry):
 def test_pipeline_events_end_with_the_result(registry, capsys):
     code, out, _ = run(capsys, "pipeline", "--events", "--trigger", "manual", "--by", "ops", "--", "--iters", "0")
     events = [json.loads(line) for line in out.splitlines()]
-    # dataset, ground (a fresh home's store is seeded, so prompts are grounded), train: refused
-    assert code == 1 and [e["event"] for e in events] == ["stage", "stage", "grounded", "stage", "error", "result"]
+    # the training flags are refused before any dataset is built
+    assert code == 1 and [e["event"] for e in events] == ["result"]
     assert events[-1]["outcome"] == "failed" and "TRAIN_ITERS" in events[-1]["message"]

@@ -100,3 +100,38 @@ def test_the_embedded_model_ships_a_factory_adapter_that_fits_it(default_model_d
     gate = installed.gate
     assert gate["accepted"] and gate["candidate"]["accuracy"] > gate["champion"]["accuracy"]
     assert gate["candidate"]["wrong_rate"] < gate["champion"]["wrong_rate"]
+
+
+def test_a_fresh_home_continues_the_factory_adapter_instead_of_training_from_scratch(default_model_dir, isolated_env):
+    """The factory adapter records the basis it was trained on (factory.json "training"): the base
+    weights, LoRA layout, formats, grounding settings, seed and shipped knowledge. A fresh home's
+    first warm night continues it. When this fails, the seed, the knowledge files, grounding or the
+    training defaults changed since the factory adapter was trained, and a fresh install's first
+    night trains from scratch (about an hour on 2 cores) until the factory adapter is trained again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from data.builder import build_dataset
+    from data.settings import DataSettings
+    from data.store import Store
+    from training.lifecycle.settings import LifecycleSettings
+    from training.lifecycle.warmstart import WARM, plan_training
+    from training.settings import TrainingSettings
+
+    registry = Registry(isolated_env, base_model=default_model_dir)
+    production = install_factory_adapter(registry, default_model_dir)
+    settings = DataSettings.load()
+    Store(settings.home.database).close()
+    build = build_dataset(settings)
+    grounded = subprocess.run(
+        [sys.executable, "-m", "training", "ground", "--events", str(build.path)], capture_output=True, text=True
+    )
+    assert grounded.returncode == 0, grounded.stderr
+    dataset = Path(json.loads(grounded.stdout.splitlines()[-1])["path"])
+
+    plan = plan_training(
+        production, build.manifest, dataset, TrainingSettings.load(), LifecycleSettings.load(), InferenceSettings.load()
+    )
+    assert (plan.mode, plan.new_examples) == (WARM, 0), plan.reason
+    assert json.loads((dataset / "manifest.json").read_text())["content_hash"] == production.dataset["content_hash"]

@@ -58,7 +58,7 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
     assert registered.dataset["counts"]["train"] > 0 and registered.gate["accepted"]
 
     unchanged = run_pipeline(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True, train_args=TRAIN_ARGS)
-    assert unchanged.outcome == "skipped" and "production v0001 was trained on" in unchanged.message
+    assert unchanged.outcome == "skipped" and "nothing new to learn" in unchanged.message
     assert [v.version for v in Registry(home).versions()] == ["v0001"]
 
     monkeypatch.setenv("SEED_DIR", str(write_seed(tmp_path / "garbled", garble_answers=True)))

@@ -66,7 +66,12 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @admin_only
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    services = services_of(context)
+    """`/retrain` continues the production adapter on what is new (or trains from scratch when it
+    must), `/retrain full` trains from scratch."""
+    services, argument = services_of(context), _argument(update.message).lower()
+    if argument not in ("", "full"):
+        await update.message.reply_text(text("retrain_usage", user_language(update)))
+        return
     if services.retrainer.running:
         await update.message.reply_text(BUSY)
         return
@@ -76,6 +81,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         trigger="admin",
         requested_by=str(update.effective_user.id),
         on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event),
+        full=argument == "full",
     )
     await progress.finish(f"Retraining: {result.outcome}\n{result.message}")
 

@@ -60,6 +60,9 @@ SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 COUNTS = ("retrieved", "injected", "declined", "near_miss", "unknown_fact", "skipped")
 NEAR_MISS_SHARE = 0.2
+# How examples are grounded (prompt layout, injection, near misses); raising it makes the next
+# training a full one (training/lifecycle/warmstart.py), as prompts shaped otherwise are new to an adapter.
+GROUNDING_FORMAT = 1
 
 
 class GroundingError(UsageError, ValueError):
@@ -105,6 +108,7 @@ def ground_dataset(
         )
     parent = read_json_object(dataset_folder / MANIFEST) or {}
     wanted = {
+        "format": GROUNDING_FORMAT,
         "parent": {"path": str(dataset_folder), "content_hash": parent.get("content_hash")},
         "knowledge_hash": _knowledge_hash(index.db_path),
         "grounding": grounding_settings(serving_settings),

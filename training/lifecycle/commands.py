@@ -83,8 +83,8 @@ def _adapters(args: argparse.Namespace) -> int:
         print("no adapters registered yet; the base model serves")
         return EXIT_OK
     print(
-        f"  {'version':<8} {'status':<10} {'created':<25} {'dataset':<12} {'train':>6} {'best val':>9} "
-        f"{'gate val':>9} {'gate acc':>8} {'EN':>8} {'PT':>8} {'wrong':>8}  gate"
+        f"  {'version':<8} {'status':<10} {'created':<25} {'dataset':<12} {'train':>6} {'trained':<8} "
+        f"{'best val':>9} {'gate val':>9} {'gate acc':>8} {'EN':>8} {'PT':>8} {'wrong':>8}  gate"
     )
     for entry in versions:
         row = _row(entry)
@@ -92,9 +92,9 @@ def _adapters(args: argparse.Namespace) -> int:
         print(
             f"{'*' if entry.status == PRODUCTION else ' '} {entry.version:<8} {entry.status:<10} "
             f"{entry.created_at:<25} {(row['dataset_hash'] or '-')[:12]:<12} {row['train_examples'] or '-':>6} "
-            f"{_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} {_pct(row['gate_accuracy'])} "
-            f"{_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} {_pct(row['gate_wrong_rate'])}  "
-            f"{row['gate'] or '-'}"
+            f"{row['training'] or '-':<8} {_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} "
+            f"{_pct(row['gate_accuracy'])} {_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} "
+            f"{_pct(row['gate_wrong_rate'])}  {row['gate'] or '-'}"
         )
     return EXIT_OK
 
@@ -111,6 +111,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         on_progress=show if args.events else _PipelineDisplay(),
         skip_if_unchanged=args.skip_if_unchanged,
         train_args=train_args,
+        full=args.full,
     )
     if result.outcome == "busy":
         report(result.message)
@@ -165,6 +166,8 @@ def _row(entry: AdapterVersion) -> dict:
         "run_id": entry.run_id,
         "dataset_hash": entry.dataset.get("content_hash"),
         "train_examples": (entry.dataset.get("counts") or {}).get("train"),
+        "training": entry.training.get("mode"),  # warm | full
+        "training_reason": entry.training.get("reason"),
         "best_val_loss": entry.metrics.get("best_val_loss"),
         "gate": ("accepted" if gate.get("accepted") else "rejected") if gate else None,
         "gate_val_loss": candidate.get("val_loss"),
@@ -268,6 +271,11 @@ def pipeline(argv: list[str]) -> int:
     parser.add_argument("--by", help="who asked (default: your user name)")
     parser.add_argument(
         "--skip-if-unchanged", action="store_true", help="do nothing when production was trained on the same data"
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="train from scratch on the whole dataset, not from the production adapter (RETRAIN_MODE=full)",
     )
     parser.add_argument(
         "train_args", nargs=argparse.REMAINDER, help="after --: extra `training run` flags, e.g. -- --iters 50"

@@ -3,7 +3,8 @@ trained on the seed corpus, so a fresh install's first answer already comes from
 
 It lives in training/factory/<model folder name>/ (the adapter files and factory.json: the hash of
 the base weights it was trained on, the grounded dataset and knowledge base it saw, its training
-metrics, its gate report and its evaluation figures). An empty registry takes it in as the first
+metrics and basis (what a warm start continuing it must share), its gate report and its evaluation
+figures). An empty registry takes it in as the first
 version and promotes it, so every nightly candidate is gated against it.
 
 Kept under version control rather than trained at install: training takes about an hour on a
@@ -67,7 +68,9 @@ def install_factory_adapter(registry: Registry, base_folder: Path | None) -> Ada
     if folder is None:
         return None
     manifest = read_json_object(folder / MANIFEST)
-    entry = registry.add_candidate(folder, manifest=manifest.get("dataset"), metrics=manifest.get("metrics"))
+    entry = registry.add_candidate(
+        folder, manifest=manifest.get("dataset"), metrics=manifest.get("metrics"), training=manifest.get("training")
+    )
     registry.record_gate(entry.version, manifest.get("gate") or {}, True)
     promoted = registry.promote(
         entry.version, by=FACTORY_BY, reason="factory adapter: trained by the project's pipeline on the seed corpus"
@@ -94,6 +97,7 @@ def write_factory_adapter(
         "run_id": record.get("run_id"),
         "dataset": _dataset_manifest(record),
         "metrics": record.get("metrics"),
+        "training": record.get("training"),
         "gate": gate,
         "evaluation": evaluation,
     }

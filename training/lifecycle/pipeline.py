@@ -1,7 +1,14 @@
 """The retraining pipeline that the nightly scheduler and an admin's /retrain both call.
 
-    dataset (data.builder) → ground (child process, when GROUNDING is on) → train (child process)
-    → register candidate → gate (child process) → promote + on_promoted(version), or reject
+    dataset (data.builder) → ground (child process, when GROUNDING is on) → plan: warm or full
+    → train (child process) → register candidate → gate (child process) → promote + on_promoted(version),
+    or reject
+
+The plan (training/lifecycle/warmstart.py) continues the production adapter on the curated examples
+it has not seen, with a replay sample of the rest and a step budget to match, when production was
+trained on the same basis; otherwise, or when asked (RETRAIN_MODE=full, `--full`), it trains from
+scratch on the whole dataset. A warm night with nothing new is skipped: there is nothing to learn.
+The candidate's registry record says which it was and why.
 
 Grounding rewrites the built dataset with the prompts as served (training/evaluation/grounding.py), so the
 adapter trains on the retrieved facts it will be shown, and the gate judges it the same way.
@@ -45,10 +52,12 @@ from inference.settings import InferenceSettings
 
 from ..errors import EXIT_USAGE
 from ..runs import all_runs, is_resumable, pid_alive
+from ..settings import settings_with_flags
 from .factory import install_factory_adapter, model_folder
 from .registry import REJECTED, Registry, RegistryError
 from .report import criterion_line
 from .settings import LifecycleSettings
+from .warmstart import PLAN_FILE, plan_training, training_summary
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,7 @@ class PipelineResult:
     message: str = ""  # a few lines for admins
     report: dict = field(default_factory=dict)  # the gate report, when the gate ran
     run_dir: Path | None = None  # the training run, when one started
+    training: dict = field(default_factory=dict)  # the plan it trained by: warm or full, and why
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +83,7 @@ class PipelineResult:
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "criteria": self.report.get("criteria"),
             "accepted": self.report.get("accepted"),
+            "training": {key: value for key, value in self.training.items() if key not in ("basis", "settings")},
         }
 
 
@@ -84,12 +95,17 @@ def run_pipeline(
     on_promoted: Callable[[str], None] | None = None,
     skip_if_unchanged: bool = False,
     train_args: Sequence[str] = (),
+    full: bool = False,
 ) -> PipelineResult:
-    """Run the whole pipeline once; never raises (a bot thread calls this)."""
+    """Run the whole pipeline once; never raises (a bot thread calls this). `full`: train from
+    scratch whatever production was trained on."""
     try:
         settings, home = LifecycleSettings.load(), InferenceSettings.load().farense_home
     except SettingsError as error:
         return PipelineResult("failed", message=str(error))
+    forced_full = (
+        "a full run was asked for" if full else "RETRAIN_MODE=full" if settings.retrain_mode == "full" else None
+    )
     started = _now()
     with _pipeline_lock(home, trigger=trigger, requested_by=requested_by) as holder:
         if holder is not None:
@@ -107,6 +123,7 @@ def run_pipeline(
                 on_promoted,
                 skip_if_unchanged,
                 [*settings.train_args, *train_args],
+                forced_full,
             )
         except Exception as error:  # a bug or an unexpected disk problem: report it, keep the bot alive
             log.exception("pipeline failed")
@@ -149,14 +166,23 @@ def _pipeline(
     on_promoted: Callable[[str], None] | None,
     skip_if_unchanged: bool,
     train_args: list[str],
+    force_full: str | None,
 ) -> PipelineResult:
     registry = Registry(home, keep=settings.keep_adapters)
     install_factory_adapter(registry, model_folder(InferenceSettings.load()))  # the champion of a fresh home
     production = registry.production()
     serving_now = f"Production unchanged: {production.version if production else 'base model'}."
+    try:
+        planned = settings_with_flags(train_args)  # what a run trains with: refused here, before any work
+    except SettingsError as error:
+        return PipelineResult("failed", message=f"Training failed: {error}.\n{serving_now}")
     trained = None
     interrupted = _interrupted_run(home, read_json_object(Home(home).pipeline_last))
     if interrupted is not None:
+        training = read_json_object(interrupted.dir / PLAN_FILE) or {
+            "mode": "unknown",
+            "reason": f"resumed run {interrupted.id}, whose plan was not recorded",
+        }
         progress.update(resumed_run=interrupted.id)
         progress.stage("train", resume=interrupted.id)
         log.info("resuming the interrupted training run %s", interrupted.id)
@@ -169,7 +195,7 @@ def _pipeline(
         data_settings = DataSettings.load()
         Store(data_settings.home.database).close()  # seeds the knowledge base on a fresh home
         build = build_dataset(data_settings)
-        dataset, content_hash = build.path, build.content_hash
+        dataset = build.path
         if _grounded_serving():
             progress.stage("ground", dataset=str(build.path))
             grounded = _child(["training", "ground", "--events", str(build.path)], progress)
@@ -178,17 +204,40 @@ def _pipeline(
                     "failed", message=f"Grounding the dataset failed: {grounded.error()}.\n{serving_now}"
                 )
             dataset = Path(grounded.events["grounded"]["path"])
-            content_hash = grounded.events["grounded"]["content_hash"]
-        reason = _unchanged(registry, production, content_hash) if skip_if_unchanged else None
+        plan = plan_training(
+            production, build.manifest, dataset, planned, settings, InferenceSettings.load(), force_full=force_full
+        )
+        training = plan.record()
+        if plan.nothing_new:
+            return PipelineResult(
+                "skipped",
+                training=training,
+                message=(
+                    f"Skipped: nothing new to learn (no 👍 or correction newer than the data {production.version} "
+                    f"was trained on: {production.training.get('curated_until') or 'the seed alone'}). "
+                    "RETRAIN_MODE=full or `python -m training pipeline --full` trains from scratch."
+                ),
+            )
+        reason = _unchanged(registry, production, plan.content_hash) if skip_if_unchanged else None
         if reason:
-            return PipelineResult("skipped", message=f"Skipped: the data has not changed ({reason}).")
-        progress.stage("train", dataset=str(dataset))
-        trained = _child(["training", "run", "--events", "--dataset", str(dataset), *train_args], progress)
+            return PipelineResult(
+                "skipped", message=f"Skipped: the data has not changed ({reason}).", training=training
+            )
+        progress.stage("train", dataset=str(plan.dataset), mode=plan.mode, reason=plan.reason)
+        log.info("%s", plan.summary())
+
+        def record_plan(event: dict) -> None:  # a resumed run is registered as it was planned
+            if event.get("event") == "start" and event.get("run_dir"):
+                write_atomic(Path(event["run_dir"]) / PLAN_FILE, json.dumps(training, indent=2))
+
+        trained = _child(["training", "run", "--events", *train_args, *plan.run_flags()], progress, record_plan)
 
     run_dir = Path(trained.events["start"]["run_dir"]) if "start" in trained.events else None
     done = trained.events.get("done") or {}
     if trained.returncode != 0 or done.get("status") not in TRAINED:
-        return PipelineResult("failed", message=f"Training failed: {trained.error()}.\n{serving_now}", run_dir=run_dir)
+        return PipelineResult(
+            "failed", message=f"Training failed: {trained.error()}.\n{serving_now}", run_dir=run_dir, training=training
+        )
 
     progress.stage("register")
     best = run_dir / "adapters" / "best"
@@ -199,10 +248,15 @@ def _pipeline(
         for k in ("status", "step", "total", "initial_val_loss", "best_val_loss", "best_step", "final_val_loss")
     }
     try:
-        candidate = registry.add_candidate(adapter, run_dir=run_dir, manifest=manifest, metrics=metrics)
+        candidate = registry.add_candidate(
+            adapter, run_dir=run_dir, manifest=manifest, metrics=metrics, training=training
+        )
     except (AdapterError, RegistryError) as error:
         return PipelineResult(
-            "failed", message=f"The trained adapter was not registered: {error}.\n{serving_now}", run_dir=run_dir
+            "failed",
+            message=f"The trained adapter was not registered: {error}.\n{serving_now}",
+            run_dir=run_dir,
+            training=training,
         )
 
     progress.stage("gate", version=candidate.version)
@@ -214,8 +268,10 @@ def _pipeline(
             candidate.version,
             run_dir=run_dir,
             message=f"The gate failed on {candidate.version}: {gated.error()}.\n{serving_now}",
+            training=training,
         )
     trained_on = (
+        f"{training_summary(training)}\n"
         f"Run {run_dir.name}: {done.get('step')} steps, best val loss {_loss(done.get('best_val_loss'))}; "
         f"dataset {candidate.dataset.get('counts', {}).get('train')} train / "
         f"{candidate.dataset.get('counts', {}).get('valid')} valid examples."
@@ -227,6 +283,7 @@ def _pipeline(
             candidate.version,
             report=report,
             run_dir=run_dir,
+            training=training,
             message="\n".join(
                 [
                     f"Candidate {candidate.version} rejected ({trigger}, by {requested_by}). {serving_now}",
@@ -244,6 +301,7 @@ def _pipeline(
             candidate.version,
             report=report,
             run_dir=run_dir,
+            training=training,
             message=(
                 f"{candidate.version} beat {report['champion']['label']}, but production changed to "
                 f"{current.version if current else 'the base model'} meanwhile; not promoted "
@@ -262,7 +320,7 @@ def _pipeline(
         except Exception as error:
             log.exception("on_promoted(%s) failed", candidate.version)
             lines.append(f"Hot swap failed ({type(error).__name__}: {error}); serving it needs a restart.")
-    return PipelineResult("promoted", candidate.version, "\n".join(lines), report, run_dir)
+    return PipelineResult("promoted", candidate.version, "\n".join(lines), report, run_dir, training)
 
 
 def _grounded_serving() -> bool:
@@ -323,8 +381,9 @@ class _ChildResult:
         return f"{how}{': ' + tail if tail else ''}"
 
 
-def _child(module_args: list[str], progress: _Progress) -> _ChildResult:
-    """Run `python -m ...`, streaming its JSON events to `progress`; stderr is drained meanwhile."""
+def _child(module_args: list[str], progress: _Progress, on_event: Callable[[dict], None] | None = None) -> _ChildResult:
+    """Run `python -m ...`, streaming its JSON events to `progress` (and `on_event`); stderr is
+    drained meanwhile."""
     process = subprocess.Popen(
         [sys.executable, "-m", *module_args],
         stdin=subprocess.DEVNULL,
@@ -343,6 +402,8 @@ def _child(module_args: list[str], progress: _Progress) -> _ChildResult:
             event = _parse(line)
             if event is not None and isinstance(event.get("event"), str):
                 events[event["event"]] = event
+                if on_event is not None:
+                    on_event(event)
                 progress.emit(event)
             else:
                 log.debug("child: %s", line.rstrip())

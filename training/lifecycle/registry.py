@@ -1,7 +1,7 @@
 """The adapter registry: numbered versions under $FARENSE_HOME/adapters/ and the production pointer.
 
     v0001/            adapters.safetensors, adapter_config.json, version.json (status, run, dataset,
-                      metrics, gate report, file hashes)
+                      metrics, training plan: warm or full and on what basis, gate report, file hashes)
     production.json   {"version", "path", ...} — what inference/adapters.py reads; replaced atomically
     history.jsonl     one line per promotion or rollback: who, why, when
     .lock             fcntl lock held by every mutation (the bot, the pipeline and the CLI share it)
@@ -65,6 +65,7 @@ class AdapterVersion:
     run_dir: Path | None
     dataset: dict  # content_hash, counts per split, created_at, sources
     metrics: dict  # the training run's losses and steps
+    training: dict  # warm or full, why, and its basis (training/lifecycle/warmstart.py TrainingPlan.record)
     gate: dict | None  # the last gate report
     record: dict = field(repr=False, compare=False)  # version.json as stored
 
@@ -80,6 +81,7 @@ class AdapterVersion:
             Path(record["run_dir"]) if record.get("run_dir") else None,
             record.get("dataset") or {},
             record.get("metrics") or {},
+            record.get("training") or {},
             record.get("gate"),
             record,
         )
@@ -181,8 +183,10 @@ class Registry:
         run_dir: Path | None = None,
         manifest: dict | None = None,
         metrics: dict | None = None,
+        training: dict | None = None,
     ) -> AdapterVersion:
-        """Copy a verified adapter folder in as the next version, status candidate."""
+        """Copy a verified adapter folder in as the next version, status candidate; `training`: how
+        it was trained (warm or full, why, on what basis)."""
         source = read_adapter(Path(adapter_dir))
         self._check_fits(source)
         manifest = manifest or {}
@@ -208,6 +212,7 @@ class Registry:
                         "sources": manifest.get("sources"),
                     },
                     "metrics": metrics or {},
+                    "training": training or {},
                     "adapter": {
                         "num_layers": source.spec.num_layers,
                         "rank": source.spec.rank,

@@ -7,8 +7,9 @@ they steer what happens around training, not the training run itself.
 from __future__ import annotations
 
 import shlex
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.settings import Settings
 
@@ -55,6 +56,22 @@ class LifecycleSettings(Settings):
         le=1.0,
         description="Share of empty/repetitive answers tolerated (or the champion's share, if higher)",
     )
+    retrain_mode: Literal["auto", "full"] = Field(
+        default="auto",
+        description="auto: continue the production adapter on what is new when it was trained on the same "
+        "base model, shipped knowledge, seed, data formats and LoRA layout, else from scratch; full: always "
+        "from scratch (README: Warm-started training)",
+    )
+    warm_replay_ratio: float = Field(
+        default=2.0, ge=0.0, le=100.0, description="Warm start: examples replayed from the rest per new example"
+    )
+    warm_epochs: float = Field(
+        default=4.0, gt=0.0, le=100.0, description="Warm start: passes over the new examples and their replay"
+    )
+    warm_min_steps: int = Field(default=10, ge=1, description="Warm start: fewest optimizer steps")
+    warm_max_steps: int = Field(
+        default=60, ge=1, description="Warm start: most optimizer steps (~8 s each for the embedded model on 2 cores)"
+    )
     pipeline_train_args: str = Field(
         default="", description="Extra `python -m training run` flags, shell-quoted, e.g. '--iters 300'"
     )
@@ -64,6 +81,12 @@ class LifecycleSettings(Settings):
     def _splittable(cls, value: str) -> str:
         shlex.split(value)  # raises ValueError (e.g. "No closing quotation"), reported by explain()
         return value
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> LifecycleSettings:
+        if self.warm_min_steps > self.warm_max_steps:
+            raise ValueError("WARM_MIN_STEPS must not exceed WARM_MAX_STEPS")
+        return self
 
     @property
     def train_args(self) -> list[str]:
