@@ -1,7 +1,8 @@
 """The hand-written seed: training pairs, evaluation items, out-of-domain probes, conversations.
 
-Evaluation comes in two splits: "dev", to tune on, and "heldout", looked at once per design. They
-are loaded line by line with their place kept, so a mistake in a seed file is reported as
+Evaluation comes in two splits: "dev", to tune on, and "heldout", looked at once per design; the
+traffic set (simulated fans' questions, bench/self_improvement.py) is a third set of the same form,
+apart from both. They are loaded line by line with their place kept, so a mistake in a seed file is reported as
 `file:line: reason` and the cross-file rules (no eval question leaking into training, every
 evaluated fact taught) can point at both ends of the clash.
 """
@@ -23,6 +24,7 @@ OOD_FILE = "out_of_domain.jsonl"
 EVAL_FILES = {"heldout": (EVAL_GLOB, OOD_FILE), "dev": ("dev.jsonl", "ood_dev.jsonl")}
 SPLITS = tuple(EVAL_FILES)
 CONVERSATIONS_FILE = "multiturn.jsonl"
+TRAFFIC_FILE = "traffic.jsonl"
 QA_KINDS = ("qa", "decline")
 ANSWER, DECLINE = "answer", "decline"
 
@@ -135,8 +137,17 @@ def load_qa(seed_dir: Path, problems: list[Problem]) -> list[QAPair]:
 
 
 def load_eval(seed_dir: Path, problems: list[Problem], split: str = "heldout") -> list[EvalItem]:
+    return _load_items(seed_dir, EVAL_FILES[split][0], problems)
+
+
+def load_traffic(seed_dir: Path, problems: list[Problem]) -> list[EvalItem]:
+    """The questions simulated fans ask, with the key facts that make an answer right."""
+    return _load_items(seed_dir, TRAFFIC_FILE, problems)
+
+
+def _load_items(seed_dir: Path, pattern: str, problems: list[Problem]) -> list[EvalItem]:
     items = []
-    for path, line, record in _records(seed_dir, EVAL_FILES[split][0], problems):
+    for path, line, record in _records(seed_dir, pattern, problems):
         reason = field_problem(
             record, {"id": str, "fact": int, "lang": str, "question": str, "key_facts": list}
         ) or _lang_problem(record)

@@ -72,3 +72,21 @@ def test_scrubbing_would_not_touch_the_seed(seed):
     """The seed is football facts only; a scrub hit here means a privacy pattern is too greedy."""
     hits = [(pair.id, text) for pair in seed.qa for text in (pair.question, pair.answer) if scrub_counted(text)[1]]
     assert hits == []
+
+
+def test_the_traffic_set_is_apart_from_dev_heldout_and_training(seed):
+    """Simulated fans (bench/self_improvement.py) ask these; the gate asks dev questions and the
+    evaluation held-out ones, so none may be among them, nor a training question."""
+    from data.knowledge import PACKAGE_KNOWLEDGE_DIR, load_seed_facts
+    from data.seed import load_eval, load_traffic
+
+    problems = []
+    traffic = load_traffic(PACKAGE_SEED_DIR, problems)
+    dev = load_eval(PACKAGE_SEED_DIR, problems, "dev")
+    assert problems == [] and len(traffic) >= 60 and {item.lang for item in traffic} == set(LANGS)
+    elsewhere = {normalise(item.question) for item in [*dev, *seed.eval, *seed.qa]}
+    assert [item.id for item in traffic if normalise(item.question) in elsewhere] == []
+    assert not {item.id for item in traffic} & {item.id for item in [*dev, *seed.eval, *seed.qa]}
+    assert len({normalise(item.question) for item in traffic}) == len(traffic)
+    known = {(fact.fact, fact.lang) for fact in load_seed_facts(PACKAGE_KNOWLEDGE_DIR, [])}
+    assert [item.id for item in traffic if (item.fact, item.lang) not in known] == []  # never an uncertain fact
