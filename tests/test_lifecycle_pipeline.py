@@ -117,6 +117,8 @@ def test_killed_training_fails_safely_and_the_next_pipeline_resumes_it(home):
     assert start["resumed"] and start["step"] == 10 and start["run_id"] == failed.run_dir.name
     assert [e["stage"] for e in events if e["event"] == "stage"][0] == "train"  # no new dataset
     assert resumed.outcome == "promoted" and resumed.run_dir == failed.run_dir, resumed.message
+    training = Registry(home).get(resumed.version).training  # registered as the killed pipeline planned it
+    assert training["mode"] == "full" and training["reason"] == "no production adapter to continue"
 
 
 def test_training_that_cannot_start_fails_with_its_reason(home, tiny_model_dir, tmp_path):
