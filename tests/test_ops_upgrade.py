@@ -114,12 +114,14 @@ def test_a_database_of_each_earlier_version_upgrades_with_its_rows(version, tmp_
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     db.close()
     after = row_counts(old)
-    seeded = ("facts", "synonyms", "other_subjects")  # opening a store seeds the knowledge base
+    # opening a store seeds the knowledge base
+    seeded = ("facts", "fact_revisions", "synonyms", "other_subjects", "fact_questions")
     kept = [name for name in before if name not in seeded]
     assert {name: after[name] for name in kept} == {
         name: before[name] + (name == "messages") + (name == "forgotten_users") - forgotten.get(name, 0)
         for name in kept
     }  # the forget leaves its tombstone
+    assert after["fact_revisions"] >= before.get("fact_revisions", 0)  # seeding adds, never drops, revisions
     if version >= 1:  # the v1 sample rows, read through today's code
         assert counts["messages"] == 4 and counts["feedback_up"] == 1 and counts["corrections"] == 1
         assert counts["opted_out"] == 1
