@@ -150,7 +150,8 @@ class _Knowledge:
     groups: list[list[int]]  # document number -> its row ids
     texts: list[str]  # document number -> its versions' text
     by_fact: dict[int, int]  # seed fact number -> document number
-    questions: list[dict[str, str]]  # document number -> lang -> the seed questions it answers
+    # document number -> lang -> the seed questions it answers, each with its words
+    questions: list[dict[str, tuple[tuple[str, list[str]], ...]]]
     average_words: float
     lexicon: Lexicon
     others: frozenset[str]  # words naming another club or competition
@@ -227,9 +228,10 @@ class FactIndex:
             raise RetrievalError(f"knowledge base query {query[:200]!r} failed: {error}") from error
         documents = {known.group_of[key] for key in matched if key in known.group_of}
         documents.update(known.by_fact[fact] for fact in asked_like if fact in known.by_fact)
+        asked = words(question)
         scored = score_candidates(
             terms,
-            {number: self._texts(known, number, query_lang) for number in documents},
+            {number: self._texts(known, number, query_lang, asked) for number in documents},
             len(known.texts),
             known.average_words,
         )
@@ -286,14 +288,18 @@ class FactIndex:
         return sorted(relevant, key=lambda item: (-year[item.key], -item.score, item.key))
 
     @staticmethod
-    def _texts(known: _Knowledge, number: int, lang: str) -> tuple[str, str, str, str]:
+    def _texts(known: _Knowledge, number: int, lang: str, asked: list[str]) -> tuple[str, str, str, str]:
         """Document `number` as (its version in `lang`, its other version, the seed questions it
         answers in `lang`, in the other language); a fact with one version is all `lang`'s,
-        whatever language it is written in."""
+        whatever language it is written in. A seed question never finds itself (`asked` is the
+        question's words): a training prompt for it is grounded as a fan's new wording would be."""
         ids = known.groups[number]
-        asked = known.questions[number]
-        asked_here = asked.get(lang, "")
-        asked_there = "\n".join(text for code, text in asked.items() if code != lang)
+        questions = {
+            code: "\n".join(text for text, its_words in texts if its_words != asked)
+            for code, texts in known.questions[number].items()
+        }
+        asked_here = questions.get(lang, "")
+        asked_there = "\n".join(text for code, text in questions.items() if code != lang)
         own = [known.rows[key][2] for key in ids if known.rows[key][1] == lang]
         if not own or len(own) == len(ids):
             return known.texts[number], "", asked_here, asked_there
@@ -332,7 +338,10 @@ class FactIndex:
         for fact, lang, question in connection.execute(self._QUESTIONS):
             if fact in by_fact:
                 asked[by_fact[fact]].setdefault(lang, []).append(question)
-        questions = [{lang: "\n".join(found) for lang, found in per_lang.items()} for per_lang in asked]
+        questions = [
+            {lang: tuple((text, words(text)) for text in found) for lang, found in per_lang.items()}
+            for per_lang in asked
+        ]
         average = sum(len(words(text)) for text in texts) / max(len(texts), 1)
         lexicon = lexicon_of(connection.execute(self._LEXICON))
         others = frozenset(row[0] for row in connection.execute(self._OTHERS))
