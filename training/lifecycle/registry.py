@@ -74,11 +74,6 @@ class AdapterVersion:
         registered before versions recorded it)."""
         return self.record.get("trigger")
 
-    @property
-    def promoted(self) -> bool:
-        """Whether it was ever in production (a rolled-back version was)."""
-        return bool(self.record.get("promoted_at"))
-
     @classmethod
     def load(cls, folder: Path) -> AdapterVersion:
         record = json.loads((folder / VERSION_FILE).read_text())
