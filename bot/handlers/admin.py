@@ -17,7 +17,7 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from .. import admin_ops
-from ..plot import latest_run, loss_plot
+from ..plot import accuracy_plot, latest_run, loss_plot, registered_versions
 from ..retraining import BUSY, ProgressText
 from ..splitting import split_text
 from ..texts import text
@@ -26,6 +26,7 @@ from . import services_of, user_language
 log = logging.getLogger(__name__)
 
 IN_GROUPS = ("correct",)  # admin commands that also work in groups
+ACCURACY_CAPTION = "Gate answers per adapter version: right and wrong shares by language"
 PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far below Telegram's limits
 
 
@@ -62,6 +63,9 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     png = await asyncio.to_thread(loss_plot, run) if run is not None else None
     if png is not None:
         await update.message.reply_photo(png, caption=f"Loss of training run {run.name}")
+    png = await asyncio.to_thread(lambda: accuracy_plot(registered_versions(services.home)))
+    if png is not None:
+        await update.message.reply_photo(png, caption=ACCURACY_CAPTION)
 
 
 @admin_only
