@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta
@@ -24,10 +25,11 @@ from data.store import Store
 from training.lifecycle.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
-from .helpers import BOT_ADMIN, BOT_TOKEN
+from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING
 from .models import gated_registry, make_adapter
 
 USER = 4242
+STEP = re.compile(r"step (\d+)/(\d+)")  # in /retrain's progress message
 QUESTION = "Quem é o maior ídolo do Farense?"
 
 
@@ -138,12 +140,15 @@ def test_admin_commands_refuse_non_admins_politely_and_are_audited(start_bot, ca
 
 
 def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(start_bot):
-    bot = start_bot()
+    bot = start_bot(retrain_progress_interval=0.0, train_args=("--iters", "12", *BOT_TRAINING))
     calls = command(bot, BOT_ADMIN, "/retrain")
     started = next(c for c in calls if c.method == "sendMessage")
     assert started.params["text"] == "Retraining…"
     edits = [c for c in calls if c.method == "editMessageText"]
     assert {c.params["message_id"] for c in edits} == {started.response["result"]["message_id"]}
+    progress = [tuple(map(int, found.groups())) for c in edits[:-1] if (found := STEP.search(c.params["text"]))]
+    steps = [step for step, total in progress if total == 12]
+    assert len(steps) == len(progress) and len(set(steps)) >= 2 and steps == sorted(steps), progress
     final = edits[-1].params["text"]
     outcome = final.removeprefix("Retraining: ").split("\n")[0]
     assert outcome in ("promoted", "rejected"), final  # the tiny model trains; the gate decides

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 IN_GROUPS = ("correct",)  # admin commands that also work in groups
 ACCURACY_CAPTION = "Gate answers per adapter version: right and wrong shares by language"
-PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far below Telegram's limits
 
 
 def admin_only(handler):
@@ -74,7 +73,9 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if services.retrainer.running:
         await update.message.reply_text(BUSY)
         return
-    progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
+    progress = ProgressEditor(
+        await update.message.reply_text("Retraining…"), "Retraining…", services.settings.retrain_progress_interval
+    )
     loop = asyncio.get_running_loop()
     result = await services.retrainer.run(
         trigger="admin",
@@ -143,10 +144,11 @@ def _argument(message: Message) -> str:
 
 
 class ProgressEditor:
-    """Edits one message with the latest progress, at most every PROGRESS_EVERY_S seconds."""
+    """Edits one message with the latest progress, at most every `interval` seconds."""
 
-    def __init__(self, message: Message, title: str):
+    def __init__(self, message: Message, title: str, interval: float):
         self.message = message
+        self.interval = interval
         self.progress = ProgressText(title)
         self._pending: asyncio.Task | None = None
         self._last = time.monotonic()
@@ -168,7 +170,7 @@ class ProgressEditor:
             await self.message.get_bot().send_message(self.message.chat_id, final)
 
     async def _edit_soon(self) -> None:
-        await asyncio.sleep(max(0.0, self._last + PROGRESS_EVERY_S - time.monotonic()))
+        await asyncio.sleep(max(0.0, self._last + self.interval - time.monotonic()))
         self._last = time.monotonic()
         try:
             await self.message.edit_text(self.progress.render())
