@@ -37,7 +37,7 @@ from inference.retrieval import fold, query_terms
 from training.lifecycle.pipeline import pipeline_state
 from training.lifecycle.registry import Registry, version_name
 
-from .plot import latest_run
+from .plot import gate_points, latest_run, registered_versions
 from .retraining import duration
 from .scheduler import next_nightly
 from .services import Services
@@ -77,6 +77,8 @@ def status_text(services: Services) -> str:
     ]
     if latest_run(services.home) is None:
         lines.append("Loss plot: no training run yet.")
+    if not gate_points(registered_versions(services.home)):
+        lines.append("Accuracy plot: no adapter version has gate figures yet.")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from . import admin_ops
 from .conversation import Answer, Asker
-from .plot import latest_run, loss_plot
+from .plot import accuracy_plot, latest_run, loss_plot, registered_versions
 from .retraining import BUSY, ProgressText
 from .scheduler import start_nightly
 from .services import Services
@@ -161,6 +161,11 @@ class Console:
             path = self.services.home.loss_plot
             path.write_bytes(png)
             self.say(f"Loss plot of run {run.name}: {path}")
+        png = await asyncio.to_thread(lambda: accuracy_plot(registered_versions(self.services.home)))
+        if png is not None:
+            path = self.services.home.accuracy_plot
+            path.write_bytes(png)
+            self.say(f"Gate answers per adapter version: {path}")
 
     async def do_retrain(self, _: str) -> None:
         if self.services.retrainer.running:

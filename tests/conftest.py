@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings
 import inference  # noqa: F401  (preloads the optimized BLAS before anything imports mlx)
 from inference.modelstore import ensure_default_model
 
-from .helpers import BOT_ADMIN, BOT_TOKEN, RunningBot, write_dataset
+from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING, RunningBot, write_dataset
 from .models import make_tiny_model
 
 # Converted models survive between runs: fetching and converting SmolLM2 takes ~15 s.
@@ -160,21 +160,7 @@ def start_bot(tiny_model_dir, isolated_env, monkeypatch):
     server = BotApiServer(BOT_TOKEN).start()
     running = []
 
-    # A real training run, kept tiny: a few short batches, two validation batches.
-    tiny_training = (
-        "--iters",
-        "4",
-        "--batch-size",
-        "2",
-        "--val-batches",
-        "2",
-        "--lora-layers",
-        "2",
-        "--eval-every",
-        "4",
-    )
-
-    def start(*, train_args=tiny_training, max_tokens=24, **overrides):
+    def start(*, train_args=("--iters", "4", *BOT_TRAINING), max_tokens=24, **overrides):
         options = (
             dict(
                 telegram_bot_token=BOT_TOKEN,

@@ -1,4 +1,5 @@
-"""Test models: a tiny randomly initialised llama with the real SmolLM2 tokenizer.
+"""Test models: a tiny randomly initialised llama with the real SmolLM2 tokenizer, adapters for it,
+and a registry of gated versions of those.
 
 Built in about a second, it runs real forward/backward passes and generation, so training, serving
 and the bot are exercised end to end without the cost of the 135M default model.
@@ -80,3 +81,43 @@ def make_adapter(
     config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}
     (out / "adapter_config.json").write_text(json.dumps(config))
     return out
+
+
+def gate_side(version, right_en, right_pt, wrong_en, wrong_pt):
+    """One side of a gate report, as training/evaluation/gate.py writes it (the fields the plot reads)."""
+    verdicts = {
+        lang: {"right": right, "declined": round(1 - right - wrong, 4), "wrong": wrong}
+        for lang, right, wrong in (("en", right_en, wrong_en), ("pt", right_pt, wrong_pt))
+    }
+    return {
+        "version": version,
+        "label": version or "base model",
+        "val_loss": 1.0,
+        "accuracy": (right_en + right_pt) / 2,
+        "accuracy_by_lang": {"en": right_en, "pt": right_pt},
+        "wrong_rate": (wrong_en + wrong_pt) / 2,
+        "verdicts_by_lang": verdicts,
+    }
+
+
+def gated_registry(home, tiny_model_dir, tmp_path):
+    """v0001 promoted over the base model, v0002 rejected, v0003 promoted: the one in production."""
+    from training.lifecycle.registry import Registry
+
+    registry = Registry(home, base_model=tiny_model_dir)
+    figures = {1: (0.7, 0.6, 0.2, 0.3), 2: (0.5, 0.4, 0.4, 0.5), 3: (0.8, 0.75, 0.1, 0.15)}
+    champions = {1: gate_side(None, 0.1, 0.05, 0.85, 0.9), 2: gate_side("v0001", *figures[1])}
+    champions[3] = champions[2]
+    for number, trigger in ((1, "first"), (2, "nightly"), (3, "admin")):
+        adapter = make_adapter(tiny_model_dir, tmp_path / f"adapter-{number}", seed=number)
+        version = registry.add_candidate(adapter, trigger=trigger, requested_by="test").version
+        accepted = number != 2
+        report = {
+            "accepted": accepted,
+            "candidate": gate_side(version, *figures[number]),
+            "champion": champions[number],
+        }
+        registry.record_gate(version, report, accepted)
+        if accepted:
+            registry.promote(version, by="test", reason="passed the gate")
+    return registry

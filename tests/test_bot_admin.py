@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_EXECUTED
+from matplotlib.colors import to_rgb
+from PIL import Image
 
+from bot.handlers.admin import ACCURACY_CAPTION
+from bot.plot import FIGURE_DPI, FIGURE_INCHES, SERVING_COLOUR, gate_points
 from bot.retraining import BUSY, NIGHTLY_JOB_ID
 from bot.scheduler import CATCH_UP_JOB_ID, RETRY_JOB_ID
 from common.files import file_lock
@@ -19,10 +25,11 @@ from data.store import Store
 from training.lifecycle.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
-from .helpers import BOT_ADMIN, BOT_TOKEN
-from .models import make_adapter
+from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING
+from .models import gated_registry, make_adapter
 
 USER = 4242
+STEP = re.compile(r"step (\d+)/(\d+)")  # in /retrain's progress message
 QUESTION = "Quem é o maior ídolo do Farense?"
 
 
@@ -70,10 +77,11 @@ def test_status_reports_model_adapter_memory_queue_and_plots_the_last_run(start_
         "Uptime:",
         "Queue: 0",
         "no training run yet",
+        "Accuracy plot: no adapter version has gate figures yet.",
     ):
         assert expected in report
     assert BOT_TOKEN not in report and BOT_TOKEN.split(":")[1] not in report
-    assert not [c for c in first if c.method == "sendPhoto"]
+    assert not [c for c in first if c.method == "sendPhoto"]  # no run, no gated version: nothing to plot
 
     write_run(isolated_env)
     second = command(bot, BOT_ADMIN, "/status")
@@ -82,6 +90,43 @@ def test_status_reports_model_adapter_memory_queue_and_plots_the_last_run(start_
     assert photo.ok and png.startswith(PNG_SIGNATURE) and len(png) > 5000
     assert "20250101-030000-abcd" in photo.params["caption"]
     (tmp_path / "status-loss.png").write_bytes(png)  # kept to look at
+
+
+def near(pixels, colour, tolerance=12):
+    """How many pixels are within `tolerance` of `colour` in every channel."""
+    return sum(all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True)) for pixel in pixels)
+
+
+def test_status_sends_the_gate_answers_per_version_beside_the_loss_curve(
+    start_bot, isolated_env, tiny_model_dir, tmp_path
+):
+    registry = gated_registry(isolated_env, tiny_model_dir, tmp_path)
+    write_run(isolated_env)
+    bot = start_bot()
+
+    calls = command(bot, BOT_ADMIN, "/status")
+
+    loss, accuracy = (c for c in calls if c.method == "sendPhoto")
+    assert loss.ok and accuracy.ok and "Loss of training run" in loss.params["caption"]
+    assert accuracy.params["caption"] == ACCURACY_CAPTION and "Accuracy plot" not in texts(calls)[0]
+    png = accuracy.files["photo"].data
+    (tmp_path / "accuracy_per_version.png").write_bytes(png)  # kept to look at
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()  # a whole, valid PNG
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == tuple(round(side * FIGURE_DPI) for side in FIGURE_INCHES)
+        pixels = list(image.convert("RGB").get_flattened_data())
+    points = gate_points(registry.versions())
+    assert [(p.label, p.trigger, p.outcome, p.serving) for p in points] == [
+        ("base", "", "base", False),
+        ("v0001", "first", "promoted", False),
+        ("v0002", "nightly", "rejected", False),
+        ("v0003", "admin", "promoted", True),
+    ]
+    assert points[2].right == {"en": 0.5, "pt": 0.4} and points[2].wrong == {"en": 0.4, "pt": 0.5}
+    shaded = tuple(round(0.3 * c * 255 + 0.7 * 255) for c in to_rgb(SERVING_COLOUR))
+    assert near(pixels, shaded, 3) > 2000  # the production version's column
+    assert near(pixels, tuple(round(c * 255) for c in to_rgb("tab:red")), 40) > 20  # the rejected one's label
 
 
 def test_admin_commands_refuse_non_admins_politely_and_are_audited(start_bot, caplog):
@@ -95,12 +140,15 @@ def test_admin_commands_refuse_non_admins_politely_and_are_audited(start_bot, ca
 
 
 def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(start_bot):
-    bot = start_bot()
+    bot = start_bot(retrain_progress_interval=0.0, train_args=("--iters", "12", *BOT_TRAINING))
     calls = command(bot, BOT_ADMIN, "/retrain")
     started = next(c for c in calls if c.method == "sendMessage")
     assert started.params["text"] == "Retraining…"
     edits = [c for c in calls if c.method == "editMessageText"]
     assert {c.params["message_id"] for c in edits} == {started.response["result"]["message_id"]}
+    progress = [tuple(map(int, found.groups())) for c in edits[:-1] if (found := STEP.search(c.params["text"]))]
+    steps = [step for step, total in progress if total == 12]
+    assert len(steps) == len(progress) and len(set(steps)) >= 2 and steps == sorted(steps), progress
     final = edits[-1].params["text"]
     outcome = final.removeprefix("Retraining: ").split("\n")[0]
     assert outcome in ("promoted", "rejected"), final  # the tiny model trains; the gate decides

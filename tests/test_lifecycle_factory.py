@@ -25,7 +25,7 @@ def shipped(tmp_path, tiny_model_dir, monkeypatch):
     elsewhere = Registry(tmp_path / "build-home", base_model=tiny_model_dir)
     entry = elsewhere.add_candidate(
         make_adapter(tiny_model_dir, tmp_path / "trained"),
-        manifest={"content_hash": "d" * 64, "splits": {"train": {"count": 5}}},
+        manifest={"content_hash": "d" * 64, "knowledge_hash": "k" * 64, "splits": {"train": {"count": 5}}},
         metrics={"best_val_loss": 1.25},
     )
     elsewhere.record_gate(entry.version, {"accepted": True, "criteria": [], "answers": [{"id": "x"}]}, True)
@@ -52,6 +52,8 @@ def test_a_fresh_home_serves_the_factory_adapter_from_the_first_answer(
     production = registry.production()
     assert production.version == "v0001" and production.gate["accepted"]  # the champion nightly runs face
     assert production.record["dataset"]["content_hash"] == "d" * 64
+    assert production.record["dataset"]["knowledge_hash"] == "k" * 64  # kept through factory.json
+    assert production.trigger == "factory"
     assert production.record["metrics"] == {"best_val_loss": 1.25}
     assert registry.history()[-1]["by"] == "factory"
     assert install_factory_adapter(registry, tiny_model_dir) is None  # once: a home with versions keeps them

@@ -47,6 +47,18 @@ def test_the_tuner_keeps_the_wanted_batch_when_it_fits_and_splits_it_when_memory
     assert _plan(2.5, checkpoint="on").grad_checkpoint is True
 
 
+def test_auto_checkpoints_only_when_the_budget_demands_it():
+    without, with_checkpointing = (estimate_bytes(SMOLLM2, 1, 200, checkpoint) for checkpoint in (False, True))
+    budget_gb = (without + with_checkpointing) / 2 / GB  # batch 1 of the longest example fits only checkpointed
+
+    tight, ample = _plan(budget_gb), _plan(16.0)
+
+    assert (tight.grad_checkpoint, tight.batch_size, tight.max_seq_length) == (True, 1, 200)  # nothing truncated
+    assert tight.grad_accumulation == 8 and "gradient checkpointing needed to fit" in tight.reason
+    assert ample.grad_checkpoint is False and "checkpointing" not in ample.reason
+    assert _plan(budget_gb, checkpoint="off").max_seq_length < 200  # what "auto" spares the long examples
+
+
 def test_a_budget_below_the_smallest_configuration_is_refused_naming_the_setting():
     with pytest.raises(MemoryBudgetError, match="TRAIN_MEMORY_BUDGET_GB") as refused:
         _plan(0.3)

@@ -17,7 +17,7 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from .. import admin_ops
-from ..plot import latest_run, loss_plot
+from ..plot import accuracy_plot, latest_run, loss_plot, registered_versions
 from ..retraining import BUSY, ProgressText
 from ..splitting import split_text
 from ..texts import text
@@ -26,7 +26,7 @@ from . import services_of, user_language
 log = logging.getLogger(__name__)
 
 IN_GROUPS = ("correct",)  # admin commands that also work in groups
-PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far below Telegram's limits
+ACCURACY_CAPTION = "Gate answers per adapter version: right and wrong shares by language"
 
 
 def admin_only(handler):
@@ -62,6 +62,9 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     png = await asyncio.to_thread(loss_plot, run) if run is not None else None
     if png is not None:
         await update.message.reply_photo(png, caption=f"Loss of training run {run.name}")
+    png = await asyncio.to_thread(lambda: accuracy_plot(registered_versions(services.home)))
+    if png is not None:
+        await update.message.reply_photo(png, caption=ACCURACY_CAPTION)
 
 
 @admin_only
@@ -70,7 +73,9 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if services.retrainer.running:
         await update.message.reply_text(BUSY)
         return
-    progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
+    progress = ProgressEditor(
+        await update.message.reply_text("Retraining…"), "Retraining…", services.settings.retrain_progress_interval
+    )
     loop = asyncio.get_running_loop()
     result = await services.retrainer.run(
         trigger="admin",
@@ -139,10 +144,11 @@ def _argument(message: Message) -> str:
 
 
 class ProgressEditor:
-    """Edits one message with the latest progress, at most every PROGRESS_EVERY_S seconds."""
+    """Edits one message with the latest progress, at most every `interval` seconds."""
 
-    def __init__(self, message: Message, title: str):
+    def __init__(self, message: Message, title: str, interval: float):
         self.message = message
+        self.interval = interval
         self.progress = ProgressText(title)
         self._pending: asyncio.Task | None = None
         self._last = time.monotonic()
@@ -164,7 +170,7 @@ class ProgressEditor:
             await self.message.get_bot().send_message(self.message.chat_id, final)
 
     async def _edit_soon(self) -> None:
-        await asyncio.sleep(max(0.0, self._last + PROGRESS_EVERY_S - time.monotonic()))
+        await asyncio.sleep(max(0.0, self._last + self.interval - time.monotonic()))
         self._last = time.monotonic()
         try:
             await self.message.edit_text(self.progress.render())

@@ -67,7 +67,13 @@ def install_factory_adapter(registry: Registry, base_folder: Path | None) -> Ada
     if folder is None:
         return None
     manifest = read_json_object(folder / MANIFEST)
-    entry = registry.add_candidate(folder, manifest=manifest.get("dataset"), metrics=manifest.get("metrics"))
+    entry = registry.add_candidate(
+        folder,
+        manifest=manifest.get("dataset"),
+        metrics=manifest.get("metrics"),
+        trigger=FACTORY_BY,
+        requested_by=FACTORY_BY,
+    )
     registry.record_gate(entry.version, manifest.get("gate") or {}, True)
     promoted = registry.promote(
         entry.version, by=FACTORY_BY, reason="factory adapter: trained by the project's pipeline on the seed corpus"
@@ -127,6 +133,7 @@ def _dataset_manifest(record: dict) -> dict:
         "created_at": dataset.get("created_at"),
         "splits": {name: {"count": count} for name, count in (dataset.get("counts") or {}).items()},
         "sources": dataset.get("sources"),
+        "knowledge_hash": dataset.get("knowledge_hash"),
     }
 
 

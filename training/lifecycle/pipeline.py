@@ -199,7 +199,9 @@ def _pipeline(
         for k in ("status", "step", "total", "initial_val_loss", "best_val_loss", "best_step", "final_val_loss")
     }
     try:
-        candidate = registry.add_candidate(adapter, run_dir=run_dir, manifest=manifest, metrics=metrics)
+        candidate = registry.add_candidate(
+            adapter, run_dir=run_dir, manifest=manifest, metrics=metrics, trigger=trigger, requested_by=requested_by
+        )
     except (AdapterError, RegistryError) as error:
         return PipelineResult(
             "failed", message=f"The trained adapter was not registered: {error}.\n{serving_now}", run_dir=run_dir

@@ -1,7 +1,7 @@
 """The adapter registry: numbered versions under $FARENSE_HOME/adapters/ and the production pointer.
 
-    v0001/            adapters.safetensors, adapter_config.json, version.json (status, run, dataset,
-                      metrics, gate report, file hashes)
+    v0001/            adapters.safetensors, adapter_config.json, version.json (status, trigger, run,
+                      dataset and knowledge hashes, metrics, gate report, file hashes)
     production.json   {"version", "path", ...} — what inference/adapters.py reads; replaced atomically
     history.jsonl     one line per promotion or rollback: who, why, when
     .lock             fcntl lock held by every mutation (the bot, the pipeline and the CLI share it)
@@ -63,10 +63,16 @@ class AdapterVersion:
     created_at: str
     run_id: str | None
     run_dir: Path | None
-    dataset: dict  # content_hash, counts per split, created_at, sources
+    dataset: dict  # content_hash, knowledge_hash, counts per split, created_at, sources
     metrics: dict  # the training run's losses and steps
     gate: dict | None  # the last gate report
     record: dict = field(repr=False, compare=False)  # version.json as stored
+
+    @property
+    def trigger(self) -> str | None:
+        """What started its training: nightly, admin, first, manual, console, factory (None when
+        registered before versions recorded it)."""
+        return self.record.get("trigger")
 
     @classmethod
     def load(cls, folder: Path) -> AdapterVersion:
@@ -181,8 +187,11 @@ class Registry:
         run_dir: Path | None = None,
         manifest: dict | None = None,
         metrics: dict | None = None,
+        trigger: str | None = None,
+        requested_by: str | None = None,
     ) -> AdapterVersion:
-        """Copy a verified adapter folder in as the next version, status candidate."""
+        """Copy a verified adapter folder in as the next version, status candidate. `trigger` and
+        `requested_by` say what started its training, for the version's history."""
         source = read_adapter(Path(adapter_dir))
         self._check_fits(source)
         manifest = manifest or {}
@@ -198,6 +207,8 @@ class Registry:
                     "version": name,
                     "status": CANDIDATE,
                     "created_at": _now(),
+                    "trigger": trigger,
+                    "requested_by": requested_by,
                     "source": str(source.path.resolve()),
                     "run_id": Path(run_dir).name if run_dir else None,
                     "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
@@ -206,6 +217,7 @@ class Registry:
                         "created_at": manifest.get("created_at"),
                         "counts": {k: v.get("count") for k, v in (manifest.get("splits") or {}).items()},
                         "sources": manifest.get("sources"),
+                        "knowledge_hash": manifest.get("knowledge_hash"),
                     },
                     "metrics": metrics or {},
                     "adapter": {
