@@ -18,7 +18,7 @@ from telegram.ext import ContextTypes
 
 from .. import admin_ops
 from ..plot import latest_run, loss_plot
-from ..retraining import BUSY, ProgressText
+from ..retraining import ProgressText
 from ..splitting import split_text
 from ..texts import text
 from . import services_of, user_language
@@ -49,6 +49,8 @@ def admin_only(handler):
             )
             return
         log.info("admin %s: /%s", user.id, command)
+        # The language of the messages the bot sends the admin unasked (nightly report, refusals).
+        await services.conversations.remember_user(user.id, user.full_name, user.language_code)
         await handler(update, context)
 
     return guarded
@@ -56,28 +58,28 @@ def admin_only(handler):
 
 @admin_only
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    services = services_of(context)
-    await update.message.reply_text(await asyncio.to_thread(admin_ops.status_text, services))
+    services, lang = services_of(context), user_language(update)
+    await update.message.reply_text(await asyncio.to_thread(admin_ops.status_text, services, lang))
     run = latest_run(services.home)
     png = await asyncio.to_thread(loss_plot, run) if run is not None else None
     if png is not None:
-        await update.message.reply_photo(png, caption=f"Loss of training run {run.name}")
+        await update.message.reply_photo(png, caption=text("loss_caption", lang, run=run.name))
 
 
 @admin_only
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    services = services_of(context)
+    services, lang = services_of(context), user_language(update)
     if services.retrainer.running:
-        await update.message.reply_text(BUSY)
+        await update.message.reply_text(text("busy", lang))
         return
-    progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
+    progress = ProgressEditor(await update.message.reply_text(text("retraining", lang)), lang)
     loop = asyncio.get_running_loop()
     result = await services.retrainer.run(
         trigger="admin",
         requested_by=str(update.effective_user.id),
         on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event),
     )
-    await progress.finish(f"Retraining: {result.outcome}\n{result.message}")
+    await progress.finish(result.report("retrain_result", lang))
 
 
 @admin_only
@@ -85,7 +87,13 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/rollback` serves the previous adapter, `/rollback v0003` that version."""
     services = services_of(context)
     await update.message.reply_text(
-        await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id, _argument(update.message))
+        await asyncio.to_thread(
+            admin_ops.rollback,
+            services,
+            update.effective_user.id,
+            _argument(update.message),
+            user_language(update),
+        )
     )
 
 
@@ -103,7 +111,9 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await message.reply_text(text("correct_usage", user_language(update)))
         return
     await message.reply_text(
-        await asyncio.to_thread(admin_ops.correct, services, logged.id, update.effective_user.id, fix)
+        await asyncio.to_thread(
+            admin_ops.correct, services, logged.id, update.effective_user.id, fix, user_language(update)
+        )
     )
 
 
@@ -127,7 +137,11 @@ async def fact_remove(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     """`/fact_remove <id>` takes a fact out of the answers."""
     await update.message.reply_text(
         await asyncio.to_thread(
-            admin_ops.remove_fact_text, services_of(context), _argument(update.message), update.effective_user.id
+            admin_ops.remove_fact_text,
+            services_of(context),
+            _argument(update.message),
+            update.effective_user.id,
+            user_language(update),
         )
     )
 
@@ -141,9 +155,9 @@ def _argument(message: Message) -> str:
 class ProgressEditor:
     """Edits one message with the latest progress, at most every PROGRESS_EVERY_S seconds."""
 
-    def __init__(self, message: Message, title: str):
+    def __init__(self, message: Message, lang: str):
         self.message = message
-        self.progress = ProgressText(title)
+        self.progress = ProgressText(lang)
         self._pending: asyncio.Task | None = None
         self._last = time.monotonic()
 
