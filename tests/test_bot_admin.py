@@ -14,10 +14,10 @@ from apscheduler.events import EVENT_JOB_EXECUTED
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from bot.handlers.admin import ACCURACY_CAPTION
 from bot.plot import FIGURE_DPI, FIGURE_INCHES, SERVING_COLOUR, gate_points
-from bot.retraining import BUSY, NIGHTLY_JOB_ID
+from bot.retraining import NIGHTLY_JOB_ID
 from bot.scheduler import CATCH_UP_JOB_ID, RETRY_JOB_ID
+from bot.texts import text
 from common.files import file_lock
 from data.knowledge import list_facts
 from data.settings import DataSettings
@@ -34,9 +34,10 @@ QUESTION = "Quem é o maior ídolo do Farense?"
 
 
 def command(bot, user_id, text, **kwargs):
-    """Send a command in the user's private chat; returns the bot's calls it caused."""
+    """Send a command in the user's private chat (from an English client unless `language_code`
+    says otherwise); returns the bot's calls it caused."""
     since = len(bot.server.calls())
-    bot.server.push_message(user_id, user_id, text, **kwargs)
+    bot.server.push_message(user_id, user_id, text, **{"language_code": "en", **kwargs})
     bot.settle()
     return bot.server.calls()[since:]
 
@@ -108,7 +109,7 @@ def test_status_sends_the_gate_answers_per_version_beside_the_loss_curve(
 
     loss, accuracy = (c for c in calls if c.method == "sendPhoto")
     assert loss.ok and accuracy.ok and "Loss of training run" in loss.params["caption"]
-    assert accuracy.params["caption"] == ACCURACY_CAPTION and "Accuracy plot" not in texts(calls)[0]
+    assert accuracy.params["caption"] == text("accuracy_caption", "en") and "Accuracy plot" not in texts(calls)[0]
     png = accuracy.files["photo"].data
     (tmp_path / "accuracy_per_version.png").write_bytes(png)  # kept to look at
     with Image.open(io.BytesIO(png)) as image:
@@ -164,6 +165,108 @@ def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(
     assert photo.files["photo"].data.startswith(PNG_SIGNATURE)
 
 
+SECOND_ADMIN = 5002
+TRAINING_REFUSED = ("--iters", "0")  # the trainer's settings refuse it: the pipeline fails fast, for real
+
+
+def test_status_and_retrain_answer_each_admin_in_their_telegram_language(start_bot):
+    bot = start_bot(admin_user_ids=(BOT_ADMIN, SECOND_ADMIN), train_args=TRAINING_REFUSED)
+    portuguese = texts(command(bot, BOT_ADMIN, "/status", language_code="pt-PT"))[0]
+    english = texts(command(bot, SECOND_ADMIN, "/status", language_code="en"))[0]
+    assert portuguese.splitlines()[:4] == [
+        "Modelo: tiny-llama",
+        "Adaptador a servir: nenhum (modelo base)",
+        "Adaptador em produção: nenhum (modelo base)",
+        "Último treino: nenhum ainda",
+    ]
+    for expected in ("Memória: processo", "Ligado há:", "Fila: 0 à espera do modelo", "ainda não houve nenhum treino"):
+        assert expected in portuguese
+    assert english.splitlines()[:4] == [
+        "Model: tiny-llama",
+        "Adapter served: none (base model)",
+        "Adapter in production: none (base model)",
+        "Last training: none yet",
+    ]
+    assert "Queue: 0 waiting for the model" in english and "Memória" not in english
+
+    def retrain(admin, language_code):
+        calls = command(bot, admin, "/retrain", language_code=language_code)
+        started = next(c for c in calls if c.method == "sendMessage").params["text"]
+        return started, [c.params["text"] for c in calls if c.method == "editMessageText"][-1]
+
+    started, final = retrain(BOT_ADMIN, "pt-PT")
+    assert started == "A treinar de novo…"
+    lines = final.splitlines()
+    assert lines[0] == "Novo treino: falhou" and lines[1].startswith("O treino falhou: ") and "TRAIN_ITERS" in lines[1]
+    assert lines[-1] == "A produção não mudou: modelo base."
+    started, final = retrain(SECOND_ADMIN, "en")
+    assert started == "Retraining…"
+    lines = final.splitlines()
+    assert lines[0] == "Retraining: failed" and lines[1].startswith("Training failed: ") and "TRAIN_ITERS" in lines[1]
+    assert lines[-1] == "Production unchanged: base model."
+    # The last run's report, kept on disk, is shown in the language of whoever asks.
+    assert (
+        "Último treino: falhou (admin, terminado em "
+        in texts(command(bot, BOT_ADMIN, "/status", language_code="pt"))[0]
+    )
+    assert " — O treino falhou: " in texts(command(bot, BOT_ADMIN, "/status", language_code="pt"))[0]
+    assert " — Training failed: " in texts(command(bot, SECOND_ADMIN, "/status"))[0]
+
+    bot.services.retrainer._lock.acquire()
+    try:
+        assert texts(command(bot, BOT_ADMIN, "/retrain", language_code="pt-PT")) == [
+            "Já está a decorrer um treino — tente de novo quando terminar."
+        ]
+    finally:
+        bot.services.retrainer._lock.release()
+
+
+def test_messages_the_bot_sends_admins_unasked_are_in_each_admins_language(start_bot):
+    bot = start_bot(admin_user_ids=(BOT_ADMIN, SECOND_ADMIN, 7777), retrain_quiet_hours="")  # 7777: never wrote
+    command(bot, BOT_ADMIN, "/status", language_code="pt-PT")  # an admin command records the language
+    command(bot, SECOND_ADMIN, "/status", language_code="en")
+    services = bot.services
+    night = datetime.now(services.settings.zone)
+    services.clock = lambda: night
+
+    def pushed(since):
+        sent = [c for c in bot.server.calls()[since:] if c.method == "sendMessage"]
+        return {c.params["chat_id"]: c.params["text"] for c in sent if c.ok}, [c.params["chat_id"] for c in sent]
+
+    since, ran = len(bot.server.calls()), threading.Semaphore(0)
+    services.scheduler.add_listener(lambda event: ran.release(), EVENT_JOB_EXECUTED)
+    services.retrainer._lock.acquire()  # another run is going on: the night reports "busy" and retries
+    try:
+        services.scheduler.modify_job(NIGHTLY_JOB_ID, next_run_time=datetime.now(services.settings.zone))
+        assert ran.acquire(timeout=120)
+    finally:
+        services.retrainer._lock.release()
+    told, tried = pushed(since)
+    assert sorted(tried) == [BOT_ADMIN, SECOND_ADMIN, 7777] and set(told) == {BOT_ADMIN, SECOND_ADMIN}
+    portuguese, english = told[BOT_ADMIN].splitlines(), told[SECOND_ADMIN].splitlines()
+    assert portuguese[:2] == [
+        f"Treino noturno ({night.date()}): ocupado",
+        "Já está a decorrer um treino — tente de novo quando terminar.",
+    ]
+    assert portuguese[2].startswith("Cópia de segurança: farense-backup-") and portuguese[3].startswith(
+        "Limpeza — apagado: "
+    )
+    assert english[:2] == [
+        f"Nightly retraining ({night.date()}): busy",
+        "A training run is already in progress — try again when it has finished.",
+    ]
+    assert english[2].startswith("Backup: farense-backup-") and english[3].startswith("Retention: deleted ")
+
+    since = len(bot.server.calls())
+    services.engine.on_refused("v0009: adapters.safetensors changed since it was registered")
+    deadline = time.monotonic() + 30
+    while len(pushed(since)[1]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    told, _ = pushed(since)
+    assert told[BOT_ADMIN].startswith("⚠️ Adaptador recusado: v0009: adapters.safetensors changed")
+    assert told[SECOND_ADMIN].startswith("⚠️ Adapter refused: v0009: adapters.safetensors changed")
+
+
 def test_retrain_refuses_while_a_run_is_in_progress(start_bot):
     bot = start_bot()
     bot.services.retrainer._lock.acquire()  # as if a run (nightly or another admin's) were going on
@@ -171,7 +274,7 @@ def test_retrain_refuses_while_a_run_is_in_progress(start_bot):
         calls = command(bot, BOT_ADMIN, "/retrain")
     finally:
         bot.services.retrainer._lock.release()
-    assert texts(calls) == [BUSY]
+    assert texts(calls) == [text("busy", "en")]
 
 
 def test_correct_by_admin_is_stored_as_training_data(start_bot):
@@ -190,6 +293,7 @@ def test_correct_by_admin_is_stored_as_training_data(start_bot):
         "/correct Hassan Nader, o goleador marroquino.",
         chat_type="group",
         reply_to_message=answer_message,
+        language_code="en",
     )
     bot.settle()
     replies = texts(bot.server.calls()[since:])
@@ -335,7 +439,12 @@ def correct_in_group(bot, group, user, question, fix):
     bot.ask(group, user, f"@farense_test_bot {question}", chat_type="group")
     since = len(bot.server.calls())
     bot.server.push_message(
-        group, BOT_ADMIN, f"/correct {fix}", chat_type="group", reply_to_message=bot.server.sent_messages(group)[-1]
+        group,
+        BOT_ADMIN,
+        f"/correct {fix}",
+        chat_type="group",
+        reply_to_message=bot.server.sent_messages(group)[-1],
+        language_code="en",
     )
     bot.settle()
     return texts(bot.server.calls()[since:])[0]
@@ -395,6 +504,7 @@ def test_correct_amends_a_fact_as_a_new_revision_and_an_admin_restores_the_old_o
         "/correct O Farense foi fundado a 1 de abril de 1910, em Faro.",
         chat_type="group",
         reply_to_message=bot.server.sent_messages(group)[-1],
+        language_code="en",
     )
     bot.settle()
     reply = texts(bot.server.calls()[since:])[0]

@@ -72,6 +72,39 @@ def test_cli_errors_are_json(tiny_model_dir, args, env, message):
     assert message in out["error"] and "Traceback" not in out["error"]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: prompt"),
+        (["Quando foi fundado o Farense?", "--max-tokens", "abc"], "argument --max-tokens: invalid int value: 'abc'"),
+        (["Quando foi fundado o Farense?", "--temperature", "hot"], "argument --temperature: invalid float value"),
+        (
+            ["Quando foi fundado o Farense?", "--adapter", "a1", "--no-adapter"],
+            "argument --no-adapter: not allowed with argument --adapter",
+        ),
+        (["Quando foi fundado o Farense?", "--colour"], "unrecognized arguments: --colour"),
+    ],
+)
+def test_cli_usage_errors_are_json_with_argparses_exit_status(args, message):
+    code, out, err = run_cli(*args)
+    assert code == 2 and set(out) == {"prompt", "status", "error"}
+    assert out["status"] == "error" and out["prompt"] is None
+    assert message in out["error"] and "usage: python -m inference" in out["error"]
+    assert f"python -m inference: error: {message}" in err  # argparse's own text, for a person
+
+
+def test_cli_help_stays_plain_text():
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m inference")
+    assert "--max-tokens" in result.stdout and '"status"' not in result.stdout
+
+
 def test_cli_real_default_model(default_model_dir):
     code, out, _ = run_cli("Quem foi Hassan Nader?", "--max-tokens", "24", "--no-adapter")
     assert code == 0 and out["model"] == DEFAULT_MODEL_NAME and out["response"].strip()

@@ -6,6 +6,7 @@ without importing MLX.
 
 from __future__ import annotations
 
+from .messages import Note
 from .registry import AdapterVersion
 
 
@@ -18,9 +19,20 @@ def describe(report: dict) -> str:
 
 def criterion_line(row: dict) -> str:
     """'✓ val_loss: 10.6037 vs 11.2130; needs ≤ 11.1569 (champion − 0.5%)'"""
-    return (
-        f"{'✓' if row['passed'] else '✗'} {row['name']}: {_format(row['candidate'], row['unit'])} vs "
-        f"{_format(row['champion'], row['unit'])}; needs {row['rule']}"
+    return criterion_note(row).text("en")
+
+
+def criterion_note(row: dict) -> Note:
+    """A criterion for the pipeline's report; the rule is the gate's own words, kept as recorded."""
+    return Note(
+        "criterion",
+        {
+            "mark": "✓" if row["passed"] else "✗",
+            "name": row["name"],
+            "candidate": _format(row["candidate"], row["unit"]),
+            "champion": _format(row["champion"], row["unit"]),
+            "rule": row["rule"],
+        },
     )
 
 
