@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from pydantic_settings import BaseSettings
 
 import inference  # noqa: F401  (preloads the optimized BLAS before anything imports mlx)
@@ -21,6 +22,11 @@ from inference.modelstore import ensure_default_model
 
 from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING, RunningBot, write_dataset
 from .models import make_tiny_model
+
+# Property tests check behaviour, not speed (that is bench/'s): no per-example deadline, which a
+# machine busy with other work misses (hypothesis's default is 200 ms).
+hypothesis_settings.register_profile("farense", deadline=None)
+hypothesis_settings.load_profile("farense")
 
 # Converted models survive between runs: fetching and converting SmolLM2 takes ~15 s.
 MODELS_CACHE = Path(os.environ.get("FARENSE_TEST_MODELS", Path.home() / ".cache" / "farense-tests" / "models"))

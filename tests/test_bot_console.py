@@ -35,7 +35,8 @@ def test_console_answers_rates_corrects_reports_status_and_exits_on_eof(tiny_mod
         row = store.message(1)
     assert (counts["messages"], counts["feedback_up"], counts["corrections"]) == (1, 1, 1)
     assert row.question == "Quando foi fundado o Farense?" and row.user_id == 1
-    assert answer.strip() == row.answer
+    # what was sent and logged is shown whole, after the stream when the guard replaced it
+    assert answer.strip() == row.answer or row.answer in answer.splitlines()
 
 
 def test_the_console_shows_what_is_sent_the_quoted_fact_with_answer_from_fact(tiny_model_dir, isolated_env):
