@@ -191,7 +191,8 @@ class _Relay:
                 except ValueError:
                     event = None
                 if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-                    sys.stderr.write(raw.decode(errors="replace"))  # keep stdout for events
+                    # keep stdout for events; a rank over ssh writes to a pty, which ends lines with \r\n
+                    sys.stderr.write(raw.decode(errors="replace").replace("\r\n", "\n"))
                     continue
                 self.last[event["event"]] = event
                 self.reporter.emit(event.pop("event"), **event)
