@@ -80,3 +80,11 @@ def make_adapter(
     config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}
     (out / "adapter_config.json").write_text(json.dumps(config))
     return out
+
+
+def make_quantized_model(source: Path, out: Path, *, bits: int = 4, group_size: int = 32) -> Path:
+    """`source` quantized by mlx-lm's own converter, the way mlx-community's 4-bit models are made."""
+    from mlx_lm import convert
+
+    convert(str(source), str(out), quantize=True, q_group_size=group_size, q_bits=bits)
+    return out
