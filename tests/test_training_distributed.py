@@ -380,6 +380,11 @@ class TwoHosts:
         listed = subprocess.run(self.on(host, "ss", "-Htn", "state", "established"), capture_output=True, text=True)
         return {tuple(line.split()[-2:]) for line in listed.stdout.splitlines() if line.strip()}
 
+    def stop_sshd(self, host: int) -> None:
+        daemon = self.daemons[host - 1]
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
     def remove(self) -> None:
         for daemon in self.daemons:
             daemon.terminate()
@@ -466,3 +471,41 @@ def test_a_hostfile_run_over_ssh_on_two_hosts_equals_one_process_with_the_same_g
     numbers = _differences(run_dir, reference)
 
     print(f"\n2 hosts over ssh vs 1 process, max |difference|: {numbers}")
+
+
+def test_a_host_that_does_not_answer_over_ssh_fails_the_run_before_any_rank_starts_naming_it(
+    tiny_env, isolated_env, two_hosts, dataset
+):
+    two_hosts.stop_sshd(2)
+
+    result = subprocess.run(
+        two_hosts.on(1, *command("run", "--dataset", dataset, "--hostfile", two_hosts.hostfile, "--events")),
+        capture_output=True,
+        text=True,
+        env=two_hosts.env(),
+        timeout=120,
+    )
+
+    message = (
+        f"cannot reach {HOST_ADDRESSES[1]} over ssh (ssh: connect to host {HOST_ADDRESSES[1]} port 22: Connection "
+        f"refused); every host in {two_hosts.hostfile} needs ssh without a password from this one: try "
+        f"`ssh -o BatchMode=yes {HOST_ADDRESSES[1]} true`"
+    )
+    assert result.returncode == 1, result.stderr  # a failure that may pass, not bad input
+    assert events(result.stdout) == [{"event": "error", "message": message, "exit_code": 1}]
+    assert result.stderr.strip().splitlines()[-1] == f"training: error: {message}"
+    assert "Traceback" not in result.stderr and "mlx.launch" not in result.stderr  # no rank was started
+    assert two_hosts.ranks(1) == [] and not any((isolated_env / "runs").glob("2*"))
+
+
+def test_a_hostfile_that_is_not_one_is_refused_in_one_line_with_exit_code_2(tiny_env, tmp_path):
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps({"hosts": [{"ips": ["10.254.0.2"]}]}))
+
+    result = cli("run", "--hostfile", hostfile)
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"training: error: TRAIN_DISTRIBUTED: {hostfile} is not an mlx.launch hostfile (KeyError: 'ssh'); "
+        'it holds {"hosts": [{"ssh": NAME, "ips": [ADDRESS]}, ...]}'
+    ]
