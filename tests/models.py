@@ -121,3 +121,14 @@ def gated_registry(home, tiny_model_dir, tmp_path):
         if accepted:
             registry.promote(version, by="test", reason="passed the gate")
     return registry
+
+
+def make_quantized_model(
+    source: Path, out: Path, *, bits: int = 4, group_size: int = 32, dtype: str | None = None
+) -> Path:
+    """`source` quantized by mlx-lm's own converter, the way mlx-community's 4-bit models are made
+    (`dtype`: cast first, so the scales are in it, as a float16 model's are)."""
+    from mlx_lm import convert
+
+    convert(str(source), str(out), quantize=True, q_group_size=group_size, q_bits=bits, dtype=dtype)
+    return out

@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.evaluation.evaluate:main",
         "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT",
     ),
+    "memory-plan": (
+        "training.trainer.memory:main",
+        "the memory tuner's plan and its estimate's parts for a model's dimensions, bits and a machine's RAM",
+    ),
     "factory": (
         "training.lifecycle.factory:main",
         "write a registered version as the factory adapter of the configured base model",

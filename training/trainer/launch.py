@@ -38,7 +38,7 @@ from ..settings import FINGERPRINTED, TrainingSettings
 from . import checkpoint, distributed, memory
 from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
 from .distributed import Abandoned, Distributed, OneRank, RankFailed
-from .launcher import relaunch
+from .launcher import HostUnreachable, relaunch
 from .loop import Outcome, StopFlag, train
 from .lora import apply_lora, use_grad_checkpoint
 from .reporting import BarAwareHandler, Reporter
@@ -437,7 +437,7 @@ def _now() -> str:
 # --- python -m training run ----------------------------------------------------------------------
 
 # Expected errors: one line, no traceback. Bad input exits 2 (errors.py); these others exit 1.
-FAILURES = (RunBusy, ModelLoadError, RankFailed)  # RankFailed carries the failed rank's own code
+FAILURES = (RunBusy, ModelLoadError, RankFailed, HostUnreachable)  # RankFailed: the failed rank's own code
 
 
 def main(argv: list[str]) -> int:
