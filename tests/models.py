@@ -80,3 +80,48 @@ def make_adapter(
     config = {"fine_tune_type": "lora", "num_layers": num_layers, "lora_parameters": params}
     (out / "adapter_config.json").write_text(json.dumps(config))
     return out
+
+
+# --- Q/K layouts, written out row by row (independent of inference/gguf.py's index arithmetic) -----
+
+
+def hf_rows_by_hand(rows, heads: int):
+    """llama.cpp's interleaved Q/K rows (a numpy array, rows first) in Hugging Face's order: per
+    head, the even rows then the odd ones."""
+    import numpy as np
+
+    size = rows.shape[0] // heads
+    out = np.empty_like(rows)
+    for head in range(heads):
+        for i in range(size // 2):
+            out[head * size + i] = rows[head * size + 2 * i]
+            out[head * size + size // 2 + i] = rows[head * size + 2 * i + 1]
+    return out
+
+
+def legacy_adapter(model_dir: Path, out: Path, seed: int = 1) -> Path:
+    """An adapter as trained before Q/K layouts were recorded: its base model's name, no qk_layout."""
+    folder = make_adapter(model_dir, out, seed=seed)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | {"base_model": model_dir.name}))
+    return folder
+
+
+def hf_layout_twin(model_dir: Path, out: Path) -> Path:
+    """The same (unquantized) model in Hugging Face's Q/K layout: Q/K rows reordered by hand,
+    `rope_traditional: false`. It computes what `model_dir` computes."""
+    import mlx.core as mx
+    import numpy as np
+
+    config = json.loads((model_dir / "config.json").read_text())
+    heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
+    weights = {}
+    for name, value in mx.load(str(model_dir / "model.safetensors")).items():
+        module = name.split(".")[-2]
+        weights[name] = mx.array(hf_rows_by_hand(np.array(value), heads[module])) if module in heads else value
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps({**config, "rope_traditional": False}, indent=2))
+    for name in TOKENIZER_FILES:
+        shutil.copy(model_dir / name, out / name)
+    return out

@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.evaluation.evaluate:main",
         "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT",
     ),
+    "migrate": (
+        "training.lifecycle.upgrade:main",
+        "migrate adapters trained for the base model's other Q/K layout (the bot does it at start)",
+    ),
     "factory": (
         "training.lifecycle.factory:main",
         "write a registered version as the factory adapter of the configured base model",
