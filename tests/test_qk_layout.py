@@ -2,6 +2,8 @@
 llama.cpp's interleaved one is refused until migrated, and migrated it computes what it computed.
 
 - The embedded model converted now gives the logits of the GGUF as llama.cpp stores it.
+- The repository's factory adapter is the interleaved-layout v0001 migrated: the same tensors, and
+  on the new conversion the same logits and greedy answers as the old adapter on the old layout.
 - On a tiny model and its Hugging Face-layout twin: an unmigrated adapter is refused with how to
   migrate it; `python -m training migrate --adapter` makes it fit, with the same logits.
 """
@@ -19,10 +21,12 @@ import numpy as np
 import pytest
 
 from inference.adapters import AdapterError, read_adapter
+from inference.layout import ModelLayout, migrated_files
 from inference.modelstore import DEFAULT_GGUF_NAME, ensure_converted, first_conversion_name
+from training.lifecycle.factory import FACTORY_ROOT
 from training.lifecycle.registry import Registry
 
-from .models import hf_rows_by_hand, legacy_adapter
+from .models import adapter_in_layout_by_hand, hf_rows_by_hand, legacy_adapter
 
 TEXTS = [
     "When was SC Farense founded?",
@@ -109,6 +113,69 @@ def test_the_converter_writes_hugging_faces_layout_with_the_gguf_logits(default_
     print(f"converted (Hugging Face layout) vs the GGUF as stored: max |logit difference| {difference:.2e}")
     assert difference < 5e-4  # float32 rounding: the same function
     assert all((a.argmax(-1) == b.argmax(-1)).all() for a, b in zip(new_logits, old_logits, strict=True))
+
+
+def test_the_factory_adapter_is_v0001_migrated_with_its_logits_and_answers(
+    default_model_dir, interleaved_model, tmp_path, index
+):
+    import mlx.core as mx
+
+    from data.seed import load_eval
+    from data.settings import DataSettings
+    from inference.lora import apply_adapter, remove_adapter
+    from inference.settings import InferenceSettings
+    from training.evaluation.evaluate import served_answers
+
+    factory = FACTORY_ROOT / default_model_dir.name
+    config = json.loads((factory / "adapter_config.json").read_text())
+    assert config["qk_layout"] == "hf" and config["base_model"] == default_model_dir.name
+    model_config = json.loads((default_model_dir / "config.json").read_text())
+    heads = {"q_proj": model_config["num_attention_heads"], "k_proj": model_config["num_key_value_heads"]}
+    # v0001 as it was trained: lora_b's q/k columns in the interleaved order, no layout recorded
+    legacy_config = {key: value for key, value in config.items() if key != "qk_layout"}
+    legacy_config["base_model"] = interleaved_model.name
+    old = adapter_in_layout_by_hand(factory, tmp_path / "v0001-interleaved", heads, to_hf=False, config=legacy_config)
+
+    migrated = migrated_files(read_adapter(old), ModelLayout.of_folder(default_model_dir))
+    (tmp_path / "migrated").mkdir()
+    for name, data in migrated.items():
+        (tmp_path / "migrated" / name).write_bytes(data)
+    shipped, redone = (
+        mx.load(str(factory / "adapters.safetensors")),
+        mx.load(str(tmp_path / "migrated" / "adapters.safetensors")),
+    )
+    assert shipped.keys() == redone.keys()
+    assert all(np.array_equal(np.array(shipped[name]), np.array(redone[name])) for name in shipped)
+    assert json.loads(migrated["adapter_config.json"]) == config
+
+    new_model, tokenizer, new_info = served(default_model_dir, factory)
+    old_model, _, _ = served(interleaved_model, old)
+    new_logits, old_logits = logits(new_model, tokenizer), logits(old_model, tokenizer)
+    difference = max_diff(new_logits, old_logits)
+    print(f"factory adapter, new layout vs interleaved: max |logit difference| {difference:.2e}")
+    assert difference < 5e-4
+    assert all((a.argmax(-1) == b.argmax(-1)).all() for a, b in zip(new_logits, old_logits, strict=True))
+
+    dev = load_eval(DataSettings.load().seed_dir, [], "dev")
+    questions = [item.question for item in dev if item.lang == "en"][:2] + [
+        item.question for item in dev if item.lang == "pt"
+    ][:2]
+    serving = InferenceSettings.load()
+    answers = [
+        [a.text for a in served_answers(model, tokenizer, questions, serving, index, grounded=True, max_tokens=32)]
+        for model in (new_model, old_model)
+    ]
+    assert answers[0] == answers[1] and all(answers[0])
+
+    # The trap: v0001 unmigrated on the new layout is refused, and would have answered otherwise.
+    with pytest.raises(AdapterError, match="python -m training migrate --adapter"):
+        apply_adapter(new_model, read_adapter(old), new_info.layout)
+    pretending = ModelLayout(new_info.layout.model, "interleaved", model_config)
+    remove_adapter(new_model)
+    apply_adapter(new_model, read_adapter(old), pretending)
+    wrong = max_diff(logits(new_model, tokenizer), old_logits)
+    print(f"v0001 unmigrated on the new layout: max |logit difference| {wrong:.2f}")
+    assert wrong > 1.0
 
 
 def test_an_unmigrated_adapter_is_refused_then_migrated_by_the_cli(tiny_pair, tmp_path, isolated_env):
