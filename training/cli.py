@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.evaluation.evaluate:main",
         "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT",
     ),
+    "export": (
+        "training.evaluation.export:main",
+        "fuse an adapter into the base model (Hugging Face layout), optionally also as GGUF or PEFT",
+    ),
     "migrate": (
         "training.lifecycle.upgrade:main",
         "migrate adapters trained for the base model's other Q/K layout (the bot does it at start)",
