@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from common.files import fsync_tree
-from inference.adapters import read_adapter
 from inference.export import DTYPES, fuse, write_gguf, write_peft
 from inference.modelstore import DEFAULT_MODEL_UPSTREAM
 from inference.settings import InferenceSettings
@@ -32,8 +31,7 @@ def export(out: Path, version: str | None, dtype: str, gguf: bool, peft: bool) -
     entry = registry.get(version) if version else registry.production()
     if entry is None:
         raise RegistryError("no adapter in production: name one with --version")
-    registry.verify(entry.version)  # checksums, the base model's Q/K layout, tensors that fit
-    adapter = read_adapter(entry.path, entry.version)
+    adapter = registry.verify(entry.version)  # checksums, the base model's Q/K layout, tensors that fit
     layout = registry.base_layout()
     model_folder = registry.model_folder()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
