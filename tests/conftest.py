@@ -11,6 +11,7 @@ import importlib
 import inspect
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import inference  # noqa: F401  (preloads the optimized BLAS before anything imp
 from inference.modelstore import ensure_default_model
 
 from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING, RunningBot, write_dataset
-from .models import make_tiny_model
+from .models import hf_layout_twin, make_tiny_model
 
 # Property tests check behaviour, not speed (that is bench/'s): no per-example deadline, which a
 # machine busy with other work misses (hypothesis's default is 200 ms).
@@ -79,6 +80,15 @@ def default_model_dir(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_model_dir: Path) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_model_dir)
+
+
+@pytest.fixture
+def tiny_pair(tiny_model_dir, tmp_path) -> tuple[Path, Path]:
+    """The tiny llama (llama.cpp's interleaved Q/K layout) under a converter-1 folder name, and its
+    Hugging Face-layout twin under the converter-2 name, side by side as in a models folder."""
+    old = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, old)
+    return old, hf_layout_twin(old, tmp_path / "models" / "tiny-c2")
 
 
 @pytest.fixture(autouse=True)

@@ -131,4 +131,80 @@ def make_quantized_model(
     from mlx_lm import convert
 
     convert(str(source), str(out), quantize=True, q_group_size=group_size, q_bits=bits, dtype=dtype)
+
+
+# --- Q/K layouts, written out row by row (independent of inference/gguf.py's index arithmetic) -----
+
+
+def hf_rows_by_hand(rows, heads: int):
+    """llama.cpp's interleaved Q/K rows (a numpy array, rows first) in Hugging Face's order: per
+    head, the even rows then the odd ones."""
+    import numpy as np
+
+    size = rows.shape[0] // heads
+    out = np.empty_like(rows)
+    for head in range(heads):
+        for i in range(size // 2):
+            out[head * size + i] = rows[head * size + 2 * i]
+            out[head * size + size // 2 + i] = rows[head * size + 2 * i + 1]
+    return out
+
+
+def interleaved_rows_by_hand(rows, heads: int):
+    """The inverse of `hf_rows_by_hand`: Hugging Face's Q/K rows in llama.cpp's interleaved order."""
+    import numpy as np
+
+    size = rows.shape[0] // heads
+    out = np.empty_like(rows)
+    for head in range(heads):
+        for i in range(size // 2):
+            out[head * size + 2 * i] = rows[head * size + i]
+            out[head * size + 2 * i + 1] = rows[head * size + size // 2 + i]
+    return out
+
+
+def legacy_adapter(model_dir: Path, out: Path, seed: int = 1) -> Path:
+    """An adapter as trained before Q/K layouts were recorded: its base model's name, no qk_layout."""
+    folder = make_adapter(model_dir, out, seed=seed)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | {"base_model": model_dir.name}))
+    return folder
+
+
+def hf_layout_twin(model_dir: Path, out: Path) -> Path:
+    """The same (unquantized) model in Hugging Face's Q/K layout: Q/K rows reordered by hand,
+    `rope_traditional: false`. It computes what `model_dir` computes."""
+    import mlx.core as mx
+    import numpy as np
+
+    config = json.loads((model_dir / "config.json").read_text())
+    heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
+    weights = {}
+    for name, value in mx.load(str(model_dir / "model.safetensors")).items():
+        module = name.split(".")[-2]
+        weights[name] = mx.array(hf_rows_by_hand(np.array(value), heads[module])) if module in heads else value
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps({**config, "rope_traditional": False}, indent=2))
+    for name in TOKENIZER_FILES:
+        shutil.copy(model_dir / name, out / name)
+    return out
+
+
+def adapter_in_layout_by_hand(adapter_dir: Path, out: Path, heads: dict[str, int], *, to_hf: bool, config: dict):
+    """A copy of an adapter with its q_proj/k_proj lora_b columns reordered by hand (`heads`: per
+    module name) and `config` as its adapter_config.json."""
+    import mlx.core as mx
+    import numpy as np
+
+    reorder = hf_rows_by_hand if to_hf else interleaved_rows_by_hand
+    weights = {}
+    for name, value in mx.load(str(adapter_dir / "adapters.safetensors")).items():
+        module = name.split(".")[-2]
+        if name.endswith(".lora_b") and module in heads:
+            value = mx.array(np.ascontiguousarray(reorder(np.array(value).T, heads[module]).T))
+        weights[name] = value
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "adapters.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import SettingsError
-from inference.gguf import GGUFError, convert_gguf
+from inference.gguf import CONVERTER_VERSION, GGUFError, convert_gguf
 from inference.modelstore import DEFAULT_MODEL_NAME, ModelNotFound, ensure_converted, resolve_model
 from inference.settings import InferenceSettings
 
@@ -112,7 +112,7 @@ def test_cli_real_default_model(default_model_dir):
 
 def test_default_model_conversion(default_model_dir):
     config = json.loads((default_model_dir / "config.json").read_text())
-    assert config["rope_traditional"] is True and config["tie_word_embeddings"] is True
+    assert config["rope_traditional"] is False and config["tie_word_embeddings"] is True
     assert config["quantization"] == {"group_size": 32, "bits": 4, "model.embed_tokens": {"group_size": 32, "bits": 8}}
     tokenizer_config = json.loads((default_model_dir / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in tokenizer_config["chat_template"] and tokenizer_config["eos_token"] == "<|im_end|>"
@@ -132,8 +132,9 @@ def test_conversion_is_idempotent_and_never_half_written(default_model_dir, tmp_
     assert ensure_converted(gguf, target) == target
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted.") and p.name != ".converted.leftover"]
+    stat = gguf.stat()  # the converter's version in the name: a new converter converts again beside it
     assert resolve_model(str(gguf), tmp_path / "models").endswith(
-        gguf.stem + "-" + format(gguf.stat().st_size, "x") + "-" + format(int(gguf.stat().st_mtime), "x")
+        f"{gguf.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}-c{CONVERTER_VERSION}"
     )
 
 

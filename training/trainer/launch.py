@@ -29,6 +29,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from inference.layout import LAYOUT_KEY
 from inference.loading import ModelLoadError, load_base
 from inference.settings import InferenceSettings
 
@@ -234,7 +235,7 @@ def _load(
     adapter_config = apply_lora(
         model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout
     )
-    adapter_config["base_model"] = info.model_id
+    adapter_config |= {"base_model": info.model_id, LAYOUT_KEY: info.layout.qk_layout}
     fingerprint = checkpoint.fingerprint(
         settings.training_values(), dataset.content_hash, info.model_id, info.dtype, serving.system_prompt
     )
@@ -280,7 +281,7 @@ def _train(
                     "settings": settings.model_dump(mode="json"),
                     "plan": plan.as_dict(),
                     "model_path": model_path,
-                    "base_model": info.__dict__,
+                    "base_model": {**info.__dict__, "layout": info.layout.qk_layout},
                     "fingerprint": parts.fingerprint,
                     "adapter_config": parts.adapter_config,
                     "dataset": {
