@@ -131,6 +131,7 @@ def make_quantized_model(
     from mlx_lm import convert
 
     convert(str(source), str(out), quantize=True, q_group_size=group_size, q_bits=bits, dtype=dtype)
+    return out
 
 
 # --- Q/K layouts, written out row by row (independent of inference/gguf.py's index arithmetic) -----
