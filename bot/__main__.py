@@ -20,6 +20,8 @@ from inference.engine import Engine
 from inference.loading import ModelLoadError
 from inference.modelstore import ModelNotFound
 from inference.settings import InferenceSettings
+from training.lifecycle.registry import RegistryError
+from training.lifecycle.upgrade import upgrade_adapters
 
 from .logs import add_update_context, log_context, setup_logging
 from .os_service import hold_running_lock
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, BackupError, OSError) as error:
         return _fail(str(error))
     try:
+        _upgrade_adapters()  # before the engine serves one trained for the model's other Q/K layout
         engine = Engine(inference_settings)
     except (ModelNotFound, ModelLoadError, AdapterError) as error:
         store.close()
@@ -90,6 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         running.close()
     return 0
+
+
+def _upgrade_adapters() -> None:
+    """Migrate the registry's adapters to the base model's Q/K layout, backed up first. A failure
+    is reported and leaves them as they are: the engine then refuses them, saying how to migrate."""
+    try:
+        done = upgrade_adapters()
+    except ModelNotFound:  # the engine reports it
+        raise
+    except (RegistryError, BackupError, OSError, ValueError) as error:
+        log.error("could not migrate the adapters to the base model's Q/K layout: %s", error)
+        print(f"warning: could not migrate the adapters to the base model's Q/K layout: {error}", file=sys.stderr)
+        return
+    for line in done:
+        log.info("upgrade: %s", line)
+        print(f"Upgrade: {line}", file=sys.stderr)
 
 
 def _fail(message: str) -> int:

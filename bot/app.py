@@ -33,7 +33,7 @@ from .handlers.errors import on_error
 from .scheduler import start_nightly
 from .services import Services
 from .settings import BotSettings
-from .texts import ADMIN_COMMANDS, PUBLIC_COMMANDS, text
+from .texts import ADMIN_COMMANDS, PUBLIC_COMMANDS, Notice, language, notice
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,16 @@ def build_application(
 async def _post_init(application: Application) -> None:
     services: Services = application.bot_data["services"]
     await register_commands(application.bot, services.settings.admin_user_ids)
-    tell_admins = functools.partial(notify_admins, application.bot, services.settings.admin_user_ids)
+    tell_admins = functools.partial(notify_admins, application.bot, services.settings.admin_user_ids, services.store)
     start_nightly(services, tell_admins)
     loop = asyncio.get_running_loop()
 
     def adapter_refused(reason: str) -> None:  # on the engine's thread, or a handler's worker thread
-        asyncio.run_coroutine_threadsafe(tell_admins(text("adapter_refused", "en", reason=reason)), loop)
+        asyncio.run_coroutine_threadsafe(tell_admins(notice("adapter_refused", reason=reason)), loop)
 
     services.engine.on_refused = adapter_refused
     if services.engine.refused:  # refused before the bot started (the engine loads first)
-        await tell_admins(text("adapter_refused", "en", reason=services.engine.refused))
+        await tell_admins(notice("adapter_refused", reason=services.engine.refused))
 
 
 async def _post_shutdown(application: Application) -> None:
@@ -132,9 +132,12 @@ async def register_commands(bot: Bot, admin_ids: Iterable[int]) -> None:
             log.warning("could not set the admin commands for %s: %s", admin_id, error)
 
 
-async def notify_admins(bot: Bot, admin_ids: Iterable[int], message: str) -> None:
+async def notify_admins(bot: Bot, admin_ids: Iterable[int], store: Store, message: Notice) -> None:
+    """Send `message` to every admin in the language they last wrote to the bot in (English when
+    the store has none: an admin who never wrote, or /forgot)."""
     for admin_id in admin_ids:
+        lang = language(await asyncio.to_thread(store.user_language, admin_id))
         try:
-            await bot.send_message(admin_id, message)
+            await bot.send_message(admin_id, message(lang))
         except TelegramError as error:
             log.warning("could not tell admin %s: %s", admin_id, error)

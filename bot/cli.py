@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
             return _service(args)
         if args.command == "retention":
             retained = apply_retention(DataSettings.load(), BotSettings.load(), LifecycleSettings.load())
-            print(f"before: {describe_disk_use(retained.before)}\n{retained.summary()}")
+            print(f"before: {describe_disk_use(retained.before)}\n{retained.summary('en')}")
             return 0
     except (SettingsError, ServiceError, OSError) as error:
         for line in str(error).splitlines():

@@ -15,13 +15,15 @@ from typing import TextIO
 
 from . import admin_ops
 from .conversation import Answer, Asker
-from .plot import latest_run, loss_plot
-from .retraining import BUSY, ProgressText
+from .plot import accuracy_plot, latest_run, loss_plot, registered_versions
+from .retraining import ProgressText
 from .scheduler import start_nightly
 from .services import Services
-from .texts import deleted_summary, text
+from .texts import Notice, deleted_summary, text
 
 log = logging.getLogger(__name__)
+
+LANG = "en"  # the console speaks English (Telegram users get their own language)
 
 COMMANDS = """Console commands:
   /good, /bad          rate the last answer
@@ -69,13 +71,13 @@ class Console:
             elif line:
                 await self.ask(line)
 
-    async def notify(self, message: str) -> None:
-        self.say(f"\n[admin] {message}")
+    async def notify(self, message: Notice) -> None:
+        self.say(f"\n[admin] {message(LANG)}")
 
     async def ask(self, question: str) -> None:
         settings = self.services.settings
         if len(question) > settings.max_question_chars:
-            self.say(text("too_long", "en", length=len(question), limit=settings.max_question_chars))
+            self.say(text("too_long", LANG, length=len(question), limit=settings.max_question_chars))
             return
         printed = ""
 
@@ -89,14 +91,14 @@ class Console:
             answer = await self.services.conversations.ask(self.asker, question, show)
         except Exception:
             log.exception("answering failed")
-            self.say(text("failed", "en"))
+            self.say(text("failed", LANG))
             return
         if answer.declined:
             self.say(answer.text)
         else:
             sent = answer.text  # what a Telegram user gets: the guard or ANSWER_FROM=fact may replace the stream
             if not sent:
-                self.say(text("empty_answer", "en"))
+                self.say(text("empty_answer", LANG))
             elif sent.startswith(printed.strip()):  # the answer is sent stripped
                 rest = sent[len(printed.strip()) :]
                 self.say(rest.lstrip() if printed[-1:].isspace() else rest)
@@ -114,17 +116,17 @@ class Console:
             await handler(argument.strip())
 
     async def do_help(self, _: str) -> None:
-        self.say(text("help", "en", backup_days=self.services.data_settings.backup_max_age_days) + "\n\n" + COMMANDS)
+        self.say(text("help", LANG, backup_days=self.services.data_settings.backup_max_age_days) + "\n\n" + COMMANDS)
 
     async def do_reset(self, _: str) -> None:
         self.services.conversations.reset(self.asker.chat_id)
-        self.say(text("reset", "en"))
+        self.say(text("reset", LANG))
 
     async def do_forget(self, _: str) -> None:
         counts = await self.services.conversations.forget_user(self.asker.user_id, self.services.data_settings.home)
         self.last = None
-        summary = deleted_summary(counts, "en")
-        self.say(text("forgot", "en", details=summary) if summary else text("forgot_nothing", "en"))
+        summary = deleted_summary(counts, LANG)
+        self.say(text("forgot", LANG, details=summary) if summary else text("forgot_nothing", LANG))
 
     async def do_good(self, _: str) -> None:
         await self._vote(1)
@@ -137,36 +139,43 @@ class Console:
             self.say("Nothing to rate yet — ask a question first.")
             return
         await asyncio.to_thread(self.services.store.set_feedback, self.last.message_id, self.asker.user_id, value)
-        self.say(text("vote_thanks", "en"))
+        self.say(text("vote_thanks", LANG))
 
     async def do_correct(self, fix: str) -> None:
         if self.last is None or not fix:
             self.say("Usage: /correct <the right answer>, after an answer.")
             return
         self.say(
-            await asyncio.to_thread(admin_ops.correct, self.services, self.last.message_id, self.asker.user_id, fix)
+            await asyncio.to_thread(
+                admin_ops.correct, self.services, self.last.message_id, self.asker.user_id, fix, LANG
+            )
         )
 
     async def do_facts(self, query: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query, self.asker.user_id))
+        self.say(await asyncio.to_thread(admin_ops.facts_text, self.services, query, self.asker.user_id, LANG))
 
     async def do_fact_remove(self, argument: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.remove_fact_text, self.services, argument, self.asker.user_id))
+        self.say(await asyncio.to_thread(admin_ops.remove_fact_text, self.services, argument, self.asker.user_id, LANG))
 
     async def do_status(self, _: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.status_text, self.services))
+        self.say(await asyncio.to_thread(admin_ops.status_text, self.services, LANG))
         run = latest_run(self.services.home)
         png = await asyncio.to_thread(loss_plot, run) if run is not None else None
         if png is not None:
             path = self.services.home.loss_plot
             path.write_bytes(png)
             self.say(f"Loss plot of run {run.name}: {path}")
+        png = await asyncio.to_thread(lambda: accuracy_plot(registered_versions(self.services.home)))
+        if png is not None:
+            path = self.services.home.accuracy_plot
+            path.write_bytes(png)
+            self.say(f"Gate answers per adapter version: {path}")
 
     async def do_retrain(self, _: str) -> None:
         if self.services.retrainer.running:
-            self.say(BUSY)
+            self.say(text("busy", LANG))
             return
-        progress = ProgressText("Retraining…")
+        progress = ProgressText(LANG)
         shown = {"at": 0.0, "stage": None}
 
         def on_progress(event: dict) -> None:  # on the training thread
@@ -179,10 +188,10 @@ class Console:
         result = await self.services.retrainer.run(
             trigger="console", requested_by=str(self.asker.user_id), on_progress=on_progress
         )
-        self.say(f"Retraining: {result.outcome}\n{result.message}")
+        self.say(result.report("retrain_result", LANG))
 
     async def do_rollback(self, version: str) -> None:
-        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id, version))
+        self.say(await asyncio.to_thread(admin_ops.rollback, self.services, self.asker.user_id, version, LANG))
 
 
 async def run_console(services: Services, source: TextIO = sys.stdin) -> None:

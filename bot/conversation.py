@@ -350,15 +350,19 @@ class Conversations:
         self._chats.move_to_end(chat_id)
         return chat
 
+    async def remember_user(
+        self, user_id: int, name: str | None, language: str | None, asked_at: str | None = None
+    ) -> None:
+        """Keep the user's name and language current, writing only on change (and nothing for a
+        question its asker has /forgotten since)."""
+        user = (name, language)
+        if self._known_users.get(user_id) != user:
+            await asyncio.to_thread(self.store.upsert_user, user_id, name, language, asked_at=asked_at)
+            self._known_users[user_id] = user
+
     async def _register(self, asker: Asker, asked_at: str) -> None:
-        """Keep the user's name/language and the chat's kind current, writing only on change (and
-        nothing for a question its asker has /forgotten since)."""
-        user = (asker.name, asker.language)
-        if self._known_users.get(asker.user_id) != user:
-            await asyncio.to_thread(
-                self.store.upsert_user, asker.user_id, asker.name, asker.language, asked_at=asked_at
-            )
-            self._known_users[asker.user_id] = user
+        """Keep the user's name/language and the chat's kind current (remember_user)."""
+        await self.remember_user(asker.user_id, asker.name, asker.language, asked_at)
         chat = (asker.chat_type, asker.chat_title)
         if self._known_chats.get(asker.chat_id) != chat:
             await asyncio.to_thread(

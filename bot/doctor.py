@@ -429,6 +429,15 @@ class Doctor:
                 f"an interrupted change left {', '.join(leftovers + disagree)} behind",
                 "python -m bot doctor --repair (or any promotion/rollback) finishes it",
             )
+        pending = registry.layout_migrations() if self.model_folder is not None else []
+        if pending:
+            return Check(
+                "registry",
+                WARN,
+                f"{', '.join(entry.version for entry in pending)} trained for the base model's other Q/K layout: "
+                "migrated at the next start (backed up first)",
+                "restart the bot, or now: python -m training migrate",
+            )
         if production is None:
             return Check("registry", OK, f"{len(versions)} versions; production: the base model")
         try:

@@ -27,6 +27,7 @@ from training.runs import all_runs, prune_runs
 
 from .os_service import rotate_service_log
 from .settings import BotSettings
+from .texts import RETAINED_KINDS, Notice, named, notice, text
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,19 @@ class Retained:
     removed: dict[str, list[Path]] = field(default_factory=dict)  # per kind: what was deleted
     rotated: bool = False  # service.log was rotated
 
-    def summary(self) -> str:
-        """One line for the admins and two for the CLI: what went, and the disk use after."""
-        gone = ", ".join(f"{len(paths)} {part}" for part, paths in self.removed.items() if paths) or "nothing"
+    def summary(self, lang: str) -> str:
+        """What went, and the disk use after: for the admins and the CLI."""
+        gone = ", ".join(
+            f"{len(paths)} {named(RETAINED_KINDS, kind, lang)}" for kind, paths in self.removed.items() if paths
+        )
         freed = sum(self.before.values()) - sum(self.after.values())
-        return (
-            f"Retention: deleted {gone}{'; service.log rotated' if self.rotated else ''};"
-            f" {freed / 1e6:.1f} MB freed.\nDisk use: {describe_disk_use(self.after)}"
+        return text(
+            "retention_done",
+            lang,
+            deleted=gone or text("retention_nothing", lang),
+            rotated=text("retention_rotated", lang) if self.rotated else "",
+            freed=f"{freed / 1e6:.1f}",
+            disk=describe_disk_use(self.after),
         )
 
 
@@ -65,15 +72,15 @@ def apply_retention(
     }
     rotated = rotate_service_log(home.logs, int(bot_settings.log_max_mb * 1024 * 1024), bot_settings.log_backups)
     retained = Retained(before, home.disk_use(), removed, rotated)
-    log.info("%s", retained.summary().replace("\n", " | "))
+    log.info("%s", retained.summary("en").replace("\n", " | "))
     return retained
 
 
-def retention_report(data_settings: DataSettings, bot_settings: BotSettings) -> str:
+def retention_report(data_settings: DataSettings, bot_settings: BotSettings) -> Notice:
     """Apply retention and say how it went, for the nightly report; never raises (a failure is a
     line for the admins, and the bot keeps serving)."""
     try:
-        return apply_retention(data_settings, bot_settings, LifecycleSettings.load()).summary()
+        return apply_retention(data_settings, bot_settings, LifecycleSettings.load()).summary
     except Exception as error:  # settings, a disk problem, a bug: report it, keep the bot alive
         log.exception("retention failed")
-        return f"Retention failed: {type(error).__name__}: {error}"
+        return notice("retention_failed", error=f"{type(error).__name__}: {error}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -24,12 +23,14 @@ from .retention import retention_report
 from .retraining import (
     FIRST_JOB_ID,
     NIGHTLY_JOB_ID,
+    Notify,
     RetrainOutcome,
     first_training,
     needs_first_adapter,
     nightly_retrain,
 )
 from .services import Services
+from .texts import notice
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ CATCH_UP_JOB_ID = "nightly-catch-up"
 RETRY_JOB_ID = "nightly-retry"
 
 
-def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) -> None:
+def start_nightly(services: Services, notify: Notify) -> None:
     """Schedule nightly retraining on the running loop; `notify` tells the admins how it went.
     The scheduler is kept in `services.scheduler`; `Services.close` shuts it down."""
     settings = services.settings
@@ -53,10 +54,7 @@ def start_nightly(services: Services, notify: Callable[[str], Awaitable[None]]) 
         if result is not None and result.outcome == "busy":
             retry = services.now() + timedelta(minutes=settings.retrain_retry_minutes)
             if settings.in_quiet_hours(retry):
-                await notify(
-                    f"Nightly retraining ({services.now().date()}): another run kept it busy all "
-                    "night; the next night will train."
-                )
+                await notify(notice("nightly_busy_all_night", night=services.now().date()))
             else:
                 scheduler.add_job(
                     nightly,

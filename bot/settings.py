@@ -51,6 +51,12 @@ class BotSettings(HomeSettings):
     stream_edit_interval: float = Field(
         default=1.0, ge=0.0, description="Seconds between streamed drafts/edits; Telegram wants >= 1"
     )
+    retrain_progress_interval: float = Field(
+        default=3.0,
+        ge=0.0,
+        description="Seconds between edits of /retrain's progress message: enough to follow, "
+        "far below Telegram's limits",
+    )
     console_user_id: int = Field(default=1, description="The local user of console mode (an admin)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Of $FARENSE_HOME/logs/bot.log (JSON lines)"

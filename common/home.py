@@ -111,6 +111,11 @@ class Home:
         return self.root / "status-loss.png"
 
     @property
+    def accuracy_plot(self) -> Path:
+        """The console's copy of the /status gate answers per adapter version."""
+        return self.root / "status-accuracy.png"
+
+    @property
     def pipeline_running(self) -> Path:
         return self.root / "pipeline_running.json"
 
@@ -165,6 +170,7 @@ class Home:
             self.logs,
             self.backups,
             self.loss_plot,
+            self.accuracy_plot,
             self.pipeline_running,
             self.pipeline_last,
             self.bot_lock,

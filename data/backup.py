@@ -451,20 +451,19 @@ def _now() -> str:
 # -- the bot's automatic backups --------------------------------------------------------------
 
 
-def scheduled_backup(database: Path, *, label: str = "nightly") -> str:
-    """The nightly backup of `database` and the registry before retraining, pruned to BACKUP_KEEP;
-    one line for the admins.
+def scheduled_backup(database: Path, *, label: str = "nightly") -> Backup | BackupError:
+    """The nightly backup of `database` and the registry before retraining, pruned to BACKUP_KEEP,
+    or why it could not be made, for the admins' report.
 
     Never raises: a failed backup is reported, and retraining still runs (it changes no data the
     previous night's backup does not already hold)."""
     try:
         settings = DataSettings.load(database_path=database)
         home = settings.home
-        backup = create_backup(home.database, home.adapters, home.backups, label=label, keep=settings.backup_keep)
+        return create_backup(home.database, home.adapters, home.backups, label=label, keep=settings.backup_keep)
     except (SettingsError, BackupError, OSError, sqlite3.Error) as error:
         log.error("%s backup failed: %s", label, error)
-        return f"Backup failed: {error}"
-    return f"Backup: {backup.path.name} ({describe(backup.manifest)})"
+        return error if isinstance(error, BackupError) else BackupError(str(error))
 
 
 def backup_before_upgrade(settings: DataSettings) -> Backup | None:

@@ -9,8 +9,9 @@ later import. Every change of a fact's words is a new revision: `facts` holds th
 (all retrieval reads), `fact_revisions` all of them, so an amended fact can be restored. The
 retrieval lexicon is data too: synonyms.*.jsonl (words fans use for what the facts say otherwise)
 and other_subjects.jsonl (names of other clubs and competitions), copied into their tables at the
-same time. Retrieval for answering lives in inference/grounding.py, which reads
-this schema.
+same time, and so are the seed QA questions each seed fact answers (`fact_questions`), which let a
+fan's question find a fact by the way fans ask for it. Retrieval for answering lives in
+inference/grounding.py, which reads this schema.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .jsonl import Problem, field_problem, read_jsonl, report
+from .seed import load_qa
+from .settings import PACKAGE_SEED_DIR
 from .text import strip_accents
 
 if TYPE_CHECKING:
@@ -201,15 +204,40 @@ def seed_other_subjects(
     return store.write(work)
 
 
-def seed_knowledge(store: Store, folder: Path = PACKAGE_KNOWLEDGE_DIR, problems: list[Problem] | None = None) -> int:
-    """Bring the seed facts and the lexicon into the store; returns how many fact rows were added
-    or updated.
+def load_fact_questions(seed_dir: Path, problems: list[Problem]) -> set[tuple[int, str, str]]:
+    """The seed QA questions about a fact, as (fact, lang, question) rows; decline pairs have none."""
+    return {(pair.fact, pair.lang, pair.question) for pair in load_qa(seed_dir, problems) if pair.fact is not None}
+
+
+def seed_fact_questions(store: Store, seed_dir: Path = PACKAGE_SEED_DIR, problems: list[Problem] | None = None) -> bool:
+    """Replace the retrieval's fact questions with the seed QA's; returns whether they changed."""
+    rows = load_fact_questions(seed_dir, problems if problems is not None else [])
+
+    def work(db: sqlite3.Connection) -> bool:
+        if set(db.execute("SELECT fact, lang, question FROM fact_questions")) == rows:
+            return False
+        db.execute("DELETE FROM fact_questions")
+        db.executemany("INSERT INTO fact_questions (fact, lang, question) VALUES (?, ?, ?)", sorted(rows))
+        return True
+
+    return store.write(work)
+
+
+def seed_knowledge(
+    store: Store,
+    folder: Path = PACKAGE_KNOWLEDGE_DIR,
+    problems: list[Problem] | None = None,
+    seed_dir: Path = PACKAGE_SEED_DIR,
+) -> int:
+    """Bring the seed facts, the lexicon and the fact questions into the store; returns how many
+    fact rows were added or updated.
 
     Idempotent: unchanged facts are left alone, edited seed files update their facts, and a fact an
     admin amended or removed keeps the admin's version.
     """
     seed_synonyms(store, folder, problems)
     seed_other_subjects(store, folder, problems)
+    seed_fact_questions(store, seed_dir, problems)
     seed = load_seed_facts(folder, problems if problems is not None else [])
     if not seed:
         return 0
@@ -394,15 +422,16 @@ def list_facts(store: Store, query: str | None = None, limit: int = 20, include_
 
 
 def knowledge_hash(store: Store) -> str:
-    """sha256 over the live facts' content and revision (not their ids) and the lexicon, which
-    decides what is retrieved, so equal knowledge hashes equally and any amendment changes it."""
+    """sha256 over the live facts' content and revision (not their ids), the lexicon and the fact
+    questions, which decide what is retrieved, so equal knowledge hashes equally and any amendment changes it."""
     rows = store.read("SELECT lang, text, source, url, revision FROM facts WHERE removed_at IS NULL")
     return _hash_lines([json.dumps(list(row), ensure_ascii=False) for row in rows], store)
 
 
 def shipped_knowledge_hash(store: Store) -> str:
     """sha256 over the knowledge as the project's files bring it: each seed fact's latest revision
-    from the files, and the lexicon; the admins' additions and amendments are left out.
+    from the files, the lexicon and the fact questions; the admins' additions and amendments are
+    left out.
 
     An admin's /correct changes the knowledge base every time it is used, and comes with its own
     training example; a new release of the seed facts or of the lexicon changes what every prompt
@@ -417,7 +446,8 @@ def shipped_knowledge_hash(store: Store) -> str:
 
 
 def _hash_lines(fact_lines: list[str], store: Store) -> str:
-    """sha256 over fact lines and the lexicon, each sorted, so row order never matters."""
+    """sha256 over fact lines, the lexicon and the fact questions, each sorted, so row order never
+    matters."""
     lines = sorted(fact_lines)
     lines += sorted(
         json.dumps(["synonym", *row], ensure_ascii=False)
@@ -425,6 +455,10 @@ def _hash_lines(fact_lines: list[str], store: Store) -> str:
     )
     lines += sorted(
         json.dumps(["other", *row], ensure_ascii=False) for row in store.read("SELECT word FROM other_subjects")
+    )
+    lines += sorted(
+        json.dumps(["question", *row], ensure_ascii=False)
+        for row in store.read("SELECT fact, lang, question FROM fact_questions")
     )
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 

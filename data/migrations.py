@@ -154,4 +154,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "INSERT INTO fact_revisions (fact_id, revision, text, source, url, author_id, created_at)"
         " SELECT id, 1, text, source, url, author_id, updated_at FROM facts",
     ),
+    # 7: questions a seed fact answers, as retrieval keys (inference/retrieval.py): fans ask in
+    # question words ("Who do the fans hate most?") that a fact's statement does not use ("rival").
+    # Seeded from the seed QA questions (data/seed/qa-*.jsonl) by fact number and language; never
+    # shown to the model. Its own FTS5 table: rows are replaced whole at each seeding.
+    (
+        """CREATE VIRTUAL TABLE fact_questions USING fts5(
+            question, fact UNINDEXED, lang UNINDEXED, tokenize='unicode61 remove_diacritics 2')""",
+    ),
 ]

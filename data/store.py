@@ -224,6 +224,11 @@ class Store:
 
         self.write(work)
 
+    def user_language(self, user_id: int) -> str | None:
+        """The Telegram language code last seen for a user, or None (never recorded, or /forgotten)."""
+        rows = self.read("SELECT language FROM users WHERE id = ?", (user_id,))
+        return rows[0][0] if rows else None
+
     def upsert_chat(
         self, chat_id: int, kind: str, title: str | None, *, user_id: int | None = None, asked_at: str | None = None
     ) -> None:

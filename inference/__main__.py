@@ -1,4 +1,5 @@
-"""`python -m inference "prompt"`: one JSON object on stdout, logs on stderr, non-zero exit on error.
+"""`python -m inference "prompt"`: one JSON object on stdout, logs on stderr, non-zero exit on error
+(2 for a usage error, as argparse has it; `--help` is plain text).
 
 Grounded answers need the knowledge base. On a fresh FARENSE_HOME nothing has opened the store yet,
 so this entry point has it opened (which migrates it and imports the seed facts) by running
@@ -22,8 +23,22 @@ from common.settings import protect_home
 log = logging.getLogger("inference")
 
 
+class JsonUsageParser(argparse.ArgumentParser):
+    """Reports a usage error as the JSON error object on stdout (what a caller parses), with
+    argparse's usage text on stderr for a person, and argparse's exit status 2."""
+
+    def error(self, message: str):
+        print(_error_json(None, f"{message} ({' '.join(self.format_usage().split())})"))
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}\n")
+
+
+def _error_json(prompt: str | None, error: str) -> str:
+    """Every failure's output: the prompt (None when the arguments did not parse) and why."""
+    return json.dumps({"prompt": prompt, "status": "error", "error": error}, ensure_ascii=False)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__)
+    parser = JsonUsageParser(prog="python -m inference", description=__doc__)
     parser.add_argument("prompt")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--adapter", type=Path, help="LoRA adapter folder (default: production adapter)")
@@ -44,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             result = _answer(args)
     except Exception as error:  # every failure becomes a JSON error, the traceback goes to the log
         log.debug("failed", exc_info=True)
-        print(
-            json.dumps(
-                {"prompt": args.prompt, "status": "error", "error": f"{type(error).__name__}: {error}"},
-                ensure_ascii=False,
-            )
-        )
+        print(_error_json(args.prompt, f"{type(error).__name__}: {error}"))
         return 1
     result["seconds"] = round(time.perf_counter() - started, 3)
     print(json.dumps(result, ensure_ascii=False))

@@ -47,6 +47,8 @@ class Adapter:
     version: str  # registry version ("v3") or the folder name for ad-hoc adapters
     spec: LoraSpec
     shapes: dict[str, tuple[int, ...]]  # from the safetensors header
+    base_model: str | None = None  # the model folder (or hub id) it was trained on, as recorded
+    qk_layout: str | None = None  # the Q/K layout it was trained for, checked by inference/layout.py
 
 
 def read_adapter(path: Path, version: str | None = None) -> Adapter:
@@ -83,7 +85,8 @@ def read_adapter(path: Path, version: str | None = None) -> Adapter:
     shapes = _safetensors_shapes(path / WEIGHTS_FILE)
     if not shapes or not all(n.endswith((".lora_a", ".lora_b")) for n in shapes):
         raise AdapterError(f"adapter {path}: {WEIGHTS_FILE} holds no LoRA tensors")
-    return Adapter(path, version or path.name, spec, shapes)
+    base_model, qk_layout = config.get("base_model"), config.get("qk_layout")
+    return Adapter(path, version or path.name, spec, shapes, str(base_model) if base_model else None, qk_layout or None)
 
 
 def verify_checksums(path: Path) -> None:

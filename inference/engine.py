@@ -298,7 +298,7 @@ class Engine:
         self._mounted = None
         if adapter is not None:
             try:
-                apply_adapter(self.model, adapter)
+                apply_adapter(self.model, adapter, self.info.layout)
             except Exception:
                 remove_adapter(self.model)
                 if previous is not None:  # back to what was served before

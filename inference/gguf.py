@@ -1,7 +1,10 @@
-"""Convert a llama-architecture GGUF file into an mlx-lm model folder.
+"""Convert a llama-architecture GGUF file into an mlx-lm model folder in Hugging Face's layout.
 
-`mx.load` reads GGUF natively (Q4_0/Q4_1/Q8_0 stay quantized with group size 32). GGUF stores Q/K
-in the interleaved ("traditional") RoPE layout, hence `rope_traditional: true`. The tokenizer is a
+`mx.load` reads GGUF natively (Q4_0/Q4_1/Q8_0 stay quantized with group size 32). llama.cpp stores
+Q/K rows permuted for its interleaved RoPE; they are put back in Hugging Face's order here (whole
+rows move, so packed quantized rows, their scales and biases stay exact) and the config says
+`rope_traditional: false`, as Hugging Face's does: then `mlx_lm.fuse --export-gguf`, PEFT and
+every Hugging Face tool read the folder's weights right (inference/layout.py). The tokenizer is a
 byte-level BPE rebuilt from the GGUF vocabulary and merges; the chat template comes from metadata.
 """
 
@@ -27,6 +30,9 @@ _LAYER_NAMES = {
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _CONTROL_TOKEN = 3
+# Raised whenever the converter's output changes: converted folders carry it in their name
+# (inference/modelstore.py), so existing installs convert again. 2: Q/K in Hugging Face's order.
+CONVERTER_VERSION = 2
 
 
 class GGUFError(ValueError):
@@ -59,7 +65,9 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     if arch != "llama":
         raise GGUFError(f"{gguf}: architecture {arch!r} is not supported (only llama)")
 
-    converted = {_mlx_name(name): array for name, array in weights.items()}
+    heads = int(_scalar(meta, "llama.attention.head_count"))
+    kv_heads = int(_scalar(meta, "llama.attention.head_count_kv", heads))
+    converted = {_mlx_name(name): _hf_rows(name, array, heads, kv_heads) for name, array in weights.items()}
     quantized = {name.rsplit(".", 1)[0] for name in converted if name.endswith(".scales")}
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), converted, metadata={"format": "mlx"})
@@ -69,6 +77,30 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         config["quantization"] = _quant_config(converted, quantized, config)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _write_tokenizer(meta, out)
+
+
+def qk_row_order(rows: int, heads: int, *, to_hf: bool) -> np.ndarray:
+    """Indices of Q or K rows (`heads` heads) in one layout, in the order of the other:
+    `rows_in_new_order = rows[indices]`.
+
+    llama.cpp's `permute()` (convert_hf_to_gguf.py) takes each head's rows from two halves (Hugging
+    Face's rotate-half RoPE) to interleaved pairs; `to_hf` undoes it.
+    """
+    if rows % (2 * heads):
+        raise GGUFError(f"{rows} Q/K rows do not split into {heads} heads of pairs")
+    half = rows // heads // 2
+    pairs = (heads, half, 2) if to_hf else (heads, 2, half)
+    return np.arange(rows).reshape(pairs).swapaxes(1, 2).reshape(-1)
+
+
+def _hf_rows(name: str, array, heads: int, kv_heads: int):
+    """A GGUF tensor with its Q/K rows in Hugging Face's order (other tensors as they are)."""
+    import mlx.core as mx
+
+    for module, count in (("attn_q", heads), ("attn_k", kv_heads)):
+        if name.split(".")[2:3] == [module]:
+            return array[mx.array(qk_row_order(array.shape[0], count, to_hf=True))]
+    return array
 
 
 def _mlx_name(name: str) -> str:
@@ -134,7 +166,7 @@ def _model_config(meta: dict, tied: bool) -> dict:
         "head_dim": int(_scalar(meta, "llama.rope.dimension_count", hidden // heads)),
         "rms_norm_eps": float(_scalar(meta, "llama.attention.layer_norm_rms_epsilon")),
         "rope_theta": float(_scalar(meta, "llama.rope.freq_base", 10000.0)),
-        "rope_traditional": True,
+        "rope_traditional": False,
         "max_position_embeddings": int(_scalar(meta, "llama.context_length", 2048)),
         "vocab_size": len(meta["tokenizer.ggml.tokens"]),
         "tie_word_embeddings": tied,

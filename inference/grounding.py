@@ -140,7 +140,8 @@ class _Knowledge:
     """The live facts as retrieval sees them, read once per change of the knowledge base.
 
     A seed fact's EN and PT versions are one document: each indexes the other, so a question
-    finds the fact by words of either version (names, "UEFA", a PT word in an EN question).
+    finds the fact by words of either version (names, "UEFA", a PT word in an EN question). The
+    seed questions it answers index it too: fans ask in words its statement does not use.
     """
 
     version: object
@@ -148,6 +149,9 @@ class _Knowledge:
     group_of: dict[int, int]  # row id -> document number (first row's order: earlier facts first)
     groups: list[list[int]]  # document number -> its row ids
     texts: list[str]  # document number -> its versions' text
+    by_fact: dict[int, int]  # seed fact number -> document number
+    # document number -> lang -> the seed questions it answers, each with its words
+    questions: list[dict[str, tuple[tuple[str, list[str]], ...]]]
     average_words: float
     lexicon: Lexicon
     others: frozenset[str]  # words naming another club or competition
@@ -169,10 +173,13 @@ class FactIndex:
     """
 
     _MATCH = "SELECT rowid FROM facts_fts WHERE facts_fts MATCH ?"
+    _QUESTION_MATCH = "SELECT DISTINCT fact FROM fact_questions WHERE fact_questions MATCH ?"
     _VERSION = (
         "SELECT count(*), max(updated_at), (SELECT count(*) FROM synonyms),"
-        " (SELECT count(*) FROM other_subjects) FROM facts WHERE removed_at IS NULL"
+        " (SELECT count(*) FROM other_subjects), (SELECT count(*) FROM fact_questions)"
+        " FROM facts WHERE removed_at IS NULL"
     )
+    _QUESTIONS = "SELECT fact, lang, question FROM fact_questions ORDER BY rowid"
     _LIVE = "SELECT id, lang, text, source, url, fact, origin FROM facts WHERE removed_at IS NULL ORDER BY id"
     _LEXICON = "SELECT lang, word, means FROM synonyms"
     _OTHERS = "SELECT word FROM other_subjects"
@@ -216,12 +223,15 @@ class FactIndex:
         query = " OR ".join(term.fts() for term in terms)
         try:
             matched = [row[0] for row in connection.execute(self._MATCH, (query,))]
+            asked_like = [row[0] for row in connection.execute(self._QUESTION_MATCH, (query,))]
         except sqlite3.Error as error:
             raise RetrievalError(f"knowledge base query {query[:200]!r} failed: {error}") from error
         documents = {known.group_of[key] for key in matched if key in known.group_of}
+        documents.update(known.by_fact[fact] for fact in asked_like if fact in known.by_fact)
+        asked = words(question)
         scored = score_candidates(
             terms,
-            {number: self._texts(known, number, query_lang) for number in documents},
+            {number: self._texts(known, number, query_lang, asked) for number in documents},
             len(known.texts),
             known.average_words,
         )
@@ -278,14 +288,23 @@ class FactIndex:
         return sorted(relevant, key=lambda item: (-year[item.key], -item.score, item.key))
 
     @staticmethod
-    def _texts(known: _Knowledge, number: int, lang: str) -> tuple[str, str]:
-        """Document `number` as (its version in `lang`, its other version); a fact with one
-        version is all `lang`'s, whatever language it is written in."""
+    def _texts(known: _Knowledge, number: int, lang: str, asked: list[str]) -> tuple[str, str, str, str]:
+        """Document `number` as (its version in `lang`, its other version, the seed questions it
+        answers in `lang`, in the other language); a fact with one version is all `lang`'s,
+        whatever language it is written in. A seed question never finds itself (`asked` is the
+        question's words): a training prompt for it is grounded as a fan's new wording would be."""
         ids = known.groups[number]
+        questions = {
+            code: "\n".join(text for text, its_words in texts if its_words != asked)
+            for code, texts in known.questions[number].items()
+        }
+        asked_here = questions.get(lang, "")
+        asked_there = "\n".join(text for code, text in questions.items() if code != lang)
         own = [known.rows[key][2] for key in ids if known.rows[key][1] == lang]
         if not own or len(own) == len(ids):
-            return known.texts[number], ""
-        return "\n".join(own), "\n".join(known.rows[key][2] for key in ids if known.rows[key][1] != lang)
+            return known.texts[number], "", asked_here, asked_there
+        other = "\n".join(known.rows[key][2] for key in ids if known.rows[key][1] != lang)
+        return "\n".join(own), other, asked_here, asked_there
 
     def _version_in(self, known: _Knowledge, number: int, lang: str | None, score: float) -> Fact:
         """Document `number` as a Fact in `lang` when it has that version, else its first one."""
@@ -315,13 +334,23 @@ class FactIndex:
             groups[number].append(row[0])
             group_of[row[0]] = number
         texts = ["\n".join(rows[key][2] for key in ids) for ids in groups]
+        asked: list[dict[str, list[str]]] = [{} for _ in groups]
+        for fact, lang, question in connection.execute(self._QUESTIONS):
+            if fact in by_fact:
+                asked[by_fact[fact]].setdefault(lang, []).append(question)
+        questions = [
+            {lang: tuple((text, words(text)) for text in found) for lang, found in per_lang.items()}
+            for per_lang in asked
+        ]
         average = sum(len(words(text)) for text in texts) / max(len(texts), 1)
         lexicon = lexicon_of(connection.execute(self._LEXICON))
         others = frozenset(row[0] for row in connection.execute(self._OTHERS))
         years = [fact_year(text) for text in texts]
         this_year = datetime.now(timezone.utc).year
         current = max((year for year in years if year <= this_year), default=this_year) - 1
-        known = _Knowledge(version, rows, group_of, groups, texts, average, lexicon, others, years, current)
+        known = _Knowledge(
+            version, rows, group_of, groups, texts, by_fact, questions, average, lexicon, others, years, current
+        )
         self._knowledge = known
         return known
 

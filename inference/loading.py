@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import blas_in_use, choose_device, use_device
-from .modelstore import ModelNotFound, resolve_model
+from .layout import ModelLayout, layout_of
+from .modelstore import ModelNotFound, model_name, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class ModelInfo:
     device: str  # "cpu" | "gpu"
     dtype: str  # "float32", "bfloat16", "float16" or "quantized"
     blas: str
+    layout: ModelLayout  # what an adapter must have been trained for
 
 
 def load_base(model_path: str, models_root: Path, device: str = "auto", cpu_dtype: str = "float32"):
@@ -39,7 +41,7 @@ def load_base(model_path: str, models_root: Path, device: str = "auto", cpu_dtyp
     chosen = choose_device(device)
     use_device(chosen)
     try:
-        model, tokenizer = load(reference)
+        model, tokenizer, config = load(reference, return_config=True)
     except FileNotFoundError as error:
         raise ModelNotFound(f"model {reference}: {error}") from error
     except Exception as error:
@@ -54,9 +56,8 @@ def load_base(model_path: str, models_root: Path, device: str = "auto", cpu_dtyp
         model.set_dtype(getattr(mx, dtype))
     mx.eval(model.parameters())
     blas = blas_in_use()
-    info = ModelInfo(
-        Path(reference).name if Path(reference).exists() else reference, reference, chosen, dtype, blas.name
-    )
+    model_id = model_name(reference)
+    info = ModelInfo(model_id, reference, chosen, dtype, blas.name, ModelLayout(model_id, layout_of(config), config))
     log.info(
         "model %s on %s, weights %s, BLAS %s (%s)", info.model_id, chosen, dtype, blas.name, blas.path or blas.reason
     )

@@ -9,6 +9,7 @@ from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from .adapters import Adapter, check_fits
+from .layout import ModelLayout
 
 
 def remove_adapter(model: nn.Module) -> None:
@@ -31,8 +32,10 @@ def mount_layers(model: nn.Module, layers: list[tuple[str, LoRALinear]]) -> None
         model.update_modules(tree_unflatten(layers))
 
 
-def apply_adapter(model: nn.Module, adapter: Adapter) -> None:
-    """Add LoRA layers as the adapter's config says, check every tensor fits, then load them."""
+def apply_adapter(model: nn.Module, adapter: Adapter, layout: ModelLayout) -> None:
+    """Add LoRA layers as the adapter's config says, check it was trained for the model's Q/K
+    layout and every tensor fits, then load them."""
+    layout.check(adapter)
     spec = adapter.spec
     if spec.num_layers > len(model.layers):
         raise ValueError(f"adapter {adapter.path} wants {spec.num_layers} layers, the model has {len(model.layers)}")

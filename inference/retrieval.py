@@ -282,35 +282,43 @@ class Scored:
 
 
 def score_candidates(
-    terms: list[Term], candidates: dict[int, str | tuple[str, str]], live_facts: int, average_words: float
+    terms: list[Term], candidates: dict[int, str | tuple[str, ...]], live_facts: int, average_words: float
 ) -> list[Scored]:
     """bm25 and coverage of each candidate (key -> text), best first.
 
-    A candidate may be (text in the question's language, text in the other one): the other
+    A candidate may be (text in the question's language, text in the other one), optionally
+    followed by (questions it answers in the question's language, in the other one): the other
     language's words match only as written or as the lexicon writes them (names, "UEFA"), since
-    stems and prefixes are the question language's ("capital" is not "capitão").
+    stems and prefixes are the question language's ("capital" is not "capitão"). A word in a
+    candidate's questions counts once more, however many of them hold it: the questions say how
+    fans ask for the fact, and a word repeated over three of them must not outweigh a fact that
+    states it ("colours" is the kit's word too: the fact giving the colours must stay first).
     `candidates` must be every live fact matching any term (df is counted over them);
     `live_facts` and `average_words` describe the whole knowledge base.
     """
-    pairs = {key: (text, "") if isinstance(text, str) else text for key, text in candidates.items()}
-    tokens = {key: _cached_words(own) for key, (own, _) in pairs.items()}
-    others = {key: _cached_words(other) for key, (_, other) in pairs.items()}
+    parts = {key: ((text,) if isinstance(text, str) else text) + ("", "", "") for key, text in candidates.items()}
+    tokens = {key: _cached_words(texts[0]) for key, texts in parts.items()}
+    others = {key: _cached_words(texts[1]) for key, texts in parts.items()}
+    asked = {key: _cached_words(texts[2]) for key, texts in parts.items()}
+    asked_others = {key: _cached_words(texts[3]) for key, texts in parts.items()}
     by_start: dict[str, set[str]] = {}  # a matching word starts with the term's first two letters
-    for found in tokens.values():
+    for found in (*tokens.values(), *asked.values()):
         for token in found:
             by_start.setdefault(token[:2], set()).add(token)
     matching = [
         [token for start in term.starts for token in by_start.get(start, ()) if term.matches(token)] for term in terms
     ]
     exact = [{term.word, *(word for word, _ in term.also)} for term in terms]
-    counts = {
-        key: [
-            sum(found[token] for token in words_of_term if token in found)
-            + sum(others[key][word] for word in written if word in others[key])
-            for words_of_term, written in zip(matching, exact)
-        ]
-        for key, found in tokens.items()
-    }
+
+    def count(key: int, words_of_term: list[str], written: set[str]) -> int:
+        """How often the candidate holds the term: in its statements, plus one if its questions do."""
+        stated = sum(tokens[key][token] for token in words_of_term if token in tokens[key]) + sum(
+            others[key][word] for word in written if word in others[key]
+        )
+        said = any(token in asked[key] for token in words_of_term) or any(word in asked_others[key] for word in written)
+        return stated + int(said)
+
+    counts = {key: [count(key, *term_words) for term_words in zip(matching, exact)] for key in parts}
     df = [sum(1 for per_term in counts.values() if per_term[i]) for i in range(len(terms))]
     idf = [math.log(1 + (live_facts - n + 0.5) / (n + 0.5)) for n in df]
     own = [not term.other for term in terms]

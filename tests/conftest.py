@@ -11,16 +11,23 @@ import importlib
 import inspect
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from pydantic_settings import BaseSettings
 
 import inference  # noqa: F401  (preloads the optimized BLAS before anything imports mlx)
 from inference.modelstore import ensure_default_model
 
-from .helpers import BOT_ADMIN, BOT_TOKEN, RunningBot, write_dataset
-from .models import make_tiny_model
+from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING, RunningBot, write_dataset
+from .models import hf_layout_twin, make_tiny_model
+
+# Property tests check behaviour, not speed (that is bench/'s): no per-example deadline, which a
+# machine busy with other work misses (hypothesis's default is 200 ms).
+hypothesis_settings.register_profile("farense", deadline=None)
+hypothesis_settings.load_profile("farense")
 
 # Converted models survive between runs: fetching and converting SmolLM2 takes ~15 s.
 MODELS_CACHE = Path(os.environ.get("FARENSE_TEST_MODELS", Path.home() / ".cache" / "farense-tests" / "models"))
@@ -73,6 +80,15 @@ def default_model_dir(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_model_dir: Path) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_model_dir)
+
+
+@pytest.fixture
+def tiny_pair(tiny_model_dir, tmp_path) -> tuple[Path, Path]:
+    """The tiny llama (llama.cpp's interleaved Q/K layout) under a converter-1 folder name, and its
+    Hugging Face-layout twin under the converter-2 name, side by side as in a models folder."""
+    old = tmp_path / "models" / "tiny"
+    shutil.copytree(tiny_model_dir, old)
+    return old, hf_layout_twin(old, tmp_path / "models" / "tiny-c2")
 
 
 @pytest.fixture(autouse=True)
@@ -160,21 +176,7 @@ def start_bot(tiny_model_dir, isolated_env, monkeypatch):
     server = BotApiServer(BOT_TOKEN).start()
     running = []
 
-    # A real training run, kept tiny: a few short batches, two validation batches.
-    tiny_training = (
-        "--iters",
-        "4",
-        "--batch-size",
-        "2",
-        "--val-batches",
-        "2",
-        "--lora-layers",
-        "2",
-        "--eval-every",
-        "4",
-    )
-
-    def start(*, train_args=tiny_training, max_tokens=24, **overrides):
+    def start(*, train_args=("--iters", "4", *BOT_TRAINING), max_tokens=24, **overrides):
         options = (
             dict(
                 telegram_bot_token=BOT_TOKEN,

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_EXECUTED
+from matplotlib.colors import to_rgb
+from PIL import Image
 
-from bot.retraining import BUSY, NIGHTLY_JOB_ID
+from bot.plot import FIGURE_DPI, FIGURE_INCHES, SERVING_COLOUR, gate_points
+from bot.retraining import NIGHTLY_JOB_ID
 from bot.scheduler import CATCH_UP_JOB_ID, RETRY_JOB_ID
+from bot.texts import text
 from common.files import file_lock
 from data.knowledge import list_facts
 from data.settings import DataSettings
@@ -19,17 +25,19 @@ from data.store import Store
 from training.lifecycle.registry import Registry
 
 from .botapi.media import PNG_SIGNATURE
-from .helpers import BOT_ADMIN, BOT_TOKEN
-from .models import make_adapter
+from .helpers import BOT_ADMIN, BOT_TOKEN, BOT_TRAINING
+from .models import gated_registry, make_adapter
 
 USER = 4242
+STEP = re.compile(r"step (\d+)/(\d+)")  # in /retrain's progress message
 QUESTION = "Quem é o maior ídolo do Farense?"
 
 
 def command(bot, user_id, text, **kwargs):
-    """Send a command in the user's private chat; returns the bot's calls it caused."""
+    """Send a command in the user's private chat (from an English client unless `language_code`
+    says otherwise); returns the bot's calls it caused."""
     since = len(bot.server.calls())
-    bot.server.push_message(user_id, user_id, text, **kwargs)
+    bot.server.push_message(user_id, user_id, text, **{"language_code": "en", **kwargs})
     bot.settle()
     return bot.server.calls()[since:]
 
@@ -70,10 +78,11 @@ def test_status_reports_model_adapter_memory_queue_and_plots_the_last_run(start_
         "Uptime:",
         "Queue: 0",
         "no training run yet",
+        "Accuracy plot: no adapter version has gate figures yet.",
     ):
         assert expected in report
     assert BOT_TOKEN not in report and BOT_TOKEN.split(":")[1] not in report
-    assert not [c for c in first if c.method == "sendPhoto"]
+    assert not [c for c in first if c.method == "sendPhoto"]  # no run, no gated version: nothing to plot
 
     write_run(isolated_env)
     second = command(bot, BOT_ADMIN, "/status")
@@ -82,6 +91,43 @@ def test_status_reports_model_adapter_memory_queue_and_plots_the_last_run(start_
     assert photo.ok and png.startswith(PNG_SIGNATURE) and len(png) > 5000
     assert "20250101-030000-abcd" in photo.params["caption"]
     (tmp_path / "status-loss.png").write_bytes(png)  # kept to look at
+
+
+def near(pixels, colour, tolerance=12):
+    """How many pixels are within `tolerance` of `colour` in every channel."""
+    return sum(all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True)) for pixel in pixels)
+
+
+def test_status_sends_the_gate_answers_per_version_beside_the_loss_curve(
+    start_bot, isolated_env, tiny_model_dir, tmp_path
+):
+    registry = gated_registry(isolated_env, tiny_model_dir, tmp_path)
+    write_run(isolated_env)
+    bot = start_bot()
+
+    calls = command(bot, BOT_ADMIN, "/status")
+
+    loss, accuracy = (c for c in calls if c.method == "sendPhoto")
+    assert loss.ok and accuracy.ok and "Loss of training run" in loss.params["caption"]
+    assert accuracy.params["caption"] == text("accuracy_caption", "en") and "Accuracy plot" not in texts(calls)[0]
+    png = accuracy.files["photo"].data
+    (tmp_path / "accuracy_per_version.png").write_bytes(png)  # kept to look at
+    with Image.open(io.BytesIO(png)) as image:
+        image.verify()  # a whole, valid PNG
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == tuple(round(side * FIGURE_DPI) for side in FIGURE_INCHES)
+        pixels = list(image.convert("RGB").get_flattened_data())
+    points = gate_points(registry.versions())
+    assert [(p.label, p.trigger, p.outcome, p.serving) for p in points] == [
+        ("base", "", "base", False),
+        ("v0001", "first", "promoted", False),
+        ("v0002", "nightly", "rejected", False),
+        ("v0003", "admin", "promoted", True),
+    ]
+    assert points[2].right == {"en": 0.5, "pt": 0.4} and points[2].wrong == {"en": 0.4, "pt": 0.5}
+    shaded = tuple(round(0.3 * c * 255 + 0.7 * 255) for c in to_rgb(SERVING_COLOUR))
+    assert near(pixels, shaded, 3) > 2000  # the production version's column
+    assert near(pixels, tuple(round(c * 255) for c in to_rgb("tab:red")), 40) > 20  # the rejected one's label
 
 
 def test_admin_commands_refuse_non_admins_politely_and_are_audited(start_bot, caplog):
@@ -95,12 +141,15 @@ def test_admin_commands_refuse_non_admins_politely_and_are_audited(start_bot, ca
 
 
 def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(start_bot):
-    bot = start_bot()
+    bot = start_bot(retrain_progress_interval=0.0, train_args=("--iters", "12", *BOT_TRAINING))
     calls = command(bot, BOT_ADMIN, "/retrain")
     started = next(c for c in calls if c.method == "sendMessage")
     assert started.params["text"] == "Retraining…"
     edits = [c for c in calls if c.method == "editMessageText"]
     assert {c.params["message_id"] for c in edits} == {started.response["result"]["message_id"]}
+    progress = [tuple(map(int, found.groups())) for c in edits[:-1] if (found := STEP.search(c.params["text"]))]
+    steps = [step for step, total in progress if total == 12]
+    assert len(steps) == len(progress) and len(set(steps)) >= 2 and steps == sorted(steps), progress
     final = edits[-1].params["text"]
     outcome = final.removeprefix("Retraining: ").split("\n")[0]
     assert outcome in ("promoted", "rejected"), final  # the tiny model trains; the gate decides
@@ -116,6 +165,108 @@ def test_retrain_by_admin_runs_the_pipeline_and_reports_in_its_progress_message(
     assert photo.files["photo"].data.startswith(PNG_SIGNATURE)
 
 
+SECOND_ADMIN = 5002
+TRAINING_REFUSED = ("--iters", "0")  # the trainer's settings refuse it: the pipeline fails fast, for real
+
+
+def test_status_and_retrain_answer_each_admin_in_their_telegram_language(start_bot):
+    bot = start_bot(admin_user_ids=(BOT_ADMIN, SECOND_ADMIN), train_args=TRAINING_REFUSED)
+    portuguese = texts(command(bot, BOT_ADMIN, "/status", language_code="pt-PT"))[0]
+    english = texts(command(bot, SECOND_ADMIN, "/status", language_code="en"))[0]
+    assert portuguese.splitlines()[:4] == [
+        "Modelo: tiny-llama",
+        "Adaptador a servir: nenhum (modelo base)",
+        "Adaptador em produção: nenhum (modelo base)",
+        "Último treino: nenhum ainda",
+    ]
+    for expected in ("Memória: processo", "Ligado há:", "Fila: 0 à espera do modelo", "ainda não houve nenhum treino"):
+        assert expected in portuguese
+    assert english.splitlines()[:4] == [
+        "Model: tiny-llama",
+        "Adapter served: none (base model)",
+        "Adapter in production: none (base model)",
+        "Last training: none yet",
+    ]
+    assert "Queue: 0 waiting for the model" in english and "Memória" not in english
+
+    def retrain(admin, language_code):
+        calls = command(bot, admin, "/retrain", language_code=language_code)
+        started = next(c for c in calls if c.method == "sendMessage").params["text"]
+        return started, [c.params["text"] for c in calls if c.method == "editMessageText"][-1]
+
+    started, final = retrain(BOT_ADMIN, "pt-PT")
+    assert started == "A treinar de novo…"
+    lines = final.splitlines()
+    assert lines[0] == "Novo treino: falhou" and lines[1].startswith("O treino falhou: ") and "TRAIN_ITERS" in lines[1]
+    assert lines[-1] == "A produção não mudou: modelo base."
+    started, final = retrain(SECOND_ADMIN, "en")
+    assert started == "Retraining…"
+    lines = final.splitlines()
+    assert lines[0] == "Retraining: failed" and lines[1].startswith("Training failed: ") and "TRAIN_ITERS" in lines[1]
+    assert lines[-1] == "Production unchanged: base model."
+    # The last run's report, kept on disk, is shown in the language of whoever asks.
+    assert (
+        "Último treino: falhou (admin, terminado em "
+        in texts(command(bot, BOT_ADMIN, "/status", language_code="pt"))[0]
+    )
+    assert " — O treino falhou: " in texts(command(bot, BOT_ADMIN, "/status", language_code="pt"))[0]
+    assert " — Training failed: " in texts(command(bot, SECOND_ADMIN, "/status"))[0]
+
+    bot.services.retrainer._lock.acquire()
+    try:
+        assert texts(command(bot, BOT_ADMIN, "/retrain", language_code="pt-PT")) == [
+            "Já está a decorrer um treino — tente de novo quando terminar."
+        ]
+    finally:
+        bot.services.retrainer._lock.release()
+
+
+def test_messages_the_bot_sends_admins_unasked_are_in_each_admins_language(start_bot):
+    bot = start_bot(admin_user_ids=(BOT_ADMIN, SECOND_ADMIN, 7777), retrain_quiet_hours="")  # 7777: never wrote
+    command(bot, BOT_ADMIN, "/status", language_code="pt-PT")  # an admin command records the language
+    command(bot, SECOND_ADMIN, "/status", language_code="en")
+    services = bot.services
+    night = datetime.now(services.settings.zone)
+    services.clock = lambda: night
+
+    def pushed(since):
+        sent = [c for c in bot.server.calls()[since:] if c.method == "sendMessage"]
+        return {c.params["chat_id"]: c.params["text"] for c in sent if c.ok}, [c.params["chat_id"] for c in sent]
+
+    since, ran = len(bot.server.calls()), threading.Semaphore(0)
+    services.scheduler.add_listener(lambda event: ran.release(), EVENT_JOB_EXECUTED)
+    services.retrainer._lock.acquire()  # another run is going on: the night reports "busy" and retries
+    try:
+        services.scheduler.modify_job(NIGHTLY_JOB_ID, next_run_time=datetime.now(services.settings.zone))
+        assert ran.acquire(timeout=120)
+    finally:
+        services.retrainer._lock.release()
+    told, tried = pushed(since)
+    assert sorted(tried) == [BOT_ADMIN, SECOND_ADMIN, 7777] and set(told) == {BOT_ADMIN, SECOND_ADMIN}
+    portuguese, english = told[BOT_ADMIN].splitlines(), told[SECOND_ADMIN].splitlines()
+    assert portuguese[:2] == [
+        f"Treino noturno ({night.date()}): ocupado",
+        "Já está a decorrer um treino — tente de novo quando terminar.",
+    ]
+    assert portuguese[2].startswith("Cópia de segurança: farense-backup-") and portuguese[3].startswith(
+        "Limpeza — apagado: "
+    )
+    assert english[:2] == [
+        f"Nightly retraining ({night.date()}): busy",
+        "A training run is already in progress — try again when it has finished.",
+    ]
+    assert english[2].startswith("Backup: farense-backup-") and english[3].startswith("Retention: deleted ")
+
+    since = len(bot.server.calls())
+    services.engine.on_refused("v0009: adapters.safetensors changed since it was registered")
+    deadline = time.monotonic() + 30
+    while len(pushed(since)[1]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    told, _ = pushed(since)
+    assert told[BOT_ADMIN].startswith("⚠️ Adaptador recusado: v0009: adapters.safetensors changed")
+    assert told[SECOND_ADMIN].startswith("⚠️ Adapter refused: v0009: adapters.safetensors changed")
+
+
 def test_retrain_refuses_while_a_run_is_in_progress(start_bot):
     bot = start_bot()
     bot.services.retrainer._lock.acquire()  # as if a run (nightly or another admin's) were going on
@@ -123,7 +274,7 @@ def test_retrain_refuses_while_a_run_is_in_progress(start_bot):
         calls = command(bot, BOT_ADMIN, "/retrain")
     finally:
         bot.services.retrainer._lock.release()
-    assert texts(calls) == [BUSY]
+    assert texts(calls) == [text("busy", "en")]
 
 
 def test_retrain_full_asks_for_training_from_scratch_and_other_words_are_explained(start_bot, monkeypatch):
@@ -162,6 +313,7 @@ def test_correct_by_admin_is_stored_as_training_data(start_bot):
         "/correct Hassan Nader, o goleador marroquino.",
         chat_type="group",
         reply_to_message=answer_message,
+        language_code="en",
     )
     bot.settle()
     replies = texts(bot.server.calls()[since:])
@@ -307,7 +459,12 @@ def correct_in_group(bot, group, user, question, fix):
     bot.ask(group, user, f"@farense_test_bot {question}", chat_type="group")
     since = len(bot.server.calls())
     bot.server.push_message(
-        group, BOT_ADMIN, f"/correct {fix}", chat_type="group", reply_to_message=bot.server.sent_messages(group)[-1]
+        group,
+        BOT_ADMIN,
+        f"/correct {fix}",
+        chat_type="group",
+        reply_to_message=bot.server.sent_messages(group)[-1],
+        language_code="en",
     )
     bot.settle()
     return texts(bot.server.calls()[since:])[0]
@@ -367,6 +524,7 @@ def test_correct_amends_a_fact_as_a_new_revision_and_an_admin_restores_the_old_o
         "/correct O Farense foi fundado a 1 de abril de 1910, em Faro.",
         chat_type="group",
         reply_to_message=bot.server.sent_messages(group)[-1],
+        language_code="en",
     )
     bot.settle()
     reply = texts(bot.server.calls()[since:])[0]

@@ -24,7 +24,10 @@ def serve_adapter(home, tiny_model_dir, version="v1"):
     pointer.write_text(json.dumps({"version": version, "path": str(folder)}))
 
 
-def test_private_question_streams_drafts_then_answers_and_logs(start_bot, isolated_env, tiny_model_dir):
+def test_private_question_streams_drafts_then_answers_and_logs(start_bot, isolated_env, tiny_model_dir, monkeypatch):
+    # Ungrounded, so the tiny random model's words are sent as streamed (grounded, the guard may
+    # replace them with a fact; tests/test_faithfulness.py covers that).
+    monkeypatch.setenv("GROUNDING", "false")
     serve_adapter(isolated_env, tiny_model_dir)
     bot = start_bot()
     server = bot.server

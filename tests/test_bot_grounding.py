@@ -122,9 +122,9 @@ def test_a_correction_adds_a_fact_the_next_question_retrieves(start_bot):
     assert declined.params["text"] == DECLINE["pt"]
     answer_message = bot.server.sent_messages(BOT_ADMIN)[-1]
     fix = "Hassan Nader é o maior ídolo do Farense."
-    replies = command(bot, BOT_ADMIN, f"/correct {fix}", reply_to_message=answer_message)
-    assert replies[0].startswith("Correction saved — it will be used in the next training run.\nFact #")
-    assert "added in the knowledge base — the next answer to that question uses it." in replies[0]
+    replies = command(bot, BOT_ADMIN, f"/correct {fix}", reply_to_message=answer_message)  # a Portuguese admin
+    assert replies[0].startswith("Correção guardada — será usada no próximo treino.\nFacto #")
+    assert "acrescentado à base de conhecimento — a próxima resposta a essa pergunta usa-o." in replies[0]
     fact = list_facts(bot.store, "maior ídolo")[0]
     assert (fact.text, fact.lang, fact.origin, fact.author_id, fact.source) == (
         fix,
@@ -177,8 +177,8 @@ def test_a_correction_sharing_no_word_with_the_question_is_still_found_by_it(sta
         bot, BOT_ADMIN, "/correct Chama-se «Avante, Leões».", reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1]
     )
     assert (
-        "added in the knowledge base, led by telling words of the question (revision 2) — the next answer to"
-        " that question uses it."
+        "acrescentado à base de conhecimento, antecedido das palavras-chave da pergunta (revisão 2) — a próxima"
+        " resposta a essa pergunta usa-o."
     ) in replies[0]
     fact = list_facts(bot.store, "Avante")[0]
     assert fact.text == "hino Farense — Chama-se «Avante, Leões»."  # led by the question's telling words: found
@@ -187,24 +187,28 @@ def test_a_correction_sharing_no_word_with_the_question_is_still_found_by_it(sta
 
 def test_admin_lists_searches_and_removes_facts_and_others_are_refused(start_bot):
     bot = start_bot()
-    newest = command(bot, BOT_ADMIN, "/facts")[0]
+    newest = command(bot, BOT_ADMIN, "/facts", language_code="en")[0]
     assert newest.startswith("Newest of ") and newest.count("\n#") == 15
-    found = command(bot, BOT_ADMIN, "/facts Hassan Nader")[0]
+    found = command(bot, BOT_ADMIN, "/facts Hassan Nader", language_code="en")[0]
     assert found.startswith("Facts with Hassan Nader") and "[pt, seed]" in found and "[en, seed]" in found
     lines = [line for line in found.splitlines()[1:] if "avançado marroquino" in line]
     fact_id = int(lines[0].split()[0].lstrip("#"))
-    assert command(bot, BOT_ADMIN, "/facts golfinho voador") == ["No fact holds all of: golfinho voador"]
+    assert command(bot, BOT_ADMIN, "/facts golfinho voador", language_code="en") == [
+        "No fact holds all of: golfinho voador"
+    ]
 
     for text in ("/facts", "/facts Hassan", f"/fact_remove {fact_id}"):
         assert command(bot, USER, text, language_code="en") == [NOT_ADMIN]
     assert get_fact(bot.store, fact_id).removed_at is None
 
-    assert command(bot, BOT_ADMIN, "/fact_remove") == ["Usage: /fact_remove <id> — the number /facts shows after #."]
-    removed = command(bot, BOT_ADMIN, f"/fact_remove #{fact_id}")[0]
+    assert command(bot, BOT_ADMIN, "/fact_remove", language_code="en") == [
+        "Usage: /fact_remove <id> — the number /facts shows after #."
+    ]
+    removed = command(bot, BOT_ADMIN, f"/fact_remove #{fact_id}", language_code="en")[0]
     assert removed.startswith(f"Removed fact #{fact_id}: Hassan Nader é um antigo avançado marroquino")
     assert get_fact(bot.store, fact_id).removed_at is not None
     assert fact_id not in [f.id for f in bot.services.conversations.ground("Quem foi Hassan Nader?").facts]
-    assert command(bot, BOT_ADMIN, f"/fact_remove {fact_id}") == [
+    assert command(bot, BOT_ADMIN, f"/fact_remove {fact_id}", language_code="en") == [
         f"There is no fact #{fact_id} to remove (see /facts)."
     ]
     with bot.store._connection() as db:
@@ -230,17 +234,18 @@ def test_fans_thumbs_down_shows_in_status(start_bot):
     record_prompts(bot, LYON)
     first = bot.ask(USER, USER, UEFA, language_code="en")
     second = bot.ask(OTHER, OTHER, IDOL)
-    assert "Thumbs down (7 days): 0\n" in command(bot, BOT_ADMIN, "/status")[0]
+    assert "Thumbs down (7 days): 0\n" in command(bot, BOT_ADMIN, "/status", language_code="en")[0]
     for chat, final in ((USER, first), (OTHER, second)):
         down = final.params["reply_markup"]["inline_keyboard"][0][1]["callback_data"]
         bot.server.push_callback_query(chat, chat, final.response["result"]["message_id"], down)
         bot.settle()
-    status = command(bot, BOT_ADMIN, "/status")[0]
+    status = command(bot, BOT_ADMIN, "/status", language_code="en")[0]
     assert f'Thumbs down (7 days): 2 — latest: "{IDOL}" → "{DECLINE["pt"]}"' in status
     assert "Knowledge base: " in status and "grounding on" in status
     week_later = datetime.now(timezone.utc) + timedelta(days=7, minutes=1)
     bot.services.clock = lambda: week_later
-    assert "Thumbs down (7 days): 0\n" in command(bot, BOT_ADMIN, "/status")[0]  # older votes drop out
+    # older votes drop out
+    assert "Thumbs down (7 days): 0\n" in command(bot, BOT_ADMIN, "/status", language_code="en")[0]
 
 
 def test_grounding_off_answers_from_the_model_alone(start_bot, monkeypatch):
@@ -253,7 +258,7 @@ def test_grounding_off_answers_from_the_model_alone(start_bot, monkeypatch):
     assert prompts[0] == [{"role": "user", "content": UEFA}]  # no facts: the default system prompt
     bot.ask(USER, USER, "Who is the current manager of Manchester United?", language_code="en")
     assert len(prompts) == 2  # not declined either: the model answers everything
-    assert "grounding off" in command(bot, BOT_ADMIN, "/status")[0]
+    assert "grounding off" in command(bot, BOT_ADMIN, "/status", language_code="en")[0]
 
 
 def test_answer_from_fact_sends_the_fact_the_models_answer_drew_on(start_bot, monkeypatch):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import string
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot import texts
 from bot.conversation import RateLimiter
 from bot.plot import latest_run, loss_plot, read_losses
 from bot.retraining import ProgressText
@@ -16,6 +18,7 @@ from bot.splitting import split_text, utf16_len
 from bot.texts import language
 from common.home import Home
 from common.settings import SettingsError
+from training.lifecycle.messages import NOTES
 
 words = st.text(st.sampled_from("abcdefghij ⚽🦁é\n.!?,"), min_size=1, max_size=60)
 
@@ -95,16 +98,22 @@ def test_rate_limiter_window_is_per_user_and_tells_once():
 
 
 def test_progress_text_follows_stages_steps_and_evaluations():
-    progress = ProgressText("Retraining…")
-    progress.update({"event": "stage", "stage": "dataset"})
-    assert progress.render() == "Retraining…\nStage: dataset"
+    english, portuguese = ProgressText("en"), ProgressText("pt")
+    for progress in (english, portuguese):
+        progress.update({"event": "stage", "stage": "dataset"})
+    assert english.render() == "Retraining…\nStage: dataset"
+    assert portuguese.render() == "A treinar de novo…\nEtapa: conjunto de treino"
     for event in (
         {"event": "stage", "stage": "train"},
         {"event": "eval", "step": 0, "val_loss": 3.21},
         {"event": "step", "step": 3, "total": 600, "loss": 2.5, "eta_s": 3725.0},
     ):
-        progress.update(event)
-    assert progress.render() == "Retraining…\nStage: train\nstep 3/600 · loss 2.500 · val 3.210 · ETA 1h02m"
+        english.update(event)
+        portuguese.update(event)
+    assert english.render() == "Retraining…\nStage: train\nstep 3/600 · loss 2.500 · val 3.210 · ETA 1h02m"
+    assert portuguese.render() == (
+        "A treinar de novo…\nEtapa: treino\npasso 3/600 · perda 2.500 · validação 3.210 · faltam 1h02m"
+    )
 
 
 def test_language_is_portuguese_for_any_pt_code():
@@ -116,6 +125,34 @@ def test_language_is_portuguese_for_any_pt_code():
         "en",
         "en",
     ]
+
+
+def placeholders(message: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(message) if field is not None}
+
+
+# Entries that are only placeholders and punctuation: the same in both languages by design.
+LANGUAGE_NEUTRAL = {"learned"}
+
+
+@pytest.mark.parametrize(
+    "table", [texts.TEXTS, texts.ADMIN_TEXTS, NOTES], ids=["fan texts", "admin texts", "pipeline notes"]
+)
+def test_every_text_is_in_english_and_portuguese_with_the_same_placeholders(table):
+    for key, versions in table.items():
+        assert set(versions) == {"en", "pt"}, key
+        assert placeholders(versions["en"]) == placeholders(versions["pt"]), key
+        assert (versions["en"] == versions["pt"]) == (key in LANGUAGE_NEUTRAL), key
+    assert not set(texts.TEXTS) & set(texts.ADMIN_TEXTS)  # text() looks a key up in both
+
+
+def test_every_name_table_names_the_same_things_in_both_languages():
+    for table in (texts.OUTCOMES, texts.STAGES, texts.RETAINED_KINDS, texts.DELETED_KINDS, texts.HELP):
+        assert set(table) == {"en", "pt"}
+    for table in (texts.OUTCOMES, texts.STAGES, texts.RETAINED_KINDS, texts.DELETED_KINDS):
+        assert set(table["en"]) == set(table["pt"])
+    for commands in (texts.PUBLIC_COMMANDS, texts.ADMIN_COMMANDS):
+        assert [name for name, _ in commands["en"]] == [name for name, _ in commands["pt"]]
 
 
 def test_loss_plot_reads_both_metric_formats_and_skips_bad_lines(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import SettingsError
-from inference.gguf import GGUFError, convert_gguf
+from inference.gguf import CONVERTER_VERSION, GGUFError, convert_gguf
 from inference.modelstore import DEFAULT_MODEL_NAME, ModelNotFound, ensure_converted, resolve_model
 from inference.settings import InferenceSettings
 
@@ -72,6 +72,39 @@ def test_cli_errors_are_json(tiny_model_dir, args, env, message):
     assert message in out["error"] and "Traceback" not in out["error"]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: prompt"),
+        (["Quando foi fundado o Farense?", "--max-tokens", "abc"], "argument --max-tokens: invalid int value: 'abc'"),
+        (["Quando foi fundado o Farense?", "--temperature", "hot"], "argument --temperature: invalid float value"),
+        (
+            ["Quando foi fundado o Farense?", "--adapter", "a1", "--no-adapter"],
+            "argument --no-adapter: not allowed with argument --adapter",
+        ),
+        (["Quando foi fundado o Farense?", "--colour"], "unrecognized arguments: --colour"),
+    ],
+)
+def test_cli_usage_errors_are_json_with_argparses_exit_status(args, message):
+    code, out, err = run_cli(*args)
+    assert code == 2 and set(out) == {"prompt", "status", "error"}
+    assert out["status"] == "error" and out["prompt"] is None
+    assert message in out["error"] and "usage: python -m inference" in out["error"]
+    assert f"python -m inference: error: {message}" in err  # argparse's own text, for a person
+
+
+def test_cli_help_stays_plain_text():
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m inference")
+    assert "--max-tokens" in result.stdout and '"status"' not in result.stdout
+
+
 def test_cli_real_default_model(default_model_dir):
     code, out, _ = run_cli("Quem foi Hassan Nader?", "--max-tokens", "24", "--no-adapter")
     assert code == 0 and out["model"] == DEFAULT_MODEL_NAME and out["response"].strip()
@@ -79,7 +112,7 @@ def test_cli_real_default_model(default_model_dir):
 
 def test_default_model_conversion(default_model_dir):
     config = json.loads((default_model_dir / "config.json").read_text())
-    assert config["rope_traditional"] is True and config["tie_word_embeddings"] is True
+    assert config["rope_traditional"] is False and config["tie_word_embeddings"] is True
     assert config["quantization"] == {"group_size": 32, "bits": 4, "model.embed_tokens": {"group_size": 32, "bits": 8}}
     tokenizer_config = json.loads((default_model_dir / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in tokenizer_config["chat_template"] and tokenizer_config["eos_token"] == "<|im_end|>"
@@ -99,8 +132,9 @@ def test_conversion_is_idempotent_and_never_half_written(default_model_dir, tmp_
     assert ensure_converted(gguf, target) == target
     assert (target / "model.safetensors").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted.") and p.name != ".converted.leftover"]
+    stat = gguf.stat()  # the converter's version in the name: a new converter converts again beside it
     assert resolve_model(str(gguf), tmp_path / "models").endswith(
-        gguf.stem + "-" + format(gguf.stat().st_size, "x") + "-" + format(int(gguf.stat().st_mtime), "x")
+        f"{gguf.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}-c{CONVERTER_VERSION}"
     )
 
 

@@ -20,6 +20,7 @@ from data.knowledge import (
     list_facts,
     load_seed_facts,
     remove_fact,
+    seed_fact_questions,
     seed_knowledge,
     seed_synonyms,
 )
@@ -58,6 +59,22 @@ def test_seeding_is_idempotent_across_reopening(tmp_path, store):
     with Store(tmp_path / "farense.db") as again:
         assert knowledge_stats(again)["live"] == 230
         assert knowledge_hash(again) == before
+
+
+def test_the_fact_questions_are_the_seed_qas_and_change_the_hash(tmp_path, store):
+    """They decide what is retrieved, so the training prompts built from them: a dataset grounded
+    with other questions must hash otherwise."""
+    questions = set(store.read("SELECT fact, lang, question FROM fact_questions"))
+    assert (9, "en", "Which ship brought football to Faro?") not in questions and len(questions) >= 600
+    before = knowledge_hash(store)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    line = {"id": "f009-en-1", "fact": 9, "lang": "en", "question": "Which ship brought football to Faro?"}
+    (seed / "qa-009.jsonl").write_text(json.dumps(line | {"answer": "The fact's words."}) + "\n", encoding="utf-8")
+    assert seed_fact_questions(store, seed) is True
+    assert set(store.read("SELECT fact, lang, question FROM fact_questions")) == {(9, "en", line["question"])}
+    assert knowledge_hash(store) != before
+    assert seed_fact_questions(store) is True and knowledge_hash(store) == before
 
 
 def test_add_amend_remove_are_searchable_at_once_and_change_the_hash(store):

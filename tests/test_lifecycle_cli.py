@@ -54,24 +54,49 @@ def test_promote_list_and_rollback(registry, capsys):
     assert read_production(registry.home)[0] == "v0001"
 
 
-def test_adapters_lists_each_versions_gate_figures_per_language(registry, capsys):
-    registry.record_gate(
-        "v0001",
-        {
-            "accepted": True,
-            "candidate": {
-                "val_loss": 0.91,
-                "accuracy": 0.625,
-                "accuracy_by_lang": {"en": 0.75, "pt": 0.5},
-                "wrong_rate": 0.125,
-            },
+def gate_report(accepted: bool, right: float, right_en: float, right_pt: float, wrong: float) -> dict:
+    """The figures of a gate report that the adapters table shows."""
+    return {
+        "accepted": accepted,
+        "candidate": {
+            "val_loss": 0.91,
+            "accuracy": right,
+            "accuracy_by_lang": {"en": right_en, "pt": right_pt},
+            "wrong_rate": wrong,
         },
-        True,
+    }
+
+
+def test_adapters_lists_each_versions_figures_trigger_and_hashes_rejected_candidates_too(
+    registry, capsys, tiny_model_dir, tmp_path
+):
+    registry.record_gate("v0001", gate_report(True, 0.625, 0.75, 0.5, 0.125), True)
+    registry.promote("v0001", by="test", reason="passed")
+    registry.add_candidate(
+        make_adapter(tiny_model_dir, tmp_path / "a3", seed=3),
+        manifest={"content_hash": "d" * 64, "knowledge_hash": "f" * 64, "splits": {"train": {"count": 12}}},
+        metrics={"best_val_loss": 0.98},
+        trigger="nightly",
+        requested_by="scheduler",
     )
+    registry.record_gate("v0003", gate_report(False, 0.5, 0.625, 0.375, 0.375), False)
+
     code, out, _ = run(capsys, "adapters")
-    header, first = out.splitlines()[:2]
-    assert header.split()[-4:] == ["EN", "PT", "wrong", "gate"]
-    assert first.split()[-6:] == ["0.9100", "62.5%", "75.0%", "50.0%", "12.5%", "accepted"]
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split()[3:6] == ["trigger", "dataset", "knowledge"]
+    assert header.split()[-6:] == ["right", "EN", "PT", "declined", "wrong", "gate"]
+    production, untested, rejected = (row.split() for row in rows)
+    assert production[:3] == ["*", "v0001", "production"]
+    assert production[-6:] == ["62.5%", "75.0%", "50.0%", "25.0%", "12.5%", "accepted"]
+    assert untested[:2] == ["v0002", "candidate"] and untested[-1] == "-"  # never gated: no figures
+    assert rejected[:2] == ["v0003", "rejected"]
+    assert rejected[3:7] == ["nightly", "d" * 12, "f" * 12, "12"]
+    assert rejected[-8:] == ["0.9800", "0.9100", "50.0%", "62.5%", "37.5%", "12.5%", "37.5%", "rejected"]
+
+    code, out, _ = run(capsys, "adapters", "--json")
+    listed = {row["version"]: row for row in json.loads(out)["versions"]}
+    assert listed["v0003"]["status"] == "rejected" and listed["v0003"]["trigger"] == "nightly"
+    assert listed["v0003"]["knowledge_hash"] == "f" * 64 and listed["v0003"]["gate_declined_rate"] == 0.125
 
 
 @pytest.mark.parametrize(

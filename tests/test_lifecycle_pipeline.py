@@ -13,6 +13,8 @@ import sys
 import pytest
 
 from common.home import Home
+from data.knowledge import knowledge_hash
+from data.store import Store
 from inference.adapters import read_production
 from training import runs
 from training.lifecycle.pipeline import pipeline_state, run_pipeline
@@ -56,6 +58,9 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
     registered = Registry(home).get("v0001")
     assert registered.run_dir == first.run_dir and registered.metrics["best_val_loss"] < 11
     assert registered.dataset["counts"]["train"] > 0 and registered.gate["accepted"]
+    with Store(Home(home).database) as store:  # the knowledge base its dataset was grounded on
+        assert registered.dataset["knowledge_hash"] == knowledge_hash(store)
+    assert (registered.trigger, registered.record["requested_by"]) == ("nightly", "scheduler")
 
     unchanged = run_pipeline(trigger="nightly", requested_by="scheduler", skip_if_unchanged=True, train_args=TRAIN_ARGS)
     assert unchanged.outcome == "skipped" and "nothing new to learn" in unchanged.message
@@ -74,6 +79,7 @@ def test_promotes_first_candidate_rejects_bad_data_and_rolls_back(home, monkeypa
     assert promoted == ["v0001"] and read_production(home)[0] == "v0001"
     registry = Registry(home)
     assert registry.get("v0002").status == REJECTED and registry.get("v0002").gate == second.report
+    assert (registry.get("v0002").trigger, registry.get("v0002").record["requested_by"]) == ("retrain", "admin 42")
     state = pipeline_state(home)
     assert state["running"] is False
     assert state["last"]["outcome"] == "rejected" and state["last"]["version"] == "v0002"

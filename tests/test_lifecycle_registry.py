@@ -13,7 +13,7 @@ from inference.adapters import AdapterError, read_production
 from training import runs
 from training.lifecycle.registry import CANDIDATE, PRODUCTION, RETIRED, Registry, RegistryError
 
-from .models import make_adapter, make_tiny_model
+from .models import legacy_adapter, make_adapter, make_tiny_model
 
 MANIFEST = {
     "content_hash": "abc123",
@@ -178,3 +178,52 @@ def test_rollback_skips_a_damaged_previous_version(registry, adapter):
     (registry.root / v1 / "adapter_config.json").write_text("{}")
     assert registry.rollback(by="a", reason="undo") is None  # to the base model, not to a broken v0001
     assert "skipped v0001" in registry.history()[-1]["reason"]
+
+
+def test_a_layout_migration_killed_midway_is_finished_or_undone(isolated_env, tiny_pair, tmp_path, monkeypatch):
+    old, twin = tiny_pair
+    trained = Registry(isolated_env, base_model=old)  # registered before the model changed layout
+    for seed in (1, 2):
+        trained.add_candidate(legacy_adapter(old, tmp_path / f"adapter-{seed}", seed=seed))
+    trained.promote("v0001", by="test", reason="test")
+    registry = Registry(isolated_env, base_model=twin)
+    assert [entry.version for entry in registry.layout_migrations()] == ["v0001", "v0002"]
+    with pytest.raises(AdapterError, match="interleaved Q/K layout"):
+        registry.verify("v0001")  # never served in the wrong layout
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    # killed after version.json recorded the new files, before they replaced the old ones
+    monkeypatch.setattr(Registry, "_finish_migrations", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry.migrate_layouts()
+    monkeypatch.undo()
+    with pytest.raises(AdapterError, match="changed since it was registered"):
+        registry.verify("v0001")
+    fixed = Registry(isolated_env, base_model=twin).repair()
+    assert any("v0001/adapters.safetensors: the migrated file" in line for line in fixed), fixed
+    registry.verify("v0001")
+    assert [entry.version for entry in registry.layout_migrations()] == ["v0002"]
+
+    # killed before version.json recorded them
+    monkeypatch.setattr(Registry, "_update", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry.migrate_layouts()
+    monkeypatch.undo()
+    fixed = Registry(isolated_env, base_model=twin).repair()
+    assert any(line.startswith("v0002/.adapters.safetensors.migrated: removed") for line in fixed), fixed
+    trained.verify("v0002")  # still the adapter as trained
+    assert registry.migrate_layouts() == ["v0002: migrated from interleaved to hf Q/K layout for tiny-c2"]
+    assert registry.layout_migrations() == [] and registry.migrate_layouts() == []
+    registry.verify("v0002")
+    record = registry.get("v0002").record
+    assert [(m["from"], m["to"], m["base_model"]) for m in record["layout_migrations"]] == [
+        ("interleaved", "hf", "tiny-c2")
+    ]
+    assert record["layout_migrations"][0]["files_before"] != record["files"]
+    assert sorted(p.name for p in registry.get("v0002").path.iterdir()) == [
+        "adapter_config.json",
+        "adapters.safetensors",
+        "version.json",
+    ]

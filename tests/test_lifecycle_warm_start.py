@@ -17,6 +17,7 @@ from data.knowledge import PACKAGE_KNOWLEDGE_DIR, add_fact, seed_knowledge
 from data.settings import DataSettings
 from data.store import Store
 from inference.settings import InferenceSettings
+from training.lifecycle.messages import Note
 from training.lifecycle.pipeline import pipeline_state, run_pipeline
 from training.lifecycle.registry import Registry
 from training.lifecycle.settings import LifecycleSettings
@@ -161,7 +162,10 @@ def test_a_new_knowledge_release_makes_the_night_a_full_one_but_an_admins_edit_d
 
     full = plan(production)
     assert full.mode == FULL and full.new_examples == 0
-    assert full.reason == "knowledge base release (seed facts or lexicon) changed since v0001 was trained"
+    assert full.reason.text("en") == "knowledge base release (seed facts or lexicon) changed since v0001 was trained"
+    assert full.reason.text("pt") == (
+        "mudou desde o treino de v0001: versão da base de conhecimento (factos de base ou léxico)"
+    )
     assert full.run_flags() == ["--dataset", str(full.dataset)]
 
 
@@ -172,15 +176,17 @@ def test_full_when_asked_or_when_the_lora_layout_or_the_recorded_basis_differ(pl
     assert warm.mode == WARM and warm.new_examples > 0
     assert warm.run_flags()[2:6] == ["--init-adapter", str(production.path), "--iters", str(warm.steps)]
 
-    assert plan(production, force_full="RETRAIN_MODE=full").reason == "RETRAIN_MODE=full"
+    assert plan(production, force_full=Note("reason_setting")).reason.text("en") == "RETRAIN_MODE=full"
     wider = plan(production, TrainingSettings.load(lora_rank=16))
-    assert wider.mode == FULL and wider.reason.startswith("LoRA layout changed")
+    assert wider.mode == FULL and wider.reason.text("en") == "LoRA layout changed since v0001 was trained"
 
     registry = Registry(home)
     older = registry.add_candidate(make_adapter(tiny_model_dir, tmp_path / "older"))
     registry.promote(older.version, by="test", reason="an adapter from before warm starts")
-    assert plan(registry.production()).reason == "v0002 records no training basis (registered before warm starts)"
-    assert plan(None).reason == "no production adapter to continue"
+    assert plan(registry.production()).reason.text("en") == (
+        "v0002 records no training basis (registered before warm starts)"
+    )
+    assert plan(None).reason.text("en") == "no production adapter to continue"
 
 
 def test_the_basis_names_the_base_model_by_its_weights(home, tiny_model_dir):

@@ -282,8 +282,8 @@ def test_nightly_retraining_backs_up_first_and_keeps_backup_keep(isolated_env, t
     retrainer._lock.acquire()  # a run is going on: the nightly job gets "busy" without training
     reports = []
 
-    async def notify(text: str) -> None:
-        reports.append(text)
+    async def notify(report) -> None:
+        reports.append(report("en"))
 
     from datetime import datetime
 

@@ -18,7 +18,7 @@ from data.store import Store
 from training.lifecycle.registry import Registry
 
 from .botapi import BotApiServer
-from .models import make_adapter
+from .models import legacy_adapter, make_adapter
 
 TOKEN = "123456789:AAHdoctorDOCTORdoctor-0123456789abcd"
 CHECKS = [
@@ -169,6 +169,18 @@ def test_registry_damage_fails_and_an_interrupted_change_is_repaired(tiny_env, i
     (registry.root / "production.json").write_text("{not json")
     status, detail, _ = checks()["registry"]
     assert status == FAIL and "production.json is corrupt" in detail
+
+
+def test_adapters_of_the_other_qk_layout_are_a_warning_fixed_at_start(tiny_pair, isolated_env, tmp_path, monkeypatch):
+    old, twin = tiny_pair
+    trained = Registry(isolated_env, base_model=old)
+    trained.promote(trained.add_candidate(legacy_adapter(old, tmp_path / "adapter")).version, by="test", reason="test")
+    monkeypatch.setenv("MODEL_PATH", str(twin))
+    status, detail, fix = checks()["registry"]
+    assert status == WARN and detail.startswith("v0001 trained for the base model's other Q/K layout")
+    assert fix == "restart the bot, or now: python -m training migrate"
+    Registry(isolated_env, base_model=twin).migrate_layouts()
+    assert checks()["registry"][:2] == (OK, "1 versions; production: v0001 (files verified, fits the base model)")
 
 
 def test_scheduler_memory_and_backups(tiny_env, isolated_env, monkeypatch):

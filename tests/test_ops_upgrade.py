@@ -18,6 +18,9 @@ import pytest
 from data.backup import NAME, list_backups, read_manifest
 from data.migrations import MIGRATIONS
 from data.store import Store
+from training.lifecycle.registry import Registry
+
+from .models import legacy_adapter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "schema"
 CURRENT = len(MIGRATIONS)
@@ -114,12 +117,14 @@ def test_a_database_of_each_earlier_version_upgrades_with_its_rows(version, tmp_
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     db.close()
     after = row_counts(old)
-    seeded = ("facts", "synonyms", "other_subjects")  # opening a store seeds the knowledge base
+    # opening a store seeds the knowledge base
+    seeded = ("facts", "fact_revisions", "synonyms", "other_subjects", "fact_questions")
     kept = [name for name in before if name not in seeded]
     assert {name: after[name] for name in kept} == {
         name: before[name] + (name == "messages") + (name == "forgotten_users") - forgotten.get(name, 0)
         for name in kept
     }  # the forget leaves its tombstone
+    assert after["fact_revisions"] >= before.get("fact_revisions", 0)  # seeding adds, never drops, revisions
     if version >= 1:  # the v1 sample rows, read through today's code
         assert counts["messages"] == 4 and counts["feedback_up"] == 1 and counts["corrections"] == 1
         assert counts["opted_out"] == 1
@@ -171,5 +176,35 @@ def test_version_names_package_schema_model_and_adapter(isolated_env):
         lines = result.stdout.splitlines()
         assert lines[0].startswith("farense-bot 0.") and "mlx " in lines[0]
         assert lines[1] == f"database schema: v{CURRENT} in this code, v{CURRENT} in {isolated_env / 'farense.db'}"
-        assert lines[2] == "model: embedded SmolLM2-135M-Instruct-Q4_1"
+        assert lines[2] == "model: embedded SmolLM2-135M-Instruct-Q4_1-c2"
         assert lines[3] == "adapter: v0007"
+
+
+def test_the_bot_migrates_adapters_of_the_other_qk_layout_at_start_after_a_backup(tiny_pair, isolated_env, tmp_path):
+    old, twin = tiny_pair  # the model before and after the converter put Q/K in Hugging Face's order
+    trained = Registry(isolated_env, base_model=old)
+    for seed in (1, 2):
+        trained.add_candidate(legacy_adapter(old, tmp_path / f"adapter-{seed}", seed=seed))
+    trained.promote("v0001", by="test", reason="test")
+
+    def start() -> subprocess.CompletedProcess:
+        env = os.environ | {"MODEL_PATH": str(twin)}
+        return subprocess.run(
+            [sys.executable, "-m", "bot"], input="", capture_output=True, text=True, timeout=120, env=env
+        )
+
+    result = start()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Upgrade: v0001, v0002: backed up to" in result.stderr
+    archives = list_backups(isolated_env / "backups", "pre-layout-migration")
+    assert len(archives) == 1 and read_manifest(archives[0])["production"] == "v0001"
+    registry = Registry(isolated_env, base_model=twin)
+    assert registry.layout_migrations() == []
+    for version in ("v0001", "v0002"):
+        registry.verify(version)  # its checksums, the model's layout, tensors that fit
+    log = (isolated_env / "logs" / "bot.log").read_text()
+    assert "adapter now v0001" in log and "unusable" not in log and "refused" not in log
+
+    again = start()
+    assert again.returncode == 0 and "Upgrade:" not in again.stderr
+    assert len(list_backups(isolated_env / "backups", "pre-layout-migration")) == 1

@@ -211,7 +211,7 @@ def test_retention_keeps_the_newest_runs_datasets_and_backups_and_rotates_the_se
 def test_status_and_doctor_show_the_disk_use_of_the_home_by_part(start_bot):
     bot = start_bot()
     since = len(bot.server.calls())
-    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status")
+    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status", language_code="en")
     status = bot.server.wait_for("sendMessage", since=since).params["text"]
     bot.settle()
     disk = next(line for line in status.splitlines() if line.startswith("Disk: "))
@@ -250,8 +250,8 @@ def test_the_nightly_job_applies_retention_and_reports_it(isolated_env, tiny_mod
     retrainer._lock.acquire()  # a run is going on: the nightly job gets "busy" without training
     reports = []
 
-    async def notify(text: str) -> None:
-        reports.append(text)
+    async def notify(report) -> None:
+        reports.append(report("en"))
 
     try:
         with Store(isolated_env / "farense.db") as store:

@@ -105,7 +105,7 @@ def test_every_admin_command_refuses_non_admins_in_every_form(start_bot, isolate
 
     # The same commands from the admin do run (so the refusals above are about who asks).
     admin_at = len(server.calls())
-    server.push_message(BOT_ADMIN, BOT_ADMIN, "/rollback")
+    server.push_message(BOT_ADMIN, BOT_ADMIN, "/rollback", language_code="en")
     bot.settle()
     assert [c.params["text"] for c in sent(since(bot, admin_at))] == ["Rolled back. Now serving: v0001"]
 
@@ -204,7 +204,7 @@ def test_the_token_never_appears_in_logs_errors_or_status(start_bot, caplog, mon
     server.push_message(USER, USER, "/optout")
     bot.settle()
     status_at = len(server.calls())
-    server.push_message(BOT_ADMIN, BOT_ADMIN, "/status")
+    server.push_message(BOT_ADMIN, BOT_ADMIN, "/status", language_code="en")
     bot.settle()
     status = sent(since(bot, status_at))[0].params["text"]
     server.fail_next("getUpdates", 401, description="Unauthorized")  # revoked while running

@@ -162,7 +162,7 @@ def test_the_bot_keeps_serving_the_last_good_adapter_whatever_the_pointer_names(
         assert f"{pointer} is corrupt" in caplog.text and "still serving v0001" in caplog.text
 
     since = len(bot.server.calls())
-    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status")
+    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status", language_code="en")
     bot.settle()
     status = bot.server.wait_for("sendMessage", since=since).params["text"]
     assert "Adapter served: v0001" in status and "Adapter in production: unreadable" in status
@@ -265,7 +265,7 @@ def test_corrupt_database_rows_are_reported_skipped_and_forgettable(start_bot, i
     }
     assert build.manifest["sources"]["feedback"] == 1  # the intact one only
     since = len(bot.server.calls())
-    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status")
+    bot.server.push_message(BOT_ADMIN, BOT_ADMIN, "/status", language_code="en")
     bot.settle()
     bot.server.push_message(USER, USER, "/forget", language_code="en")
     bot.settle()

@@ -180,6 +180,34 @@ def test_a_follow_up_that_finds_facts_itself_keeps_them(index, settings):
     assert {20, 24, 25} & {fact.fact for fact in result.facts}
 
 
+@pytest.mark.parametrize(
+    "question, lang, fact",
+    [
+        ("What was the ship that brought football to Faro?", "en", 9),  # the fact names it, not "ship"
+        ("Que navio trouxe o futebol até Faro?", "pt", 9),
+    ],
+)
+def test_a_question_asked_the_way_its_seed_questions_ask_finds_the_fact_first(db_path, index, question, lang, fact):
+    assert numbers(index, question, lang)[:1] == [fact]
+    with Store(db_path) as store:
+        assert store.read("SELECT count(*) FROM fact_questions")[0][0] >= 2 * 120  # the seed QA's questions
+        store.write(lambda db: db.execute("DELETE FROM fact_questions"))
+    assert numbers(index, question, lang)[:1] != [fact]  # the fact's own words do not find it first
+
+
+def test_a_seed_question_does_not_find_its_fact_by_itself(db_path, index):
+    """Training prompts are grounded from the seed questions: each must be retrieved as a fan's new
+    wording would be, not by its own copy in the index."""
+    with Store(db_path) as store:
+        store.write(
+            lambda db: db.execute(
+                "INSERT INTO fact_questions (fact, lang, question) VALUES (9, 'en', 'Which zorblat brought it?')"
+            )
+        )
+    assert numbers(index, "Which zorblat brought it?", "en") == []
+    assert numbers(index, "Which zorblat brought it first?", "en") == [9]
+
+
 def test_an_admins_fact_is_found_by_another_form_of_its_words_at_once(db_path, index):
     assert index.search("golfinhos") == []
     with Store(db_path) as store:

@@ -47,6 +47,18 @@ def test_the_tuner_keeps_the_wanted_batch_when_it_fits_and_splits_it_when_memory
     assert _plan(2.5, checkpoint="on").grad_checkpoint is True
 
 
+def test_auto_checkpoints_only_when_the_budget_demands_it():
+    without, with_checkpointing = (estimate_bytes(SMOLLM2, 1, 200, checkpoint) for checkpoint in (False, True))
+    budget_gb = (without + with_checkpointing) / 2 / GB  # batch 1 of the longest example fits only checkpointed
+
+    tight, ample = _plan(budget_gb), _plan(16.0)
+
+    assert (tight.grad_checkpoint, tight.batch_size, tight.max_seq_length) == (True, 1, 200)  # nothing truncated
+    assert tight.grad_accumulation == 8 and "gradient checkpointing needed to fit" in tight.reason
+    assert ample.grad_checkpoint is False and "checkpointing" not in ample.reason
+    assert _plan(budget_gb, checkpoint="off").max_seq_length < 200  # what "auto" spares the long examples
+
+
 def test_a_budget_below_the_smallest_configuration_is_refused_naming_the_setting():
     with pytest.raises(MemoryBudgetError, match="TRAIN_MEMORY_BUDGET_GB") as refused:
         _plan(0.3)
@@ -121,3 +133,88 @@ def test_status_json_lists_runs_newest_first_with_their_outcome(dataset, tiny_en
     assert latest["initial_val_loss"] > latest["best_val_loss"] > 0
     human = cli("status")
     assert second.id in human.stdout and "finished" in human.stdout
+
+
+# --- python -m training memory-plan: a model and a machine that are not this one -----------------
+
+# Mistral-7B-Instruct-v0.3, as mlx-community's 4-bit copy describes it
+MISTRAL_7B = {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32768,
+    "tie_word_embeddings": False,
+    "quantization": {"group_size": 64, "bits": 4},
+}
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["float32", "4-bit-float16"])
+def test_a_shape_from_the_config_alone_is_the_shape_of_the_loaded_model(
+    tiny_model_dir, models_root, tmp_path, quantized
+):
+    from inference.loading import load_base
+    from training.trainer.lora import apply_lora
+    from training.trainer.memory import model_shape, shape_from_config
+
+    from .models import make_quantized_model
+
+    folder = make_quantized_model(tiny_model_dir, tmp_path / "q", dtype="float16") if quantized else tiny_model_dir
+    model, _, _ = load_base(str(folder), models_root, "cpu", "quantized" if quantized else "float32")
+    apply_lora(model, 2, 8, 20.0, 0.0)
+    loaded = model_shape(model, 2)
+
+    described = shape_from_config(
+        json.loads((folder / "config.json").read_text()), lora_layers=2, lora_rank=8, bits=None if quantized else 32
+    )
+
+    assert loaded.dtype_bytes == (2 if quantized else 4)  # a 4-bit model computes in its scales' float16
+    assert {**described.__dict__, "weight_bytes": 0} == {**loaded.__dict__, "weight_bytes": 0}
+    assert described.weight_bytes == pytest.approx(loaded.weight_bytes, rel=0.05)  # norms, LoRA: not counted
+
+
+def _plan_rows(stdout: str) -> dict:
+    """The `estimate (GB):` rows of memory-plan's output: name -> GB."""
+    rows = stdout.split("estimate (GB):\n")[1].splitlines()
+    return {row.split()[0]: float(row.split()[1]) for row in rows}
+
+
+def test_memory_plan_of_a_4_bit_7b_model_on_a_16_gb_machine_prints_the_plan_and_its_parts(tmp_path):
+    from training.trainer.memory import estimate, parameter_count, shape_from_config
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(MISTRAL_7B))
+
+    result = cli("memory-plan", "--config", config, "--ram-gb", 16)
+
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("memory plan: 4-bit model, 7.25e+09 parameters (hidden 4096, 32 layers")
+    assert parameter_count(MISTRAL_7B) == 7_248_023_552  # Mistral-7B-v0.3's published count
+    assert lines[1].startswith("budget: 14.40 GB = 16.00 GB available of 16.00 GB RAM − 1.60 GB kept")
+    # the defaults (batch 8, 512 tokens) fit only with gradient checkpointing
+    assert lines[3].startswith("plan: batch 8 × 1 accumulation, max_seq_length 512, gradient checkpointing on")
+    rows = _plan_rows(result.stdout)
+    expected = estimate(shape_from_config(MISTRAL_7B, lora_layers=16, lora_rank=8), 8, 512, True)
+    assert rows == pytest.approx(
+        {name: getattr(expected, name) / GB for name in expected.__dataclass_fields__} | {"total": expected.total / GB},
+        abs=0.006,
+    )
+    assert sum(value for name, value in rows.items() if name != "total") == pytest.approx(rows["total"], abs=0.03)
+    assert rows["weights"] == pytest.approx(7_248_023_552 * (4 + 32 / 64) / 8 / GB, abs=0.006)
+    assert rows["lora_state"] == pytest.approx(16 * 8 * 81920 * 4 * 5 / GB, abs=0.006)  # 7 linears of a block
+    assert rows["total"] <= 14.40
+
+    roomy = cli("memory-plan", "--config", config, "--ram-gb", 64)
+    assert "gradient checkpointing off" in roomy.stdout.splitlines()[3]
+
+
+def test_memory_plan_without_a_model_description_is_one_line_with_exit_code_2():
+    result = cli("memory-plan", "--hidden", 4096, "--bits", 4)
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "training: error: describe the model with --config FILE or --layers, --intermediate, --heads, --vocab"
+    ]

@@ -206,7 +206,7 @@ def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, t
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
     env = dict(os.environ, MODEL_PATH=str(tiny_model_dir))
     done = subprocess.run(
-        [sys.executable, "-m", "training", "evaluate", "--adapter", str(adapter), "--limit", "2", "--max-tokens", "4"],
+        [sys.executable, "-m", "training", "evaluate", "--adapter", str(adapter), "--limit", "4", "--max-tokens", "4"],
         env=env,
         capture_output=True,
         text=True,
@@ -214,7 +214,7 @@ def test_evaluate_prints_every_configuration_and_what_the_guard_did(knowledge, t
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     probes = len(load_ood(DataSettings.load().seed_dir, []))
-    assert lines[0].startswith(f"2 heldout items (1 EN, 1 PT), {probes} out-of-domain probes")
+    assert lines[0].startswith(f"4 heldout items (2 EN, 2 PT), {probes} out-of-domain probes")
     assert [line.split()[0] for line in lines[3:]] == [
         "base",
         "base+retrieval",

@@ -40,6 +40,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.evaluation.evaluate:main",
         "right / declined / wrong of base and adapter, with retrieval and the guard, EN and PT",
     ),
+    "memory-plan": (
+        "training.trainer.memory:main",
+        "the memory tuner's plan and its estimate's parts for a model's dimensions, bits and a machine's RAM",
+    ),
+    "export": (
+        "training.evaluation.export:main",
+        "fuse an adapter into the base model (Hugging Face layout), optionally also as GGUF or PEFT",
+    ),
+    "migrate": (
+        "training.lifecycle.upgrade:main",
+        "migrate adapters trained for the base model's other Q/K layout (the bot does it at start)",
+    ),
     "factory": (
         "training.lifecycle.factory:main",
         "write a registered version as the factory adapter of the configured base model",

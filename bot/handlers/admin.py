@@ -17,8 +17,8 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from .. import admin_ops
-from ..plot import latest_run, loss_plot
-from ..retraining import BUSY, ProgressText
+from ..plot import accuracy_plot, latest_run, loss_plot, registered_versions
+from ..retraining import ProgressText
 from ..splitting import split_text
 from ..texts import text
 from . import services_of, user_language
@@ -26,7 +26,6 @@ from . import services_of, user_language
 log = logging.getLogger(__name__)
 
 IN_GROUPS = ("correct",)  # admin commands that also work in groups
-PROGRESS_EVERY_S = 3.0  # edits of the /retrain message: enough to follow, far below Telegram's limits
 
 
 def admin_only(handler):
@@ -49,6 +48,8 @@ def admin_only(handler):
             )
             return
         log.info("admin %s: /%s", user.id, command)
+        # The language of the messages the bot sends the admin unasked (nightly report, refusals).
+        await services.conversations.remember_user(user.id, user.full_name, user.language_code)
         await handler(update, context)
 
     return guarded
@@ -56,26 +57,32 @@ def admin_only(handler):
 
 @admin_only
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    services = services_of(context)
-    await update.message.reply_text(await asyncio.to_thread(admin_ops.status_text, services))
+    services, lang = services_of(context), user_language(update)
+    await update.message.reply_text(await asyncio.to_thread(admin_ops.status_text, services, lang))
     run = latest_run(services.home)
     png = await asyncio.to_thread(loss_plot, run) if run is not None else None
     if png is not None:
-        await update.message.reply_photo(png, caption=f"Loss of training run {run.name}")
+        await update.message.reply_photo(png, caption=text("loss_caption", lang, run=run.name))
+    png = await asyncio.to_thread(lambda: accuracy_plot(registered_versions(services.home)))
+    if png is not None:
+        await update.message.reply_photo(png, caption=text("accuracy_caption", lang))
 
 
 @admin_only
 async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/retrain` continues the production adapter on what is new (or trains from scratch when it
     must), `/retrain full` trains from scratch."""
-    services, argument = services_of(context), _argument(update.message).lower()
+    services, lang = services_of(context), user_language(update)
+    argument = _argument(update.message).lower()
     if argument not in ("", "full"):
-        await update.message.reply_text(text("retrain_usage", user_language(update)))
+        await update.message.reply_text(text("retrain_usage", lang))
         return
     if services.retrainer.running:
-        await update.message.reply_text(BUSY)
+        await update.message.reply_text(text("busy", lang))
         return
-    progress = ProgressEditor(await update.message.reply_text("Retraining…"), "Retraining…")
+    progress = ProgressEditor(
+        await update.message.reply_text(text("retraining", lang)), lang, services.settings.retrain_progress_interval
+    )
     loop = asyncio.get_running_loop()
     result = await services.retrainer.run(
         trigger="admin",
@@ -83,7 +90,7 @@ async def retrain(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         on_progress=lambda event: loop.call_soon_threadsafe(progress.update, event),
         full=argument == "full",
     )
-    await progress.finish(f"Retraining: {result.outcome}\n{result.message}")
+    await progress.finish(result.report("retrain_result", lang))
 
 
 @admin_only
@@ -91,7 +98,13 @@ async def rollback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/rollback` serves the previous adapter, `/rollback v0003` that version."""
     services = services_of(context)
     await update.message.reply_text(
-        await asyncio.to_thread(admin_ops.rollback, services, update.effective_user.id, _argument(update.message))
+        await asyncio.to_thread(
+            admin_ops.rollback,
+            services,
+            update.effective_user.id,
+            _argument(update.message),
+            user_language(update),
+        )
     )
 
 
@@ -109,7 +122,9 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await message.reply_text(text("correct_usage", user_language(update)))
         return
     await message.reply_text(
-        await asyncio.to_thread(admin_ops.correct, services, logged.id, update.effective_user.id, fix)
+        await asyncio.to_thread(
+            admin_ops.correct, services, logged.id, update.effective_user.id, fix, user_language(update)
+        )
     )
 
 
@@ -133,7 +148,11 @@ async def fact_remove(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     """`/fact_remove <id>` takes a fact out of the answers."""
     await update.message.reply_text(
         await asyncio.to_thread(
-            admin_ops.remove_fact_text, services_of(context), _argument(update.message), update.effective_user.id
+            admin_ops.remove_fact_text,
+            services_of(context),
+            _argument(update.message),
+            update.effective_user.id,
+            user_language(update),
         )
     )
 
@@ -145,11 +164,12 @@ def _argument(message: Message) -> str:
 
 
 class ProgressEditor:
-    """Edits one message with the latest progress, at most every PROGRESS_EVERY_S seconds."""
+    """Edits one message with the latest progress, at most every `interval` seconds."""
 
-    def __init__(self, message: Message, title: str):
+    def __init__(self, message: Message, lang: str, interval: float):
         self.message = message
-        self.progress = ProgressText(title)
+        self.interval = interval
+        self.progress = ProgressText(lang)
         self._pending: asyncio.Task | None = None
         self._last = time.monotonic()
 
@@ -170,7 +190,7 @@ class ProgressEditor:
             await self.message.get_bot().send_message(self.message.chat_id, final)
 
     async def _edit_soon(self) -> None:
-        await asyncio.sleep(max(0.0, self._last + PROGRESS_EVERY_S - time.monotonic()))
+        await asyncio.sleep(max(0.0, self._last + self.interval - time.monotonic()))
         self._last = time.monotonic()
         try:
             await self.message.edit_text(self.progress.render())

@@ -244,7 +244,7 @@ def evaluate_configs(
         raise ValueError(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     if adapter is None and any(name.startswith("adapter") for name in configs):
         raise ValueError("the adapter configurations need an adapter: --adapter VERSION|PATH, or a production one")
-    model, tokenizer, _info = load_base(serving.model_path, serving.home.models, serving.device, serving.cpu_dtype)
+    model, tokenizer, info = load_base(serving.model_path, serving.home.models, serving.device, serving.cpu_dtype)
     index = FactIndex(serving.home.database, serving.retrieval_min_score)
     questions = [item.question for item in items] + [probe.question for probe in ood]
     results = {}
@@ -253,7 +253,7 @@ def evaluate_configs(
             started = time.perf_counter()
             remove_adapter(model)
             if generated.startswith("adapter"):
-                apply_adapter(model, read_adapter(adapter, str(adapter)))
+                apply_adapter(model, read_adapter(adapter, str(adapter)), info.layout)
             model.eval()
             grounded = generated.endswith("retrieval")
             answers = served_answers(

@@ -41,6 +41,7 @@ from data.settings import DataSettings
 from inference.adapters import AdapterError, read_adapter
 from inference.faithfulness import KEPT
 from inference.grounding import FactIndex
+from inference.layout import ModelLayout
 from inference.loading import load_base
 from inference.lora import apply_adapter, remove_adapter
 from inference.settings import InferenceSettings
@@ -160,12 +161,22 @@ def compare(
     index = FactIndex(serving.home.database, serving.retrieval_min_score) if serving.grounding else None
     try:
         champ = _measure(
-            model, tokenizer, champion, champion_label, batches, items, settings, serving, index, reference
+            model, tokenizer, info.layout, champion, champion_label, batches, items, settings, serving, index, reference
         )
         if champ["error"]:
             raise GateError(f"the production adapter {champion_label} cannot be measured: {champ['error']}")
         cand = _measure(
-            model, tokenizer, candidate, candidate_label, batches, items, settings, serving, index, reference
+            model,
+            tokenizer,
+            info.layout,
+            candidate,
+            candidate_label,
+            batches,
+            items,
+            settings,
+            serving,
+            index,
+            reference,
         )
     finally:
         if index is not None:
@@ -215,6 +226,7 @@ def compare(
 def _measure(
     model,
     tokenizer,
+    layout: ModelLayout,
     folder: Path | None,
     label: str | None,
     batches,
@@ -248,7 +260,7 @@ def _measure(
     remove_adapter(model)
     if folder is not None:
         try:
-            apply_adapter(model, read_adapter(folder, label))
+            apply_adapter(model, read_adapter(folder, label), layout)
         except (AdapterError, ValueError, OSError) as error:
             remove_adapter(model)
             result["error"] = str(error)

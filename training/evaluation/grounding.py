@@ -60,8 +60,9 @@ SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 COUNTS = ("retrieved", "injected", "declined", "near_miss", "unknown_fact", "skipped")
 NEAR_MISS_SHARE = 0.2
-# How examples are grounded (prompt layout, injection, near misses); raising it makes the next
-# training a full one (training/lifecycle/warmstart.py), as prompts shaped otherwise are new to an adapter.
+# How examples are grounded (prompt layout, injection, near misses, and what retrieval returns): raise
+# it with any change that changes the prompts, and the next training is a full one
+# (training/lifecycle/warmstart.py), as prompts shaped otherwise are new to an adapter.
 GROUNDING_FORMAT = 1
 
 

@@ -17,7 +17,8 @@ from inference.settings import InferenceSettings
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, guarded, parse, report
 from ..runs import all_runs, is_resumable, pid_alive
 from .pipeline import run_pipeline
-from .registry import PRODUCTION, REJECTED, AdapterVersion, Registry
+from .registry import PRODUCTION, REJECTED, Registry
+from .report import version_figures
 from .settings import LifecycleSettings
 
 
@@ -71,7 +72,7 @@ def _adapters(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "production": production.version if production else None,
-                    "versions": [_row(v) for v in versions],
+                    "versions": [version_figures(v) | {"path": str(v.path)} for v in versions],
                     "history": registry.history(),
                 },
                 indent=2,
@@ -83,17 +84,19 @@ def _adapters(args: argparse.Namespace) -> int:
         print("no adapters registered yet; the base model serves")
         return EXIT_OK
     print(
-        f"  {'version':<8} {'status':<10} {'created':<25} {'dataset':<12} {'train':>6} {'trained':<8} "
-        f"{'best val':>9} {'gate val':>9} {'gate acc':>8} {'EN':>8} {'PT':>8} {'wrong':>8}  gate"
+        f"  {'version':<8} {'status':<10} {'created':<25} {'trigger':<8} {'dataset':<12} {'knowledge':<12} "
+        f"{'train':>6} {'trained':<7} {'best val':>9} {'gate val':>9} {'right':>8} {'EN':>8} {'PT':>8} "
+        f"{'declined':>8} {'wrong':>8}  gate"
     )
     for entry in versions:
-        row = _row(entry)
+        row = version_figures(entry)
         by_lang = row["gate_accuracy_by_lang"] or {}
         print(
             f"{'*' if entry.status == PRODUCTION else ' '} {entry.version:<8} {entry.status:<10} "
-            f"{entry.created_at:<25} {(row['dataset_hash'] or '-')[:12]:<12} {row['train_examples'] or '-':>6} "
-            f"{row['training'] or '-':<8} {_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} "
-            f"{_pct(row['gate_accuracy'])} {_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} "
+            f"{entry.created_at:<25} {row['trigger'] or '-':<8} {(row['dataset_hash'] or '-')[:12]:<12} "
+            f"{(row['knowledge_hash'] or '-')[:12]:<12} {row['train_examples'] or '-':>6} {row['training'] or '-':<7} "
+            f"{_num(row['best_val_loss'])} {_num(row['gate_val_loss'])} {_pct(row['gate_accuracy'])} "
+            f"{_pct(by_lang.get('en'))} {_pct(by_lang.get('pt'))} {_pct(row['gate_declined_rate'])} "
             f"{_pct(row['gate_wrong_rate'])}  {row['gate'] or '-'}"
         )
     return EXIT_OK
@@ -154,28 +157,6 @@ class _PipelineDisplay:
         if self.training is not None:
             self.training.close()
             self.training = None
-
-
-def _row(entry: AdapterVersion) -> dict:
-    gate = entry.gate or {}
-    candidate = gate.get("candidate") or {}
-    return {
-        "version": entry.version,
-        "status": entry.status,
-        "created_at": entry.created_at,
-        "run_id": entry.run_id,
-        "dataset_hash": entry.dataset.get("content_hash"),
-        "train_examples": (entry.dataset.get("counts") or {}).get("train"),
-        "training": entry.training.get("mode"),  # warm | full
-        "training_reason": entry.training.get("reason"),
-        "best_val_loss": entry.metrics.get("best_val_loss"),
-        "gate": ("accepted" if gate.get("accepted") else "rejected") if gate else None,
-        "gate_val_loss": candidate.get("val_loss"),
-        "gate_accuracy": candidate.get("accuracy"),
-        "gate_accuracy_by_lang": candidate.get("accuracy_by_lang"),
-        "gate_wrong_rate": candidate.get("wrong_rate"),
-        "path": str(entry.path),
-    }
 
 
 def _num(value) -> str:

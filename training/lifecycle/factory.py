@@ -69,7 +69,12 @@ def install_factory_adapter(registry: Registry, base_folder: Path | None) -> Ada
         return None
     manifest = read_json_object(folder / MANIFEST)
     entry = registry.add_candidate(
-        folder, manifest=manifest.get("dataset"), metrics=manifest.get("metrics"), training=manifest.get("training")
+        folder,
+        manifest=manifest.get("dataset"),
+        metrics=manifest.get("metrics"),
+        trigger=FACTORY_BY,
+        requested_by=FACTORY_BY,
+        training=manifest.get("training"),
     )
     registry.record_gate(entry.version, manifest.get("gate") or {}, True)
     promoted = registry.promote(
@@ -131,6 +136,7 @@ def _dataset_manifest(record: dict) -> dict:
         "created_at": dataset.get("created_at"),
         "splits": {name: {"count": count} for name, count in (dataset.get("counts") or {}).items()},
         "sources": dataset.get("sources"),
+        "knowledge_hash": dataset.get("knowledge_hash"),
     }
 
 

@@ -54,8 +54,9 @@ from ..errors import EXIT_USAGE
 from ..runs import all_runs, is_resumable, pid_alive
 from ..settings import settings_with_flags
 from .factory import install_factory_adapter, model_folder
+from .messages import Note, version_or_base
 from .registry import REJECTED, Registry, RegistryError
-from .report import criterion_line
+from .report import criterion_note
 from .settings import LifecycleSettings
 from .warmstart import PLAN_FILE, plan_training, training_summary
 
@@ -70,16 +71,25 @@ TRAINED = ("finished", "early_stopped")
 class PipelineResult:
     outcome: str  # promoted | rejected | skipped | failed | busy
     version: str | None = None  # the candidate registered by this run, if any
-    message: str = ""  # a few lines for admins
+    notes: tuple[Note, ...] = ()  # a few lines for admins, in any language (messages.py)
     report: dict = field(default_factory=dict)  # the gate report, when the gate ran
     run_dir: Path | None = None  # the training run, when one started
     training: dict = field(default_factory=dict)  # the plan it trained by: warm or full, and why
+
+    def text(self, lang: str) -> str:
+        return "\n".join(note.text(lang) for note in self.notes)
+
+    @property
+    def message(self) -> str:
+        """The notes in English: for the command line and the log."""
+        return self.text("en")
 
     def to_dict(self) -> dict:
         return {
             "outcome": self.outcome,
             "version": self.version,
             "message": self.message,
+            "notes": [note.to_dict() for note in self.notes],
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "criteria": self.report.get("criteria"),
             "accepted": self.report.get("accepted"),
@@ -102,14 +112,12 @@ def run_pipeline(
     try:
         settings, home = LifecycleSettings.load(), InferenceSettings.load().farense_home
     except SettingsError as error:
-        return PipelineResult("failed", message=str(error))
-    forced_full = (
-        "a full run was asked for" if full else "RETRAIN_MODE=full" if settings.retrain_mode == "full" else None
-    )
+        return PipelineResult("failed", notes=(Note("cannot_start", {"error": str(error)}),))
+    forced_full = Note("reason_asked") if full else Note("reason_setting") if settings.retrain_mode == "full" else None
     started = _now()
     with _pipeline_lock(home, trigger=trigger, requested_by=requested_by) as holder:
         if holder is not None:
-            return PipelineResult("busy", message=f"A pipeline is already running ({_describe_holder(home, holder)}).")
+            return PipelineResult("busy", notes=(_holder_note(home, holder),))
         progress = _Progress(
             home, {"pid": os.getpid(), "since": started, "trigger": trigger, "requested_by": requested_by}, on_progress
         )
@@ -127,9 +135,7 @@ def run_pipeline(
             )
         except Exception as error:  # a bug or an unexpected disk problem: report it, keep the bot alive
             log.exception("pipeline failed")
-            result = PipelineResult(
-                "failed", message=f"Pipeline error: {type(error).__name__}: {error}. Production unchanged."
-            )
+            result = PipelineResult("failed", notes=(Note("crashed", {"error": f"{type(error).__name__}: {error}"}),))
         finally:
             Home(home).pipeline_running.unlink(missing_ok=True)
         write_atomic(
@@ -166,22 +172,24 @@ def _pipeline(
     on_promoted: Callable[[str], None] | None,
     skip_if_unchanged: bool,
     train_args: list[str],
-    force_full: str | None,
+    force_full: Note | None,
 ) -> PipelineResult:
     registry = Registry(home, keep=settings.keep_adapters)
     install_factory_adapter(registry, model_folder(InferenceSettings.load()))  # the champion of a fresh home
     production = registry.production()
-    serving_now = f"Production unchanged: {production.version if production else 'base model'}."
+    serving_now = Note("unchanged", {"version": version_or_base(production.version if production else None)})
     try:
         planned = settings_with_flags(train_args)  # what a run trains with: refused here, before any work
     except SettingsError as error:
-        return PipelineResult("failed", message=f"Training failed: {error}.\n{serving_now}")
+        return PipelineResult("failed", notes=(Note("training_failed", {"error": str(error)}), serving_now))
     trained = None
     interrupted = _interrupted_run(home, read_json_object(Home(home).pipeline_last))
     if interrupted is not None:
+        unrecorded = Note("reason_unrecorded", {"run": interrupted.id})
         training = read_json_object(interrupted.dir / PLAN_FILE) or {
             "mode": "unknown",
-            "reason": f"resumed run {interrupted.id}, whose plan was not recorded",
+            "reason": unrecorded.text("en"),
+            "reason_note": unrecorded.to_dict(),
         }
         progress.update(resumed_run=interrupted.id)
         progress.stage("train", resume=interrupted.id)
@@ -201,7 +209,7 @@ def _pipeline(
             grounded = _child(["training", "ground", "--events", str(build.path)], progress)
             if grounded.returncode != 0 or "grounded" not in grounded.events:
                 return PipelineResult(
-                    "failed", message=f"Grounding the dataset failed: {grounded.error()}.\n{serving_now}"
+                    "failed", notes=(Note("grounding_failed", {"error": grounded.error()}), serving_now)
                 )
             dataset = Path(grounded.events["grounded"]["path"])
         plan = plan_training(
@@ -209,22 +217,17 @@ def _pipeline(
         )
         training = plan.record()
         if plan.nothing_new:
+            until = production.training.get("curated_until") or Note("seed_only")
             return PipelineResult(
                 "skipped",
+                notes=(Note("nothing_new", {"version": production.version, "until": until}),),
                 training=training,
-                message=(
-                    f"Skipped: nothing new to learn (no 👍 or correction newer than the data {production.version} "
-                    f"was trained on: {production.training.get('curated_until') or 'the seed alone'}). "
-                    "RETRAIN_MODE=full or `python -m training pipeline --full` trains from scratch."
-                ),
             )
         reason = _unchanged(registry, production, plan.content_hash) if skip_if_unchanged else None
         if reason:
-            return PipelineResult(
-                "skipped", message=f"Skipped: the data has not changed ({reason}).", training=training
-            )
-        progress.stage("train", dataset=str(plan.dataset), mode=plan.mode, reason=plan.reason)
-        log.info("%s", plan.summary())
+            return PipelineResult("skipped", notes=(reason,), training=training)
+        progress.stage("train", dataset=str(plan.dataset), mode=plan.mode, reason=plan.reason.text("en"))
+        log.info("%s", plan.summary().text("en"))
 
         def record_plan(event: dict) -> None:  # a resumed run is registered as it was planned
             if event.get("event") == "start" and event.get("run_dir"):
@@ -236,7 +239,10 @@ def _pipeline(
     done = trained.events.get("done") or {}
     if trained.returncode != 0 or done.get("status") not in TRAINED:
         return PipelineResult(
-            "failed", message=f"Training failed: {trained.error()}.\n{serving_now}", run_dir=run_dir, training=training
+            "failed",
+            notes=(Note("training_failed", {"error": trained.error()}), serving_now),
+            run_dir=run_dir,
+            training=training,
         )
 
     progress.stage("register")
@@ -249,12 +255,18 @@ def _pipeline(
     }
     try:
         candidate = registry.add_candidate(
-            adapter, run_dir=run_dir, manifest=manifest, metrics=metrics, training=training
+            adapter,
+            run_dir=run_dir,
+            manifest=manifest,
+            metrics=metrics,
+            trigger=trigger,
+            requested_by=requested_by,
+            training=training,
         )
     except (AdapterError, RegistryError) as error:
         return PipelineResult(
             "failed",
-            message=f"The trained adapter was not registered: {error}.\n{serving_now}",
+            notes=(Note("not_registered", {"error": str(error)}), serving_now),
             run_dir=run_dir,
             training=training,
         )
@@ -267,29 +279,35 @@ def _pipeline(
             "failed",
             candidate.version,
             run_dir=run_dir,
-            message=f"The gate failed on {candidate.version}: {gated.error()}.\n{serving_now}",
+            notes=(Note("gate_failed", {"version": candidate.version, "error": gated.error()}), serving_now),
             training=training,
         )
-    trained_on = (
-        f"{training_summary(training)}\n"
-        f"Run {run_dir.name}: {done.get('step')} steps, best val loss {_loss(done.get('best_val_loss'))}; "
-        f"dataset {candidate.dataset.get('counts', {}).get('train')} train / "
-        f"{candidate.dataset.get('counts', {}).get('valid')} valid examples."
+    how = training_summary(training)
+    trained_on = Note(
+        "trained_on",
+        {
+            "run": run_dir.name,
+            "steps": done.get("step"),
+            "loss": _loss(done.get("best_val_loss")),
+            "train": candidate.dataset.get("counts", {}).get("train"),
+            "valid": candidate.dataset.get("counts", {}).get("valid"),
+        },
     )
+    champion = version_or_base(report["champion"]["version"])
     if not report["accepted"]:
-        failing = [criterion_line(row) for row in report["criteria"] if not row["passed"]]
+        failing = [criterion_note(row) for row in report["criteria"] if not row["passed"]]
         return PipelineResult(
             "rejected",
             candidate.version,
             report=report,
             run_dir=run_dir,
             training=training,
-            message="\n".join(
-                [
-                    f"Candidate {candidate.version} rejected ({trigger}, by {requested_by}). {serving_now}",
-                    *failing,
-                    trained_on,
-                ]
+            notes=(
+                Note("rejected", {"version": candidate.version, "trigger": trigger, "by": requested_by}),
+                serving_now,
+                *failing,
+                how,
+                trained_on,
             ),
         )
 
@@ -302,16 +320,22 @@ def _pipeline(
             report=report,
             run_dir=run_dir,
             training=training,
-            message=(
-                f"{candidate.version} beat {report['champion']['label']}, but production changed to "
-                f"{current.version if current else 'the base model'} meanwhile; not promoted "
-                f"(gate it again: python -m training gate {candidate.version})."
+            notes=(
+                Note(
+                    "production_changed",
+                    {
+                        "version": candidate.version,
+                        "champion": champion,
+                        "current": version_or_base(current.version if current else None),
+                    },
+                ),
             ),
         )
     registry.promote(candidate.version, by=requested_by, reason=f"{trigger} pipeline: passed the gate")
-    lines = [
-        f"Promoted {candidate.version} over {report['champion']['label']} ({trigger}, by {requested_by}).",
-        *[criterion_line(row) for row in report["criteria"] if row["kind"] == "quality"],
+    notes = [
+        Note("promoted", {"version": candidate.version, "champion": champion, "trigger": trigger, "by": requested_by}),
+        *[criterion_note(row) for row in report["criteria"] if row["kind"] == "quality"],
+        how,
         trained_on,
     ]
     if on_promoted is not None:
@@ -319,8 +343,8 @@ def _pipeline(
             on_promoted(candidate.version)
         except Exception as error:
             log.exception("on_promoted(%s) failed", candidate.version)
-            lines.append(f"Hot swap failed ({type(error).__name__}: {error}); serving it needs a restart.")
-    return PipelineResult("promoted", candidate.version, "\n".join(lines), report, run_dir, training)
+            notes.append(Note("hot_swap_failed", {"error": f"{type(error).__name__}: {error}"}))
+    return PipelineResult("promoted", candidate.version, tuple(notes), report, run_dir, training)
 
 
 def _grounded_serving() -> bool:
@@ -349,13 +373,13 @@ def _interrupted_run(home: Path, last: dict | None):
     return None if retried else newest
 
 
-def _unchanged(registry: Registry, production, content_hash: str) -> str | None:
+def _unchanged(registry: Registry, production, content_hash: str) -> Note | None:
     """Why retraining on this dataset is pointless (training is seeded: same data, same adapter)."""
     if production is not None and production.dataset.get("content_hash") == content_hash:
-        return f"production {production.version} was trained on dataset {content_hash[:12]}"
+        return Note("skipped_production", {"version": production.version, "dataset": content_hash[:12]})
     newest = (registry.versions() or [None])[-1]
     if newest is not None and newest.status == REJECTED and newest.dataset.get("content_hash") == content_hash:
-        return f"{newest.version} was trained on dataset {content_hash[:12]} and rejected"
+        return Note("skipped_rejected", {"version": newest.version, "dataset": content_hash[:12]})
     return None
 
 
@@ -488,11 +512,18 @@ def _pipeline_lock(home: Path, **info):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _describe_holder(home: Path, holder: dict) -> str:
+def _holder_note(home: Path, holder: dict) -> Note:
+    """Who holds the pipeline lock, and how far it got."""
     running = read_json_object(Home(home).pipeline_running) or {}
-    return (
-        f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}, "
-        f"stage {running.get('stage', '?')}, {holder.get('trigger', '?')} by {holder.get('requested_by', '?')}"
+    return Note(
+        "busy",
+        {
+            "pid": holder.get("pid", "?"),
+            "since": holder.get("since", "?"),
+            "stage": running.get("stage", "?"),
+            "trigger": holder.get("trigger", "?"),
+            "by": holder.get("requested_by", "?"),
+        },
     )
 
 

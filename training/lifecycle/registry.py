@@ -1,14 +1,18 @@
 """The adapter registry: numbered versions under $FARENSE_HOME/adapters/ and the production pointer.
 
-    v0001/            adapters.safetensors, adapter_config.json, version.json (status, run, dataset,
-                      metrics, training plan: warm or full and on what basis, gate report, file hashes)
+    v0001/            adapters.safetensors, adapter_config.json, version.json (status, trigger, run,
+                      dataset and knowledge hashes, metrics, training plan: warm or full and on what
+                      basis, gate report, file hashes)
     production.json   {"version", "path", ...} — what inference/adapters.py reads; replaced atomically
     history.jsonl     one line per promotion or rollback: who, why, when
     .lock             fcntl lock held by every mutation (the bot, the pipeline and the CLI share it)
 
 An adapter is checked when it is added (config, safetensors header, tensor names and shapes against
 the base model) and again before it goes into production (same bytes as registered, still fits), so
-a truncated or mismatched file is never served. Versions are never renumbered or rewritten.
+a truncated or mismatched file is never served. Versions are never renumbered or rewritten, but
+for one thing: an adapter trained on the base model in its other Q/K layout (before converter 2 put
+the embedded model in Hugging Face's) is migrated to the model's layout (`migrate_layouts`), the
+same adapter with its q_proj/k_proj outputs reordered, recorded in its version.json.
 
 production.json is the commit point of a promotion or rollback: a process killed after writing it
 leaves the statuses and the history line behind, and a process killed earlier leaves staging or
@@ -28,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.files import file_lock, fsync_dir, fsync_tree, sha256_file, write_atomic
+from common.files import file_lock, fsync_dir, fsync_tree, sha256_file, write_atomic, write_synced
 from common.home import Home
 from inference.adapters import (
     CONFIG_FILE,
@@ -40,6 +44,8 @@ from inference.adapters import (
     read_adapter,
     verify_checksums,
 )
+from inference.layout import ModelLayout, migrated_files
+from inference.modelstore import model_name
 
 from ..errors import UsageError
 
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 
 CANDIDATE, PRODUCTION, REJECTED, RETIRED = "candidate", "production", "rejected", "retired"
 HISTORY_FILE = "history.jsonl"
+MIGRATED_SUFFIX = ".migrated"  # a migrated adapter file waiting beside the old one for version.json
 ADAPTER_FILES = (WEIGHTS_FILE, CONFIG_FILE)
 _VERSION = re.compile(r"^v(\d{4,})$")
 
@@ -63,11 +70,17 @@ class AdapterVersion:
     created_at: str
     run_id: str | None
     run_dir: Path | None
-    dataset: dict  # content_hash, counts per split, created_at, sources
+    dataset: dict  # content_hash, knowledge_hash, counts per split, created_at, sources
     metrics: dict  # the training run's losses and steps
     training: dict  # warm or full, why, and its basis (training/lifecycle/warmstart.py TrainingPlan.record)
     gate: dict | None  # the last gate report
     record: dict = field(repr=False, compare=False)  # version.json as stored
+
+    @property
+    def trigger(self) -> str | None:
+        """What started its training: nightly, admin, first, manual, console, factory (None when
+        registered before versions recorded it)."""
+        return self.record.get("trigger")
 
     @classmethod
     def load(cls, folder: Path) -> AdapterVersion:
@@ -183,10 +196,13 @@ class Registry:
         run_dir: Path | None = None,
         manifest: dict | None = None,
         metrics: dict | None = None,
+        trigger: str | None = None,
+        requested_by: str | None = None,
         training: dict | None = None,
     ) -> AdapterVersion:
-        """Copy a verified adapter folder in as the next version, status candidate; `training`: how
-        it was trained (warm or full, why, on what basis)."""
+        """Copy a verified adapter folder in as the next version, status candidate. `trigger` and
+        `requested_by` say what started its training, for the version's history; `training` how it
+        was trained (warm or full, why, on what basis)."""
         source = read_adapter(Path(adapter_dir))
         self._check_fits(source)
         manifest = manifest or {}
@@ -202,6 +218,8 @@ class Registry:
                     "version": name,
                     "status": CANDIDATE,
                     "created_at": _now(),
+                    "trigger": trigger,
+                    "requested_by": requested_by,
                     "source": str(source.path.resolve()),
                     "run_id": Path(run_dir).name if run_dir else None,
                     "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
@@ -210,6 +228,7 @@ class Registry:
                         "created_at": manifest.get("created_at"),
                         "counts": {k: v.get("count") for k, v in (manifest.get("splits") or {}).items()},
                         "sources": manifest.get("sources"),
+                        "knowledge_hash": manifest.get("knowledge_hash"),
                     },
                     "metrics": metrics or {},
                     "training": training or {},
@@ -303,6 +322,69 @@ class Registry:
             log.info("rolled back %s to %s by %s: %s", current or "base model", entry.version, by, reason)
         return self.get(entry.version)
 
+    def layout_migrations(self) -> list[AdapterVersion]:
+        """The versions trained on the base model in its other Q/K layout, which `migrate_layouts`
+        rewrites (inference/layout.py); a version whose files fail their checks is left out."""
+        versions = self.versions()
+        if not versions:
+            return []
+        layout = self.base_layout()
+        return [entry for entry in versions if (adapter := self._readable(entry)) and layout.needs_migration(adapter)]
+
+    def migrate_layouts(self) -> list[str]:
+        """Rewrite each version of `layout_migrations` for the base model's Q/K layout; one line per
+        version. version.json is the commit point: the new files wait beside the old ones until it
+        records their checksums, then replace them (a killed migration is finished or undone)."""
+        done = []
+        with self._locked():
+            layout = self.base_layout()
+            for entry in self.versions():
+                adapter = self._readable(entry)
+                if adapter is None or not layout.needs_migration(adapter):
+                    continue
+                trained = layout.trained_for(adapter)
+                waiting = {name: entry.path / f".{name}{MIGRATED_SUFFIX}" for name in ADAPTER_FILES}
+                for name, data in migrated_files(adapter, layout).items():
+                    write_synced(waiting[name], data)
+                migration = {"from": trained, "to": layout.qk_layout, "base_model": layout.model, "at": _now()}
+                self._update(
+                    entry,
+                    files={name: sha256_file(file) for name, file in waiting.items()},
+                    layout_migrations=[
+                        *entry.record.get("layout_migrations", []),
+                        migration | {"files_before": entry.record["files"]},
+                    ],
+                )
+                self._finish_migrations(entry.path)
+                done.append(
+                    f"{entry.version}: migrated from {trained} to {layout.qk_layout} Q/K layout for {layout.model}"
+                )
+                log.info("registry: %s", done[-1])
+        return done
+
+    def _readable(self, entry: AdapterVersion) -> Adapter | None:
+        try:
+            return read_adapter(entry.path, entry.version)
+        except AdapterError:
+            return None
+
+    def _finish_migrations(self, folder: Path) -> list[str]:
+        """Put in place the migrated files version.json records; drop the ones it does not."""
+        fixed = []
+        recorded = AdapterVersion.load(folder).record.get("files") or {}
+        for waiting in sorted(folder.glob(f".*{MIGRATED_SUFFIX}")):
+            name = waiting.name[1 : -len(MIGRATED_SUFFIX)]
+            if recorded.get(name) == sha256_file(waiting):
+                os.replace(waiting, folder / name)
+                fixed.append(f"{folder.name}/{name}: the migrated file its version.json records put in place")
+            else:
+                waiting.unlink()
+                fixed.append(
+                    f"{folder.name}/{waiting.name}: removed, left by a migration killed before it was recorded"
+                )
+        fsync_dir(folder)
+        return fixed
+
     # ----- internals --------------------------------------------------------------------------
     def _switch(
         self, target: AdapterVersion | None, previous: list[str], action: str, current: str | None, by: str, reason: str
@@ -344,6 +426,9 @@ class Registry:
         for temp in sorted(self.root.glob(f"v*/.{VERSION_FILE}.*")):
             temp.unlink()
             fixed.append(f"removed {temp.parent.name}/{temp.name}, left by a killed registry change")
+        for folder in sorted({waiting.parent for waiting in self.root.glob(f"v*/.*{MIGRATED_SUFFIX}")}):
+            if (folder / VERSION_FILE).is_file():
+                fixed += self._finish_migrations(folder)
         try:
             pointer = self._pointer()
         except RegistryError:  # reported by production(); promoting a version rewrites it
@@ -410,9 +495,16 @@ class Registry:
     def _check_fits(self, adapter: Adapter) -> None:
         from inference.lora_shapes import expected_lora_shapes  # MLX, on a thread of its own
 
-        check_fits(adapter, expected_lora_shapes(self._model_folder(), adapter.spec))
+        self.base_layout().check(adapter)
+        check_fits(adapter, expected_lora_shapes(self.model_folder(), adapter.spec))
 
-    def _model_folder(self) -> Path:
+    def base_layout(self) -> ModelLayout:
+        """The base model's name and Q/K layout: what an adapter must have been trained for."""
+        folder = self.model_folder()  # resolves the base model first
+        return ModelLayout.of_folder(folder, model_name(str(self._base_model)))
+
+    def model_folder(self) -> Path:
+        """The base model's local folder (MODEL_PATH resolved, converted when it is a GGUF)."""
         from inference.lora_shapes import local_model_folder
 
         if self._base_model is None:

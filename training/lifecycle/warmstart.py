@@ -35,7 +35,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,27 +46,21 @@ from inference.modelstore import resolve_model
 from inference.settings import InferenceSettings
 
 from ..settings import TrainingSettings
+from .messages import Note, listed
 from .registry import AdapterVersion
 from .settings import LifecycleSettings
 
 WARM, FULL = "warm", "full"
 WARMUP_SHARE = 0.1
 PLAN_FILE = "training_plan.json"  # in the run folder, for a resumed run to be registered as planned
-# basis part -> how a change of it reads in the reason for a full run
-BASIS_PARTS = {
-    "base_model": "base model",
-    "lora": "LoRA layout",
-    "dataset_format": "dataset format",
-    "grounding": "grounding (format or settings)",
-    "seed": "seed corpus",
-    "shipped_knowledge": "knowledge base release (seed facts or lexicon)",
-}
+# the parts of a basis; a change of one reads as the note basis_<part> (messages.py)
+BASIS_PARTS = ("base_model", "lora", "dataset_format", "grounding", "seed", "shipped_knowledge")
 
 
 @dataclass(frozen=True)
 class TrainingPlan:
     mode: str  # WARM | FULL
-    reason: str
+    reason: Note
     basis: dict  # what the adapter is trained on (training_basis)
     curated_until: str | None  # the newest curated example its data holds
     dataset: Path | None = None  # what the run trains on; None when a warm night has nothing new
@@ -93,14 +87,16 @@ class TrainingPlan:
         return flags
 
     def record(self) -> dict:
-        """What the registry keeps with the candidate (JSON)."""
+        """What the registry keeps with the candidate (JSON): the reason in English, and as a note
+        for the bot to word in each admin's language."""
+        kept = {item.name: getattr(self, item.name) for item in fields(self)}
         return {
-            key: str(value) if isinstance(value, Path) else value
-            for key, value in asdict(self).items()
-            if key not in ("dataset", "content_hash")
-        }
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in kept.items()
+            if name not in ("dataset", "content_hash", "reason")
+        } | {"reason": self.reason.text("en"), "reason_note": self.reason.to_dict()}
 
-    def summary(self) -> str:
+    def summary(self) -> Note:
         return training_summary(self.record())
 
 
@@ -112,7 +108,7 @@ def plan_training(
     settings: LifecycleSettings,
     serving: InferenceSettings,
     *,
-    force_full: str | None = None,
+    force_full: Note | None = None,
 ) -> TrainingPlan:
     """Tonight's plan. `dataset`: the built dataset, or its grounded copy when answers are served
     grounded; `force_full`: why a full run was asked for (None: decide)."""
@@ -128,7 +124,7 @@ def plan_training(
     rest = [line for line in train if not _curated_after(line, since)]
     plan = TrainingPlan(
         WARM,
-        f"continuing {production.version}, trained on the same basis",
+        Note("reason_same_basis", {"version": production.version}),
         basis,
         until,
         start_version=production.version,
@@ -147,30 +143,30 @@ def plan_training(
     replay = _sample(rest, replay_count(len(new), len(rest), per_step, settings), new)
     steps = warm_steps(len(new) + len(replay), per_step, settings)
     folder, content_hash = _write_warm_dataset(dataset, manifest, new, replay, plan, steps)
-    return TrainingPlan(
-        **(
-            asdict(plan)
-            | {
-                "dataset": folder,
-                "content_hash": content_hash,
-                "replay_examples": len(replay),
-                "steps": steps,
-                "warmup_steps": max(1, round(steps * WARMUP_SHARE)),
-            }
-        )
+    return replace(
+        plan,
+        dataset=folder,
+        content_hash=content_hash,
+        replay_examples=len(replay),
+        steps=steps,
+        warmup_steps=max(1, round(steps * WARMUP_SHARE)),
     )
 
 
-def training_summary(record: dict) -> str:
+def training_summary(record: dict) -> Note:
     """One line for the admins: how a run was trained (a TrainingPlan.record)."""
     if record.get("mode") == WARM:
-        return (
-            f"Warm start from {record.get('start_version')}: {record.get('new_examples')} new examples + "
-            f"{record.get('replay_examples')} replayed, {record.get('steps')} steps."
+        return Note(
+            "warm_start",
+            {
+                "version": record.get("start_version"),
+                "new": record.get("new_examples"),
+                "replay": record.get("replay_examples"),
+                "steps": record.get("steps"),
+            },
         )
-    if record.get("mode") == FULL:
-        return f"Full training ({record.get('reason')})."
-    return f"Training: {record.get('reason')}."
+    reason = Note.from_dict(record["reason_note"]) if record.get("reason_note") else record.get("reason")
+    return Note("full_training" if record.get("mode") == FULL else "training_unknown", {"reason": reason})
 
 
 def replay_count(new: int, available: int, per_step: int, settings: LifecycleSettings) -> int:
@@ -215,16 +211,16 @@ def base_model_identity(serving: InferenceSettings) -> dict:
     return {"name": Path(reference).name if Path(reference).exists() else reference, "weights": weights}
 
 
-def full_reason(production: AdapterVersion | None, basis: dict) -> str | None:
+def full_reason(production: AdapterVersion | None, basis: dict) -> Note | None:
     """Why tonight must train from scratch, or None when production can be continued."""
     if production is None:
-        return "no production adapter to continue"
+        return Note("reason_no_production")
     recorded = (production.training or {}).get("basis")
     if not recorded:
-        return f"{production.version} records no training basis (registered before warm starts)"
-    changed = [label for part, label in BASIS_PARTS.items() if recorded.get(part) != basis.get(part)]
+        return Note("reason_no_basis", {"version": production.version})
+    changed = [Note(f"basis_{part}") for part in BASIS_PARTS if recorded.get(part) != basis.get(part)]
     if changed:
-        return f"{', '.join(changed)} changed since {production.version} was trained"
+        return Note("reason_basis_changed", {"parts": listed(changed), "version": production.version})
     return None
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from common.files import sha256_file
+from inference.layout import LAYOUT_KEY
 from inference.loading import ModelLoadError, load_base
 from inference.settings import InferenceSettings
 
@@ -39,7 +40,7 @@ from ..settings import FINGERPRINTED, TrainingSettings, add_setting_flags, setti
 from . import checkpoint, distributed, memory
 from .batching import DatasetError, frozen_valid_batches, load_examples, pad_id, truncate
 from .distributed import Abandoned, Distributed, OneRank, RankFailed
-from .launcher import relaunch
+from .launcher import HostUnreachable, relaunch
 from .loop import Outcome, StopFlag, train
 from .lora import ADAPTER_FILE, CONFIG_FILE, apply_lora, start_from, use_grad_checkpoint
 from .reporting import BarAwareHandler, Reporter
@@ -233,7 +234,7 @@ def _load(
     adapter_config = apply_lora(
         model, settings.lora_layers, settings.lora_rank, settings.lora_scale, settings.lora_dropout
     )
-    adapter_config["base_model"] = info.model_id
+    adapter_config |= {"base_model": info.model_id, LAYOUT_KEY: info.layout.qk_layout}
     start_weights = None
     if settings.init_adapter is not None:
         start_from(model, settings.init_adapter, adapter_config)
@@ -288,7 +289,7 @@ def _train(
                     "settings": settings.model_dump(mode="json"),
                     "plan": plan.as_dict(),
                     "model_path": model_path,
-                    "base_model": info.__dict__,
+                    "base_model": {**info.__dict__, "layout": info.layout.qk_layout},
                     "fingerprint": parts.fingerprint,
                     "adapter_config": parts.adapter_config,
                     "dataset": {
@@ -456,7 +457,7 @@ def _now() -> str:
 # --- python -m training run ----------------------------------------------------------------------
 
 # Expected errors: one line, no traceback. Bad input exits 2 (errors.py); these others exit 1.
-FAILURES = (RunBusy, ModelLoadError, RankFailed)  # RankFailed carries the failed rank's own code
+FAILURES = (RunBusy, ModelLoadError, RankFailed, HostUnreachable)  # RankFailed: the failed rank's own code
 
 
 def main(argv: list[str]) -> int:

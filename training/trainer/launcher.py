@@ -5,8 +5,9 @@ This process runs mlx.launch (the `mlx.launch` command's own entry point, in-pro
 
 - its stdin, which mlx.launch copies to every rank, carries stop requests: SIGTERM or SIGINT here
   sends `stop SIGTERM`, and the ranks finish the step, checkpoint and end "cancelled" (a second
-  signal sends `kill`). If this process dies, even by SIGKILL, the ranks' stdin closes and rank 0
-  stops them the same way (see distributed.py);
+  signal sends `kill`). If this process dies, even by SIGKILL, local ranks' stdin closes and rank 0
+  stops them the same way (see distributed.py); ranks over ssh sit behind a pty that never closes
+  their stdin, and the ssh sessions outlive this process: they train on to the end;
 - rank 0's events arrive on its stdout: passed on with --events (so the pipeline follows a
   distributed run like any other), and they give the exit code: 0 after rank 0's "done", the code
   of its "error" otherwise (mlx.launch itself exits 0 whatever the ranks did);
@@ -23,6 +24,7 @@ import random
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from importlib.metadata import entry_points
@@ -34,6 +36,14 @@ from ..errors import EXIT_FAILED
 from .reporting import Reporter
 
 log = logging.getLogger(__name__)
+
+LOCAL_HOST = "127.0.0.1"  # a hostfile host mlx.launch starts without ssh
+SSH_TIMEOUT_S = 15
+
+
+class HostUnreachable(RuntimeError):
+    """A hostfile's host does not answer over ssh: the run fails (exit 1), since a host asleep or
+    off the network is no bad input and may answer next time."""
 
 
 def relaunch(spec: str, rank_argv: list[str], *, events: bool) -> int:
@@ -78,7 +88,7 @@ def relaunch(spec: str, rank_argv: list[str], *, events: bool) -> int:
 
 def launch_arguments(spec: str) -> list[str]:
     """mlx.launch arguments: N local ranks (ring on 127.0.0.1, free ports; the ranks inherit this
-    environment) or a hostfile."""
+    environment) or a hostfile, once each of its hosts answers over ssh."""
     if spec.isdigit():
         ranks = int(spec)
         # N ranks share this machine's cores: N × all-cores BLAS threads would spin against each other
@@ -99,7 +109,62 @@ def launch_arguments(spec: str) -> list[str]:
             f"TRAIN_DISTRIBUTED: no hostfile {path} (a number of local processes, or the "
             "path of an mlx.launch JSON hostfile)"
         )
+    check_ssh(hostfile_hosts(path), path)
     return ["--hostfile", str(path.resolve()), *forwarded_env()]
+
+
+def hostfile_hosts(path: Path) -> list[str]:
+    """The ssh names of an mlx.launch hostfile's hosts."""
+    try:
+        data = json.loads(path.read_text())
+        names = [host["ssh"] for host in (data["hosts"] if isinstance(data, dict) else data)]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SettingsError(
+            f"TRAIN_DISTRIBUTED: {path} is not an mlx.launch hostfile ({type(error).__name__}: {error}); "
+            'it holds {"hosts": [{"ssh": NAME, "ips": [ADDRESS]}, ...]}'
+        ) from None
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise SettingsError(f"TRAIN_DISTRIBUTED: {path} names no host to ssh to")
+    return names
+
+
+def check_ssh(names: list[str], path: Path) -> None:
+    """Every host mlx.launch will reach over ssh answers without a password, before any rank starts
+    (after, a host that does not shows only as a rank that exited with code 255)."""
+    remote = [name for name in dict.fromkeys(names) if name != LOCAL_HOST]
+    try:
+        checks = {
+            name: subprocess.Popen(
+                ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}", name, "true"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in remote
+        }
+    except FileNotFoundError:
+        raise SettingsError(
+            "TRAIN_DISTRIBUTED: a hostfile needs the ssh client (ssh), which is not installed"
+        ) from None
+    failed = {}
+    for name, check in checks.items():
+        try:
+            _, stderr = check.communicate(timeout=2 * SSH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            check.kill()
+            check.communicate()
+            failed[name] = f"no answer within {2 * SSH_TIMEOUT_S} s"
+            continue
+        if check.returncode:
+            lines = stderr.strip().splitlines()
+            failed[name] = lines[-1] if lines else f"ssh exit code {check.returncode}"
+    if failed:
+        name, reason = next(iter(failed.items()))
+        raise HostUnreachable(
+            f"cannot reach {name} over ssh ({reason}); every host in {path} needs ssh without a password "
+            f"from this one: try `ssh -o BatchMode=yes {name} true`"
+        )
 
 
 def forwarded_env() -> list[str]:
@@ -191,7 +256,8 @@ class _Relay:
                 except ValueError:
                     event = None
                 if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-                    sys.stderr.write(raw.decode(errors="replace"))  # keep stdout for events
+                    # keep stdout for events; a rank over ssh writes to a pty, which ends lines with \r\n
+                    sys.stderr.write(raw.decode(errors="replace").replace("\r\n", "\n"))
                     continue
                 self.last[event["event"]] = event
                 self.reporter.emit(event.pop("event"), **event)
