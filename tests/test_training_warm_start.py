@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+
+from inference.layout import LAYOUT_KEY, LAYOUTS
 
 from .helpers import adapter, mark, train_here
 
@@ -33,6 +37,13 @@ def test_an_adapter_laid_out_otherwise_cannot_start_a_run(dataset, tiny_env):
 
     with pytest.raises(StartAdapterError, match="rank: 4, the run's 8"):
         train_here(dataset, iters=2, batch_size=4, init_adapter=first.final)
+
+    config = first.final / "adapter_config.json"  # the same shapes, trained for the other Q/K order
+    saved = json.loads(config.read_text())
+    other = next(layout for layout in LAYOUTS if layout != saved[LAYOUT_KEY])
+    config.write_text(json.dumps(saved | {LAYOUT_KEY: other}))
+    with pytest.raises(StartAdapterError, match=f"qk_layout: '{other}'"):
+        train_here(dataset, iters=2, batch_size=4, lora_rank=4, init_adapter=first.final)
 
 
 def test_a_resumed_warm_run_keeps_its_start_and_refuses_other_start_weights(dataset, tiny_env, tmp_path):

@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from common.files import fsync_tree, replace_dir
+from inference.layout import LAYOUT_KEY
 from inference.lora_shapes import lora_keys
 
 from ..errors import UsageError
@@ -46,8 +47,9 @@ def apply_lora(model, num_layers: int, rank: int, scale: float, dropout: float) 
 
 def start_from(model, folder: Path, adapter_config: dict) -> None:
     """Put an adapter's LoRA weights into a model `apply_lora` just prepared (`adapter_config`: what
-    it returned). The adapter must be laid out the same (layers, rank, scale, keys): the same
-    numbers on other layers, or scaled otherwise, would be another model."""
+    it returned, with the base model's Q/K layout). The adapter must be laid out the same (layers,
+    Q/K layout, rank, scale, keys): the same numbers on other layers, in another Q/K order or scaled
+    otherwise, would be another model."""
     folder = Path(folder)
     try:
         saved = json.loads((folder / CONFIG_FILE).read_text())
@@ -70,7 +72,9 @@ def start_from(model, folder: Path, adapter_config: dict) -> None:
 
 def _layout(config: dict) -> dict:
     parameters = config.get("lora_parameters") or {}
-    return {"num_layers": config.get("num_layers")} | {name: parameters.get(name) for name in LAYOUT}
+    return {"num_layers": config.get("num_layers"), LAYOUT_KEY: config.get(LAYOUT_KEY)} | {
+        name: parameters.get(name) for name in LAYOUT
+    }
 
 
 def use_grad_checkpoint(model) -> None:
