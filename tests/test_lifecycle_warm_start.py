@@ -176,7 +176,7 @@ def test_full_when_asked_or_when_the_lora_layout_or_the_recorded_basis_differ(pl
     assert warm.mode == WARM and warm.new_examples > 0
     assert warm.run_flags()[2:6] == ["--init-adapter", str(production.path), "--iters", str(warm.steps)]
 
-    assert plan(production, force_full=Note("reason_setting")).reason.text("en") == "RETRAIN_MODE=full"
+    assert plan(production, force_full=Note("reason_setting")).reason.text("en") == "RETRAIN_MODE=full is set"
     wider = plan(production, TrainingSettings.load(lora_rank=16))
     assert wider.mode == FULL and wider.reason.text("en") == "LoRA layout changed since v0001 was trained"
 

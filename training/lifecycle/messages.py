@@ -63,7 +63,7 @@ NOTES: dict[str, dict[str, str]] = {
         "pt": "mudou desde o treino de {version}: {parts}",
     },
     "reason_asked": {"en": "a full run was asked for", "pt": "foi pedido um treino de raiz"},
-    "reason_setting": {"en": "RETRAIN_MODE=full", "pt": "RETRAIN_MODE=full"},
+    "reason_setting": {"en": "RETRAIN_MODE=full is set", "pt": "RETRAIN_MODE=full está definido"},
     "reason_same_basis": {
         "en": "continuing {version}, trained on the same basis",
         "pt": "continua {version}, treinado sobre a mesma base",

@@ -50,7 +50,7 @@ from data.store import Store
 from inference.adapters import AdapterError
 from inference.settings import InferenceSettings
 
-from ..errors import EXIT_USAGE
+from ..errors import EXIT_USAGE, one_line
 from ..runs import all_runs, is_resumable, pid_alive
 from ..settings import settings_with_flags
 from .factory import install_factory_adapter, model_folder
@@ -181,7 +181,7 @@ def _pipeline(
     try:
         planned = settings_with_flags(train_args)  # what a run trains with: refused here, before any work
     except SettingsError as error:
-        return PipelineResult("failed", notes=(Note("training_failed", {"error": str(error)}), serving_now))
+        return PipelineResult("failed", notes=(Note("training_failed", {"error": one_line(error)}), serving_now))
     trained = None
     interrupted = _interrupted_run(home, read_json_object(Home(home).pipeline_last))
     if interrupted is not None:

@@ -3,7 +3,8 @@
     full   there is no production adapter; or it was trained on another basis (`training_basis`):
            the base model's weights, the LoRA layout (layers, rank, scale, keys), the dataset or
            grounding format, the grounding settings, the seed corpus, or the knowledge the project
-           ships (seed facts and lexicon); or RETRAIN_MODE=full, `python -m training pipeline --full`
+           ships (seed facts, their questions, the lexicon); or RETRAIN_MODE=full, `python -m
+           training pipeline --full`, `/retrain full`
     warm   otherwise: the LoRA weights start from production's; the run trains on the curated
            examples newer than production's data (`curated_until`: the newest vote or correction
            it saw) plus a replay sample of the rest (seed and older curated examples), for a step
@@ -11,8 +12,8 @@
            its losses compare with production's, and the gate is the same as ever
 
 The admins' own edits of the knowledge base do not force a full run: every /correct amends it and
-comes with its training example, which a warm night learns; a new release of the seed facts or of
-the lexicon changes what every prompt shows, which an adapter has not learned to read.
+comes with its training example, which a warm night learns; a new release of the seed facts, their
+questions or the lexicon changes what every prompt shows, which an adapter has not learned to read.
 
 Step budget: with N new examples, R = max(⌈WARM_REPLAY_RATIO × N⌉, ⌈WARM_MIN_STEPS × B / WARM_EPOCHS⌉ − N)
 replayed ones (at most all the rest) and B examples a step,
