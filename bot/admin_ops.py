@@ -32,7 +32,7 @@ from data.knowledge import (
 )
 from data.privacy import scrub
 from data.store import LoggedMessage, Store
-from inference.grounding import detect_language
+from inference.grounding import detect_language, drawn_on
 from inference.retrieval import fold, query_terms
 from training.lifecycle.messages import Note
 from training.lifecycle.pipeline import pipeline_state
@@ -113,16 +113,22 @@ def correct(services: Services, message_id: int, admin_id: int, fix: str, lang: 
 
 
 def _learn(services: Services, logged: LoggedMessage, admin_id: int, fix: str, lang: str) -> str:
-    """Amend the fact the answer used if it used exactly one, else add the fix as a new fact in
-    the question's language; then make sure the same question retrieves it.
+    """Amend the fact the answer used if it used exactly one and the fix restates it (shares its
+    telling words beyond the question's), else add the fix as a new fact in the question's
+    language; then make sure the same question retrieves it.
+
+    A wrong answer often quotes a true fact about something else (retrieval ranked it first):
+    amending that fact with the answer to another question would lose what it said, so the fix
+    is added beside it and the reply names it for the admin to check.
 
     The fact holds the admin's words. Only when the question does not find them are the
     question's telling words put before them, scrubbed of personal data, and never those of a
     fan who opted out or of a question that instructs the model."""
     conversations, store = services.conversations, services.store
     used = conversations.facts_used_by(logged.question, logged.answer)
+    amends = len(used) == 1 and bool(drawn_on(fix, [used[0].text], logged.question))
     try:
-        if len(used) == 1:
+        if amends:
             fact_id = used[0].id
             revision = amend_fact(store, fact_id, fix, admin_id, source_message_id=logged.id)
             done = text("fact_amended", lang, id=fact_id, revision=revision)
@@ -130,6 +136,8 @@ def _learn(services: Services, logged: LoggedMessage, admin_id: int, fix: str, l
             fact_lang = detect_language(logged.question, default=language(logged.lang))
             fact_id = add_fact(store, fix, fact_lang, author_id=admin_id, source_message_id=logged.id)
             done = text("fact_added", lang, id=fact_id)
+            if used:
+                done += text("fact_kept", lang, ids=", ".join(f"#{fact.id}" for fact in used))
         if conversations.index is None:
             return text("learned_grounding_off", lang, done=done)
         lead = "" if _retrieves(services, logged.question, fact_id) else _telling_words(store, logged)
@@ -140,7 +148,7 @@ def _learn(services: Services, logged: LoggedMessage, admin_id: int, fix: str, l
     log.info(
         "admin %s %s fact %s from a correction of message %s",
         admin_id,
-        "amended" if len(used) == 1 else "added",
+        "amended" if amends else "added",
         fact_id,
         logged.id,
     )

@@ -285,6 +285,10 @@ ADMIN_TEXTS: dict[str, dict[str, str]] = {
         "en": "Fact #{id} added in the knowledge base",
         "pt": "Facto #{id} acrescentado à base de conhecimento",
     },
+    "fact_kept": {
+        "en": " (the answer quoted fact {ids}, about something else: it is kept; /fact_remove it if it is wrong)",
+        "pt": " (a resposta citou o facto {ids}, sobre outra coisa: foi mantido; use /fact_remove se estiver errado)",
+    },
     "learned_grounding_off": {
         "en": "{done} (grounding is off: answers do not use it).",
         "pt": "{done} (grounding desligado: as respostas não o usam).",

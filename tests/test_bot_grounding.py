@@ -168,6 +168,24 @@ def test_a_correction_of_an_answer_that_used_one_fact_amends_that_fact(start_bot
     assert [c.answer for c in bot.store.curated_examples()] == [fix]
 
 
+def test_a_correction_about_something_else_than_the_quoted_fact_is_added_beside_it(start_bot):
+    """A wrong answer quoting a true fact about another thing: the fix must not overwrite that fact."""
+    bot = start_bot()
+    record_prompts(bot, LYON)
+    bot.ask(BOT_ADMIN, BOT_ADMIN, UEFA, language_code="en")
+    (quoted,) = bot.services.conversations.facts_used_by(UEFA, LYON)
+    before = get_fact(bot.store, quoted.id)
+
+    fix = "Farense's anthem is sung by the fans before every home game."
+    replies = command(
+        bot, BOT_ADMIN, f"/correct {fix}", language_code="en", reply_to_message=bot.server.sent_messages(BOT_ADMIN)[-1]
+    )
+    assert "added in the knowledge base" in replies[0] and f"quoted fact #{before.id}" in replies[0]
+    assert get_fact(bot.store, before.id) == before  # the quoted fact keeps its words and revision
+    (added,) = [fact for fact in list_facts(bot.store, limit=1000) if fix in fact.text]
+    assert (added.origin, added.author_id, added.lang) == ("admin", BOT_ADMIN, "en")
+
+
 def test_a_correction_sharing_no_word_with_the_question_is_still_found_by_it(start_bot):
     bot = start_bot()
     record_prompts(bot, LYON)
