@@ -80,6 +80,14 @@ def test_a_candidate_that_answers_wrong_more_often_is_refused_even_when_it_is_ri
     assert all(row["passed"] for row in _criteria(measured(accuracy=0.55, wrong_rate=0.15), champion, tolerant))
 
 
+def test_a_candidate_that_is_right_less_often_is_refused_on_accuracy_alone(isolated_env):
+    settings = LifecycleSettings.load().model_copy(update={"gate_min_improvement": 0.0})
+    champion = measured(accuracy=0.50, wrong_rate=0.10) | {"val_loss": 1.2}
+    weaker = _criteria(measured(accuracy=0.45, wrong_rate=0.10), champion, settings)  # better val loss
+    assert [row["name"] for row in weaker if not row["passed"]] == ["accuracy"]
+    assert all(row["passed"] for row in _criteria(measured(accuracy=0.50, wrong_rate=0.10), champion, settings))
+
+
 def test_gate_asks_dev_questions_not_held_out_ones(registry, trained_run):
     report = gate_version(registry, add_trained(registry, trained_run).version)
     dev = {item.id for item in load_eval(Path(os.environ["SEED_DIR"]), [], "dev")}
