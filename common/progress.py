@@ -5,6 +5,7 @@ will end. Programs follow the JSON events on stdout, which this never touches.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -124,7 +125,14 @@ def _short(value) -> str:
 
 
 def _is_terminal(stream) -> bool:
+    """A terminal a bar can be drawn on: tqdm draws nothing on one of 0 columns (a pseudo-terminal
+    nobody sized, as `script` or a container's `-t` can give), where plain lines still show."""
     try:
-        return stream.isatty()
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):  # a closed or fake stream
         return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):  # no descriptor to ask: take the stream's word
+        return True

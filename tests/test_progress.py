@@ -3,13 +3,17 @@ events on stdout, which keep their exact shape: the bot and the pipeline parse t
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import pty
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 
 from common.progress import Progress
 
@@ -49,6 +53,21 @@ def test_a_bar_on_a_terminal():
             progress.update(step, loss=0.25)
     drawn = stream.getvalue()
     assert "\r" in drawn and "4/4" in drawn and "loss=0.250" in drawn and "elapsed" not in drawn
+
+
+def test_a_terminal_of_no_width_gets_plain_lines_and_a_sized_one_a_bar():
+    leader, follower = pty.openpty()  # a new pseudo-terminal is 0 columns wide until sized
+    try:
+        with open(follower, "w", closefd=False) as stream, Progress("work", 2, stream=stream, every=0) as progress:
+            progress.update(2)
+        assert os.read(leader, 4096).decode().startswith("work: 0/2 it (0%)")
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        with open(follower, "w", closefd=False) as stream, Progress("work", 2, stream=stream) as progress:
+            progress.update(2)
+        assert "\r" in os.read(leader, 4096).decode()
+    finally:
+        os.close(leader)
+        os.close(follower)
 
 
 def test_training_shows_progress_and_its_events_keep_their_shape(dataset, tiny_env):
