@@ -169,6 +169,35 @@ def test_a_new_knowledge_release_makes_the_night_a_full_one_but_an_admins_edit_d
     assert full.run_flags() == ["--dataset", str(full.dataset)]
 
 
+def test_after_the_gate_refuses_a_full_run_on_a_new_release_the_nights_continue_production(
+    planning, home, tmp_path, tiny_model_dir, monkeypatch
+):
+    production, plan = planning
+    vote(home)
+    release = tmp_path / "release"
+    release.mkdir()
+    for path in PACKAGE_KNOWLEDGE_DIR.iterdir():
+        (release / path.name).write_bytes(path.read_bytes())
+    (release / "synonyms.en.jsonl").write_text(json.dumps({"lang": "en", "words": ["lads"], "means": ["team"]}) + "\n")
+    monkeypatch.setattr(Store, "seed_knowledge", lambda store: seed_knowledge(store, release))
+    registry = Registry(home)
+    full = plan(production, registered=registry.versions())
+    assert full.mode == FULL
+
+    tried = registry.add_candidate(
+        make_adapter(tiny_model_dir, tmp_path / "tried", seed=2), training={"mode": FULL, "basis": full.basis}
+    )
+    registry.record_gate(tried.version, {"accepted": False}, accepted=False)
+    warm = plan(production, registered=registry.versions())
+    assert warm.mode == WARM and warm.start_version == production.version and warm.new_examples > 0
+    assert warm.basis == full.basis  # a promoted candidate of tonight's records the new basis
+    assert warm.reason.text("en") == "continuing v0001: the gate refused a full run on the current basis (v0002)"
+
+    assert plan(production, registered=registry.versions(), force_full=Note("reason_asked")).mode == FULL
+    wider = plan(production, TrainingSettings.load(lora_rank=16), registered=registry.versions())
+    assert wider.mode == FULL  # new weight shapes cannot be continued, refused or not
+
+
 def test_full_when_asked_or_when_the_lora_layout_or_the_recorded_basis_differ(planning, home, tiny_model_dir, tmp_path):
     production, plan = planning
     vote(home)

@@ -68,6 +68,10 @@ NOTES: dict[str, dict[str, str]] = {
         "en": "continuing {version}, trained on the same basis",
         "pt": "continua {version}, treinado sobre a mesma base",
     },
+    "reason_full_refused": {
+        "en": "continuing {version}: the gate refused a full run on the current basis ({refused})",
+        "pt": "continua {version}: a avaliação recusou um treino de raiz sobre a base atual ({refused})",
+    },
     "reason_unrecorded": {
         "en": "resumed run {run}, whose plan was not recorded",
         "pt": "treino {run} retomado, cujo plano não ficou registado",

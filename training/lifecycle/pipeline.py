@@ -213,7 +213,14 @@ def _pipeline(
                 )
             dataset = Path(grounded.events["grounded"]["path"])
         plan = plan_training(
-            production, build.manifest, dataset, planned, settings, InferenceSettings.load(), force_full=force_full
+            production,
+            build.manifest,
+            dataset,
+            planned,
+            settings,
+            InferenceSettings.load(),
+            force_full=force_full,
+            registered=registry.versions(),
         )
         training = plan.record()
         if plan.nothing_new:

@@ -10,6 +10,12 @@
            it saw) plus a replay sample of the rest (seed and older curated examples), for a step
            budget proportional to the new examples; validation keeps the full dataset's split, so
            its losses compare with production's, and the gate is the same as ever
+    warm   also when production's basis differs only in what the prompts show (formats, seed,
+           shipped knowledge; not the base model or the LoRA layout) and the gate already refused a
+           full run on tonight's basis: production is still the best adapter there is, a full run
+           on the same basis every night would cost an hour to be refused again, and continuing
+           production teaches it the new prompts through the replayed examples. Once promoted,
+           such a candidate records tonight's basis, and the nights after are plainly warm.
 
 The admins' own edits of the knowledge base do not force a full run: every /correct amends it and
 comes with its training example, which a warm night learns; a new release of the seed facts, their
@@ -36,6 +42,7 @@ import random
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +55,7 @@ from inference.settings import InferenceSettings
 
 from ..settings import TrainingSettings
 from .messages import Note, listed
-from .registry import AdapterVersion
+from .registry import REJECTED, AdapterVersion
 from .settings import LifecycleSettings
 
 WARM, FULL = "warm", "full"
@@ -56,6 +63,8 @@ WARMUP_SHARE = 0.1
 PLAN_FILE = "training_plan.json"  # in the run folder, for a resumed run to be registered as planned
 # the parts of a basis; a change of one reads as the note basis_<part> (messages.py)
 BASIS_PARTS = ("base_model", "lora", "dataset_format", "grounding", "seed", "shipped_knowledge")
+# parts an adapter can be continued across: they change the prompts, not the weights' shapes
+CONTINUABLE_PARTS = ("dataset_format", "grounding", "seed", "shipped_knowledge")
 
 
 @dataclass(frozen=True)
@@ -110,14 +119,17 @@ def plan_training(
     serving: InferenceSettings,
     *,
     force_full: Note | None = None,
+    registered: Sequence[AdapterVersion] = (),
 ) -> TrainingPlan:
     """Tonight's plan. `dataset`: the built dataset, or its grounded copy when answers are served
-    grounded; `force_full`: why a full run was asked for (None: decide)."""
+    grounded; `force_full`: why a full run was asked for (None: decide); `registered`: the
+    registry's versions, whose refused full runs on tonight's basis make the night warm."""
     manifest = read_json_object(dataset / MANIFEST) or {}
     basis = training_basis(build_manifest, manifest if manifest.get("parent") else None, training, serving)
     until = build_manifest.get("curated_until")
     reason = force_full or full_reason(production, basis)
-    if reason is not None:
+    refused = None if force_full else refused_full_run(production, basis, registered)
+    if reason is not None and refused is None:
         return TrainingPlan(FULL, reason, basis, until, dataset, manifest.get("content_hash"))
     since = production.training.get("curated_until")
     train = _lines((dataset / "train.jsonl").read_bytes())
@@ -125,7 +137,9 @@ def plan_training(
     rest = [line for line in train if not _curated_after(line, since)]
     plan = TrainingPlan(
         WARM,
-        Note("reason_same_basis", {"version": production.version}),
+        Note("reason_full_refused", {"version": production.version, "refused": refused.version})
+        if refused is not None
+        else Note("reason_same_basis", {"version": production.version}),
         basis,
         until,
         start_version=production.version,
@@ -223,6 +237,27 @@ def full_reason(production: AdapterVersion | None, basis: dict) -> Note | None:
     if changed:
         return Note("reason_basis_changed", {"parts": listed(changed), "version": production.version})
     return None
+
+
+def refused_full_run(
+    production: AdapterVersion | None, basis: dict, registered: Sequence[AdapterVersion]
+) -> AdapterVersion | None:
+    """The newest full run on `basis`, registered after production, that the gate refused, when
+    production differs from `basis` only in parts it can be continued across; else None."""
+    recorded = (production.training or {}).get("basis") if production is not None else None
+    if not recorded or any(
+        recorded.get(part) != basis.get(part) for part in BASIS_PARTS if part not in CONTINUABLE_PARTS
+    ):
+        return None
+    refused = [
+        version
+        for version in registered
+        if version.version > production.version
+        and version.status == REJECTED
+        and version.training.get("mode") == FULL
+        and version.training.get("basis") == basis
+    ]
+    return max(refused, key=lambda version: version.version, default=None)
 
 
 def _curated_after(line: bytes, since: str | None) -> bool:
