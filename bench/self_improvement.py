@@ -30,7 +30,8 @@ Each simulated day:
 Writes a per-night table (markdown and JSON) to `--out` (default: the home), and prints it.
 
     python bench/self_improvement.py [--nights 30] [--users 20] [--questions 3] [--correct-share 0.5]
-        [--poison-night K] [--poison-questions 12] [--home DIR] [--model PATH] [--heldout-limit N] [--tiny]
+        [--poison-night K] [--poison-questions 12] [--home DIR] [--from-home DIR]
+        [--model PATH] [--heldout-limit N] [--tiny]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -453,6 +455,8 @@ def prepare(args) -> Path:
     home = Path(args.home).expanduser() if args.home else Path(tempfile.mkdtemp(prefix="farense-self-improvement-"))
     if home.exists() and any(home.iterdir()):
         sys.exit(f"--home {home} is not empty: the simulation needs a fresh home (nothing there was touched)")
+    if args.from_home:  # its registry, knowledge base and conversations; the original is not touched
+        shutil.copytree(Path(args.from_home).expanduser(), home, dirs_exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     os.environ.update({"FARENSE_HOME": str(home), "FIRST_TRAINING_AT_START": "false"})
     if args.model:
@@ -477,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poison-night", type=int, help="the night a fan 👍s wrong answers (1..nights)")
     parser.add_argument("--poison-questions", type=int, default=12, help="questions the poisoner asks that day")
     parser.add_argument("--home", help="a new or empty FARENSE_HOME (default: a temporary one, kept)")
+    parser.add_argument(
+        "--from-home", help="start from a copy of this FARENSE_HOME (e.g. one whose registry already holds versions)"
+    )
     parser.add_argument("--model", help="MODEL_PATH (default: the embedded SmolLM2-135M)")
     parser.add_argument("--heldout-limit", type=int, help="a language-balanced subset of held-out (default: all)")
     parser.add_argument("--out", help="folder for self_improvement.md and .json (default: the home)")
