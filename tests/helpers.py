@@ -79,6 +79,23 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "training", *map(str, args)]
 
 
+def trained_on_seed(seed: Path, home: Path, model_dir: Path, train_args, *, grounded: bool = False) -> Path:
+    """A real training run on `seed`'s pairs in `home`, in children as the pipeline runs it: `python -m
+    data build`, with `grounded` `python -m training ground` (the prompts as served), then `python -m
+    training run`. Returns the run folder."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("TRAIN_", "GATE_"))}
+    env.update(FARENSE_HOME=str(home), MODEL_PATH=str(model_dir), SYSTEM_PROMPT=SYSTEM_PROMPT, SEED_DIR=str(seed))
+
+    def child(*args: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", *args], env=env, cwd=home.parent, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.splitlines()
+
+    child("data", "build")
+    dataset = ["--dataset", json.loads(child("training", "ground", "--events")[-1])["path"]] if grounded else []
+    return Path(json.loads(child("training", "run", "--events", *dataset, *train_args)[0])["run_dir"])
+
+
 def clean_env(home: Path, models_root: Path, model_dir: Path) -> dict:
     """For children started outside a test's isolated_env: no developer TRAIN_/MODEL_ settings."""
     env = {
@@ -132,11 +149,38 @@ TRAIN_ARGS = [
 ]
 
 
+# Declines the tiny llama can learn: inference.grounding.DECLINE says "I" and "sobre" twice, each time
+# followed by another word, which a model this small mixes up. They open like DECLINE does, which is
+# what inference.faithfulness.declines looks for, so ANSWER_FROM=fact sends them as they are.
+SHORT_DECLINES = {"en": "Sorry, I only know about SC Farense.", "pt": "Desculpa, só sei sobre o SC Farense."}
+# Runs that learn what they are shown: at lr 1e-3 the tiny llama's LoRA (scale 20) answers every grounded
+# prompt with the one reply it was trained on after 60 steps (at TRAIN_ARGS' 2e-3 the loss hardly moves).
+LEARNING_TRAIN_ARGS = [
+    "--iters",
+    "60",
+    "--batch-size",
+    "4",
+    "--learning-rate",
+    "1e-3",
+    "--warmup-steps",
+    "2",
+    "--eval-every",
+    "10",
+    "--val-batches",
+    "4",
+]
+
+
 def write_seed(
-    folder: Path, facts: range = range(1, 13), shuffle_answers: bool = False, garble_answers: bool = False
+    folder: Path,
+    facts: range = range(1, 13),
+    shuffle_answers: bool = False,
+    garble_answers: bool = False,
+    decline_answers: bool = False,
 ) -> Path:
     """A small seed cut from the real one (66 pairs, 22 held-out and some dev items); optionally with every answer
-    moved to another question, or spelled backwards — data that teaches nothing true."""
+    moved to another question, or spelled backwards — data that teaches nothing true — or replaced by a
+    decline in its language: data that teaches the bot to say it does not know what it does."""
     folder.mkdir(parents=True, exist_ok=True)
     qa = [
         json.loads(line)
@@ -149,6 +193,8 @@ def write_seed(
         qa = [pair | {"answer": answers[(i * 7 + 3) % len(answers)]} for i, pair in enumerate(qa)]
     if garble_answers:  # a tiny random model learns word statistics, not facts: this it notices
         qa = [pair | {"answer": pair["answer"][::-1]} for pair in qa]
+    if decline_answers:
+        qa = [pair | {"answer": SHORT_DECLINES[pair["lang"]]} for pair in qa]
     items = [
         json.loads(line)
         for path in sorted(PACKAGE_SEED_DIR.glob("eval-*.jsonl"))

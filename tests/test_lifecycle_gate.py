@@ -1,24 +1,25 @@
 """The promotion gate on the tiny llama: a trained candidate beats the base model, a noisy one and a
-NaN one are rejected with every criterion reported; plus the eval subset and the repetition check.
+NaN one are rejected with every criterion reported, one trained to decline on accuracy alone; plus the
+eval subset and the repetition check.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from data.scorer import is_decline
 from data.seed import load_eval
 from data.settings import PACKAGE_SEED_DIR
 from training.evaluation.gate import _criteria, degenerate, gate_items, gate_version
 from training.lifecycle.registry import REJECTED, Registry
 from training.lifecycle.settings import LifecycleSettings
+from training.runs import prune_runs
 
-from .helpers import SYSTEM_PROMPT, TRAIN_ARGS, lifecycle_env, write_seed
+from .helpers import LEARNING_TRAIN_ARGS, TRAIN_ARGS, lifecycle_env, trained_on_seed, write_seed
 from .models import make_adapter
 
 CRITERIA = {"val_loss", "accuracy", "wrong_rate", "adapter_loads", "finite_val_loss", "degenerate_answers"}
@@ -28,22 +29,7 @@ CRITERIA = {"val_loss", "accuracy", "wrong_rate", "adapter_loads", "finite_val_l
 def trained_run(tmp_path_factory, tiny_model_dir) -> Path:
     """One real training run (child process, like the pipeline's), shared by this module's tests."""
     root = tmp_path_factory.mktemp("trained")
-    seed = write_seed(root / "seed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAIN_", "GATE_"))}
-    env.update(
-        FARENSE_HOME=str(root / "home"), MODEL_PATH=str(tiny_model_dir), SYSTEM_PROMPT=SYSTEM_PROMPT, SEED_DIR=str(seed)
-    )
-    subprocess.run([sys.executable, "-m", "data", "build"], env=env, cwd=root, check=True, capture_output=True)
-    dataset = next(p for p in (root / "home" / "datasets").iterdir() if p.is_dir())
-    done = subprocess.run(
-        [sys.executable, "-m", "training", "run", "--events", "--dataset", str(dataset), *TRAIN_ARGS],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return Path(json.loads(done.stdout.splitlines()[0])["run_dir"])
+    return trained_on_seed(write_seed(root / "seed"), root / "home", tiny_model_dir, TRAIN_ARGS)
 
 
 @pytest.fixture
@@ -86,6 +72,42 @@ def test_a_candidate_that_is_right_less_often_is_refused_on_accuracy_alone(isola
     weaker = _criteria(measured(accuracy=0.45, wrong_rate=0.10), champion, settings)  # better val loss
     assert [row["name"] for row in weaker if not row["passed"]] == ["accuracy"]
     assert all(row["passed"] for row in _criteria(measured(accuracy=0.50, wrong_rate=0.10), champion, settings))
+
+
+def test_a_candidate_trained_to_decline_is_refused_on_accuracy_alone(
+    registry, isolated_env, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Real runs on the grounded seed: the champion learned its answers, the candidate to decline every
+    question. A decline is never wrong and the candidate's own validation split (declines) praises it;
+    once the champion's run is gone (retention keeps the newest KEEP_RUNS), no loss measures what the
+    champion answered, and accuracy alone has to refuse it."""
+    monkeypatch.delenv("ANSWER_FROM")  # served as by default: the fact the answer drew on, or its decline
+    champion_run = trained_on_seed(
+        Path(os.environ["SEED_DIR"]), isolated_env, tiny_model_dir, LEARNING_TRAIN_ARGS, grounded=True
+    )
+    champion = add_trained(registry, champion_run)
+    registry.promote(champion.version, by="test", reason="the champion")
+    declining = write_seed(tmp_path / "declining-seed", decline_answers=True)
+    candidate_run = trained_on_seed(declining, isolated_env, tiny_model_dir, LEARNING_TRAIN_ARGS, grounded=True)
+    candidate = add_trained(registry, candidate_run)
+    assert champion_run in prune_runs(isolated_env, keep=1)
+
+    report = gate_version(registry, candidate.version)
+
+    rows = {row["name"]: row for row in report["criteria"]}
+    assert not report["accepted"] and [name for name, row in rows.items() if not row["passed"]] == ["accuracy"]
+    assert report["reference_run"] is None and "champion_val_loss" not in rows
+    assert rows["val_loss"]["candidate"] < rows["val_loss"]["champion"]  # its own split: declines
+    answers = report["answers"]
+    for side in ("champion", "candidate"):  # both accuracies are what their answers scored
+        assert report[side]["accuracy"] == sum(answer[f"{side}_passed"] for answer in answers) / len(answers)
+    assert 0 < report["champion"]["accuracy"] and report["candidate"]["accuracy"] < report["champion"]["accuracy"]
+    assert report["candidate"]["wrong_rate"] <= report["champion"]["wrong_rate"]
+    lost = [answer for answer in answers if answer["champion_passed"] and not answer["candidate_passed"]]
+    assert lost and all(is_decline(answer["candidate"]) for answer in lost)
+    stored = registry.get(candidate.version)
+    assert stored.status == REJECTED and stored.gate["criteria"] == report["criteria"]
+    assert registry.production().version == champion.version
 
 
 def test_gate_asks_dev_questions_not_held_out_ones(registry, trained_run):
