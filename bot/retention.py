@@ -1,6 +1,7 @@
 """Bounded disk: what the bot deletes after each nightly pipeline (and `python -m bot retention`).
 
-    runs/       the newest KEEP_RUNS runs; checkpoints of those that ended (training/runs.py)
+    runs/       the newest KEEP_RUNS runs, and the production adapter's (the gate measures every
+                candidate on its validation batches); checkpoints of those that ended (training/runs.py)
     datasets/   the newest KEEP_DATASETS built datasets, the latest and those the kept runs validate
                 on (the gate reads them again), with the copies training made of them (grounded,
                 warm start; data/retention.py)
@@ -22,6 +23,7 @@ from data.backup import prune_older_than
 from data.builder import built_dataset_name
 from data.retention import prune_datasets
 from data.settings import DataSettings
+from training.lifecycle.registry import Registry, RegistryError
 from training.lifecycle.settings import LifecycleSettings
 from training.runs import all_runs, prune_runs
 
@@ -60,7 +62,7 @@ def apply_retention(
 ) -> Retained:
     home = data_settings.home
     before = home.disk_use()
-    runs = prune_runs(home.root, lifecycle_settings.keep_runs)
+    runs = prune_runs(home.root, lifecycle_settings.keep_runs, keep_also=production_run(home.root))
     validated_on = {run.valid_set().parent.name for run in all_runs(home.root) if run.valid_set() is not None}
     datasets = prune_datasets(home, data_settings.keep_datasets, validated_on)
     removed = {
@@ -74,6 +76,17 @@ def apply_retention(
     retained = Retained(before, home.disk_use(), removed, rotated)
     log.info("%s", retained.summary("en").replace("\n", " | "))
     return retained
+
+
+def production_run(root: Path) -> list[Path]:
+    """The production adapter's training run, however old: the gate measures each candidate
+    against production on that run's validation batches."""
+    try:
+        production = Registry(root).production()
+    except RegistryError as error:  # a broken pointer must not stop retention; nothing is spared
+        log.warning("production adapter unknown (%s): its run is not kept apart", error)
+        return []
+    return [production.run_dir] if production is not None and production.run_dir is not None else []
 
 
 def retention_report(data_settings: DataSettings, bot_settings: BotSettings) -> Notice:

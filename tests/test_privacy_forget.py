@@ -208,6 +208,30 @@ def test_retention_keeps_the_newest_runs_datasets_and_backups_and_rotates_the_se
     assert "Retention: deleted" in result.stdout and "Disk use: database" in result.stdout
 
 
+def test_retention_keeps_the_production_adapters_run_however_old(isolated_env, tiny_model_dir, monkeypatch):
+    from common.home import Home
+    from training.lifecycle.registry import Registry
+
+    from .helpers import simulate_nights
+    from .models import make_adapter
+
+    home = Home(isolated_env)
+    simulate_nights(isolated_env, 8, scale=0.01)
+    oldest = min(path for path in home.runs.iterdir() if path.is_dir())
+    registry = Registry(isolated_env, base_model=tiny_model_dir)
+    production = registry.add_candidate(make_adapter(tiny_model_dir, isolated_env / "made"), run_dir=oldest)
+    registry.promote(production.version, by="test", reason="trained on the oldest night")
+    monkeypatch.setenv("KEEP_RUNS", "2")
+    monkeypatch.setenv("MODEL_PATH", str(tiny_model_dir))
+
+    run_cli("bot", "retention")
+
+    runs = sorted(path.name for path in home.runs.iterdir() if path.is_dir())
+    newest = sorted(runs)[-2:]
+    assert runs == sorted([oldest.name, *newest]) and len(set(runs)) == 3
+    assert not any((oldest / "checkpoints").iterdir())  # its checkpoints go like any ended run's
+
+
 def test_status_and_doctor_show_the_disk_use_of_the_home_by_part(start_bot):
     bot = start_bot()
     since = len(bot.server.calls())

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,18 +153,21 @@ def pid_alive(pid) -> bool:
     return True
 
 
-def prune_runs(home: Path, keep: int) -> list[Path]:
-    """Keep the newest `keep` runs and delete the older ones (the registry holds its own copy of
-    every adapter it registered); drop the checkpoints of the kept runs that ended. Nothing is
-    touched while a run is in progress. Returns the folders deleted."""
+def prune_runs(home: Path, keep: int, keep_also: Iterable[Path] = ()) -> list[Path]:
+    """Keep the newest `keep` runs, and those in `keep_also`, and delete the older ones (the
+    registry holds its own copy of every adapter it registered); drop the checkpoints of the kept
+    runs that ended. Nothing is touched while a run is in progress. Returns the folders deleted."""
+    spared = {Path(path).resolve() for path in keep_also}
     try:
         with training_lock(home):
             runs = all_runs(home)
             removed = []
             for run in runs[keep:]:
+                if run.dir.resolve() in spared:
+                    continue
                 shutil.rmtree(run.dir, ignore_errors=True)
                 removed.append(run.dir)
-            for run in runs[:keep]:
+            for run in [run for run in runs if run.dir not in removed]:
                 if run.status().get("state") in ENDED and run.checkpoints.is_dir() and any(run.checkpoints.iterdir()):
                     shutil.rmtree(run.checkpoints, ignore_errors=True)
                     run.checkpoints.mkdir()
