@@ -198,12 +198,18 @@ def test_after_the_gate_refuses_a_full_run_on_a_new_release_the_nights_continue_
     assert wider.mode == FULL  # new weight shapes cannot be continued, refused or not
 
 
-def test_full_when_asked_or_when_the_lora_layout_or_the_recorded_basis_differ(planning, home, tiny_model_dir, tmp_path):
+def test_full_when_asked_or_when_the_lora_layout_or_the_recorded_basis_differ(
+    planning, home, tiny_model_dir, tmp_path, monkeypatch
+):
     production, plan = planning
     vote(home)
     warm = plan(production)
     assert warm.mode == WARM and warm.new_examples > 0
     assert warm.run_flags()[2:6] == ["--init-adapter", str(production.path), "--iters", str(warm.steps)]
+    assert "--learning-rate" not in warm.run_flags()  # the training's own
+    monkeypatch.setenv("WARM_LEARNING_RATE", "5e-5")
+    assert plan(production).run_flags()[-2:] == ["--learning-rate", "5e-05"]
+    monkeypatch.delenv("WARM_LEARNING_RATE")
 
     assert plan(production, force_full=Note("reason_setting")).reason.text("en") == "RETRAIN_MODE=full is set"
     wider = plan(production, TrainingSettings.load(lora_rank=16))

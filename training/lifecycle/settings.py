@@ -68,6 +68,9 @@ class LifecycleSettings(Settings):
     warm_epochs: float = Field(
         default=4.0, gt=0.0, le=100.0, description="Warm start: passes over the new examples and their replay"
     )
+    warm_learning_rate: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Warm start: peak learning rate (empty: the training's LEARNING_RATE)"
+    )
     warm_min_steps: int = Field(default=10, ge=1, description="Warm start: fewest optimizer steps")
     warm_max_steps: int = Field(
         default=60, ge=1, description="Warm start: most optimizer steps (~8 s each for the embedded model on 2 cores)"
@@ -75,6 +78,11 @@ class LifecycleSettings(Settings):
     pipeline_train_args: str = Field(
         default="", description="Extra `python -m training run` flags, shell-quoted, e.g. '--iters 300'"
     )
+
+    @field_validator("warm_learning_rate", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if value == "" else value
 
     @field_validator("pipeline_train_args")
     @classmethod

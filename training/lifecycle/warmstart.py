@@ -81,6 +81,7 @@ class TrainingPlan:
     replay_examples: int = 0
     steps: int | None = None  # warm: the step budget (full: the training settings')
     warmup_steps: int | None = None
+    learning_rate: float | None = None  # warm: WARM_LEARNING_RATE (None: the training settings')
     settings: dict = field(default_factory=dict)  # warm: the replay ratio, epochs and step bounds used
 
     @property
@@ -94,6 +95,8 @@ class TrainingPlan:
         if self.mode == WARM:
             flags += ["--init-adapter", str(self.start_adapter), "--iters", str(self.steps)]
             flags += ["--warmup-steps", str(self.warmup_steps)]
+            if self.learning_rate is not None:
+                flags += ["--learning-rate", str(self.learning_rate)]
         return flags
 
     def record(self) -> dict:
@@ -145,6 +148,7 @@ def plan_training(
         start_version=production.version,
         start_adapter=production.path,
         new_examples=len(new),
+        learning_rate=settings.warm_learning_rate,
         settings={
             "replay_ratio": settings.warm_replay_ratio,
             "epochs": settings.warm_epochs,
